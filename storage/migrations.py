@@ -1,0 +1,126 @@
+"""Storage layer: numbered schema migrations, tracked with PRAGMA user_version."""
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+from storage.errors import StoreError
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step; ``version`` is the user_version the database has after it."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+# Append only: a released migration is never edited, because databases in the
+# field have already applied it.
+MIGRATIONS: list[Migration] = [
+    Migration(
+        version=1,
+        description="calls, cases and recordings",
+        statements=(
+            """
+            CREATE TABLE calls (
+                id          INTEGER PRIMARY KEY,
+                sip_call_id TEXT    NOT NULL,
+                from_uri    TEXT    NOT NULL,
+                to_uri      TEXT    NOT NULL,
+                source      TEXT    NOT NULL,
+                worker_id   INTEGER,
+                arrived_at  REAL    NOT NULL,
+                answered_at REAL,
+                ended_at    REAL,
+                disposition TEXT,
+                ivr_path    TEXT    NOT NULL DEFAULT '[]'
+            )
+            """,
+            # Not unique: a UAC may reuse a Call-ID, and the CDR must keep both calls.
+            "CREATE INDEX calls_sip_call_id ON calls (sip_call_id)",
+            "CREATE INDEX calls_unfinished ON calls (id) WHERE ended_at IS NULL",
+            """
+            CREATE TABLE cases (
+                id                 INTEGER PRIMARY KEY,
+                tracking_code      TEXT    NOT NULL UNIQUE,
+                status             TEXT    NOT NULL,
+                created_at         REAL    NOT NULL,
+                updated_at         REAL    NOT NULL,
+                call_id            INTEGER REFERENCES calls (id),
+                national_id_enc    BLOB,
+                national_id_key_id TEXT,
+                national_id_hmac   TEXT,
+                national_id_masked TEXT,
+                id_source          TEXT    NOT NULL
+                    CHECK (id_source IN ('keypad', 'speech', 'none')),
+                -- 'speech' without an ID is legal: the utterance recording
+                -- can still be transcribed by an operator.
+                CHECK (
+                    (id_source <> 'none' OR national_id_enc IS NULL)
+                    AND (national_id_enc IS NULL) = (national_id_key_id IS NULL)
+                    AND (national_id_enc IS NULL) = (national_id_hmac IS NULL)
+                    AND (national_id_enc IS NULL) = (national_id_masked IS NULL)
+                )
+            )
+            """,
+            # Unique so that a retried IVR step cannot give one call two tracking codes.
+            "CREATE UNIQUE INDEX cases_call_id ON cases (call_id)",
+            "CREATE INDEX cases_national_id_hmac ON cases (national_id_hmac)",
+            """
+            CREATE TABLE recordings (
+                id         INTEGER PRIMARY KEY,
+                call_id    INTEGER NOT NULL REFERENCES calls (id),
+                case_id    INTEGER REFERENCES cases (id),
+                kind       TEXT    NOT NULL,
+                path       TEXT    NOT NULL,
+                duration_s REAL    NOT NULL,
+                sha256     TEXT    NOT NULL,
+                complete   INTEGER NOT NULL CHECK (complete IN (0, 1)),
+                created_at REAL    NOT NULL
+            )
+            """,
+            "CREATE INDEX recordings_call_id ON recordings (call_id)",
+            "CREATE INDEX recordings_case_id ON recordings (case_id)",
+        ),
+    ),
+]
+
+
+async def _user_version(db: aiosqlite.Connection) -> int:
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def migrate(db: aiosqlite.Connection) -> int:
+    """Apply the missing migrations, one transaction each; return the schema version.
+
+    ``db`` must be in autocommit mode (``isolation_level=None``).
+    """
+    latest = len(MIGRATIONS)
+    while True:
+        # IMMEDIATE takes the write lock before user_version is read, so two
+        # processes starting together cannot both apply the same step.
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            version = await _user_version(db)
+            if version > latest:
+                raise StoreError(
+                    f"database schema version {version} is newer than this code ({latest})"
+                )
+            if version == latest:
+                await db.execute("COMMIT")
+                return version
+            step = MIGRATIONS[version]
+            for statement in step.statements:
+                await db.execute(statement)
+            # PRAGMA user_version is transactional, so it commits with the step.
+            await db.execute(f"PRAGMA user_version = {step.version}")
+            await db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise

@@ -1,0 +1,364 @@
+"""Storage layer: the SQLite case store for call records, cases and recordings."""
+
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from storage.crypto import IdProtector
+from storage.errors import Conflict, NotFound, StorageFull, StoreError
+from storage.migrations import migrate
+from storage.models import CallRecord, Case, Recording
+from storage.tracking_code import new_tracking_code
+
+ID_SOURCES = frozenset({"keypad", "speech", "none"})
+BUSY_TIMEOUT_MS = 5000
+# With 9 * 10^7 possible codes a collision is rare; several in a row means
+# something other than bad luck (for example a broken random source), so stop.
+_TRACKING_CODE_ATTEMPTS = 8
+
+_CALL_COLUMNS = (
+    "id, sip_call_id, from_uri, to_uri, source, worker_id,"
+    " arrived_at, answered_at, ended_at, disposition, ivr_path"
+)
+_CASE_COLUMNS = "id, tracking_code, status, created_at, call_id, national_id_masked, id_source"
+_RECORDING_COLUMNS = "id, call_id, case_id, kind, path, duration_s, sha256, complete, created_at"
+
+
+@contextmanager
+def _translate_errors() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        # Errors raised by the sqlite3 module itself carry no code; extended
+        # result codes keep the primary code in the low byte.
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+            raise StorageFull(str(exc)) from exc
+        raise
+
+
+def _is_foreign_key_violation(exc: sqlite3.IntegrityError) -> bool:
+    return exc.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY
+
+
+def _is_unique_violation(exc: sqlite3.IntegrityError, column: str) -> bool:
+    # SQLite names the offending column only in the message text.
+    return (
+        exc.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_UNIQUE
+        and str(exc).endswith(column)
+    )
+
+
+def _call_from_row(row: sqlite3.Row) -> CallRecord:
+    return CallRecord(
+        id=row["id"],
+        sip_call_id=row["sip_call_id"],
+        from_uri=row["from_uri"],
+        to_uri=row["to_uri"],
+        source=row["source"],
+        worker_id=row["worker_id"],
+        arrived_at=row["arrived_at"],
+        answered_at=row["answered_at"],
+        ended_at=row["ended_at"],
+        disposition=row["disposition"],
+        ivr_path=tuple(json.loads(row["ivr_path"])),
+    )
+
+
+def _case_from_row(row: sqlite3.Row) -> Case:
+    return Case(
+        id=row["id"],
+        tracking_code=row["tracking_code"],
+        status=row["status"],
+        created_at=row["created_at"],
+        call_id=row["call_id"],
+        national_id_masked=row["national_id_masked"],
+        id_source=row["id_source"],
+    )
+
+
+def _recording_from_row(row: sqlite3.Row) -> Recording:
+    return Recording(
+        id=row["id"],
+        call_id=row["call_id"],
+        case_id=row["case_id"],
+        kind=row["kind"],
+        path=row["path"],
+        duration_s=row["duration_s"],
+        sha256=row["sha256"],
+        complete=bool(row["complete"]),
+        created_at=row["created_at"],
+    )
+
+
+class Store:
+    """Async access to one store database; obtain it from :func:`open_store`.
+
+    The connection runs in autocommit mode, so every write is committed
+    before the method returns.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, protector: IdProtector) -> None:
+        self._db = db
+        self._protector = protector
+
+    async def _insert(self, sql: str, params: Sequence[Any]) -> int:
+        with _translate_errors():
+            async with self._db.execute(sql, params) as cursor:
+                row_id = cursor.lastrowid
+        assert row_id is not None
+        return row_id
+
+    async def _update(self, sql: str, params: Sequence[Any]) -> int:
+        with _translate_errors():
+            async with self._db.execute(sql, params) as cursor:
+                return cursor.rowcount
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with _translate_errors():
+            async with self._db.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with _translate_errors():
+            async with self._db.execute(sql, params) as cursor:
+                return await cursor.fetchone()
+
+    async def add_call(
+        self,
+        sip_call_id: str,
+        from_uri: str,
+        to_uri: str,
+        source: str,
+        worker_id: int | None,
+        arrived_at: float,
+    ) -> int:
+        """Record an arriving call and return its id."""
+        call_id = await self._insert(
+            "INSERT INTO calls (sip_call_id, from_uri, to_uri, source, worker_id, arrived_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (sip_call_id, from_uri, to_uri, source, worker_id, arrived_at),
+        )
+        return call_id
+
+    async def answer_call(self, call_id: int, answered_at: float) -> None:
+        """Mark a call answered; Conflict if it was already answered or has ended."""
+        changed = await self._update(
+            "UPDATE calls SET answered_at = ?"
+            " WHERE id = ? AND answered_at IS NULL AND ended_at IS NULL",
+            (answered_at, call_id),
+        )
+        if not changed:
+            await self.get_call(call_id)
+            raise Conflict(f"call {call_id} was already answered or has ended")
+
+    async def end_call(
+        self, call_id: int, ended_at: float, disposition: str, ivr_path: Sequence[str]
+    ) -> None:
+        """Close a call record; Conflict if it has already ended."""
+        changed = await self._update(
+            "UPDATE calls SET ended_at = ?, disposition = ?, ivr_path = ?"
+            " WHERE id = ? AND ended_at IS NULL",
+            (ended_at, disposition, json.dumps(list(ivr_path), ensure_ascii=False), call_id),
+        )
+        if not changed:
+            await self.get_call(call_id)
+            raise Conflict(f"call {call_id} has already ended")
+
+    async def get_call(self, call_id: int) -> CallRecord:
+        row = await self._fetchone(f"SELECT {_CALL_COLUMNS} FROM calls WHERE id = ?", (call_id,))
+        if row is None:
+            raise NotFound(f"no call with id {call_id}")
+        return _call_from_row(row)
+
+    async def get_call_by_sip_id(self, sip_call_id: str) -> CallRecord:
+        """Return the most recent call with this SIP Call-ID."""
+        row = await self._fetchone(
+            f"SELECT {_CALL_COLUMNS} FROM calls WHERE sip_call_id = ? ORDER BY id DESC LIMIT 1",
+            (sip_call_id,),
+        )
+        if row is None:
+            raise NotFound(f"no call with SIP Call-ID {sip_call_id!r}")
+        return _call_from_row(row)
+
+    async def unfinished_calls(self) -> list[CallRecord]:
+        """Return calls never ended, oldest first, so they can be closed after a crash."""
+        rows = await self._fetchall(
+            f"SELECT {_CALL_COLUMNS} FROM calls WHERE ended_at IS NULL ORDER BY id"
+        )
+        return [_call_from_row(row) for row in rows]
+
+    async def create_case(
+        self, call_id: int | None, status: str, national_id: str | None, id_source: str
+    ) -> Case:
+        """Open a case with a fresh tracking code; the ID is stored only encrypted and hashed."""
+        if id_source not in ID_SOURCES:
+            raise ValueError(f"id_source must be one of {sorted(ID_SOURCES)}, not {id_source!r}")
+        if national_id is not None and id_source == "none":
+            raise ValueError("a national ID was given with id_source 'none'")
+        key_id: str | None = None
+        sealed: bytes | None = None
+        lookup: str | None = None
+        masked: str | None = None
+        if national_id is not None:
+            key_id, sealed = self._protector.encrypt(national_id)
+            lookup = self._protector.lookup_hash(national_id)
+            masked = IdProtector.mask(national_id)
+        now = time.time()
+        for _ in range(_TRACKING_CODE_ATTEMPTS):
+            code = new_tracking_code()
+            try:
+                case_id = await self._insert(
+                    "INSERT INTO cases (tracking_code, status, created_at, updated_at, call_id,"
+                    " national_id_enc, national_id_key_id, national_id_hmac, national_id_masked,"
+                    " id_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (code, status, now, now, call_id, sealed, key_id, lookup, masked, id_source),
+                )
+            except sqlite3.IntegrityError as exc:
+                if _is_unique_violation(exc, "cases.tracking_code"):
+                    continue
+                if _is_unique_violation(exc, "cases.call_id"):
+                    raise Conflict(f"call {call_id} already has a case") from exc
+                if _is_foreign_key_violation(exc):
+                    raise NotFound(f"no call with id {call_id}") from exc
+                raise
+            return Case(
+                id=case_id,
+                tracking_code=code,
+                status=status,
+                created_at=now,
+                call_id=call_id,
+                national_id_masked=masked,
+                id_source=id_source,
+            )
+        raise Conflict(f"no free tracking code after {_TRACKING_CODE_ATTEMPTS} attempts")
+
+    async def set_case_status(self, case_id: int, status: str) -> None:
+        changed = await self._update(
+            "UPDATE cases SET status = ?, updated_at = ? WHERE id = ?",
+            (status, time.time(), case_id),
+        )
+        if not changed:
+            raise NotFound(f"no case with id {case_id}")
+
+    async def get_case(self, tracking_code: str) -> Case:
+        row = await self._fetchone(
+            f"SELECT {_CASE_COLUMNS} FROM cases WHERE tracking_code = ?", (tracking_code,)
+        )
+        if row is None:
+            raise NotFound(f"no case with tracking code {tracking_code!r}")
+        return _case_from_row(row)
+
+    async def case_for_call(self, call_id: int) -> Case | None:
+        row = await self._fetchone(
+            f"SELECT {_CASE_COLUMNS} FROM cases WHERE call_id = ?", (call_id,)
+        )
+        return None if row is None else _case_from_row(row)
+
+    async def national_id_of(self, case_id: int) -> str | None:
+        """Return the decrypted national ID of a case; only for authorised callers."""
+        row = await self._fetchone(
+            "SELECT national_id_key_id, national_id_enc FROM cases WHERE id = ?", (case_id,)
+        )
+        if row is None:
+            raise NotFound(f"no case with id {case_id}")
+        if row["national_id_enc"] is None:
+            return None
+        try:
+            return self._protector.decrypt(row["national_id_key_id"], row["national_id_enc"])
+        except ValueError as exc:
+            raise StoreError(f"cannot decrypt the national ID of case {case_id}: {exc}") from exc
+
+    async def add_recording(
+        self,
+        call_id: int,
+        case_id: int | None,
+        kind: str,
+        path: str,
+        duration_s: float,
+        sha256: str,
+        complete: bool,
+    ) -> Recording:
+        now = time.time()
+        try:
+            recording_id = await self._insert(
+                "INSERT INTO recordings"
+                " (call_id, case_id, kind, path, duration_s, sha256, complete, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (call_id, case_id, kind, path, duration_s, sha256, int(complete), now),
+            )
+        except sqlite3.IntegrityError as exc:
+            if _is_foreign_key_violation(exc):
+                raise NotFound(f"no call {call_id} or no case {case_id}") from exc
+            raise
+        return Recording(
+            id=recording_id,
+            call_id=call_id,
+            case_id=case_id,
+            kind=kind,
+            path=path,
+            duration_s=duration_s,
+            sha256=sha256,
+            complete=complete,
+            created_at=now,
+        )
+
+    async def attach_recordings(self, call_id: int, case_id: int) -> int:
+        """Give the call's unattached recordings to the case; return how many moved."""
+        if await self._fetchone("SELECT 1 FROM cases WHERE id = ?", (case_id,)) is None:
+            raise NotFound(f"no case with id {case_id}")
+        changed = await self._update(
+            "UPDATE recordings SET case_id = ? WHERE call_id = ? AND case_id IS NULL",
+            (case_id, call_id),
+        )
+        return changed
+
+    async def recordings_for_call(self, call_id: int) -> list[Recording]:
+        rows = await self._fetchall(
+            f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE call_id = ? ORDER BY id",
+            (call_id,),
+        )
+        return [_recording_from_row(row) for row in rows]
+
+    async def recordings_for_case(self, case_id: int) -> list[Recording]:
+        rows = await self._fetchall(
+            f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE case_id = ? ORDER BY id",
+            (case_id,),
+        )
+        return [_recording_from_row(row) for row in rows]
+
+
+async def _configure(db: aiosqlite.Connection) -> None:
+    # busy_timeout first: switching to WAL needs a lock another process may hold.
+    await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    async with db.execute("PRAGMA journal_mode = WAL") as cursor:
+        row = await cursor.fetchone()
+    # SQLite silently keeps the old mode where WAL is unsupported (e.g. some network filesystems).
+    mode = None if row is None else str(row[0]).lower()
+    if mode != "wal":
+        raise StoreError(f"could not enable WAL mode (journal_mode is {mode!r})")
+    await db.execute("PRAGMA synchronous = NORMAL")
+    await db.execute("PRAGMA foreign_keys = ON")
+
+
+@asynccontextmanager
+async def open_store(path: Path, protector: IdProtector) -> AsyncIterator[Store]:
+    """Open (creating and migrating if needed) the store at ``path``."""
+    # isolation_level=None: autocommit, so each write is committed on return and
+    # migrations can manage their own BEGIN IMMEDIATE transactions. In WAL mode
+    # synchronous=NORMAL survives a process crash; a power cut may lose the
+    # last commits.
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        db.row_factory = sqlite3.Row
+        with _translate_errors():
+            await _configure(db)
+            await migrate(db)
+        yield Store(db, protector)
+    finally:
+        await db.close()
