@@ -1,0 +1,56 @@
+"""IVR layer: what a call flow may ask of a call, whichever media engine serves it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+
+class CallEnded(Exception):
+    """The caller hung up, or the media serving the call was lost."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RecordingResult:
+    kind: str
+    path: Path
+    duration_s: float
+    sha256: str
+    # silence | digit | max | no_input | stopped | hangup | lost | error
+    reason: str
+    speech_s: float
+    complete: bool
+
+    @property
+    def heard_speech(self) -> bool:
+        return self.speech_s > 0
+
+
+class CallChannel(Protocol):
+    """One answered call, as the IVR sees it.
+
+    ``record`` returns even when the caller hangs up during it (the partial
+    recording is evidence); every other step raises ``CallEnded`` once the call
+    is gone.
+    """
+
+    @property
+    def ended(self) -> bool: ...
+
+    async def play(self, files: Sequence[Path], *, barge_in: bool = False) -> None: ...
+
+    async def record(self, kind: str, *, max_s: float, silence_s: float, no_input_s: float,
+                     stop_digits: str = "#") -> RecordingResult: ...
+
+    async def stop_record(self) -> None: ...
+
+    async def next_digit(self, timeout_s: float | None = None) -> str | None: ...
+
+    def clear_digits(self) -> None: ...
+
+    async def hangup(self) -> None: ...

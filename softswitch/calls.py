@@ -1,0 +1,183 @@
+"""Control process: calls as the IVR sees them, carried over a worker's control-protocol link."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ivr.channel import CallEnded, RecordingResult
+from media.wavfile import repair_wav
+from softswitch import protocol
+
+log = logging.getLogger("softswitch.calls")
+
+HANGUP_CONFIRM_TIMEOUT_S = 5.0
+
+
+class WorkerLink:
+    """One connected media worker: sends commands, routes its events to calls."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.worker_id: int | None = None
+        self.pid: int | None = None
+        self.max_calls: int | None = None
+        self.calls: dict[str, ControlCall] = {}
+        self.connected = True
+
+    def send(self, message_type: str, **fields: Any) -> None:
+        if not self.connected:
+            return
+        try:
+            self.writer.write(protocol.encode(message_type, **fields))
+        except (ConnectionError, RuntimeError) as exc:
+            log.warning("worker %s: send failed: %s", self.worker_id, exc)
+
+
+class ControlCall:
+    """A call on a worker, implementing ``ivr.channel.CallChannel``."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, link: WorkerLink, handle: str, call_id: int, recordings_dir: Path) -> None:
+        self.link = link
+        self.handle = handle
+        self.call_id = call_id
+        self.recordings_dir = recordings_dir
+        self.answered = asyncio.Event()
+        self.end_reason: str | None = None
+        self.ended_event = asyncio.Event()
+        self._digits: collections.deque[str] = collections.deque()
+        self._digit_arrived = asyncio.Event()
+        self._plays: dict[str, asyncio.Future[bool]] = {}
+        self._records: dict[str, tuple[str, Path, asyncio.Future[RecordingResult]]] = {}
+        self._record_seq = itertools.count(1)
+
+    # -- CallChannel -------------------------------------------------------
+    @property
+    def ended(self) -> bool:
+        return self.end_reason is not None
+
+    async def play(self, files: Sequence[Path], *, barge_in: bool = False) -> None:
+        self._check()
+        if barge_in and self._digits:
+            return
+        play_id = str(next(self._ids))
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._plays[play_id] = done
+        self.link.send("play", call=self.handle, play_id=play_id, files=[str(f) for f in files])
+        if barge_in:
+            self._digit_arrived.clear()
+            digit: asyncio.Future[Any] = asyncio.ensure_future(self._digit_arrived.wait())
+            try:
+                await asyncio.wait([done, digit], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                digit.cancel()
+            if not done.done():
+                self.link.send("stop_play", call=self.handle)
+        await done
+
+    async def record(self, kind: str, *, max_s: float, silence_s: float, no_input_s: float,
+                     stop_digits: str = "#") -> RecordingResult:
+        self._check()
+        rec_id = str(next(self._record_seq))
+        day = time.strftime("%Y/%m/%d")
+        path = self.recordings_dir / day / f"call{self.call_id}-{rec_id}-{kind}.wav"
+        result: asyncio.Future[RecordingResult] = asyncio.get_running_loop().create_future()
+        self._records[rec_id] = (kind, path, result)
+        self.link.send("record", call=self.handle, rec_id=rec_id, path=str(path), max_s=max_s,
+                       silence_s=silence_s, no_input_s=no_input_s, stop_digits=stop_digits)
+        return await result
+
+    async def stop_record(self) -> None:
+        for rec_id in list(self._records):
+            self.link.send("stop_record", call=self.handle, rec_id=rec_id)
+
+    async def next_digit(self, timeout_s: float | None = None) -> str | None:
+        while not self._digits:
+            self._check()
+            self._digit_arrived.clear()
+            try:
+                await asyncio.wait_for(self._wait_digit_or_end(), timeout_s)
+            except asyncio.TimeoutError:
+                return None
+        return self._digits.popleft()
+
+    def clear_digits(self) -> None:
+        self._digits.clear()
+
+    async def hangup(self) -> None:
+        if self.ended:
+            return
+        self.link.send("hangup", call=self.handle)
+        try:
+            await asyncio.wait_for(self.ended_event.wait(), HANGUP_CONFIRM_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("%s: worker did not confirm hang-up", self.handle)
+            self.on_ended("hangup unconfirmed")
+
+    # -- events from the worker ------------------------------------------
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "answered":
+            self.answered.set()
+        elif kind == "dtmf":
+            self._digits.append(str(event["digit"]))
+            self._digit_arrived.set()
+        elif kind == "play_done":
+            future = self._plays.pop(str(event["play_id"]), None)
+            if future is not None and not future.done():
+                future.set_result(bool(event["completed"]))
+        elif kind == "record_done":
+            entry = self._records.pop(str(event["rec_id"]), None)
+            if entry is not None and not entry[2].done():
+                entry[2].set_result(RecordingResult(
+                    kind=entry[0], path=Path(event["path"]), duration_s=float(event["duration_s"]),
+                    sha256=str(event["sha256"]), reason=str(event["reason"]),
+                    speech_s=float(event["speech_s"]), complete=bool(event["complete"])))
+        elif kind == "hangup":
+            self.on_ended("caller hung up")
+        elif kind == "error":
+            log.error("%s: worker reported: %s", self.handle, event.get("detail"))
+
+    def on_ended(self, reason: str) -> None:
+        """The call is gone; settle whatever the IVR still waits for."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        for play in self._plays.values():
+            if not play.done():
+                play.set_exception(CallEnded(reason))
+        self._plays.clear()
+        for kind, path, recording in self._records.values():
+            if not recording.done():
+                recording.set_result(recover_recording(kind, path, "lost"))
+        self._records.clear()
+        self._digit_arrived.set()
+        self.ended_event.set()
+
+    def _check(self) -> None:
+        if self.end_reason is not None:
+            raise CallEnded(self.end_reason)
+
+    async def _wait_digit_or_end(self) -> None:
+        await self._digit_arrived.wait()
+
+
+def recover_recording(kind: str, path: Path, reason: str) -> RecordingResult:
+    """A recording whose worker died: repair the WAV header and keep every sample written."""
+    try:
+        info = repair_wav(path)
+    except FileNotFoundError:
+        return RecordingResult(kind, path, 0.0, "", reason, 0.0, False)
+    except (OSError, ValueError) as exc:
+        log.error("cannot repair recording %s: %s", path, exc)
+        return RecordingResult(kind, path, 0.0, "", reason, 0.0, False)
+    # Speech was not measured by the dead worker; count the audio as possible speech
+    # so a partial message is filed rather than dropped.
+    return RecordingResult(kind, path, info.duration_s, info.sha256, reason, info.duration_s, False)
+

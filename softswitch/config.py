@@ -1,0 +1,174 @@
+"""Softswitch configuration: embedded defaults, optionally overridden by a YAML file, validated on load."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; the message says which field and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SipConfig(_Section):
+    listen: str = "127.0.0.1"
+    port: int = Field(5060, ge=1, le=65535)
+    service_number: str = Field("111", pattern=r"^[0-9]+$")
+    trunk_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+    @field_validator("trunk_allow")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)
+        return value
+
+
+class WorkersConfig(_Section):
+    count: int = Field(4, ge=1, le=1000)
+    host: str = "127.0.0.1"
+    base_port: int = Field(5070, ge=1024, le=65000)
+    rtp_base_port: int = Field(20000, ge=1024, le=65000)
+    rtp_ports_per_worker: int = Field(40, ge=8)
+    poll_ms: int = Field(10, ge=1, le=1000)
+    max_calls_request: int = Field(64, ge=1)
+    restart_backoff_s: float = Field(0.5, ge=0)
+
+
+class HttpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8111, ge=0, le=65535)
+
+
+class IvrConfig(_Section):
+    """Timers of the recorded-message flow, in seconds."""
+
+    id_max_s: float = Field(20.0, gt=0)
+    id_silence_s: float = Field(1.5, gt=0)
+    id_no_input_s: float = Field(10.0, gt=0)
+    id_digits: int = 10
+    message_max_s: float = Field(120.0, gt=0)
+    message_silence_s: float = Field(3.0, gt=0)
+    message_no_input_s: float = Field(15.0, gt=0)
+    tracking_code_repeats: int = Field(2, ge=1, le=5)
+    answer_timeout_s: float = Field(5.0, gt=0)
+
+
+class PromptsConfig(_Section):
+    texts: Path = CONFIG_DIR / "prompts.fa.yaml"
+    cache_dir: Path = Path("prompts")
+    override_dir: Path | None = None
+    voice: str = "fa"
+
+
+class KamailioConfig(_Section):
+    binary: str = "kamailio"
+    template: Path = CONFIG_DIR / "kamailio.cfg.j2"
+    shared_memory_mb: int = Field(64, ge=16)
+    private_memory_mb: int = Field(8, ge=2)
+    children: int = Field(4, ge=1)
+    failover_timeout_ms: int = Field(1500, ge=100)
+
+
+class SecurityConfig(_Section):
+    id_key_file: Path = Path("keys/national_id.json")
+
+
+class Config(_Section):
+    data_dir: Path = Path("var")
+    database: Path = Path("softswitch.db")
+    recordings_dir: Path = Path("recordings")
+    drain_timeout_s: float = Field(30.0, ge=0)
+    sip: SipConfig = SipConfig()
+    workers: WorkersConfig = WorkersConfig()
+    http: HttpConfig = HttpConfig()
+    ivr: IvrConfig = IvrConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    kamailio: KamailioConfig = KamailioConfig()
+    security: SecurityConfig = SecurityConfig()
+
+    @model_validator(mode="after")
+    def _ports_do_not_collide(self) -> Config:
+        w = self.workers
+        sip_ports = range(w.base_port, w.base_port + w.count)
+        if self.sip.port in sip_ports:
+            raise ValueError(f"sip.port {self.sip.port} falls inside the worker SIP ports {w.base_port}..")
+        rtp_end = w.rtp_base_port + w.count * w.rtp_ports_per_worker
+        if rtp_end > 65535:
+            raise ValueError(f"{w.count} workers x {w.rtp_ports_per_worker} RTP ports overflow port 65535")
+        if w.rtp_base_port < sip_ports.stop and rtp_end > w.base_port:
+            raise ValueError("worker RTP ports overlap worker SIP ports")
+        return self
+
+    def under_data(self, path: Path) -> Path:
+        """Relative paths in the config live under data_dir."""
+        return path if path.is_absolute() else self.data_dir / path
+
+    @property
+    def database_path(self) -> Path:
+        return self.under_data(self.database)
+
+    @property
+    def recordings_path(self) -> Path:
+        return self.under_data(self.recordings_dir)
+
+    @property
+    def control_socket(self) -> Path:
+        return self.under_data(Path("control.sock"))
+
+    @property
+    def prompt_cache(self) -> Path:
+        return self.under_data(self.prompts.cache_dir)
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Embedded defaults, then the YAML file (if any), then overrides; a relative data_dir is taken from the cwd."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        data = loaded
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        raise ConfigError(where + "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())) from None
+    if not config.data_dir.is_absolute():
+        config = config.model_copy(update={"data_dir": config.data_dir.resolve()})
+    return config
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def load_prompt_texts(path: Path) -> dict[str, str]:
+    try:
+        texts = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if not isinstance(texts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in texts.items()):
+        raise ConfigError(f"{path}: must map prompt names to texts")
+    return texts

@@ -1,0 +1,273 @@
+"""Control process: supervises the SIP front and media workers, runs the IVR and the case store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ivr.channel import RecordingResult
+from ivr.recorded_message import RecordedMessageFlow, Session
+from media.prompts import PromptLibrary
+from softswitch import protocol, sipfront
+from softswitch.calls import ControlCall, WorkerLink
+from softswitch.config import Config, load_prompt_texts
+from softswitch.routing import Accept, CallFacts, route
+from storage.crypto import IdProtector
+from storage.store import Store, open_store
+
+log = logging.getLogger("softswitch.control")
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+
+
+class StoreCaseSink:
+    """The IVR's view of the store for one call."""
+
+    def __init__(self, store: Store, call_id: int) -> None:
+        self.store = store
+        self.call_id = call_id
+
+    async def keep_recording(self, result: RecordingResult) -> None:
+        await self.store.add_recording(self.call_id, None, result.kind, str(result.path), result.duration_s,
+                                       result.sha256, result.complete)
+
+    async def open_case(self, national_id: str | None, id_source: str, complete: bool) -> str:
+        case = await self.store.create_case(self.call_id, "received" if complete else "received_incomplete",
+                                            national_id, id_source)
+        await self.store.attach_recordings(self.call_id, case.id)
+        return case.tracking_code
+
+
+class Softswitch:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.links: list[WorkerLink] = []
+        self.flows: set[asyncio.Task[None]] = set()
+        self.processes: dict[str, ManagedProcess] = {}
+        self.draining = False
+        self.stopped = asyncio.Event()
+        self.run_dir = config.under_data(Path("run"))
+        texts = load_prompt_texts(config.prompts.texts)
+        self.prompts = PromptLibrary(texts, config.prompt_cache, config.prompts.override_dir,
+                                     voice=config.prompts.voice)
+
+    # -- lifecycle ---------------------------------------------------------
+    async def run(self) -> None:
+        cfg = self.config
+        for directory in (cfg.data_dir, cfg.recordings_path, self.run_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.prompts.ensure)
+        protector = IdProtector.from_key_file(cfg.under_data(cfg.security.id_key_file))
+        async with open_store(cfg.database_path, protector) as store:
+            self.store = store
+            await self._close_orphaned_calls()
+            socket_path = cfg.control_socket
+            socket_path.unlink(missing_ok=True)
+            server = await asyncio.start_unix_server(self._serve_worker, path=str(socket_path))
+            runner = await self._start_http()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.drain()))
+            supervisors = [asyncio.create_task(self._supervise(p)) for p in self._processes()]
+            log.info("softswitch up: SIP %s:%d, HTTP %s:%d, %d workers", cfg.sip.listen, cfg.sip.port,
+                     cfg.http.host, runner.addresses[0][1] if runner.addresses else cfg.http.port,
+                     cfg.workers.count)
+            await self.stopped.wait()
+            for task in supervisors:
+                await task
+            server.close()
+            await runner.cleanup()
+
+    def _processes(self) -> list[ManagedProcess]:
+        cfg = self.config
+        w = cfg.workers
+        kamailio_cfg = sipfront.render(cfg, self.run_dir / "kamailio")
+        procs = [ManagedProcess("kamailio", sipfront.command(cfg, kamailio_cfg, self.run_dir / "kamailio"))]
+        for i, port in enumerate(sipfront.worker_sip_ports(cfg)):
+            procs.append(ManagedProcess(f"worker{i}", [
+                sys.executable, "-m", "softswitch.worker", "--id", str(i), "--sip-host", w.host,
+                "--sip-port", str(port), "--rtp-port", str(w.rtp_base_port + i * w.rtp_ports_per_worker),
+                "--rtp-port-range", str(w.rtp_ports_per_worker), "--control-socket", str(cfg.control_socket),
+                "--poll-ms", str(w.poll_ms), "--max-calls-request", str(w.max_calls_request)]))
+        for proc in procs:
+            self.processes[proc.name] = proc
+        return procs
+
+    async def _supervise(self, managed: ManagedProcess) -> None:
+        """Keep one child running until the softswitch stops; a dead child is restarted."""
+        while not self.stopped.is_set():
+            managed.process = await asyncio.create_subprocess_exec(
+                *managed.argv, cwd=str(Path(__file__).resolve().parent.parent))
+            code = await managed.process.wait()
+            if self.stopped.is_set():
+                return
+            managed.restarts += 1
+            log.error("%s (pid %d) exited with %s; restarting", managed.name, managed.process.pid, code)
+            await asyncio.sleep(self.config.workers.restart_backoff_s)
+
+    async def drain(self) -> None:
+        """Stop taking calls, let running ones finish (bounded), keep every recording, then stop."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining: %d calls running", len(self.flows))
+        for link in self.links:
+            link.send("drain")
+        if self.flows:
+            _, pending = await asyncio.wait(self.flows, timeout=self.config.drain_timeout_s)
+            for link in self.links:
+                for call in list(link.calls.values()):
+                    link.send("hangup", call=call.handle)
+            if pending:
+                await asyncio.wait(pending, timeout=10)
+        self.stopped.set()
+        for managed in self.processes.values():
+            if managed.process is not None and managed.process.returncode is None:
+                managed.process.terminate()
+        for managed in self.processes.values():
+            if managed.process is not None:
+                try:
+                    await asyncio.wait_for(managed.process.wait(), 10)
+                except asyncio.TimeoutError:
+                    managed.process.kill()
+                    await managed.process.wait()
+
+    async def _close_orphaned_calls(self) -> None:
+        """Calls left open by a previous crash of the control process: close their CDRs."""
+        for call in await self.store.unfinished_calls():
+            await self.store.end_call(call.id, time.time(), "interrupted", call.ivr_path)
+
+    # -- workers -----------------------------------------------------------
+    async def _serve_worker(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = WorkerLink(writer)
+        self.links.append(link)
+        try:
+            while line := await reader.readline():
+                try:
+                    event = protocol.decode(line, protocol.EVENT_TYPES)
+                except ValueError as exc:
+                    log.error("worker %s sent a bad event: %s", link.worker_id, exc)
+                    continue
+                self._on_event(link, event)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            link.connected = False
+            self.links.remove(link)
+            if link.calls:
+                log.error("worker %s lost with %d calls", link.worker_id, len(link.calls))
+            for call in list(link.calls.values()):
+                call.on_ended("media lost")
+            writer.close()
+
+    def _on_event(self, link: WorkerLink, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "hello":
+            link.worker_id, link.pid, link.max_calls = event["worker_id"], event["pid"], event["max_calls"]
+            if self.draining:
+                link.send("drain")
+            return
+        if kind == "capacity":
+            link.max_calls = int(event["max_calls"])
+            log.info("worker %s holds at most %d calls", link.worker_id, link.max_calls)
+            return
+        if kind == "incoming":
+            task = asyncio.create_task(self._handle_call(link, event))
+            self.flows.add(task)
+            task.add_done_callback(self.flows.discard)
+            return
+        call = link.calls.get(str(event.get("call")))
+        if call is not None:
+            call.on_event(event)
+            if kind == "hangup":
+                link.calls.pop(call.handle, None)
+
+    async def _handle_call(self, link: WorkerLink, event: dict[str, Any]) -> None:
+        handle = str(event["call"])
+        facts = CallFacts(to_uri=str(event.get("request_uri") or event["to_uri"]),
+                          from_uri=str(event["from_uri"]), source=str(event["source"]))
+        call_id = await self.store.add_call(str(event["sip_call_id"]), facts.from_uri, str(event["to_uri"]),
+                                            facts.source, link.worker_id, time.time())
+        call = ControlCall(link, handle, call_id, self.config.recordings_path)
+        link.calls[handle] = call
+        destination = route(facts, self.config.sip.service_number, self.config.sip.trunk_allow)
+        if not isinstance(destination, Accept):
+            link.send("reject", call=handle, status_code=destination.status_code)
+            await call.ended_event.wait()
+            await self.store.end_call(call_id, time.time(), f"rejected_{destination.status_code}", [])
+            return
+        link.send("answer", call=handle)
+        session = Session()
+        try:
+            await asyncio.wait_for(_first(call.answered.wait(), call.ended_event.wait()),
+                                   self.config.ivr.answer_timeout_s)
+            if call.answered.is_set() and not call.ended:
+                await self.store.answer_call(call_id, time.time())
+                flow = RecordedMessageFlow(call, self.prompts, StoreCaseSink(self.store, call_id),
+                                           self.config.ivr, label=handle)
+                session = await flow.run()
+        except asyncio.TimeoutError:
+            log.warning("%s: not confirmed within %.1fs", handle, self.config.ivr.answer_timeout_s)
+        finally:
+            if not call.ended:
+                await call.hangup()
+            await self.store.end_call(call_id, time.time(), _disposition(call, session), session.path)
+
+    async def _start_http(self) -> web.AppRunner:
+        from softswitch.http_api import build_app
+
+        runner = web.AppRunner(build_app(self), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.http.host, self.config.http.port)
+        await site.start()
+        return runner
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "draining" if self.draining else "ok",
+            "active_calls": sum(len(link.calls) for link in self.links),
+            "workers": sorted(({
+                "id": link.worker_id, "pid": link.pid, "max_calls": link.max_calls, "calls": len(link.calls),
+            } for link in self.links), key=lambda w: w["id"] if w["id"] is not None else -1),
+            "restarts": {name: p.restarts for name, p in self.processes.items() if p.restarts},
+        }
+
+
+async def _first(*waits: Any) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _disposition(call: ControlCall, session: Session) -> str:
+    if not call.answered.is_set():
+        return "unanswered"
+    if call.end_reason == "media lost":
+        return "worker_lost"
+    if session.ended_by is not None:
+        return "caller_hangup"
+    return "completed"
+
+
+def serve(config: Config) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s control %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Softswitch(config).run())

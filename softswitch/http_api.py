@@ -1,0 +1,78 @@
+"""Control process: the JSON HTTP API (health, CDRs, cases)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from storage.errors import NotFound
+from storage.models import CallRecord, Case, Recording
+
+if TYPE_CHECKING:
+    from softswitch.control import Softswitch
+
+SOFTSWITCH = web.AppKey("softswitch", object)
+
+
+def _recording(rec: Recording) -> dict[str, Any]:
+    return {"kind": rec.kind, "duration_s": round(rec.duration_s, 3), "sha256": rec.sha256,
+            "complete": rec.complete}
+
+
+def _call(call: CallRecord) -> dict[str, Any]:
+    return {"sip_call_id": call.sip_call_id, "from": call.from_uri, "to": call.to_uri, "source": call.source,
+            "worker_id": call.worker_id, "arrived_at": call.arrived_at, "answered_at": call.answered_at,
+            "ended_at": call.ended_at, "disposition": call.disposition, "ivr_path": list(call.ivr_path)}
+
+
+def _case(case: Case) -> dict[str, Any]:
+    return {"tracking_code": case.tracking_code, "status": case.status, "created_at": case.created_at,
+            "national_id": case.national_id_masked, "id_source": case.id_source}
+
+
+def build_app(softswitch: Softswitch) -> web.Application:
+    app = web.Application()
+    app[SOFTSWITCH] = softswitch
+    app.router.add_get("/api/health", health)
+    app.router.add_get("/api/calls/{sip_call_id}", get_call)
+    app.router.add_get("/api/cases/{tracking_code}", get_case)
+    return app
+
+
+def _switch(request: web.Request) -> Softswitch:
+    return request.app[SOFTSWITCH]  # type: ignore[return-value]
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response(_switch(request).health())
+
+
+async def get_call(request: web.Request) -> web.Response:
+    store = _switch(request).store
+    try:
+        call = await store.get_call_by_sip_id(request.match_info["sip_call_id"])
+    except NotFound:
+        raise web.HTTPNotFound(text='{"error": "no such call"}', content_type="application/json") from None
+    case = await store.case_for_call(call.id)
+    recordings = await store.recordings_for_call(call.id)
+    return web.json_response({
+        "call": _call(call),
+        "case": _case(case) if case else None,
+        "tracking_code": case.tracking_code if case else None,
+        "recordings": [_recording(r) for r in recordings],
+    })
+
+
+async def get_case(request: web.Request) -> web.Response:
+    store = _switch(request).store
+    try:
+        case = await store.get_case(request.match_info["tracking_code"])
+    except NotFound:
+        raise web.HTTPNotFound(text='{"error": "no such case"}', content_type="application/json") from None
+    recordings = await store.recordings_for_case(case.id)
+    body = _case(case)
+    body["recordings"] = [_recording(r) for r in recordings]
+    if case.call_id is not None:
+        body["call"] = _call(await store.get_call(case.call_id))
+    return web.json_response(body)
