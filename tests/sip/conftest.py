@@ -1,0 +1,162 @@
+"""Fixtures for SIP tests: a real softswitch (Kamailio, media workers, control) on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from bench.sipp import SippResult, SippRun, caller_scenario, refused_scenario
+from softswitch.config import CONFIG_DIR, PROJECT_ROOT, load_prompt_texts
+
+SIP_PORT = 15060
+HTTP_PORT = 18111
+WORKERS = 3
+PROMPT_S = 0.3  # every test prompt is a 0.3 s tone, so call timelines are short and known
+ALLOWED_SOURCE = "127.0.0.1"
+DISALLOWED_SOURCE = "127.0.0.2"
+
+# Test timers: the flow's steps with short prompts and end-pointing.
+IVR = {"id_max_s": 15, "id_silence_s": 1.0, "id_no_input_s": 4.0, "message_max_s": 30,
+       "message_silence_s": 1.5, "message_no_input_s": 6.0}
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.fail(f"{tool} is not installed: run scripts/setup.sh (apt packages)")
+
+
+@dataclass
+class RunningSoftswitch:
+    data_dir: Path
+    http: str
+    sip_target: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    work: Path
+    _port_seq: int = 0
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.http + path, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def wait_for(self, predicate: Any, timeout_s: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+    def call_record(self, sip_call_id: str, timeout_s: float = 20) -> dict[str, Any]:
+        """The API view of a call once its CDR is closed."""
+        def closed() -> dict[str, Any] | None:
+            status, body = self.get(f"/api/calls/{sip_call_id}")
+            return body if status == 200 and body["call"]["ended_at"] else None
+        return self.wait_for(closed, timeout_s, f"CDR of {sip_call_id}")
+
+    def next_ports(self) -> tuple[int, int]:
+        self._port_seq += 1
+        return 16000 + self._port_seq * 2, 26000 + self._port_seq * 10
+
+    def sipp(self, name: str, scenario_xml: str, *, call_id: str, local_ip: str = ALLOWED_SOURCE,
+             service: str = "111", timeout_s: float = 60) -> SippRun:
+        directory = self.work / name
+        directory.mkdir(parents=True, exist_ok=True)
+        scenario = directory / "scenario.xml"
+        scenario.write_text(scenario_xml)
+        sip_port, media_port = self.next_ports()
+        return SippRun(target=self.sip_target, scenario=scenario, local_ip=local_ip, local_port=sip_port,
+                       media_port=media_port, service=service, call_id=call_id, timeout_s=timeout_s)
+
+    def call(self, name: str, pcap: Path | None, *, hangup_after_ms: int | None = None,
+             timeout_s: float = 60) -> tuple[SippResult, str]:
+        call_id = f"{name}-{os.getpid()}@test"
+        run = self.sipp(name, caller_scenario(pcap, hangup_after_ms=hangup_after_ms), call_id=call_id,
+                        timeout_s=timeout_s)
+        return run.run(self.work / name), call_id
+
+    def refused(self, name: str, status_code: int, **kwargs: Any) -> tuple[SippResult, str]:
+        call_id = f"{name}-{os.getpid()}@test"
+        run = self.sipp(name, refused_scenario(status_code), call_id=call_id, timeout_s=20, **kwargs)
+        return run.run(self.work / name), call_id
+
+    def recording_file(self, sha256: str) -> Path:
+        import hashlib
+        for path in (self.data_dir / "recordings").rglob("*.wav"):
+            if hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
+                return path
+        raise AssertionError(f"no recording file with sha256 {sha256}")
+
+
+def _tone_overrides(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(load_prompt_texts(CONFIG_DIR / "prompts.fa.yaml")):
+        subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer",
+                        str(directory / f"{name}.wav"), "synth", str(PROMPT_S), "sine", str(400 + 40 * i),
+                        "vol", "0.3"], check=True)
+
+
+@pytest.fixture(scope="session")
+def softswitch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSoftswitch]:
+    for tool in ("sipp", "kamailio", "sox", "espeak-ng"):
+        _need(tool)
+    base = tmp_path_factory.mktemp("softswitch")
+    data_dir = base / "var"
+    overrides = base / "prompt-overrides"
+    _tone_overrides(overrides)
+    config = {
+        "data_dir": str(data_dir),
+        "drain_timeout_s": 5,
+        "sip": {"port": SIP_PORT, "trunk_allow": [f"{ALLOWED_SOURCE}/32", "::1/128"]},
+        "workers": {"count": WORKERS, "base_port": 15070, "rtp_base_port": 31000, "restart_backoff_s": 0.2},
+        "http": {"port": HTTP_PORT},
+        "ivr": IVR,
+        "prompts": {"override_dir": str(overrides), "cache_dir": str(base / "prompt-cache")},
+    }
+    config_path = base / "softswitch.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = base / "softswitch.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "softswitch.cli", "--config", str(config_path), "run"],
+                                   cwd=str(PROJECT_ROOT), stdout=log, stderr=subprocess.STDOUT)
+    running = RunningSoftswitch(data_dir=data_dir, http=f"http://127.0.0.1:{HTTP_PORT}",
+                                sip_target=f"127.0.0.1:{SIP_PORT}", process=process, log_path=log_path,
+                                work=base / "sipp")
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"softswitch exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            status, body = running.get("/api/health")
+        except OSError:
+            return False
+        return status == 200 and len(body["workers"]) == WORKERS
+    try:
+        running.wait_for(ready, 90, "softswitch health with all workers connected")
+        time.sleep(1.0)  # Kamailio's dispatcher probes the workers once before trusting them
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,167 @@
+"""End to end over loopback: SIPp callers with Persian speech RTP through Kamailio to the workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.sipp import caller_scenario
+from media.rtp_pcap import CallerTimeline
+from media.wavfile import is_silence, read_pcm, wav_info
+from tests.sip.conftest import DISALLOWED_SOURCE, PROMPT_S, RunningSoftswitch
+
+pytestmark = [pytest.mark.sip, pytest.mark.timeout(180)]
+
+NATIONAL_ID = "0499370899"
+# Where the message recording starts on the caller's timeline: after the ID digits
+# end, two prompts (request prompt, beep) of PROMPT_S each, plus command latency.
+ID_KEYS_START_S = 1.0
+MESSAGE_LEAD_S = 2 * PROMPT_S + 0.25
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Persian sentence spoken by espeak-ng, as 8 kHz mono PCM WAV."""
+    directory = tmp_path_factory.mktemp("speech")
+    raw, out = directory / "raw.wav", directory / "request.wav"
+    text = "سلام. خیابان ما چند هفته است که آسفالت ندارد و آب باران در آن جمع می شود. لطفا رسیدگی کنید."
+    subprocess.run(["espeak-ng", "-v", "fa", "-s", "150", "-w", str(raw), text], check=True)
+    subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer", str(out)],
+                   check=True)
+    return out
+
+
+def keyed_id_then_message(speech: Path, pcap: Path, end_with_pound: bool = True) -> tuple[float, float]:
+    """Caller keys the ID, then speaks the request; returns (speech start, speech seconds)."""
+    timeline = CallerTimeline().silence(ID_KEYS_START_S).dtmf(NATIONAL_ID)
+    timeline.silence(MESSAGE_LEAD_S)
+    start = timeline.total_s
+    timeline.speech_wav(speech)
+    if end_with_pound:
+        timeline.dtmf("#")
+    timeline.silence(0.5)
+    timeline.write(pcap)
+    return start, wav_info(speech).duration_s
+
+
+def test_recorded_message_end_to_end(softswitch: RunningSoftswitch, speech: Path, tmp_path: Path) -> None:
+    pcap = tmp_path / "caller.pcap"
+    _, speech_s = keyed_id_then_message(speech, pcap)
+    result, call_id = softswitch.call("full-flow", pcap)
+    assert result.returncode == 0, result.stderr + result.stdout[-2000:]
+
+    body = softswitch.call_record(call_id)
+    call = body["call"]
+    assert call["disposition"] == "completed"
+    assert call["answered_at"] and call["ended_at"] >= call["answered_at"] >= call["arrived_at"]
+    assert call["ivr_path"][:3] == ["greeting", "national_id:keypad", "message:digit"]
+    assert "tracking_code" in call["ivr_path"] and call["ivr_path"][-1] == "goodbye"
+    code = body["tracking_code"]
+    assert code and code.isdigit() and len(code) == 9
+
+    kinds = {r["kind"]: r for r in body["recordings"]}
+    assert set(kinds) == {"national_id_utterance", "message"}
+    message = kinds["message"]
+    assert abs(message["duration_s"] - speech_s) < 0.5, (message["duration_s"], speech_s)
+    message_file = softswitch.recording_file(message["sha256"])
+    assert not is_silence(message_file)
+    assert len(read_pcm(message_file)) == pytest.approx(message["duration_s"] * 16000, abs=2)
+
+    status, case = softswitch.get(f"/api/cases/{code}")
+    assert status == 200
+    assert case["status"] == "received" and case["id_source"] == "keypad"
+    assert case["national_id"] == "********" + NATIONAL_ID[-2:]
+    assert {r["kind"] for r in case["recordings"]} == {"national_id_utterance", "message"}
+    assert case["call"]["sip_call_id"] == call_id
+
+
+def test_hangup_mid_message_keeps_partial_recording(softswitch: RunningSoftswitch, speech: Path,
+                                                    tmp_path: Path) -> None:
+    pcap = tmp_path / "caller.pcap"
+    start, speech_s = keyed_id_then_message(speech, pcap, end_with_pound=False)
+    hangup_at_s = start + speech_s / 2
+    result, call_id = softswitch.call("hangup-mid-message", pcap, hangup_after_ms=int(hangup_at_s * 1000))
+    assert result.returncode == 0, result.stderr + result.stdout[-2000:]
+
+    body = softswitch.call_record(call_id)
+    assert body["call"]["disposition"] == "caller_hangup"
+    assert body["call"]["ivr_path"][-1] == "ended:message"
+    message = next(r for r in body["recordings"] if r["kind"] == "message")
+    # Recorded from the beep to the hang-up: about half the speech, and nothing lost.
+    assert speech_s / 2 - 0.6 < message["duration_s"] < speech_s / 2 + 0.6
+    assert not is_silence(softswitch.recording_file(message["sha256"]))
+    status, case = softswitch.get(f"/api/cases/{body['tracking_code']}")
+    assert status == 200 and case["status"] == "received_incomplete"
+
+
+def test_other_number_gets_404(softswitch: RunningSoftswitch) -> None:
+    result, call_id = softswitch.refused("wrong-number", 404, service="112")
+    assert result.returncode == 0, result.stderr + result.stdout[-2000:]
+    body = softswitch.call_record(call_id)
+    assert body["call"]["disposition"] == "rejected_404"
+    assert body["case"] is None and body["recordings"] == []
+
+
+def test_disallowed_source_gets_403(softswitch: RunningSoftswitch) -> None:
+    result, call_id = softswitch.refused("bad-source", 403, local_ip=DISALLOWED_SOURCE)
+    assert result.returncode == 0, result.stderr + result.stdout[-2000:]
+    body = softswitch.call_record(call_id)
+    assert body["call"]["disposition"] == "rejected_403"
+    assert body["call"]["source"].startswith(DISALLOWED_SOURCE)
+
+
+def test_worker_killed_mid_call_spares_other_calls(softswitch: RunningSoftswitch, speech: Path,
+                                                   tmp_path: Path) -> None:
+    long_pcap = tmp_path / "long.pcap"
+    timeline = CallerTimeline().silence(ID_KEYS_START_S).dtmf(NATIONAL_ID).silence(MESSAGE_LEAD_S)
+    for _ in range(3):
+        timeline.speech_wav(speech).silence(0.3)
+    timeline.write(long_pcap)
+    short_pcap = tmp_path / "short.pcap"
+    keyed_id_then_message(speech, short_pcap)
+
+    victim_id = f"victim-{os.getpid()}@test"
+    victim_run = softswitch.sipp("victim", caller_scenario(long_pcap), call_id=victim_id, timeout_s=40)
+    victim = victim_run.start(softswitch.work / "victim")
+    survivor_id = f"survivor-{os.getpid()}@test"
+    survivor_run = softswitch.sipp("survivor", caller_scenario(short_pcap), call_id=survivor_id, timeout_s=60)
+    survivor = survivor_run.start(softswitch.work / "survivor")
+    try:
+        def workers_of_both() -> tuple[int, int] | None:
+            victim_status, victim_body = softswitch.get(f"/api/calls/{victim_id}")
+            survivor_status, survivor_body = softswitch.get(f"/api/calls/{survivor_id}")
+            if victim_status != 200 or survivor_status != 200:
+                return None
+            return victim_body["call"]["worker_id"], survivor_body["call"]["worker_id"]
+        victim_worker, survivor_worker = softswitch.wait_for(workers_of_both, 15, "both calls to arrive")
+        assert victim_worker != survivor_worker, "round robin put both calls on one worker"
+        time.sleep(ID_KEYS_START_S + 2.5 + MESSAGE_LEAD_S + 2.0)  # well into the victim's message
+        _, health = softswitch.get("/api/health")
+        pid = next(w["pid"] for w in health["workers"] if w["id"] == victim_worker)
+        os.kill(pid, signal.SIGKILL)
+
+        survivor_result = survivor_run.finish(survivor)
+        assert survivor_result.returncode == 0, survivor_result.stderr + survivor_result.stdout[-2000:]
+        assert softswitch.call_record(survivor_id)["call"]["disposition"] == "completed"
+
+        lost = softswitch.call_record(victim_id)
+        assert lost["call"]["disposition"] == "worker_lost"
+        message = next(r for r in lost["recordings"] if r["kind"] == "message")
+        assert message["duration_s"] > 1.0 and not message["complete"]
+        assert not is_silence(softswitch.recording_file(message["sha256"]))
+        assert lost["tracking_code"], "a partial message must still become a case"
+
+        def worker_back() -> bool:
+            _, body = softswitch.get("/api/health")
+            return any(w["id"] == victim_worker and w["pid"] != pid for w in body["workers"])
+        softswitch.wait_for(worker_back, 20, "the killed worker to be restarted")
+    finally:
+        for process in (victim, survivor):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()

@@ -1,0 +1,80 @@
+"""Routing decisions and configuration validation, without sockets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from softswitch import protocol
+from softswitch.config import ConfigError, load_config
+from softswitch.routing import Accept, CallFacts, Reject, dialled_number, route
+
+pytestmark = pytest.mark.unit
+
+ALLOW = ("127.0.0.0/8", "::1/128", "10.20.0.0/16")
+
+
+@pytest.mark.parametrize("uri, number", [
+    ("sip:111@127.0.0.1:5060", "111"),
+    ("<sip:111@trunk.example;user=phone>", "111"),
+    ('"Caller" <sip:0912-123-4567@host>', "09121234567"),
+    ("tel:111", "111"),
+    ("sip:host-only", None),
+    ("garbage", None),
+])
+def test_dialled_number(uri: str, number: str | None) -> None:
+    assert dialled_number(uri) == number
+
+
+@pytest.mark.parametrize("to_uri, source, expected", [
+    ("sip:111@127.0.0.1", "127.0.0.1", Accept("recorded_message")),
+    ("sip:111@127.0.0.1", "10.20.3.4:5060", Accept("recorded_message")),
+    ("sip:111@[::1]", "::1", Accept("recorded_message")),
+    ("sip:112@127.0.0.1", "127.0.0.1", Reject(404, "number not served here")),
+    ("sip:1110@127.0.0.1", "127.0.0.1", Reject(404, "number not served here")),
+    ("sip:111@127.0.0.1", "192.0.2.7", Reject(403, "source not on the trunk allow-list")),
+    ("sip:111@127.0.0.1", "not-an-address", Reject(403, "source not on the trunk allow-list")),
+])
+def test_route(to_uri: str, source: str, expected: object) -> None:
+    assert route(CallFacts(to_uri=to_uri, from_uri="sip:caller@x", source=source), "111", ALLOW) == expected
+
+
+def test_disallowed_source_is_refused_before_the_number_is_looked_at() -> None:
+    assert route(CallFacts("sip:999@x", "sip:a@b", "192.0.2.1"), "111", ALLOW).status_code == 403  # type: ignore[union-attr]
+
+
+def test_embedded_defaults_load() -> None:
+    config = load_config()
+    assert config.sip.port == 5060 and config.http.port == 8111 and config.sip.service_number == "111"
+    assert config.data_dir.is_absolute()
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("sip: {port: 70000}", "sip.port"),
+    ("workers: {count: 0}", "workers.count"),
+    ("sip: {trunk_allow: [not-a-net]}", "trunk_allow"),
+    ("sip: {unknown_key: 1}", "unknown_key"),
+    ("workers: {base_port: 5059, count: 4}", "falls inside the worker SIP ports"),
+    ("- a list", "mapping"),
+])
+def test_bad_config_names_the_field(tmp_path: Path, body: str, fragment: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_config(path)
+
+
+def test_protocol_round_trip_and_errors() -> None:
+    line = protocol.encode("record", call="w1-2-3", rec_id="1", max_s=2.5)
+    assert line.endswith(b"\n")
+    assert protocol.decode(line, protocol.COMMAND_TYPES) == {"type": "record", "call": "w1-2-3", "rec_id": "1",
+                                                            "max_s": 2.5}
+    with pytest.raises(ValueError, match="unexpected message type"):
+        protocol.decode(line, protocol.EVENT_TYPES)
+    with pytest.raises(ValueError, match="not JSON"):
+        protocol.decode(b"{oops\n", protocol.EVENT_TYPES)
+    with pytest.raises(ValueError, match="not a JSON object"):
+        protocol.decode(b"[1]\n", protocol.EVENT_TYPES)
+    with pytest.raises(ValueError, match="unknown message type"):
+        protocol.encode("explode")
