@@ -41,7 +41,8 @@ class WorkersConfig(_Section):
     base_port: int = Field(5070, ge=1024, le=65000)
     rtp_base_port: int = Field(20000, ge=1024, le=65000)
     rtp_ports_per_worker: int = Field(40, ge=8)
-    poll_ms: int = Field(10, ge=1, le=1000)
+    # Longest wait of a worker's event loop; SIP packets and control commands wake it at once.
+    poll_ms: int = Field(200, ge=1, le=1000)
     max_calls_request: int = Field(64, ge=1)
     restart_backoff_s: float = Field(0.5, ge=0)
 

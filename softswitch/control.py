@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,12 @@ from softswitch import protocol, sipfront
 from softswitch.calls import ControlCall, WorkerLink
 from softswitch.config import Config, load_prompt_texts
 from softswitch.routing import Accept, CallFacts, route
+from softswitch.supervisor import ExecChild, ForkedWorker, Supervisor
+from softswitch.worker import WorkerSettings
 from storage.crypto import IdProtector
 from storage.store import Store, open_store
 
 log = logging.getLogger("softswitch.control")
-
-
-@dataclass
-class ManagedProcess:
-    name: str
-    argv: list[str]
-    process: asyncio.subprocess.Process | None = None
-    restarts: int = 0
 
 
 class StoreCaseSink:
@@ -58,7 +51,7 @@ class Softswitch:
         self.config = config
         self.links: list[WorkerLink] = []
         self.flows: set[asyncio.Task[None]] = set()
-        self.processes: dict[str, ManagedProcess] = {}
+        self.supervisor = Supervisor(config.workers.restart_backoff_s)
         self.draining = False
         self.stopped = asyncio.Event()
         self.run_dir = config.under_data(Path("run"))
@@ -83,42 +76,26 @@ class Softswitch:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.drain()))
-            supervisors = [asyncio.create_task(self._supervise(p)) for p in self._processes()]
+            self._start_children()
             log.info("softswitch up: SIP %s:%d, HTTP %s:%d, %d workers", cfg.sip.listen, cfg.sip.port,
                      cfg.http.host, runner.addresses[0][1] if runner.addresses else cfg.http.port,
                      cfg.workers.count)
             await self.stopped.wait()
-            for task in supervisors:
-                await task
             server.close()
             await runner.cleanup()
 
-    def _processes(self) -> list[ManagedProcess]:
+    def _start_children(self) -> None:
         cfg = self.config
         w = cfg.workers
-        kamailio_cfg = sipfront.render(cfg, self.run_dir / "kamailio")
-        procs = [ManagedProcess("kamailio", sipfront.command(cfg, kamailio_cfg, self.run_dir / "kamailio"))]
+        kamailio_dir = self.run_dir / "kamailio"
+        argv = sipfront.command(cfg, sipfront.render(cfg, kamailio_dir), kamailio_dir)
+        self.supervisor.add("kamailio", lambda: ExecChild.start(argv))
         for i, port in enumerate(sipfront.worker_sip_ports(cfg)):
-            procs.append(ManagedProcess(f"worker{i}", [
-                sys.executable, "-m", "softswitch.worker", "--id", str(i), "--sip-host", w.host,
-                "--sip-port", str(port), "--rtp-port", str(w.rtp_base_port + i * w.rtp_ports_per_worker),
-                "--rtp-port-range", str(w.rtp_ports_per_worker), "--control-socket", str(cfg.control_socket),
-                "--poll-ms", str(w.poll_ms), "--max-calls-request", str(w.max_calls_request)]))
-        for proc in procs:
-            self.processes[proc.name] = proc
-        return procs
-
-    async def _supervise(self, managed: ManagedProcess) -> None:
-        """Keep one child running until the softswitch stops; a dead child is restarted."""
-        while not self.stopped.is_set():
-            managed.process = await asyncio.create_subprocess_exec(
-                *managed.argv, cwd=str(Path(__file__).resolve().parent.parent))
-            code = await managed.process.wait()
-            if self.stopped.is_set():
-                return
-            managed.restarts += 1
-            log.error("%s (pid %d) exited with %s; restarting", managed.name, managed.process.pid, code)
-            await asyncio.sleep(self.config.workers.restart_backoff_s)
+            settings = WorkerSettings(
+                worker_id=i, sip_host=w.host, sip_port=port, rtp_port=w.rtp_base_port + i * w.rtp_ports_per_worker,
+                rtp_port_range=w.rtp_ports_per_worker, control_socket=cfg.control_socket, poll_ms=w.poll_ms,
+                max_calls_request=w.max_calls_request)
+            self.supervisor.add(f"worker{i}", functools.partial(ForkedWorker.start, settings))
 
     async def drain(self) -> None:
         """Stop taking calls, let running ones finish (bounded), keep every recording, then stop."""
@@ -135,17 +112,8 @@ class Softswitch:
                     link.send("hangup", call=call.handle)
             if pending:
                 await asyncio.wait(pending, timeout=10)
+        await self.supervisor.stop()
         self.stopped.set()
-        for managed in self.processes.values():
-            if managed.process is not None and managed.process.returncode is None:
-                managed.process.terminate()
-        for managed in self.processes.values():
-            if managed.process is not None:
-                try:
-                    await asyncio.wait_for(managed.process.wait(), 10)
-                except asyncio.TimeoutError:
-                    managed.process.kill()
-                    await managed.process.wait()
 
     async def _close_orphaned_calls(self) -> None:
         """Calls left open by a previous crash of the control process: close their CDRs."""
@@ -244,7 +212,7 @@ class Softswitch:
             "workers": sorted(({
                 "id": link.worker_id, "pid": link.pid, "max_calls": link.max_calls, "calls": len(link.calls),
             } for link in self.links), key=lambda w: w["id"] if w["id"] is not None else -1),
-            "restarts": {name: p.restarts for name, p in self.processes.items() if p.restarts},
+            "restarts": self.supervisor.restarts(),
         }
 
 

@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import threading
@@ -35,6 +36,31 @@ log = logging.getLogger("softswitch.worker")
 FRAME_BYTES = 320  # 20 ms of 8 kHz 16-bit mono
 SOURCE_HEADER = re.compile(rb"^X-111-Source:\s*(\S+)\s*$", re.IGNORECASE | re.MULTILINE)
 SILENT_FRAME = bytes(FRAME_BYTES)
+KEEPALIVE = b"\r\n\r\n"  # RFC 5626 keep-alive: PJSIP drops it without a log line
+
+
+class Waker:
+    """Ends the library thread's ``libHandleEvents`` wait early from any thread.
+
+    The wheel's poll cannot watch our control socket, so the loop would otherwise
+    see a command only when its timeout expires. A keep-alive datagram to the
+    worker's own SIP port wakes the poll at once; that lets the timeout be long,
+    which is what an idle worker costs.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._address = (host, port)
+
+    def wake(self) -> None:
+        try:
+            self._sock.sendto(KEEPALIVE, self._address)
+        except OSError as exc:
+            log.warning("wake-up datagram failed: %s", exc)
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def frame_bytes(frame: pj.MediaFrame) -> bytes:
@@ -74,12 +100,13 @@ class CallPort(pj.AudioMediaPort):
     wheel in most runs.
     """
 
-    def __init__(self, finished: collections.deque[tuple[str, Recording]]) -> None:
+    def __init__(self, finished: collections.deque[tuple[str, Recording]], waker: Waker) -> None:
         super().__init__()
         self.lock = threading.Lock()
         self.call_handle: str | None = None
         self.recording: Recording | None = None
         self._finished = finished
+        self._waker = waker
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802 (pjsua2 API)
         with self.lock:
@@ -117,6 +144,7 @@ class CallPort(pj.AudioMediaPort):
         self.recording = None
         assert self.call_handle is not None
         self._finished.append((self.call_handle, rec))
+        self._waker.wake()
 
 
 class Player(pj.AudioMediaPlayer):
@@ -137,6 +165,7 @@ class Player(pj.AudioMediaPlayer):
     def onEof2(self) -> None:  # noqa: N802 (pjsua2 API)
         # Destroying a player inside its own EOF callback is not allowed: defer.
         self.worker.deferred.append(lambda: self.worker.advance_play(self))
+        self.worker.waker.wake()
 
 
 @dataclass
@@ -200,7 +229,7 @@ class WorkerSettings:
     rtp_port: int
     rtp_port_range: int
     control_socket: Path
-    poll_ms: int = 10
+    poll_ms: int = 200
     max_calls_request: int = 64
     pjsua_log_level: int = 2
 
@@ -220,15 +249,19 @@ class Worker:
 
     def run(self) -> None:
         self._connect()
+        self.waker = Waker(self.settings.sip_host, self.settings.sip_port)
+        self.drained = threading.Event()
         self._init_library()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.send("hello", worker_id=self.settings.worker_id, pid=os.getpid(),
                   sip_port=self.settings.sip_port, max_calls=self.max_calls)
+        threading.Thread(target=self._watch_control, name="control-watch", daemon=True).start()
         try:
             while not (self.stopping and not self.calls):
                 self.ep.libHandleEvents(self.settings.poll_ms)
                 self._drain_control()
+                self.drained.set()
                 self._run_deferred()
                 self._close_finished()
                 if self.cap_hit:
@@ -298,6 +331,8 @@ class Worker:
         self.ports.clear()
         del self.account
         self.ep.libDestroy()
+        self.stopping = True
+        self.waker.close()
         self.sock.close()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -306,6 +341,15 @@ class Worker:
         self.stopping = True
 
     # -- control socket ----------------------------------------------------
+    def _watch_control(self) -> None:
+        """Wake the library thread when a command arrives; touches no pjsua2 object."""
+        while not self.stopping:
+            readable, _, _ = select.select([self.sock], [], [], 1.0)
+            if readable:
+                self.drained.clear()
+                self.waker.wake()
+                self.drained.wait(1.0)
+
     def _connect(self) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         deadline = time.monotonic() + 10
@@ -482,7 +526,7 @@ class Worker:
             if port.call_handle is None:
                 port.call_handle = handle
                 return port
-        port = CallPort(self.finished)
+        port = CallPort(self.finished, self.waker)
         port.createPort(f"call{len(self.ports)}", self.fmt)
         port.call_handle = handle
         self.ports.append(port)
@@ -581,6 +625,13 @@ class Worker:
                   complete=rec.reason != "error")
 
 
+def run_worker(settings: WorkerSettings) -> None:
+    """Entry point of a worker process (forked by the supervisor or started from the command line)."""
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s worker{settings.worker_id} %(levelname)s %(message)s")
+    Worker(settings).run()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="softswitch media worker (one PJSUA2 endpoint)")
     parser.add_argument("--id", type=int, required=True)
@@ -589,15 +640,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rtp-port", type=int, required=True)
     parser.add_argument("--rtp-port-range", type=int, default=100)
     parser.add_argument("--control-socket", type=Path, required=True)
-    parser.add_argument("--poll-ms", type=int, default=10)
+    parser.add_argument("--poll-ms", type=int, default=200)
     parser.add_argument("--max-calls-request", type=int, default=64)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker{args.id} %(levelname)s %(message)s")
-    Worker(WorkerSettings(
+    run_worker(WorkerSettings(
         worker_id=args.id, sip_host=args.sip_host, sip_port=args.sip_port, rtp_port=args.rtp_port,
         rtp_port_range=args.rtp_port_range, control_socket=args.control_socket, poll_ms=args.poll_ms,
         max_calls_request=args.max_calls_request,
-    )).run()
+    ))
 
 
 if __name__ == "__main__":

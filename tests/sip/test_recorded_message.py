@@ -18,10 +18,13 @@ from tests.sip.conftest import DISALLOWED_SOURCE, PROMPT_S, RunningSoftswitch
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(180)]
 
 NATIONAL_ID = "0499370899"
-# Where the message recording starts on the caller's timeline: after the ID digits
-# end, two prompts (request prompt, beep) of PROMPT_S each, plus command latency.
+# Where the message recording starts on the caller's timeline: the ID step ends as
+# the 10th digit begins (one 0.2 s digit before the DTMF segment ends), then two
+# prompts (request prompt, beep) of PROMPT_S each play. The caller starts to
+# speak a little later than that, so no speech falls before the recording.
 ID_KEYS_START_S = 1.0
-MESSAGE_LEAD_S = 2 * PROMPT_S + 0.25
+DIGIT_S = 0.2
+MESSAGE_LEAD_S = 2 * PROMPT_S - DIGIT_S + 0.3
 
 
 @pytest.fixture(scope="session")
