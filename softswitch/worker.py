@@ -177,6 +177,7 @@ class CallState:
     answered: bool = False
     media_ready: bool = False
     pending_record: dict[str, Any] | None = None
+    listening: bool = False
     ended: bool = False
 
 
@@ -479,7 +480,6 @@ class Worker:
         except pj.Error:
             return
         state.port = self._take_port(state.handle)
-        audio.startTransmit(state.port)
         state.media_ready = True
         if state.pending_record is not None:
             self._start_record(state, state.pending_record)
@@ -604,6 +604,27 @@ class Worker:
             self._report_recording(state.handle, old)
         with state.port.lock:
             state.port.recording = rec
+        self._listen(state, True)
+
+    def _listen(self, state: CallState, on: bool) -> None:
+        """Connect the caller's audio to the port only while recording.
+
+        Every connected port costs a Python callback per 20 ms frame; most of a
+        call is prompts, when nobody needs the caller's audio.
+        """
+        if state.listening == on or state.port is None:
+            return
+        try:
+            audio = state.call.getAudioMedia(-1)
+            if on:
+                audio.startTransmit(state.port)
+            else:
+                audio.stopTransmit(state.port)
+            state.listening = on
+        except pj.Error as exc:
+            if on:
+                log.error("%s: cannot connect the recorder: %s", state.handle, exc.info())
+            state.listening = False
 
     def _close_finished(self) -> None:
         while self.finished:
@@ -611,6 +632,9 @@ class Worker:
             self._report_recording(handle, rec)
 
     def _report_recording(self, handle: str, rec: Recording) -> None:
+        state = self.calls.get(handle)
+        if state is not None and state.port is not None and state.port.recording is None:
+            self._listen(state, False)
         try:
             info = rec.writer.close()
         except RecordingError as exc:
