@@ -140,6 +140,7 @@ class SippRun:
     call_id: str = "%u-%p@%s"
     timeout_s: float = 120.0
     stats_file: Path | None = None
+    message_file: Path | None = None  # SIP trace of every message sent and received
 
     def argv(self) -> list[str]:
         argv = ["sipp", self.target, "-sf", str(self.scenario), "-m", str(self.calls), "-r", str(self.rate),
@@ -150,6 +151,8 @@ class SippRun:
             argv += ["-p", str(self.local_port)]
         if self.media_port:
             argv += ["-mp", str(self.media_port)]
+        if self.message_file is not None:
+            argv += ["-trace_msg", "-message_file", str(self.message_file)]
         if self.stats_file is not None:
             argv += ["-trace_stat", "-stf", str(self.stats_file), "-fd", "1"]
         return argv

@@ -1,32 +1,25 @@
 """IVR layer: the recorded-message (offline) flow, open at every hour.
 
-Greeting -> national ID (spoken, kept as its own recording, or keyed) -> message
-after the tone -> tracking code read back -> goodbye. Whatever point the call
-ends at, what was recorded is kept and attached to the call, and a message (even
-a partial one) always becomes a case.
+Greeting -> the caller's national ID (ivr/identify.py) -> about whom (the caller,
+or someone else whose ID is then taken the same way) -> message after the tone
+-> tracking code read back -> goodbye. Whatever point the call ends at, what was
+recorded is kept and attached to the call, and a message (even a partial one)
+always becomes a case, filed under the person it concerns.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from ivr.channel import CallChannel, CallEnded, RecordingResult
+from ivr.identify import Prompts, SpeechDigits, Whose, ask_about_whom, identify
 from softswitch.config import IvrConfig
+from storage.models import PersonId
 
 log = logging.getLogger("ivr.recorded_message")
-
-INTER_DIGIT_TIMEOUT_S = 4.0
-
-
-class Prompts(Protocol):
-    def path(self, name: str) -> Path: ...
-
-    def number(self, digits: str) -> list[Path]: ...
 
 
 class CaseSink(Protocol):
@@ -34,43 +27,31 @@ class CaseSink(Protocol):
 
     async def keep_recording(self, result: RecordingResult) -> None: ...
 
-    async def open_case(self, national_id: str | None, id_source: str, complete: bool) -> str: ...
+    async def open_case(self, subject: PersonId, caller: PersonId | None, complete: bool) -> str: ...
 
 
 class IvrState(enum.Enum):
     GREETING = "greeting"
-    NATIONAL_ID = "national_id"
+    CALLER_ID = "national_id"
+    ABOUT_WHOM = "about_whom"
+    SUBJECT_ID = "subject_id"
     MESSAGE = "message"
     TRACKING_CODE = "tracking_code"
     GOODBYE = "goodbye"
     DONE = "done"
 
 
-TRANSITIONS: dict[IvrState, IvrState] = {
-    IvrState.GREETING: IvrState.NATIONAL_ID,
-    IvrState.NATIONAL_ID: IvrState.MESSAGE,
-    IvrState.MESSAGE: IvrState.TRACKING_CODE,
-    IvrState.TRACKING_CODE: IvrState.GOODBYE,
-    IvrState.GOODBYE: IvrState.DONE,
+# (state, outcome of its step) -> next state; None is the only outcome of most steps.
+TRANSITIONS: dict[tuple[IvrState, str | None], IvrState] = {
+    (IvrState.GREETING, None): IvrState.CALLER_ID,
+    (IvrState.CALLER_ID, None): IvrState.ABOUT_WHOM,
+    (IvrState.ABOUT_WHOM, "self"): IvrState.MESSAGE,
+    (IvrState.ABOUT_WHOM, "other"): IvrState.SUBJECT_ID,
+    (IvrState.SUBJECT_ID, None): IvrState.MESSAGE,
+    (IvrState.MESSAGE, None): IvrState.TRACKING_CODE,
+    (IvrState.TRACKING_CODE, None): IvrState.GOODBYE,
+    (IvrState.GOODBYE, None): IvrState.DONE,
 }
-
-
-@dataclass(frozen=True)
-class NationalIdCapture:
-    keyed: str  # digits as keyed; personal data: never log
-    utterance: RecordingResult
-    digits: int = 10
-
-    @property
-    def national_id(self) -> str | None:
-        """A complete keyed ID; anything shorter stays on the utterance tape for the back office."""
-        return self.keyed if len(self.keyed) == self.digits else None
-
-    @property
-    def source(self) -> str:
-        if self.national_id is not None:
-            return "keypad"
-        return "speech" if self.utterance.heard_speech else "none"
 
 
 @dataclass
@@ -79,44 +60,11 @@ class Session:
 
     state: IvrState = IvrState.GREETING
     path: list[str] = field(default_factory=list)
-    national_id: NationalIdCapture | None = None
+    caller: PersonId | None = None
+    subject: PersonId | None = None  # set only when the request concerns someone else
     message: RecordingResult | None = None
     tracking_code: str | None = None
     ended_by: str | None = None
-
-
-async def capture_national_id(channel: CallChannel, cfg: IvrConfig) -> NationalIdCapture:
-    """Record the spoken ID as its own recording while taking any keyed digits.
-
-    Keys end the step early (``#`` or a full ID); a caller still keying when the
-    utterance recording ends keeps the inter-digit timeout to finish.
-    """
-    recording = asyncio.create_task(channel.record(
-        "national_id_utterance", max_s=cfg.id_max_s, silence_s=cfg.id_silence_s,
-        no_input_s=cfg.id_no_input_s, stop_digits="#"))
-    keyed = ""
-    finished_keying = False
-    try:
-        while not finished_keying:
-            timeout = None if not recording.done() else (INTER_DIGIT_TIMEOUT_S if keyed else 0)
-            if recording.done() and not keyed:
-                break
-            digit_wait = asyncio.create_task(channel.next_digit(timeout))
-            done, _ = await asyncio.wait({recording, digit_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if digit_wait not in done:
-                digit_wait.cancel()
-                continue
-            digit = digit_wait.result()
-            if digit is None or digit == "#":
-                finished_keying = True
-            elif digit.isdigit():
-                keyed += digit
-                finished_keying = len(keyed) >= cfg.id_digits
-        if not recording.done():
-            await channel.stop_record()
-    except CallEnded:
-        pass
-    return NationalIdCapture(keyed=keyed, utterance=await recording, digits=cfg.id_digits)
 
 
 async def record_message(channel: CallChannel, prompts: Prompts, cfg: IvrConfig) -> RecordingResult:
@@ -135,8 +83,9 @@ async def read_tracking_code(channel: CallChannel, prompts: Prompts, code: str, 
 
 class RecordedMessageFlow:
     def __init__(self, channel: CallChannel, prompts: Prompts, cases: CaseSink, cfg: IvrConfig,
-                 label: str) -> None:
+                 label: str, recognizer: SpeechDigits | None = None) -> None:
         self.channel = channel
+        self.recognizer = recognizer
         self.prompts = prompts
         self.cases = cases
         self.cfg = cfg
@@ -151,8 +100,8 @@ class RecordedMessageFlow:
         s = self.session
         try:
             while s.state is not IvrState.DONE:
-                await self._enter(s.state)
-                self._set_state(TRANSITIONS[s.state])
+                outcome = await self._enter(s.state)
+                self._set_state(TRANSITIONS[(s.state, outcome)])
         except CallEnded as ended:
             s.ended_by = ended.reason
             s.path.append(f"ended:{s.state.value}")
@@ -160,20 +109,27 @@ class RecordedMessageFlow:
             await self._file()
         return s
 
-    async def _enter(self, state: IvrState) -> None:
+    async def _enter(self, state: IvrState) -> str | None:
         s = self.session
         match state:
             case IvrState.GREETING:
                 s.path.append("greeting")
                 await self.channel.play([self.prompts.path("greeting")], barge_in=True)
-            case IvrState.NATIONAL_ID:
+            case IvrState.CALLER_ID:
                 # Digits keyed during the greeting already count: they are the ID.
-                await self.channel.play([self.prompts.path("ask_national_id")], barge_in=True)
-                s.national_id = await capture_national_id(self.channel, self.cfg)
-                await self.cases.keep_recording(s.national_id.utterance)
-                s.path.append(f"national_id:{s.national_id.source}")
-                if self.channel.ended:
-                    raise CallEnded("caller hung up")
+                found = await identify(self.channel, self.prompts, self.cases, self.cfg, self.recognizer,
+                                       Whose.CALLER)
+                s.caller = found.person
+                s.path += [f"national_id:{step}" for step in found.path]
+            case IvrState.ABOUT_WHOM:
+                other = await ask_about_whom(self.channel, self.prompts, self.cfg)
+                s.path.append("about:" + ("other" if other else "self"))
+                return "other" if other else "self"
+            case IvrState.SUBJECT_ID:
+                found = await identify(self.channel, self.prompts, self.cases, self.cfg, self.recognizer,
+                                       Whose.SUBJECT)
+                s.subject = found.person
+                s.path += [f"subject_id:{step}" for step in found.path]
             case IvrState.MESSAGE:
                 s.message = await record_message(self.channel, self.prompts, self.cfg)
                 await self.cases.keep_recording(s.message)
@@ -193,6 +149,7 @@ class RecordedMessageFlow:
                 await self.channel.play([self.prompts.path("goodbye")])
                 s.path.append("goodbye")
                 await self.channel.hangup()
+        return None
 
     async def _open_case(self) -> None:
         s = self.session
@@ -201,12 +158,13 @@ class RecordedMessageFlow:
             return
         if not message.heard_speech and message.reason == "no_input":
             return
-        nid = s.national_id
+        nobody = PersonId(None, "none", "none")
+        caller = s.caller or nobody
+        # Filed under the person the request concerns; the caller is kept beside them.
+        subject, on_behalf_of = (s.subject, caller) if s.subject is not None else (caller, None)
         s.tracking_code = await self.cases.open_case(
-            national_id=nid.national_id if nid else None,
-            id_source=nid.source if nid else "none",
-            complete=message.complete and message.reason not in ("hangup", "lost"),
-        )
+            subject=subject, caller=on_behalf_of,
+            complete=message.complete and message.reason not in ("hangup", "lost"))
 
     async def _file(self) -> None:
         """After the call ends at any point: a message, even a partial one, becomes a case."""

@@ -33,9 +33,15 @@ def main(argv: list[str] | None = None) -> int:
         library.ensure()
         print(f"prompts ready in {config.prompt_cache}")
         return 0
+    from media.prompts import PromptError
+    from media.recognizer import ModelError
     from softswitch.control import serve
 
-    serve(config)
+    try:
+        serve(config)
+    except (ModelError, PromptError) as exc:
+        print(f"softswitch: cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

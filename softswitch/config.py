@@ -59,6 +59,10 @@ class IvrConfig(_Section):
     id_silence_s: float = Field(1.5, gt=0)
     id_no_input_s: float = Field(10.0, gt=0)
     id_digits: int = 10
+    id_attempts: int = Field(3, ge=1, le=5)
+    confirm_timeout_s: float = Field(6.0, gt=0)
+    menu_attempts: int = Field(3, ge=1, le=5)
+    menu_timeout_s: float = Field(6.0, gt=0)
     message_max_s: float = Field(120.0, gt=0)
     message_silence_s: float = Field(3.0, gt=0)
     message_no_input_s: float = Field(15.0, gt=0)
@@ -66,11 +70,24 @@ class IvrConfig(_Section):
     answer_timeout_s: float = Field(5.0, gt=0)
 
 
+def _in_project(path: Path) -> Path:
+    """Files shipped with the softswitch may be named relative to the project."""
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 class PromptsConfig(_Section):
     texts: Path = CONFIG_DIR / "prompts.fa.yaml"
     cache_dir: Path = Path("prompts")
     override_dir: Path | None = None
     voice: str = "fa"
+
+    _texts_in_project = field_validator("texts")(_in_project)
+
+
+class RecognizerConfig(_Section):
+    """Spoken-digit recognition of national IDs; without a model the keypad and the tape serve."""
+
+    model_dir: Path | None = None
 
 
 class KamailioConfig(_Section):
@@ -80,6 +97,8 @@ class KamailioConfig(_Section):
     private_memory_mb: int = Field(8, ge=2)
     children: int = Field(4, ge=1)
     failover_timeout_ms: int = Field(1500, ge=100)
+
+    _template_in_project = field_validator("template")(_in_project)
 
 
 class SecurityConfig(_Section):
@@ -96,6 +115,7 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     ivr: IvrConfig = IvrConfig()
     prompts: PromptsConfig = PromptsConfig()
+    recognizer: RecognizerConfig = RecognizerConfig()
     kamailio: KamailioConfig = KamailioConfig()
     security: SecurityConfig = SecurityConfig()
 

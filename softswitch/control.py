@@ -16,6 +16,7 @@ from aiohttp import web
 from ivr.channel import RecordingResult
 from ivr.recorded_message import RecordedMessageFlow, Session
 from media.prompts import PromptLibrary
+from media.recognizer import AsyncRecognizer, load_recognizer
 from softswitch import protocol, sipfront
 from softswitch.calls import ControlCall, WorkerLink
 from softswitch.config import Config, load_prompt_texts
@@ -23,6 +24,7 @@ from softswitch.routing import Accept, CallFacts, route
 from softswitch.supervisor import ExecChild, ForkedWorker, Supervisor
 from softswitch.worker import WorkerSettings
 from storage.crypto import IdProtector
+from storage.models import PersonId
 from storage.store import Store, open_store
 
 log = logging.getLogger("softswitch.control")
@@ -39,9 +41,10 @@ class StoreCaseSink:
         await self.store.add_recording(self.call_id, None, result.kind, str(result.path), result.duration_s,
                                        result.sha256, result.complete)
 
-    async def open_case(self, national_id: str | None, id_source: str, complete: bool) -> str:
+    async def open_case(self, subject: PersonId, caller: PersonId | None, complete: bool) -> str:
         case = await self.store.create_case(self.call_id, "received" if complete else "received_incomplete",
-                                            national_id, id_source)
+                                            subject.national_id, subject.source, id_status=subject.status,
+                                            caller=caller)
         await self.store.attach_recordings(self.call_id, case.id)
         return case.tracking_code
 
@@ -55,6 +58,7 @@ class Softswitch:
         self.draining = False
         self.stopped = asyncio.Event()
         self.run_dir = config.under_data(Path("run"))
+        self.recognizer: AsyncRecognizer | None = None
         texts = load_prompt_texts(config.prompts.texts)
         self.prompts = PromptLibrary(texts, config.prompt_cache, config.prompts.override_dir,
                                      voice=config.prompts.voice)
@@ -64,7 +68,11 @@ class Softswitch:
         cfg = self.config
         for directory in (cfg.data_dir, cfg.recordings_path, self.run_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        await asyncio.get_running_loop().run_in_executor(None, self.prompts.ensure)
+        loop = asyncio.get_running_loop()
+        # The model is loaded and its vocabulary checked once, before any call.
+        recognizer = await loop.run_in_executor(None, load_recognizer, cfg.recognizer.model_dir)
+        self.recognizer = AsyncRecognizer(recognizer) if recognizer is not None else None
+        await loop.run_in_executor(None, self.prompts.ensure)
         protector = IdProtector.from_key_file(cfg.under_data(cfg.security.id_key_file))
         async with open_store(cfg.database_path, protector) as store:
             self.store = store
@@ -73,7 +81,6 @@ class Softswitch:
             socket_path.unlink(missing_ok=True)
             server = await asyncio.start_unix_server(self._serve_worker, path=str(socket_path))
             runner = await self._start_http()
-            loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.drain()))
             self._start_children()
@@ -102,6 +109,7 @@ class Softswitch:
         if self.draining:
             return
         self.draining = True
+        self.supervisor.hold()
         log.info("draining: %d calls running", len(self.flows))
         for link in self.links:
             link.send("drain")
@@ -187,7 +195,7 @@ class Softswitch:
             if call.answered.is_set() and not call.ended:
                 await self.store.answer_call(call_id, time.time())
                 flow = RecordedMessageFlow(call, self.prompts, StoreCaseSink(self.store, call_id),
-                                           self.config.ivr, label=handle)
+                                           self.config.ivr, label=handle, recognizer=self.recognizer)
                 session = await flow.run()
         except asyncio.TimeoutError:
             log.warning("%s: not confirmed within %.1fs", handle, self.config.ivr.answer_timeout_s)

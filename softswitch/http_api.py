@@ -27,8 +27,16 @@ def _call(call: CallRecord) -> dict[str, Any]:
 
 
 def _case(case: Case) -> dict[str, Any]:
-    return {"tracking_code": case.tracking_code, "status": case.status, "created_at": case.created_at,
-            "national_id": case.national_id_masked, "id_source": case.id_source}
+    """A case with IDs masked; roles that may see an ID in full come with the agent console."""
+    body: dict[str, Any] = {
+        "tracking_code": case.tracking_code, "status": case.status, "created_at": case.created_at,
+        "national_id": case.national_id_masked, "id_source": case.id_source, "id_status": case.id_status,
+        "on_behalf_of_other": not case.subject_is_caller, "caller": None,
+    }
+    if not case.subject_is_caller:
+        body["caller"] = {"national_id": case.caller_national_id_masked, "id_source": case.caller_id_source,
+                          "id_status": case.caller_id_status}
+    return body
 
 
 def build_app(softswitch: Softswitch) -> web.Application:

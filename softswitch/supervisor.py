@@ -133,6 +133,10 @@ class Supervisor:
             await asyncio.sleep(self.restart_backoff_s)
         supervised.exited.set()
 
+    def hold(self) -> None:
+        """Restart nothing from now on (draining: a worker that finishes its calls may go)."""
+        self.stopping = True
+
     async def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM every child, SIGKILL what is left after the timeout."""
         self.stopping = True

@@ -85,6 +85,27 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX recordings_case_id ON recordings (case_id)",
         ),
     ),
+    Migration(
+        version=2,
+        description="the subject's ID status and the caller's own ID when they call for someone else",
+        statements=(
+            # national_id_* stay the ID the case is filed under: the subject's.
+            "ALTER TABLE cases ADD COLUMN id_status TEXT NOT NULL DEFAULT 'none'"
+            " CHECK (id_status IN ('verified', 'unverified', 'to_transcribe', 'none'))",
+            "ALTER TABLE cases ADD COLUMN subject_is_caller INTEGER NOT NULL DEFAULT 1"
+            " CHECK (subject_is_caller IN (0, 1))",
+            "ALTER TABLE cases ADD COLUMN caller_id_enc BLOB",
+            "ALTER TABLE cases ADD COLUMN caller_id_key_id TEXT",
+            "ALTER TABLE cases ADD COLUMN caller_id_hmac TEXT",
+            "ALTER TABLE cases ADD COLUMN caller_id_masked TEXT",
+            "ALTER TABLE cases ADD COLUMN caller_id_source TEXT"
+            " CHECK (caller_id_source IS NULL OR caller_id_source IN ('keypad', 'speech', 'none'))",
+            "ALTER TABLE cases ADD COLUMN caller_id_status TEXT"
+            " CHECK (caller_id_status IS NULL"
+            " OR caller_id_status IN ('verified', 'unverified', 'to_transcribe', 'none'))",
+            "CREATE INDEX cases_caller_id_hmac ON cases (caller_id_hmac)",
+        ),
+    ),
 ]
 
 

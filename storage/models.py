@@ -29,8 +29,13 @@ class Case:
     status: str
     created_at: float
     call_id: int | None
-    national_id_masked: str | None
+    national_id_masked: str | None  # the subject's: the case is filed under it
     id_source: str
+    id_status: str = "none"  # verified | unverified | to_transcribe | none
+    subject_is_caller: bool = True
+    caller_national_id_masked: str | None = None  # only when calling for someone else
+    caller_id_source: str | None = None
+    caller_id_status: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +51,12 @@ class Recording:
     sha256: str
     complete: bool
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PersonId:
+    """A national ID as the IVR captured it; personal data: never log ``national_id``."""
+
+    national_id: str | None
+    source: str  # keypad | speech | none
+    status: str  # verified | unverified | to_transcribe | none

@@ -13,10 +13,11 @@ import aiosqlite
 from storage.crypto import IdProtector
 from storage.errors import Conflict, NotFound, StorageFull, StoreError
 from storage.migrations import migrate
-from storage.models import CallRecord, Case, Recording
+from storage.models import CallRecord, Case, PersonId, Recording
 from storage.tracking_code import new_tracking_code
 
 ID_SOURCES = frozenset({"keypad", "speech", "none"})
+ID_STATUSES = frozenset({"verified", "unverified", "to_transcribe", "none"})
 BUSY_TIMEOUT_MS = 5000
 # With 9 * 10^7 possible codes a collision is rare; several in a row means
 # something other than bad luck (for example a broken random source), so stop.
@@ -26,7 +27,10 @@ _CALL_COLUMNS = (
     "id, sip_call_id, from_uri, to_uri, source, worker_id,"
     " arrived_at, answered_at, ended_at, disposition, ivr_path"
 )
-_CASE_COLUMNS = "id, tracking_code, status, created_at, call_id, national_id_masked, id_source"
+_CASE_COLUMNS = (
+    "id, tracking_code, status, created_at, call_id, national_id_masked, id_source, id_status,"
+    " subject_is_caller, caller_id_masked, caller_id_source, caller_id_status"
+)
 _RECORDING_COLUMNS = "id, call_id, case_id, kind, path, duration_s, sha256, complete, created_at"
 
 
@@ -79,6 +83,11 @@ def _case_from_row(row: sqlite3.Row) -> Case:
         call_id=row["call_id"],
         national_id_masked=row["national_id_masked"],
         id_source=row["id_source"],
+        id_status=row["id_status"],
+        subject_is_caller=bool(row["subject_is_caller"]),
+        caller_national_id_masked=row["caller_id_masked"],
+        caller_id_source=row["caller_id_source"],
+        caller_id_status=row["caller_id_status"],
     )
 
 
@@ -194,21 +203,17 @@ class Store:
         return [_call_from_row(row) for row in rows]
 
     async def create_case(
-        self, call_id: int | None, status: str, national_id: str | None, id_source: str
+        self, call_id: int | None, status: str, national_id: str | None, id_source: str,
+        *, id_status: str | None = None, caller: PersonId | None = None,
     ) -> Case:
-        """Open a case with a fresh tracking code; the ID is stored only encrypted and hashed."""
-        if id_source not in ID_SOURCES:
-            raise ValueError(f"id_source must be one of {sorted(ID_SOURCES)}, not {id_source!r}")
-        if national_id is not None and id_source == "none":
-            raise ValueError("a national ID was given with id_source 'none'")
-        key_id: str | None = None
-        sealed: bytes | None = None
-        lookup: str | None = None
-        masked: str | None = None
-        if national_id is not None:
-            key_id, sealed = self._protector.encrypt(national_id)
-            lookup = self._protector.lookup_hash(national_id)
-            masked = IdProtector.mask(national_id)
+        """Open a case with a fresh tracking code, filed under the subject's ID.
+
+        ``caller`` is the caller's own ID when the request concerns someone else.
+        IDs are stored only encrypted and hashed.
+        """
+        subject = PersonId(national_id, id_source, id_status or _default_status(national_id, id_source))
+        sealed_subject = self._seal(subject)
+        sealed_caller = self._seal(caller) if caller is not None else (None, None, None, None)
         now = time.time()
         for _ in range(_TRACKING_CODE_ATTEMPTS):
             code = new_tracking_code()
@@ -216,8 +221,12 @@ class Store:
                 case_id = await self._insert(
                     "INSERT INTO cases (tracking_code, status, created_at, updated_at, call_id,"
                     " national_id_enc, national_id_key_id, national_id_hmac, national_id_masked,"
-                    " id_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (code, status, now, now, call_id, sealed, key_id, lookup, masked, id_source),
+                    " id_source, id_status, subject_is_caller, caller_id_enc, caller_id_key_id,"
+                    " caller_id_hmac, caller_id_masked, caller_id_source, caller_id_status)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (code, status, now, now, call_id, *sealed_subject, subject.source, subject.status,
+                     int(caller is None), *sealed_caller, caller.source if caller else None,
+                     caller.status if caller else None),
                 )
             except sqlite3.IntegrityError as exc:
                 if _is_unique_violation(exc, "cases.tracking_code"):
@@ -233,10 +242,37 @@ class Store:
                 status=status,
                 created_at=now,
                 call_id=call_id,
-                national_id_masked=masked,
-                id_source=id_source,
+                national_id_masked=sealed_subject[3],
+                id_source=subject.source,
+                id_status=subject.status,
+                subject_is_caller=caller is None,
+                caller_national_id_masked=sealed_caller[3],
+                caller_id_source=caller.source if caller else None,
+                caller_id_status=caller.status if caller else None,
             )
         raise Conflict(f"no free tracking code after {_TRACKING_CODE_ATTEMPTS} attempts")
+
+    def _seal(self, person: PersonId) -> tuple[bytes | None, str | None, str | None, str | None]:
+        """(ciphertext, key id, lookup hash, masked) of an ID; all None when there is none."""
+        if person.source not in ID_SOURCES:
+            raise ValueError(f"id_source must be one of {sorted(ID_SOURCES)}, not {person.source!r}")
+        if person.status not in ID_STATUSES:
+            raise ValueError(f"id_status must be one of {sorted(ID_STATUSES)}, not {person.status!r}")
+        if person.national_id is None:
+            return None, None, None, None
+        if person.source == "none":
+            raise ValueError("a national ID was given with id_source 'none'")
+        key_id, sealed = self._protector.encrypt(person.national_id)
+        return sealed, key_id, self._protector.lookup_hash(person.national_id), IdProtector.mask(person.national_id)
+
+    async def cases_for_national_id(self, national_id: str) -> list[Case]:
+        """Cases filed under this ID or raised by it for someone else, oldest first."""
+        lookup = self._protector.lookup_hash(national_id)
+        rows = await self._fetchall(
+            f"SELECT {_CASE_COLUMNS} FROM cases WHERE national_id_hmac = ? OR caller_id_hmac = ? ORDER BY id",
+            (lookup, lookup),
+        )
+        return [_case_from_row(row) for row in rows]
 
     async def set_case_status(self, case_id: int, status: str) -> None:
         changed = await self._update(
@@ -362,3 +398,9 @@ async def open_store(path: Path, protector: IdProtector) -> AsyncIterator[Store]
         yield Store(db, protector)
     finally:
         await db.close()
+
+
+def _default_status(national_id: str | None, id_source: str) -> str:
+    if national_id is not None:
+        return "verified"
+    return "to_transcribe" if id_source == "speech" else "none"

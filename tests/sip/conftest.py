@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,6 +20,8 @@ import pytest
 import yaml
 
 from bench.sipp import SippResult, SippRun, caller_scenario, refused_scenario
+from media.rtp_pcap import CallerTimeline
+from media.wavfile import wav_info
 from softswitch.config import CONFIG_DIR, PROJECT_ROOT, load_prompt_texts
 
 SIP_PORT = 15060
@@ -31,6 +34,66 @@ DISALLOWED_SOURCE = "127.0.0.2"
 # Test timers: the flow's steps with short prompts and end-pointing.
 IVR = {"id_max_s": 15, "id_silence_s": 1.0, "id_no_input_s": 4.0, "message_max_s": 30,
        "message_silence_s": 1.5, "message_no_input_s": 6.0}
+
+
+NATIONAL_ID = "0499370899"
+SUBJECT_ID = "0790419904"
+DIGIT_S = 0.2  # one RFC 4733 digit of CallerTimeline.dtmf: 100 ms tone, end packets, 60 ms gap
+# The IVR reacts to a digit as it begins. After the caller's last key before the
+# message, two prompts (request prompt, beep) play; the caller starts to speak a
+# little after that, so no speech falls before the recording starts.
+MESSAGE_LEAD_S = 2 * PROMPT_S - DIGIT_S + 0.3
+
+
+class CallerScript:
+    """A caller's side of a call against the test IVR, as one continuous RTP stream."""
+
+    def __init__(self, first_key_s: float = 1.0) -> None:
+        self.timeline = CallerTimeline()
+        if first_key_s:
+            self.timeline.silence(first_key_s)
+        self.speech_start_s = 0.0
+        self.speech_s = 0.0
+
+    def keys(self, digits: str, pause_s: float = 0.4) -> CallerScript:
+        if self.timeline.total_s > 0 and pause_s:
+            self.timeline.silence(pause_s)
+        self.timeline.dtmf(digits)
+        return self
+
+    def say(self, wav: Path, then_pound: bool = True, lead_s: float = 0.0) -> CallerScript:
+        if lead_s:
+            self.timeline.silence(lead_s)
+        self.speech_start_s = self.timeline.total_s
+        self.speech_s = wav_info(wav).duration_s
+        self.timeline.speech_wav(wav)
+        if then_pound:
+            self.timeline.dtmf("#")
+        return self
+
+    def message(self, wav: Path, then_pound: bool = True) -> CallerScript:
+        return self.say(wav, then_pound, lead_s=MESSAGE_LEAD_S)
+
+    def write(self, pcap: Path, tail_s: float = 0.5) -> Path:
+        self.timeline.silence(tail_s)
+        self.timeline.write(pcap)
+        return pcap
+
+
+def espeak_wav(directory: Path, name: str, text: str, words_per_minute: int = 150) -> Path:
+    """Persian speech from espeak-ng as 8 kHz mono 16-bit WAV."""
+    raw, out = directory / f"{name}-raw.wav", directory / f"{name}.wav"
+    subprocess.run(["espeak-ng", "-v", "fa", "-s", str(words_per_minute), "-w", str(raw), text], check=True)
+    subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer", str(out)],
+                   check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The caller's request, spoken."""
+    return espeak_wav(tmp_path_factory.mktemp("speech"), "request",
+                      "سلام. خیابان ما چند هفته است که آسفالت ندارد و آب باران در آن جمع می شود. لطفا رسیدگی کنید.")
 
 
 def _need(tool: str) -> None:
@@ -87,9 +150,11 @@ class RunningSoftswitch:
 
     def call(self, name: str, pcap: Path | None, *, hangup_after_ms: int | None = None,
              timeout_s: float = 60) -> tuple[SippResult, str]:
+        """One SIPp call; its SIP trace is kept as <work>/<name>/messages.log."""
         call_id = f"{name}-{os.getpid()}@test"
         run = self.sipp(name, caller_scenario(pcap, hangup_after_ms=hangup_after_ms), call_id=call_id,
                         timeout_s=timeout_s)
+        run = dataclasses.replace(run, message_file=self.work / name / "messages.log")
         return run.run(self.work / name), call_id
 
     def refused(self, name: str, status_code: int, **kwargs: Any) -> tuple[SippResult, str]:

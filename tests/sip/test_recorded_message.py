@@ -4,57 +4,29 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from bench.sipp import caller_scenario
-from media.rtp_pcap import CallerTimeline
-from media.wavfile import is_silence, read_pcm, wav_info
-from tests.sip.conftest import DISALLOWED_SOURCE, PROMPT_S, RunningSoftswitch
+from media.wavfile import is_silence, read_pcm
+from tests.sip.conftest import DISALLOWED_SOURCE, NATIONAL_ID, CallerScript, RunningSoftswitch
 
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(180)]
 
-NATIONAL_ID = "0499370899"
-# Where the message recording starts on the caller's timeline: the ID step ends as
-# the 10th digit begins (one 0.2 s digit before the DTMF segment ends), then two
-# prompts (request prompt, beep) of PROMPT_S each play. The caller starts to
-# speak a little later than that, so no speech falls before the recording.
-ID_KEYS_START_S = 1.0
-DIGIT_S = 0.2
-MESSAGE_LEAD_S = 2 * PROMPT_S - DIGIT_S + 0.3
 
 
-@pytest.fixture(scope="session")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Persian sentence spoken by espeak-ng, as 8 kHz mono PCM WAV."""
-    directory = tmp_path_factory.mktemp("speech")
-    raw, out = directory / "raw.wav", directory / "request.wav"
-    text = "سلام. خیابان ما چند هفته است که آسفالت ندارد و آب باران در آن جمع می شود. لطفا رسیدگی کنید."
-    subprocess.run(["espeak-ng", "-v", "fa", "-s", "150", "-w", str(raw), text], check=True)
-    subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer", str(out)],
-                   check=True)
-    return out
-
-
-def keyed_id_then_message(speech: Path, pcap: Path, end_with_pound: bool = True) -> tuple[float, float]:
-    """Caller keys the ID, then speaks the request; returns (speech start, speech seconds)."""
-    timeline = CallerTimeline().silence(ID_KEYS_START_S).dtmf(NATIONAL_ID)
-    timeline.silence(MESSAGE_LEAD_S)
-    start = timeline.total_s
-    timeline.speech_wav(speech)
-    if end_with_pound:
-        timeline.dtmf("#")
-    timeline.silence(0.5)
-    timeline.write(pcap)
-    return start, wav_info(speech).duration_s
+def keyed_id_then_message(speech: Path, pcap: Path, end_with_pound: bool = True) -> CallerScript:
+    """Caller keys and confirms the ID, says the request is their own, then speaks it."""
+    script = CallerScript().keys(NATIONAL_ID).keys("1").keys("1").message(speech, then_pound=end_with_pound)
+    script.write(pcap)
+    return script
 
 
 def test_recorded_message_end_to_end(softswitch: RunningSoftswitch, speech: Path, tmp_path: Path) -> None:
     pcap = tmp_path / "caller.pcap"
-    _, speech_s = keyed_id_then_message(speech, pcap)
+    speech_s = keyed_id_then_message(speech, pcap).speech_s
     result, call_id = softswitch.call("full-flow", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
 
@@ -62,7 +34,7 @@ def test_recorded_message_end_to_end(softswitch: RunningSoftswitch, speech: Path
     call = body["call"]
     assert call["disposition"] == "completed"
     assert call["answered_at"] and call["ended_at"] >= call["answered_at"] >= call["arrived_at"]
-    assert call["ivr_path"][:3] == ["greeting", "national_id:keypad", "message:digit"]
+    assert call["ivr_path"][:4] == ["greeting", "national_id:keypad:verified", "about:self", "message:digit"]
     assert "tracking_code" in call["ivr_path"] and call["ivr_path"][-1] == "goodbye"
     code = body["tracking_code"]
     assert code and code.isdigit() and len(code) == 9
@@ -77,8 +49,8 @@ def test_recorded_message_end_to_end(softswitch: RunningSoftswitch, speech: Path
 
     status, case = softswitch.get(f"/api/cases/{code}")
     assert status == 200
-    assert case["status"] == "received" and case["id_source"] == "keypad"
-    assert case["national_id"] == "********" + NATIONAL_ID[-2:]
+    assert case["status"] == "received" and case["id_source"] == "keypad" and case["id_status"] == "verified"
+    assert case["national_id"] == "********" + NATIONAL_ID[-2:] and case["on_behalf_of_other"] is False
     assert {r["kind"] for r in case["recordings"]} == {"national_id_utterance", "message"}
     assert case["call"]["sip_call_id"] == call_id
 
@@ -86,8 +58,9 @@ def test_recorded_message_end_to_end(softswitch: RunningSoftswitch, speech: Path
 def test_hangup_mid_message_keeps_partial_recording(softswitch: RunningSoftswitch, speech: Path,
                                                     tmp_path: Path) -> None:
     pcap = tmp_path / "caller.pcap"
-    start, speech_s = keyed_id_then_message(speech, pcap, end_with_pound=False)
-    hangup_at_s = start + speech_s / 2
+    script = keyed_id_then_message(speech, pcap, end_with_pound=False)
+    speech_s = script.speech_s
+    hangup_at_s = script.speech_start_s + speech_s / 2
     result, call_id = softswitch.call("hangup-mid-message", pcap, hangup_after_ms=int(hangup_at_s * 1000))
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
 
@@ -121,10 +94,11 @@ def test_disallowed_source_gets_403(softswitch: RunningSoftswitch) -> None:
 def test_worker_killed_mid_call_spares_other_calls(softswitch: RunningSoftswitch, speech: Path,
                                                    tmp_path: Path) -> None:
     long_pcap = tmp_path / "long.pcap"
-    timeline = CallerTimeline().silence(ID_KEYS_START_S).dtmf(NATIONAL_ID).silence(MESSAGE_LEAD_S)
-    for _ in range(3):
-        timeline.speech_wav(speech).silence(0.3)
-    timeline.write(long_pcap)
+    victim_script = CallerScript().keys(NATIONAL_ID).keys("1").keys("1").message(speech, then_pound=False)
+    message_starts_s = victim_script.speech_start_s
+    for _ in range(2):
+        victim_script.say(speech, then_pound=False, lead_s=0.3)
+    victim_script.write(long_pcap)
     short_pcap = tmp_path / "short.pcap"
     keyed_id_then_message(speech, short_pcap)
 
@@ -143,7 +117,7 @@ def test_worker_killed_mid_call_spares_other_calls(softswitch: RunningSoftswitch
             return victim_body["call"]["worker_id"], survivor_body["call"]["worker_id"]
         victim_worker, survivor_worker = softswitch.wait_for(workers_of_both, 15, "both calls to arrive")
         assert victim_worker != survivor_worker, "round robin put both calls on one worker"
-        time.sleep(ID_KEYS_START_S + 2.5 + MESSAGE_LEAD_S + 2.0)  # well into the victim's message
+        time.sleep(message_starts_s + 2.0)  # well into the victim's message
         _, health = softswitch.get("/api/health")
         pid = next(w["pid"] for w in health["workers"] if w["id"] == victim_worker)
         os.kill(pid, signal.SIGKILL)
@@ -168,3 +142,22 @@ def test_worker_killed_mid_call_spares_other_calls(softswitch: RunningSoftswitch
             if process.poll() is None:
                 process.kill()
                 process.communicate()
+
+
+def test_national_ids_never_reach_logs_or_sip_traces(softswitch: RunningSoftswitch, speech: Path,
+                                                     tmp_path: Path) -> None:
+    """After full calls (own ID, and on behalf of someone else) no ID appears in any log or trace."""
+    from tests.sip.conftest import SUBJECT_ID
+
+    pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("2").keys(SUBJECT_ID, pause_s=0.6).keys("1") \
+        .message(speech).write(tmp_path / "family.pcap")
+    result, call_id = softswitch.call("privacy", pcap)
+    assert result.returncode == 0, result.stderr + result.stdout[-2000:]
+    assert softswitch.call_record(call_id)["call"]["disposition"] == "completed"
+    texts = {"softswitch log": softswitch.log_path.read_text(errors="replace")}
+    for trace in softswitch.work.rglob("messages.log"):
+        texts[str(trace)] = trace.read_text(errors="replace")
+    assert len(texts) > 1, "no SIP trace was written"
+    for where, text in texts.items():
+        for national_id in (NATIONAL_ID, SUBJECT_ID):
+            assert national_id not in text, f"a national ID appears in {where}"

@@ -78,3 +78,24 @@ def test_protocol_round_trip_and_errors() -> None:
         protocol.decode(b"[1]\n", protocol.EVENT_TYPES)
     with pytest.raises(ValueError, match="unknown message type"):
         protocol.encode("explode")
+
+
+def test_softswitch_refuses_to_start_with_a_missing_speech_model(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-such-model"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'var'}\nrecognizer: {{model_dir: {missing}}}\n"
+                      "sip: {port: 45060}\nhttp: {port: 48111}\n"
+                      "workers: {count: 1, base_port: 45100, rtp_base_port: 46000}\n")
+    done = subprocess.run([sys.executable, "-m", "softswitch.cli", "--config", str(config), "run"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "cannot start" in done.stderr and str(missing) in done.stderr
+
+
+def test_example_config_is_the_embedded_defaults() -> None:
+    from softswitch.config import CONFIG_DIR
+
+    assert load_config(CONFIG_DIR / "softswitch.example.yaml") == load_config()

@@ -11,7 +11,7 @@ import pytest
 import storage.store
 from storage.crypto import IdProtector
 from storage.errors import Conflict, NotFound, StorageFull, StoreError
-from storage.models import CallRecord, Case
+from storage.models import CallRecord, Case, PersonId
 from storage.store import Store, open_store
 from storage.tracking_code import is_tracking_code
 
@@ -69,6 +69,7 @@ async def test_call_case_recordings_round_trip(store: Store) -> None:
         call_id=call_id,
         national_id_masked="********21",
         id_source="speech",
+        id_status="verified",
     )
     assert await store.attach_recordings(call_id, case.id) == 1
     message = await store.add_recording(
@@ -301,3 +302,27 @@ async def test_disk_full_raises_storage_full(store: Store) -> None:
     # The failed write rolled back alone; earlier ones stay committed.
     assert stored > 0
     assert len(await store.recordings_for_call(call_id)) == stored
+
+
+async def test_case_for_someone_else_is_filed_under_the_subject(store: Store, db_path: Path) -> None:
+    subject_id, caller_id = "0499370899", "0790419904"
+    call_id = await _new_call(store)
+    case = await store.create_case(call_id, "received", subject_id, "keypad",
+                                   caller=PersonId(caller_id, "keypad", "verified"))
+    assert case.subject_is_caller is False and case.id_status == "verified"
+    assert case.national_id_masked == "********99" and case.caller_national_id_masked == "********04"
+    assert await store.get_case(case.tracking_code) == case
+    assert [c.id for c in await store.cases_for_national_id(subject_id)] == [case.id]
+    assert [c.id for c in await store.cases_for_national_id(caller_id)] == [case.id]
+    assert await store.cases_for_national_id("0084575948") == []
+    raw = _database_bytes(db_path)
+    assert subject_id.encode() not in raw and caller_id.encode() not in raw
+
+
+async def test_unverified_and_to_transcribe_statuses(store: Store) -> None:
+    unverified = await store.create_case(None, "received", "1234567890", "speech", id_status="unverified")
+    assert unverified.id_status == "unverified" and unverified.subject_is_caller
+    audio_only = await store.create_case(None, "received", None, "speech")
+    assert audio_only.id_status == "to_transcribe"
+    with pytest.raises(ValueError, match="id_status"):
+        await store.create_case(None, "received", None, "none", id_status="maybe")
