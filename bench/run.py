@@ -44,6 +44,8 @@ class StepResult:
     peak_concurrent: int
     calls_per_s: float
     cpu_percent: float
+    cpu_parts: dict[str, float]
+    sipp_cpu_percent: float
     rss_mib: float
     pss_mib: float
     setup_p50_ms: float
@@ -53,12 +55,14 @@ class StepResult:
         failed_pct = 100.0 * self.failed / self.attempted if self.attempted else 0.0
         return (f"| {self.kind} | {self.target} | {self.attempted} | {self.failed} ({failed_pct:.2f}%) | "
                 f"{self.peak_concurrent} | {self.calls_per_s:.1f} | {self.cpu_percent:.0f}% | "
+                f"{' / '.join(f'{v:.0f}' for v in self.cpu_parts.values())} | {self.sipp_cpu_percent:.0f}% | "
                 f"{self.rss_mib:.0f} | {self.pss_mib:.0f} | {self.setup_p50_ms:.1f} | {self.setup_p99_ms:.1f} |")
 
 
-HEADER = ("| step | target | calls | failed | peak concurrent | calls/s | CPU at plateau (all softswitch "
-          "processes, 100% = 1 core) | RSS MiB | PSS MiB | INVITE→200 p50 ms | p99 ms |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| step | target | calls | failed | peak concurrent | calls/s | softswitch CPU at plateau "
+          "(100% = 1 core) | of which control / kamailio / workers | SIPp CPU | RSS MiB | PSS MiB | "
+          "INVITE→200 p50 ms | p99 ms |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def process_tree(root: int) -> list[int]:
@@ -80,14 +84,22 @@ def process_tree(root: int) -> list[int]:
 
 
 def cpu_ticks(pids: list[int]) -> int:
-    total = 0
+    return sum(cpu_by_part(pids, pids[0] if pids else 0).values())
+
+
+def cpu_by_part(pids: list[int], control_pid: int) -> dict[str, int]:
+    """utime+stime ticks of the softswitch's processes, by part: control, kamailio, workers."""
+    parts = {"control": 0, "kamailio": 0, "workers": 0}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+            ticks = int(fields[11]) + int(fields[12])
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, IndexError):
             continue
-    return total
+        part = "control" if pid == control_pid else "kamailio" if b"kamailio" in command else "workers"
+        parts[part] += ticks
+    return parts
 
 
 def memory_kib(pids: list[int]) -> tuple[int, int]:
@@ -144,6 +156,11 @@ class Bench:
             "kamailio": {"children": 4},
             "ivr": {"message_silence_s": 3.0, "message_max_s": 30, "id_no_input_s": 5},
         }
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/api/health", timeout=1)
+            raise SystemExit(f"something already answers on 127.0.0.1:{HTTP_PORT}: a softswitch still stopping?")
+        except OSError:
+            pass
         config_path = self.work / "bench.yaml"
         config_path.write_text(yaml.safe_dump(config))
         log = (self.work / "softswitch.log").open("wb")
@@ -186,27 +203,37 @@ class Bench:
         argv = run.argv() + ["-trace_rtt", "-rtt_freq", "1"]
         started = time.monotonic()
         peak_rss = peak_pss = 0
-        plateau_ticks = plateau_s = 0.0
+        plateau = {"control": 0.0, "kamailio": 0.0, "workers": 0.0, "sipp": 0.0}
+        plateau_s = 0.0
         hz = os.sysconf("SC_CLK_TCK")
         sipp = subprocess.Popen(argv, cwd=str(directory), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL)
-        ticks, tick_at = cpu_ticks(process_tree(self.process.pid)), time.monotonic()
+
+        root = self.process.pid
+
+        def sample() -> dict[str, int]:
+            parts = cpu_by_part(process_tree(root), root)
+            parts["sipp"] = cpu_by_part([sipp.pid], -1)["workers"]
+            return parts
+        before, tick_at = sample(), time.monotonic()
         while sipp.poll() is None:
             time.sleep(1)
-            pids = process_tree(self.process.pid)
-            now_ticks, now = cpu_ticks(pids), time.monotonic()
+            now_parts, now = sample(), time.monotonic()
             # CPU is counted only while the step holds >= 90% of its target load.
-            current = _current_calls(directory / "stats.csv")
-            if current >= 0.9 * load:
-                plateau_ticks += now_ticks - ticks
+            if _current_calls(directory / "stats.csv") >= 0.9 * load:
+                for part in plateau:
+                    plateau[part] += max(0, now_parts[part] - before[part])
                 plateau_s += now - tick_at
-            ticks, tick_at = now_ticks, now
-            rss, pss = memory_kib(pids)
+            before, tick_at = now_parts, now
+            rss, pss = memory_kib(process_tree(root))
             peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
             if now - started > timeout_s + 30:
                 sipp.kill()
         elapsed = time.monotonic() - started
-        cpu = 100.0 * plateau_ticks / hz / plateau_s if plateau_s else float("nan")
+        percent = {part: 100.0 * ticks / hz / plateau_s if plateau_s else float("nan")
+                   for part, ticks in plateau.items()}
+        sipp_cpu = percent.pop("sipp")
+        cpu = sum(percent.values())
         stats = read_stats(directory / "stats.csv")
         last = stats[-1] if stats else {}
         successful = int(last.get("SuccessfulCall(C)", 0) or 0)
@@ -214,7 +241,7 @@ class Bench:
         peak = max((int(r.get("CurrentCall", 0) or 0) for r in stats), default=0)
         setups = setup_times_ms(directory)
         return StepResult(kind, target, successful + failed, successful, failed, peak,
-                          (successful + failed) / elapsed, cpu, peak_rss / 1024, peak_pss / 1024,
+                          (successful + failed) / elapsed, cpu, percent, sipp_cpu, peak_rss / 1024, peak_pss / 1024,
                           percentile(setups, 0.5), percentile(setups, 0.99))
 
 
@@ -230,14 +257,16 @@ def _current_calls(path: Path) -> int:
 
 
 def caller_audio(work: Path) -> tuple[Path, float]:
-    """The bench caller: keys the ID, speaks ~5 s of Persian, then stays silent until hung up."""
+    """The bench caller: keys and confirms the ID, speaks ~5 s of Persian, then stays silent until hung up."""
     raw, speech = work / "raw.wav", work / "speech.wav"
     subprocess.run(["espeak-ng", "-v", "fa", "-w", str(raw),
                     "خیابان ما چند هفته است که آسفالت ندارد. لطفا رسیدگی کنید."], check=True)
     subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer", str(speech)],
                    check=True)
     pcap = work / "caller.pcap"
-    timeline = CallerTimeline().silence(1.0).dtmf(ID_DIGITS).silence(12.0).speech_wav(speech).silence(5.0)
+    # Keys land while prompts play (barge-in): the ID, 1 to confirm its read-back, 1 for "about me".
+    timeline = CallerTimeline().silence(1.0).dtmf(ID_DIGITS).silence(0.6).dtmf("1").silence(0.8).dtmf("1")
+    timeline.silence(10.0).speech_wav(speech).silence(5.0)
     timeline.write(pcap)
     return pcap, timeline.total_s
 

@@ -285,6 +285,7 @@ class Worker:
         cfg.medConfig.channelCount = 1
         cfg.medConfig.threadCnt = 1
         cfg.medConfig.noVad = True
+        cfg.medConfig.ecTailLen = 0  # no sound device, so nothing to cancel echo of
         cfg.logConfig.level = s.pjsua_log_level
         cfg.logConfig.consoleLevel = s.pjsua_log_level
         cfg.logConfig.msgLogging = 0  # SIP traces stay off: keyed digits never reach a log

@@ -161,3 +161,27 @@ def test_national_ids_never_reach_logs_or_sip_traces(softswitch: RunningSoftswit
     for where, text in texts.items():
         for national_id in (NATIONAL_ID, SUBJECT_ID):
             assert national_id not in text, f"a national ID appears in {where}"
+
+
+def test_malformed_sip_is_dropped_and_calls_go_on(softswitch: RunningSoftswitch) -> None:
+    import socket
+
+    from tests.sip.conftest import SIP_PORT
+
+    garbage = [
+        b"\x00\xff" * 100,
+        b"INVITE sip:111@127.0.0.1 SIP/2.0\r\nVia: nonsense\r\n\r\n",
+        b"INVITE  SIP/2.0\r\nCall-ID: x\r\nContent-Length: 99999\r\n\r\nv=0",
+        ("INVITE sip:111@127.0.0.1 SIP/2.0\r\n" + "X-Long: " + "a" * 60000 + "\r\n\r\n").encode(),
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for datagram in garbage:
+            try:
+                sock.sendto(datagram, ("127.0.0.1", SIP_PORT))
+            except OSError:
+                pass  # too large for one datagram: the kernel refuses it, which is fine too
+    status, health = softswitch.get("/api/health")
+    assert status == 200 and len(health["workers"]) == 3
+    result, call_id = softswitch.refused("after-garbage", 404, service="999")
+    assert result.returncode == 0, result.stderr + result.stdout[-2000:]
+    assert softswitch.call_record(call_id)["call"]["disposition"] == "rejected_404"
