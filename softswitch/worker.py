@@ -13,6 +13,7 @@ import argparse
 import collections
 import ctypes
 import errno
+import functools
 import logging
 import os
 import re
@@ -23,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pjsua2 as pj
 
@@ -79,6 +80,20 @@ def frame_bytes(frame: pj.MediaFrame) -> bytes:
     return ctypes.string_at(data, size)
 
 
+def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """A Python exception must not unwind into PJSIP's C++ (it would abort every call of the worker)."""
+
+    @functools.wraps(callback)
+    def run(*args: Any) -> None:
+        try:
+            callback(*args)
+        except pj.Error as exc:
+            log.error("%s failed: %s", callback.__name__, exc.info())
+        except Exception:
+            log.exception("%s failed", callback.__name__)
+    return run
+
+
 @dataclass
 class Recording:
     """A recording in progress; touched by the clock thread, closed by the library thread."""
@@ -113,16 +128,19 @@ class CallPort(pj.AudioMediaPort):
             rec = self.recording
             if rec is None or rec.reason is not None:
                 return
-            pcm = frame_bytes(frame) if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO else b""
-            if len(pcm) != FRAME_BYTES:
-                pcm = SILENT_FRAME
+            # No audio this tick (nothing received yet): the tape still runs, as silence.
+            pcm = (frame_bytes(frame) if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO else b"") or SILENT_FRAME
             try:
                 rec.writer.write(pcm)
+                rec.frames += 1
+                event = rec.endpointer.feed(pcm) if len(pcm) == FRAME_BYTES else None
             except RecordingError:
                 self._finish(rec, "error")
                 return
-            rec.frames += 1
-            event = rec.endpointer.feed(pcm)
+            except Exception:  # an exception must not escape into the C++ bridge thread
+                log.exception("recording %s failed", rec.rec_id)
+                self._finish(rec, "error")
+                return
             if event is Endpointer.Event.SPEECH_END:
                 self._finish(rec, "silence")
             elif rec.frames >= rec.max_frames:
@@ -162,6 +180,7 @@ class Player(pj.AudioMediaPlayer):
         self.files = files
         self.index = 0
 
+    @_guarded
     def onEof2(self) -> None:  # noqa: N802 (pjsua2 API)
         # Destroying a player inside its own EOF callback is not allowed: defer.
         self.worker.deferred.append(lambda: self.worker.advance_play(self))
@@ -189,12 +208,15 @@ class WorkerCall(pj.Call):
         self.worker = worker
         self.handle = ""
 
+    @_guarded
     def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802
         self.worker.on_call_state(self)
 
+    @_guarded
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
         self.worker.on_media_state(self)
 
+    @_guarded
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
         self.worker.on_dtmf(self, prm.digit)
 
@@ -204,6 +226,7 @@ class WorkerAccount(pj.Account):
         super().__init__()
         self.worker = worker
 
+    @_guarded
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
         self.worker.on_incoming(self, prm)
 

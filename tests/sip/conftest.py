@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -178,20 +179,22 @@ def _tone_overrides(directory: Path) -> None:
                         "vol", "0.3"], check=True)
 
 
-@pytest.fixture(scope="session")
-def softswitch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSoftswitch]:
+@contextlib.contextmanager
+def running_softswitch(base: Path, *, sip_port: int, http_port: int, workers: int, worker_base_port: int,
+                       rtp_base_port: int, drain_timeout_s: float = 5) -> Iterator[RunningSoftswitch]:
+    """A softswitch process with the test configuration; stopped with SIGTERM (drain) at the end."""
     for tool in ("sipp", "kamailio", "sox", "espeak-ng"):
         _need(tool)
-    base = tmp_path_factory.mktemp("softswitch")
     data_dir = base / "var"
     overrides = base / "prompt-overrides"
     _tone_overrides(overrides)
     config = {
         "data_dir": str(data_dir),
-        "drain_timeout_s": 5,
-        "sip": {"port": SIP_PORT, "trunk_allow": [f"{ALLOWED_SOURCE}/32", "::1/128"]},
-        "workers": {"count": WORKERS, "base_port": 15070, "rtp_base_port": 31000, "restart_backoff_s": 0.2},
-        "http": {"port": HTTP_PORT},
+        "drain_timeout_s": drain_timeout_s,
+        "sip": {"port": sip_port, "trunk_allow": [f"{ALLOWED_SOURCE}/32", "::1/128"]},
+        "workers": {"count": workers, "base_port": worker_base_port, "rtp_base_port": rtp_base_port,
+                    "restart_backoff_s": 0.2},
+        "http": {"port": http_port},
         "ivr": IVR,
         "prompts": {"override_dir": str(overrides), "cache_dir": str(base / "prompt-cache")},
     }
@@ -201,8 +204,8 @@ def softswitch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSoft
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "softswitch.cli", "--config", str(config_path), "run"],
                                    cwd=str(PROJECT_ROOT), stdout=log, stderr=subprocess.STDOUT)
-    running = RunningSoftswitch(data_dir=data_dir, http=f"http://127.0.0.1:{HTTP_PORT}",
-                                sip_target=f"127.0.0.1:{SIP_PORT}", process=process, log_path=log_path,
+    running = RunningSoftswitch(data_dir=data_dir, http=f"http://127.0.0.1:{http_port}",
+                                sip_target=f"127.0.0.1:{sip_port}", process=process, log_path=log_path,
                                 work=base / "sipp")
 
     def ready() -> bool:
@@ -212,7 +215,7 @@ def softswitch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSoft
             status, body = running.get("/api/health")
         except OSError:
             return False
-        return status == 200 and len(body["workers"]) == WORKERS
+        return status == 200 and len(body["workers"]) == workers
     try:
         running.wait_for(ready, 90, "softswitch health with all workers connected")
         time.sleep(1.0)  # Kamailio's dispatcher probes the workers once before trusting them
@@ -221,7 +224,14 @@ def softswitch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSoft
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture(scope="session")
+def softswitch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSoftswitch]:
+    with running_softswitch(tmp_path_factory.mktemp("softswitch"), sip_port=SIP_PORT, http_port=HTTP_PORT,
+                            workers=WORKERS, worker_base_port=15070, rtp_base_port=31000) as running:
+        yield running

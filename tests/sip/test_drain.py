@@ -1,0 +1,49 @@
+"""SIGTERM drains: new calls are refused, the running call finishes, nothing recorded is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.sipp import caller_scenario, refused_scenario
+from storage.crypto import IdProtector
+from storage.store import open_store
+from tests.sip.conftest import NATIONAL_ID, CallerScript, running_softswitch
+
+pytestmark = [pytest.mark.sip, pytest.mark.timeout(240)]
+
+
+def test_sigterm_lets_the_running_call_finish_and_refuses_new_ones(tmp_path: Path, speech: Path) -> None:
+    pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("1").message(speech).write(tmp_path / "c.pcap")
+    with running_softswitch(tmp_path / "switch", sip_port=17060, http_port=17111, workers=1,
+                            worker_base_port=17070, rtp_base_port=37000, drain_timeout_s=60) as switch:
+        running_run = switch.sipp("draining-call", caller_scenario(pcap), call_id="draining-call@test")
+        running_call = running_run.start(switch.work / "draining-call")
+        switch.wait_for(lambda: switch.get("/api/health")[1]["active_calls"] == 1, 15, "the call to start")
+        time.sleep(3)  # into the ID step
+        switch.process.send_signal(signal.SIGTERM)
+        switch.wait_for(lambda: switch.get("/api/health")[1]["status"] == "draining", 10, "draining")
+
+        refused = switch.sipp("during-drain", refused_scenario(503), call_id="during-drain@test", timeout_s=20)
+        refused_result = refused.run(switch.work / "during-drain")
+        assert refused_result.returncode == 0, refused_result.stderr + refused_result.stdout[-2000:]
+
+        finished = running_run.finish(running_call)
+        assert finished.returncode == 0, finished.stderr + finished.stdout[-2000:]
+        switch.process.wait(timeout=60)
+        assert switch.process.returncode == 0
+
+    async def stored() -> tuple[str | None, list[str]]:
+        protector = IdProtector.from_key_file(switch.data_dir / "keys" / "national_id.json")
+        async with open_store(switch.data_dir / "softswitch.db", protector) as store:
+            call = await store.get_call_by_sip_id("draining-call@test")
+            case = await store.case_for_call(call.id)
+            kinds = [r.kind for r in await store.recordings_for_call(call.id)]
+            return (call.disposition, kinds) if case else (None, kinds)
+    disposition, kinds = asyncio.run(stored())
+    assert disposition == "completed"
+    assert sorted(kinds) == ["message", "national_id_utterance"]
