@@ -252,7 +252,7 @@ def _current_calls(path: Path) -> int:
         return 0
     if len(lines) < 2:
         return 0
-    row = dict(zip(lines[0].split(";"), lines[-1].split(";")))
+    row = dict(zip(lines[0].split(";"), lines[-1].split(";"), strict=False))
     return int(row.get("CurrentCall", 0) or 0)
 
 

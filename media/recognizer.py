@@ -101,7 +101,10 @@ def _normalized_words(words: Mapping[str, str]) -> dict[str, str]:
 
 def digits_from_text(text: str, words: Mapping[str, str] = PERSIAN_DIGIT_WORDS) -> str:
     """The ASCII digits spelled by the digit words in text, in order; other words are skipped."""
-    normalized = _normalized_words(words)
+    return _spell(text, _normalized_words(words))
+
+
+def _spell(text: str, normalized: Mapping[str, str]) -> str:
     return "".join(normalized.get(normalize_word(word), "") for word in text.split())
 
 
@@ -231,8 +234,7 @@ class VoskDigitRecognizer:
             recognizer.AcceptWaveform(pcm[offset : offset + chunk])
         text = str(json.loads(recognizer.FinalResult()).get("text", ""))
         seconds = time.perf_counter() - started
-        digits = "".join(self._words.get(normalize_word(word), "") for word in text.split())
-        return Recognition(text=text, digits=digits, seconds=seconds)
+        return Recognition(text=text, digits=_spell(text, self._words), seconds=seconds)
 
     def recognize_wav(self, path: Path) -> Recognition:
         """Decode a 16-bit mono PCM WAV at whatever sample rate its header declares."""

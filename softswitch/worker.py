@@ -500,7 +500,7 @@ class Worker:
         if state is None or state.media_ready:
             return
         try:
-            audio = call.getAudioMedia(-1)
+            call.getAudioMedia(-1)  # raises until the call has active audio
         except pj.Error:
             return
         state.port = self._take_port(state.handle)
