@@ -80,6 +80,23 @@ def frame_bytes(frame: pj.MediaFrame) -> bytes:
     return ctypes.string_at(data, size)
 
 
+_callback_thread = threading.local()
+
+
+def _keep_thread_state() -> None:
+    """Keep this PJSIP thread's Python thread state alive between callbacks.
+
+    SWIG enters each callback with PyGILState_Ensure and leaves with Release; on a
+    thread Python did not start, Release destroys the thread state, so the next
+    frame callback (50 a second per call, on the bridge clock thread) builds a
+    new one and mmaps a fresh frame stack: measured as a fifth of a busy
+    worker's CPU. One unmatched Ensure keeps the state for the thread's life.
+    """
+    if not getattr(_callback_thread, "pinned", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _callback_thread.pinned = True
+
+
 def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
     """A Python exception must not unwind into PJSIP's C++ (it would abort every call of the worker)."""
 
@@ -124,6 +141,7 @@ class CallPort(pj.AudioMediaPort):
         self._waker = waker
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802 (pjsua2 API)
+        _keep_thread_state()
         with self.lock:
             rec = self.recording
             if rec is None or rec.reason is not None:
@@ -182,6 +200,7 @@ class Player(pj.AudioMediaPlayer):
 
     @_guarded
     def onEof2(self) -> None:  # noqa: N802 (pjsua2 API)
+        _keep_thread_state()
         # Destroying a player inside its own EOF callback is not allowed: defer.
         self.worker.deferred.append(lambda: self.worker.advance_play(self))
         self.worker.waker.wake()
