@@ -103,7 +103,7 @@ class ControlCall:
             self._check()
             self._digit_arrived.clear()
             try:
-                await asyncio.wait_for(self._wait_digit_or_end(), timeout_s)
+                await asyncio.wait_for(self._digit_arrived.wait(), timeout_s)
             except asyncio.TimeoutError:
                 return None
         return self._digits.popleft()
@@ -163,9 +163,6 @@ class ControlCall:
     def _check(self) -> None:
         if self.end_reason is not None:
             raise CallEnded(self.end_reason)
-
-    async def _wait_digit_or_end(self) -> None:
-        await self._digit_arrived.wait()
 
 
 def recover_recording(kind: str, path: Path, reason: str) -> RecordingResult:
