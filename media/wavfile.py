@@ -191,11 +191,7 @@ class WavWriter:
         whole = self._data_bytes - self._data_bytes % SAMPLE_BYTES
         try:
             try:
-                if whole != self._data_bytes:
-                    os.ftruncate(fd, HEADER_BYTES + whole)
-                os.pwrite(fd, struct.pack("<I", HEADER_BYTES - 8 + whole), _RIFF_SIZE_OFFSET)
-                os.pwrite(fd, struct.pack("<I", whole), _DATA_SIZE_OFFSET)
-                os.fsync(fd)
+                _finish_header(fd, whole, self._data_bytes)
             finally:
                 os.close(fd)
             _fsync_directory(self._path.parent)
@@ -295,6 +291,15 @@ def wav_info(path: Path) -> WavInfo:
     return WavInfo(path, fmt.duration_s, _sha256_file(path), path.stat().st_size)
 
 
+def _finish_header(fd: int, whole: int, stored: int) -> None:
+    """Cut a trailing partial sample, write the real RIFF and data sizes, fsync."""
+    if whole != stored:
+        os.ftruncate(fd, HEADER_BYTES + whole)
+    os.pwrite(fd, struct.pack("<I", HEADER_BYTES - 8 + whole), _RIFF_SIZE_OFFSET)
+    os.pwrite(fd, struct.pack("<I", whole), _DATA_SIZE_OFFSET)
+    os.fsync(fd)
+
+
 def repair_wav(path: Path) -> WavInfo:
     """Finish a recording left by a crashed WavWriter: whole samples, real sizes, fsync.
 
@@ -327,11 +332,7 @@ def repair_wav(path: Path) -> WavInfo:
                     f"{path}: header {field} is {declared} but the file holds {actual}; "
                     "not an unfinished WavWriter recording"
                 )
-        if whole != stored:
-            os.ftruncate(fd, HEADER_BYTES + whole)
-        os.pwrite(fd, struct.pack("<I", HEADER_BYTES - 8 + whole), _RIFF_SIZE_OFFSET)
-        os.pwrite(fd, struct.pack("<I", whole), _DATA_SIZE_OFFSET)
-        os.fsync(fd)
+        _finish_header(fd, whole, stored)
     finally:
         os.close(fd)
     return wav_info(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -52,6 +53,10 @@ def _switch(request: web.Request) -> Softswitch:
     return request.app[SOFTSWITCH]  # type: ignore[return-value]
 
 
+def _not_found(message: str) -> web.HTTPNotFound:
+    return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json")
+
+
 async def health(request: web.Request) -> web.Response:
     return web.json_response(_switch(request).health())
 
@@ -61,7 +66,7 @@ async def get_call(request: web.Request) -> web.Response:
     try:
         call = await store.get_call_by_sip_id(request.match_info["sip_call_id"])
     except NotFound:
-        raise web.HTTPNotFound(text='{"error": "no such call"}', content_type="application/json") from None
+        raise _not_found("no such call") from None
     case = await store.case_for_call(call.id)
     recordings = await store.recordings_for_call(call.id)
     return web.json_response({
@@ -77,7 +82,7 @@ async def get_case(request: web.Request) -> web.Response:
     try:
         case = await store.get_case(request.match_info["tracking_code"])
     except NotFound:
-        raise web.HTTPNotFound(text='{"error": "no such case"}', content_type="application/json") from None
+        raise _not_found("no such case") from None
     recordings = await store.recordings_for_case(case.id)
     body = _case(case)
     body["recordings"] = [_recording(r) for r in recordings]
