@@ -183,3 +183,19 @@ def read_stats(path: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle, delimiter=";"))
+
+
+def main() -> None:
+    """Print a caller scenario for SIPp that follows Record-Route (SIPp's built-in uac does not)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--pcap", type=Path, help="RTP to play as the caller (see media/rtp_pcap.py)")
+    parser.add_argument("--hangup-after-s", type=float, help="hang up after this many seconds")
+    args = parser.parse_args()
+    hangup_ms = int(args.hangup_after_s * 1000) if args.hangup_after_s is not None else None
+    print(caller_scenario(args.pcap, hangup_after_ms=hangup_ms, wait_bye_ms=300_000), end="")
+
+
+if __name__ == "__main__":
+    main()
