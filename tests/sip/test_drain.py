@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import time
 from pathlib import Path
@@ -47,3 +48,20 @@ def test_sigterm_lets_the_running_call_finish_and_refuses_new_ones(tmp_path: Pat
     disposition, kinds = asyncio.run(stored())
     assert disposition == "completed"
     assert sorted(kinds) == ["message", "national_id_utterance"]
+
+
+def test_worker_call_cap_is_learnt_from_the_library(tmp_path: Path) -> None:
+    """One worker, five simultaneous calls: the library refuses the fifth, and the worker reports its cap.
+
+    The pinned wheel (pjsua2-python 2.15.1) is built with PJSUA_MAX_CALLS = 4.
+    """
+    with running_softswitch(tmp_path / "switch", sip_port=17160, http_port=17211, workers=1,
+                            worker_base_port=17170, rtp_base_port=37100) as switch:
+        assert switch.get("/api/health")[1]["workers"][0]["max_calls"] is None  # not known until hit
+        run = switch.sipp("five-at-once", caller_scenario(None, hangup_after_ms=6000), call_id="cap-%u@test",
+                          timeout_s=40)
+        run = dataclasses.replace(run, calls=5, rate=20, limit=5, stats_file=switch.work / "five-at-once.csv")
+        result = run.run(switch.work / "five-at-once")
+        assert (result.successful, result.failed) == (4, 1), result.stdout[-2000:]
+        worker = switch.get("/api/health")[1]["workers"][0]
+        assert worker["max_calls"] == 4
