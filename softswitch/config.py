@@ -44,6 +44,9 @@ class WorkersConfig(_Section):
     # Longest wait of a worker's event loop; SIP packets and control commands wake it at once.
     poll_ms: int = Field(200, ge=1, le=1000)
     max_calls_request: int = Field(64, ge=1)
+    # Restart a worker after this many calls (0: never); PJSUA2 2.15.1 leaks
+    # conference-bridge slots under call churn until every new call gets 488.
+    recycle_after_calls: int = Field(2000, ge=0)
     restart_backoff_s: float = Field(0.5, ge=0)
 
 

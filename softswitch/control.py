@@ -101,7 +101,7 @@ class Softswitch:
             settings = WorkerSettings(
                 worker_id=i, sip_host=w.host, sip_port=port, rtp_port=w.rtp_base_port + i * w.rtp_ports_per_worker,
                 rtp_port_range=w.rtp_ports_per_worker, control_socket=cfg.control_socket, poll_ms=w.poll_ms,
-                max_calls_request=w.max_calls_request)
+                max_calls_request=w.max_calls_request, recycle_after_calls=w.recycle_after_calls)
             self.supervisor.add(f"worker{i}", functools.partial(ForkedWorker.start, settings))
 
     async def drain(self) -> None:

@@ -129,7 +129,9 @@ class Supervisor:
             if self.stopping:
                 break
             supervised.restarts += 1
-            log.error("%s (pid %s) exited with %s; restarting", supervised.name, supervised.child.pid, code)
+            # 0 is a worker retiring after its quota of calls; anything else is a crash.
+            log.log(logging.INFO if code == 0 else logging.ERROR, "%s (pid %s) exited with %s; restarting",
+                    supervised.name, supervised.child.pid, code)
             await asyncio.sleep(self.restart_backoff_s)
         supervised.exited.set()
 

@@ -281,6 +281,7 @@ class WorkerSettings:
     control_socket: Path
     poll_ms: int = 200
     max_calls_request: int = 64
+    recycle_after_calls: int = 0  # 0: never
     pjsua_log_level: int = 2
 
 
@@ -295,6 +296,7 @@ class Worker:
     cap_hit: bool = False
     max_calls: int | None = None
     stopping: bool = False
+    retiring: bool = False
     call_seq: int = 0
 
     def run(self) -> None:
@@ -308,7 +310,7 @@ class Worker:
                   sip_port=self.settings.sip_port, max_calls=self.max_calls)
         threading.Thread(target=self._watch_control, name="control-watch", daemon=True).start()
         try:
-            while not (self.stopping and not self.calls):
+            while not ((self.stopping or self.retiring) and not self.calls):
                 self.ep.libHandleEvents(self.settings.poll_ms)
                 self._drain_control()
                 self.drained.set()
@@ -495,6 +497,12 @@ class Worker:
             call.hangup(op)
             return
         self.call_seq += 1
+        recycle = self.settings.recycle_after_calls
+        if recycle and self.call_seq >= recycle:
+            # 2.15.1 leaks a bridge slot now and then under churn; a fresh process
+            # is cheaper than finding out. Finish these calls, take no more, exit.
+            log.info("worker %d retiring after %d calls", self.settings.worker_id, self.call_seq)
+            self.retiring = self.draining = True
         handle = f"w{self.settings.worker_id}-{os.getpid()}-{self.call_seq}"
         call.handle = handle
         self.calls[handle] = CallState(call=call, handle=handle)
@@ -716,11 +724,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-socket", type=Path, required=True)
     parser.add_argument("--poll-ms", type=int, default=200)
     parser.add_argument("--max-calls-request", type=int, default=64)
+    parser.add_argument("--recycle-after-calls", type=int, default=0)
     args = parser.parse_args(argv)
     run_worker(WorkerSettings(
         worker_id=args.id, sip_host=args.sip_host, sip_port=args.sip_port, rtp_port=args.rtp_port,
         rtp_port_range=args.rtp_port_range, control_socket=args.control_socket, poll_ms=args.poll_ms,
-        max_calls_request=args.max_calls_request,
+        max_calls_request=args.max_calls_request, recycle_after_calls=args.recycle_after_calls,
     ))
 
 

@@ -181,7 +181,8 @@ def _tone_overrides(directory: Path) -> None:
 
 @contextlib.contextmanager
 def running_softswitch(base: Path, *, sip_port: int, http_port: int, workers: int, worker_base_port: int,
-                       rtp_base_port: int, drain_timeout_s: float = 5) -> Iterator[RunningSoftswitch]:
+                       rtp_base_port: int, drain_timeout_s: float = 5,
+                       recycle_after_calls: int = 0) -> Iterator[RunningSoftswitch]:
     """A softswitch process with the test configuration; stopped with SIGTERM (drain) at the end."""
     for tool in ("sipp", "kamailio", "sox", "espeak-ng"):
         _need(tool)
@@ -193,7 +194,7 @@ def running_softswitch(base: Path, *, sip_port: int, http_port: int, workers: in
         "drain_timeout_s": drain_timeout_s,
         "sip": {"port": sip_port, "trunk_allow": [f"{ALLOWED_SOURCE}/32", "::1/128"]},
         "workers": {"count": workers, "base_port": worker_base_port, "rtp_base_port": rtp_base_port,
-                    "restart_backoff_s": 0.2},
+                    "restart_backoff_s": 0.2, "recycle_after_calls": recycle_after_calls},
         "http": {"port": http_port},
         "ivr": IVR,
         "prompts": {"override_dir": str(overrides), "cache_dir": str(base / "prompt-cache")},

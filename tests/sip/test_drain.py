@@ -65,3 +65,23 @@ def test_worker_call_cap_is_learnt_from_the_library(tmp_path: Path) -> None:
         assert (result.successful, result.failed) == (4, 1), result.stdout[-2000:]
         worker = switch.get("/api/health")[1]["workers"][0]
         assert worker["max_calls"] == 4
+
+
+def test_worker_retires_after_its_quota_and_comes_back(tmp_path: Path) -> None:
+    with running_softswitch(tmp_path / "switch", sip_port=17260, http_port=17311, workers=1,
+                            worker_base_port=17270, rtp_base_port=37200, recycle_after_calls=2) as switch:
+        first_pid = switch.get("/api/health")[1]["workers"][0]["pid"]
+        for n in (1, 2):
+            run = switch.sipp(f"quota-{n}", caller_scenario(None, hangup_after_ms=1500), call_id=f"quota-{n}@test")
+            result = run.run(switch.work / f"quota-{n}")
+            assert result.returncode == 0, result.stderr + result.stdout[-2000:]
+
+        def replaced() -> bool:
+            body = switch.get("/api/health")[1]
+            return body["restarts"].get("worker0") == 1 and [w["pid"] for w in body["workers"]] not in ([], [first_pid])
+        switch.wait_for(replaced, 20, "the retired worker to be replaced")
+        time.sleep(2.5)  # Kamailio's dispatcher probes the new worker back into service
+        run = switch.sipp("quota-3", caller_scenario(None, hangup_after_ms=1500), call_id="quota-3@test")
+        result = run.run(switch.work / "quota-3")
+        assert result.returncode == 0, result.stderr + result.stdout[-2000:]
+        assert switch.call_record("quota-3@test")["call"]["worker_id"] == 0
