@@ -211,21 +211,22 @@ class Bench:
 
         root = self.process.pid
 
-        def sample() -> dict[str, int]:
-            parts = cpu_by_part(process_tree(root), root)
+        def sample(pids: list[int]) -> dict[str, int]:
+            parts = cpu_by_part(pids, root)
             parts["sipp"] = cpu_by_part([sipp.pid], -1)["workers"]
             return parts
-        before, tick_at = sample(), time.monotonic()
+        before, tick_at = sample(process_tree(root)), time.monotonic()
         while sipp.poll() is None:
             time.sleep(1)
-            now_parts, now = sample(), time.monotonic()
+            pids = process_tree(root)
+            now_parts, now = sample(pids), time.monotonic()
             # CPU is counted only while the step holds >= 90% of its target load.
             if _current_calls(directory / "stats.csv") >= 0.9 * load:
                 for part in plateau:
                     plateau[part] += max(0, now_parts[part] - before[part])
                 plateau_s += now - tick_at
             before, tick_at = now_parts, now
-            rss, pss = memory_kib(process_tree(root))
+            rss, pss = memory_kib(pids)
             peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
             if now - started > timeout_s + 30:
                 sipp.kill()

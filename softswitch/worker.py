@@ -197,13 +197,17 @@ class Player(pj.AudioMediaPlayer):
     nine-digit tracking code read twice must not open nineteen files at once.
     """
 
-    def __init__(self, worker: Worker, handle: str, play_id: str, files: list[str]) -> None:
+    def __init__(self, worker: Worker, handle: str, play_id: str, files: list[str], index: int = 0) -> None:
         super().__init__()
         self.worker = worker
         self.handle = handle
         self.play_id = play_id
         self.files = files
-        self.index = 0
+        self.index = index
+
+    def following(self) -> Player:
+        """A fresh player for the next file: a pjsua2 player opens one file, once."""
+        return Player(self.worker, self.handle, self.play_id, self.files, self.index + 1)
 
     @_guarded
     def onEof2(self) -> None:  # noqa: N802 (pjsua2 API)
@@ -609,10 +613,7 @@ class Worker:
                 return
             except pj.Error as exc:
                 self.send("error", call=state.handle, detail=f"cannot play {player.files[player.index]}: {exc.reason}")
-                player.index += 1
-                fresh = Player(self, state.handle, player.play_id, player.files)
-                fresh.index = player.index
-                state.player = player = fresh
+                state.player = player = player.following()
         state.player = None
         self.send("play_done", call=state.handle, play_id=player.play_id, completed=True)
 
@@ -620,11 +621,8 @@ class Worker:
         state = self.calls.get(player.handle)
         if state is None or state.player is not player:
             return
-        nxt = Player(self, player.handle, player.play_id, player.files)
-        nxt.index = player.index + 1
-        state.player = nxt
-        del player
-        self._open_current(state, nxt)
+        state.player = player.following()
+        self._open_current(state, state.player)
 
     def _stop_play(self, state: CallState, completed: bool) -> None:
         player = state.player

@@ -135,6 +135,13 @@ class RunningSoftswitch:
             return body if status == 200 and body["call"]["ended_at"] else None
         return self.wait_for(closed, timeout_s, f"CDR of {sip_call_id}")
 
+    def case_of(self, sip_call_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The closed call's API view and its case."""
+        body = self.call_record(sip_call_id)
+        status, case = self.get(f"/api/cases/{body['tracking_code']}")
+        assert status == 200, (status, case)
+        return body, case
+
     def next_ports(self) -> tuple[int, int]:
         self._port_seq += 1
         return 16000 + self._port_seq * 2, 26000 + self._port_seq * 10

@@ -19,19 +19,12 @@ def spoken_id(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return espeak_wav(tmp_path_factory.mktemp("spoken-id"), "national-id", words, words_per_minute=130)
 
 
-def _case(softswitch: RunningSoftswitch, call_id: str) -> tuple[dict, dict]:
-    body = softswitch.call_record(call_id)
-    status, case = softswitch.get(f"/api/cases/{body['tracking_code']}")
-    assert status == 200
-    return body, case
-
-
 def test_keyed_id_is_confirmed_and_stored_masked(softswitch: RunningSoftswitch, speech: Path,
                                                  tmp_path: Path) -> None:
     pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("1").message(speech).write(tmp_path / "c.pcap")
     result, call_id = softswitch.call("id-keyed", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
-    body, case = _case(softswitch, call_id)
+    body, case = softswitch.case_of(call_id)
     assert "national_id:keypad:verified" in body["call"]["ivr_path"]
     assert (case["id_status"], case["id_source"]) == ("verified", "keypad")
     assert case["national_id"] == "********99"
@@ -42,7 +35,7 @@ def test_invalid_keyed_id_is_asked_again(softswitch: RunningSoftswitch, speech: 
         .message(speech).write(tmp_path / "c.pcap")
     result, call_id = softswitch.call("id-retry", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
-    body, case = _case(softswitch, call_id)
+    body, case = softswitch.case_of(call_id)
     path = body["call"]["ivr_path"]
     assert path[1:3] == ["national_id:keypad:invalid", "national_id:keypad:verified"]
     assert case["id_status"] == "verified"
@@ -58,7 +51,7 @@ def test_caller_who_rejects_every_readback_goes_on_unverified(softswitch: Runnin
     pcap = script.keys("1").message(speech).write(tmp_path / "c.pcap")
     result, call_id = softswitch.call("id-unverified", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
-    body, case = _case(softswitch, call_id)
+    body, case = softswitch.case_of(call_id)
     assert body["call"]["ivr_path"].count("national_id:keypad:not_confirmed") == 3
     assert (case["id_status"], case["national_id"]) == ("unverified", "********99")
 
@@ -71,7 +64,7 @@ def test_spoken_id_is_kept_as_its_own_recording(softswitch: RunningSoftswitch, s
     pcap = script.keys("1", pause_s=0.4).message(speech).write(tmp_path / "c.pcap")
     result, call_id = softswitch.call("id-spoken", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
-    body, case = _case(softswitch, call_id)
+    body, case = softswitch.case_of(call_id)
     utterance = next(r for r in body["recordings"] if r["kind"] == "national_id_utterance")
     assert abs(utterance["duration_s"] - id_speech_s) < 0.5, (utterance["duration_s"], id_speech_s)
     # No recogniser is configured in the tests: the tape goes to the back office.
@@ -85,7 +78,7 @@ def test_request_for_a_family_member_is_filed_under_them(softswitch: RunningSoft
         .message(speech).write(tmp_path / "c.pcap")
     result, call_id = softswitch.call("id-family", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
-    body, case = _case(softswitch, call_id)
+    body, case = softswitch.case_of(call_id)
     assert body["call"]["ivr_path"][1:4] == ["national_id:keypad:verified", "about:other",
                                              "subject_id:keypad:verified"]
     assert case["on_behalf_of_other"] is True

@@ -71,8 +71,8 @@ def test_hangup_mid_message_keeps_partial_recording(softswitch: RunningSoftswitc
     # Recorded from the beep to the hang-up: about half the speech, and nothing lost.
     assert speech_s / 2 - 0.6 < message["duration_s"] < speech_s / 2 + 0.6
     assert not is_silence(softswitch.recording_file(message["sha256"]))
-    status, case = softswitch.get(f"/api/cases/{body['tracking_code']}")
-    assert status == 200 and case["status"] == "received_incomplete"
+    _, case = softswitch.case_of(call_id)
+    assert case["status"] == "received_incomplete"
 
 
 def test_other_number_gets_404(softswitch: RunningSoftswitch) -> None:
