@@ -16,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="start the SIP front, the media workers and the control process")
     sub.add_parser("prompts", help="generate the prompt audio cache with espeak-ng")
     sub.add_parser("check-config", help="validate the configuration and print it")
+    creds = sub.add_parser("agent-credentials", help="print an agents.accounts entry for a new agent")
+    creds.add_argument("--id", required=True, help="SIP user name and console login, e.g. 1001")
+    creds.add_argument("--name", required=True, help="the agent's name as supervisors see it")
+    creds.add_argument("--password", help="read from the terminal when omitted")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -25,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(config.model_dump_json(indent=2))
         return 0
+    if args.command == "agent-credentials":
+        return _agent_credentials(args, config.agents.realm)
     if args.command == "prompts":
         from media.prompts import PromptLibrary
 
@@ -42,6 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, PromptError) as exc:
         print(f"softswitch: cannot start: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _agent_credentials(args: argparse.Namespace, realm: str) -> int:
+    import getpass
+
+    import yaml
+
+    from softswitch.credentials import hash_password, sip_ha1
+
+    password = args.password or getpass.getpass(f"password for agent {args.id}: ")
+    if len(password) < 8:
+        print("softswitch: an agent password needs at least 8 characters", file=sys.stderr)
+        return 2
+    entry = {"id": args.id, "name": args.name, "sip_ha1": sip_ha1(args.id, realm, password),
+             "console_password": hash_password(password)}
+    print(yaml.safe_dump([entry], allow_unicode=True, sort_keys=False), end="")
     return 0
 
 

@@ -104,6 +104,77 @@ class KamailioConfig(_Section):
     _template_in_project = field_validator("template")(_in_project)
 
 
+WEEKDAYS = ("saturday", "sunday", "monday", "tuesday", "wednesday", "thursday", "friday")
+
+
+class OfficeHoursConfig(_Section):
+    """When live agents answer, in local time: a weekly schedule and holidays.
+
+    ``weekly`` maps a weekday name (the Iranian week starts on Saturday) to
+    ranges "HH:MM-HH:MM"; a day not listed is closed. ``holidays`` are dates,
+    Jalali ("1405-01-01") or Gregorian ("2026-03-21"), on which live service is closed.
+    """
+
+    timezone: str = "Asia/Tehran"
+    weekly: dict[str, tuple[str, ...]] = {
+        "saturday": ("08:00-16:00",), "sunday": ("08:00-16:00",), "monday": ("08:00-16:00",),
+        "tuesday": ("08:00-16:00",), "wednesday": ("08:00-16:00",), "thursday": ("08:00-12:00",),
+    }
+    holidays: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _parses(self) -> OfficeHoursConfig:
+        from ivr.office_hours import OfficeHours  # ivr imports this module
+
+        OfficeHours.from_config(self)
+        return self
+
+
+class AgentAccount(_Section):
+    """One agent: SIP user name and console login. ``softswitch agent-credentials`` prints an entry."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    name: str = Field(min_length=1)
+    sip_ha1: str = Field(pattern=r"^[0-9a-f]{32}$", description="MD5(id:realm:password), as SIP digest needs")
+    console_password: str = Field(pattern=r"^scrypt\$", description="scrypt hash of the console password")
+    supervisor: bool = False  # may open the supervisor view
+
+
+class AgentsConfig(_Section):
+    realm: str = Field("softswitch-111", pattern=r"^[A-Za-z0-9_.-]+$")
+    accounts: tuple[AgentAccount, ...] = ()
+    ring_timeout_s: float = Field(15.0, gt=0)
+    wrap_up_s: float = Field(30.0, ge=0)
+    registration_expires_s: int = Field(300, ge=30)
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique(cls, value: tuple[AgentAccount, ...]) -> tuple[AgentAccount, ...]:
+        ids = [a.id for a in value]
+        if len(ids) != len(set(ids)):
+            raise ValueError("agent ids must be unique")
+        return value
+
+
+class QueueConfig(_Section):
+    """The live queue (ACD) and when a waiting caller is offered the recorded message instead."""
+
+    max_length: int = Field(20, ge=1)
+    max_wait_s: float = Field(300.0, gt=0)
+    max_estimated_wait_s: float = Field(180.0, gt=0)
+    announce_every_s: float = Field(30.0, gt=0)
+    # Estimated wait: mean handling time of the last N calls (before any, the default).
+    handle_time_samples: int = Field(20, ge=1)
+    default_handle_time_s: float = Field(180.0, gt=0)
+    service_level_s: float = Field(20.0, gt=0)
+    overflow_key: str = Field("2", pattern=r"^[0-9*#]$")
+
+
+class Agency(_Section):
+    id: str = Field(pattern=r"^[a-z0-9_-]{1,40}$")
+    name: str = Field(min_length=1)
+
+
 class SecurityConfig(_Section):
     id_key_file: Path = Path("keys/national_id.json")
 
@@ -121,6 +192,18 @@ class Config(_Section):
     recognizer: RecognizerConfig = RecognizerConfig()
     kamailio: KamailioConfig = KamailioConfig()
     security: SecurityConfig = SecurityConfig()
+    office_hours: OfficeHoursConfig = OfficeHoursConfig()
+    agents: AgentsConfig = AgentsConfig()
+    queue: QueueConfig = QueueConfig()
+    agencies: tuple[Agency, ...] = (
+        Agency(id="municipality", name="شهرداری"),
+        Agency(id="health", name="وزارت بهداشت، درمان و آموزش پزشکی"),
+        Agency(id="social-security", name="سازمان تأمین اجتماعی"),
+        Agency(id="roads", name="وزارت راه و شهرسازی"),
+        Agency(id="energy", name="وزارت نیرو"),
+        Agency(id="education", name="وزارت آموزش و پرورش"),
+    )
+    categories: tuple[str, ...] = ("شکایت", "درخواست", "پیشنهاد", "پرسش", "گزارش تخلف")
 
     @model_validator(mode="after")
     def _ports_do_not_collide(self) -> Config:
