@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ivr.channel import CallChannel, CallEnded, RecordingResult
+from ivr.menu import choose
 from ivr.national_id import normalize_digits, parse_national_id
 from softswitch.config import IvrConfig
 from storage.models import PersonId
@@ -167,13 +168,5 @@ async def identify(channel: CallChannel, prompts: Prompts, sink: RecordingSink, 
 
 async def ask_about_whom(channel: CallChannel, prompts: Prompts, cfg: IvrConfig) -> bool:
     """True when the request concerns someone else (spouse, child, parent, ...)."""
-    for _ in range(cfg.menu_attempts):
-        await channel.play([prompts.path("ask_about_whom")], barge_in=True)
-        digit = await channel.next_digit(cfg.menu_timeout_s)
-        if digit == "1":
-            return False
-        if digit == "2":
-            return True
-        if digit is not None:
-            await channel.play([prompts.path("invalid_choice")])
-    return False  # no answer: the request is taken as the caller's own
+    # No answer: the request is taken as the caller's own.
+    return await choose(channel, prompts, [prompts.path("ask_about_whom")], "12", cfg, default="1") == "2"

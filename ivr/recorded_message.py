@@ -1,11 +1,4 @@
-"""IVR layer: the recorded-message (offline) flow, open at every hour.
-
-Greeting -> the caller's national ID (ivr/identify.py) -> about whom (the caller,
-or someone else whose ID is then taken the same way) -> message after the tone
--> tracking code read back -> goodbye. Whatever point the call ends at, what was
-recorded is kept and attached to the call, and a message (even a partial one)
-always becomes a case, filed under the person it concerns.
-"""
+"""IVR layer: the recorded-message steps (message after the tone, tracking code read back)."""
 
 from __future__ import annotations
 
@@ -30,43 +23,6 @@ class CaseSink(Protocol):
     async def open_case(self, subject: PersonId, caller: PersonId | None, complete: bool) -> str: ...
 
 
-class IvrState(enum.Enum):
-    GREETING = "greeting"
-    CALLER_ID = "national_id"
-    ABOUT_WHOM = "about_whom"
-    SUBJECT_ID = "subject_id"
-    MESSAGE = "message"
-    TRACKING_CODE = "tracking_code"
-    GOODBYE = "goodbye"
-    DONE = "done"
-
-
-# (state, outcome of its step) -> next state; None is the only outcome of most steps.
-TRANSITIONS: dict[tuple[IvrState, str | None], IvrState] = {
-    (IvrState.GREETING, None): IvrState.CALLER_ID,
-    (IvrState.CALLER_ID, None): IvrState.ABOUT_WHOM,
-    (IvrState.ABOUT_WHOM, "self"): IvrState.MESSAGE,
-    (IvrState.ABOUT_WHOM, "other"): IvrState.SUBJECT_ID,
-    (IvrState.SUBJECT_ID, None): IvrState.MESSAGE,
-    (IvrState.MESSAGE, None): IvrState.TRACKING_CODE,
-    (IvrState.TRACKING_CODE, None): IvrState.GOODBYE,
-    (IvrState.GOODBYE, None): IvrState.DONE,
-}
-
-
-@dataclass
-class Session:
-    """What one call's pass through the flow produced; ``path`` is the CDR's IVR path."""
-
-    state: IvrState = IvrState.GREETING
-    path: list[str] = field(default_factory=list)
-    caller: PersonId | None = None
-    subject: PersonId | None = None  # set only when the request concerns someone else
-    message: RecordingResult | None = None
-    tracking_code: str | None = None
-    ended_by: str | None = None
-
-
 async def record_message(channel: CallChannel, prompts: Prompts, cfg: IvrConfig) -> RecordingResult:
     await channel.play([prompts.path("record_after_tone"), prompts.path("beep")])
     channel.clear_digits()
@@ -79,97 +35,3 @@ async def read_tracking_code(channel: CallChannel, prompts: Prompts, code: str, 
     for _ in range(repeats - 1):
         files += [prompts.path("tracking_code_repeat"), *prompts.number(code)]
     await channel.play(files)
-
-
-class RecordedMessageFlow:
-    def __init__(self, channel: CallChannel, prompts: Prompts, cases: CaseSink, cfg: IvrConfig,
-                 label: str, recognizer: SpeechDigits | None = None) -> None:
-        self.channel = channel
-        self.recognizer = recognizer
-        self.prompts = prompts
-        self.cases = cases
-        self.cfg = cfg
-        self.label = label
-        self.session = Session()
-
-    def _set_state(self, new: IvrState) -> None:
-        log.debug("%s: %s -> %s", self.label, self.session.state.value, new.value)
-        self.session.state = new
-
-    async def run(self) -> Session:
-        s = self.session
-        try:
-            while s.state is not IvrState.DONE:
-                outcome = await self._enter(s.state)
-                self._set_state(TRANSITIONS[(s.state, outcome)])
-        except CallEnded as ended:
-            s.ended_by = ended.reason
-            s.path.append(f"ended:{s.state.value}")
-        finally:
-            await self._file()
-        return s
-
-    async def _enter(self, state: IvrState) -> str | None:
-        s = self.session
-        match state:
-            case IvrState.GREETING:
-                s.path.append("greeting")
-                await self.channel.play([self.prompts.path("greeting")], barge_in=True)
-            case IvrState.CALLER_ID:
-                # Digits keyed during the greeting already count: they are the ID.
-                found = await identify(self.channel, self.prompts, self.cases, self.cfg, self.recognizer,
-                                       Whose.CALLER)
-                s.caller = found.person
-                s.path += [f"national_id:{step}" for step in found.path]
-            case IvrState.ABOUT_WHOM:
-                other = await ask_about_whom(self.channel, self.prompts, self.cfg)
-                s.path.append("about:" + ("other" if other else "self"))
-                return "other" if other else "self"
-            case IvrState.SUBJECT_ID:
-                found = await identify(self.channel, self.prompts, self.cases, self.cfg, self.recognizer,
-                                       Whose.SUBJECT)
-                s.subject = found.person
-                s.path += [f"subject_id:{step}" for step in found.path]
-            case IvrState.MESSAGE:
-                s.message = await record_message(self.channel, self.prompts, self.cfg)
-                await self.cases.keep_recording(s.message)
-                s.path.append(f"message:{s.message.reason}")
-                await self._open_case()
-                if s.tracking_code is None and not self.channel.ended:
-                    s.path.append("no_message")
-                    await self.channel.play([self.prompts.path("no_message")])
-                if self.channel.ended:
-                    raise CallEnded("caller hung up")
-            case IvrState.TRACKING_CODE:
-                if s.tracking_code is not None:
-                    s.path.append("tracking_code")
-                    await read_tracking_code(self.channel, self.prompts, s.tracking_code,
-                                             self.cfg.tracking_code_repeats)
-            case IvrState.GOODBYE:
-                await self.channel.play([self.prompts.path("goodbye")])
-                s.path.append("goodbye")
-                await self.channel.hangup()
-        return None
-
-    async def _open_case(self) -> None:
-        s = self.session
-        message = s.message
-        if s.tracking_code is not None or message is None:
-            return
-        if not message.heard_speech and message.reason == "no_input":
-            return
-        nobody = PersonId(None, "none", "none")
-        caller = s.caller or nobody
-        # Filed under the person the request concerns; the caller is kept beside them.
-        subject, on_behalf_of = (s.subject, caller) if s.subject is not None else (caller, None)
-        s.tracking_code = await self.cases.open_case(
-            subject=subject, caller=on_behalf_of,
-            complete=message.complete and message.reason not in ("hangup", "lost"))
-
-    async def _file(self) -> None:
-        """After the call ends at any point: a message, even a partial one, becomes a case."""
-        try:
-            await self._open_case()
-        except Exception:
-            log.exception("%s: could not file the case", self.label)
-            raise

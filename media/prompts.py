@@ -15,10 +15,17 @@ from media.wavfile import read_format
 
 SAMPLE_RATE = 8000
 TONE_PREFIX = "tone:"
+MELODY_PREFIX = "melody:"
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 _TOOL_TIMEOUT_S = 120
 # Full-scale sine beeps are harsh on a handset; -6 dBFS is still clearly audible.
 _TONE_GAIN_DB = "-6"
+# Hold music is heard for minutes, under the announcements: softer than a beep.
+_MELODY_GAIN_DB = "-12"
+# Each note swells in quickly and dies away over the last part of its length, so
+# notes neither click nor run into each other.
+_NOTE_ATTACK_S = 0.03
+_NOTE_RELEASE_SHARE = 0.4
 _SOX_OUTPUT_FORMAT = ["-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", "-e", "signed-integer"]
 
 
@@ -35,29 +42,71 @@ class UnknownPromptError(PromptError, KeyError):
 
 
 @dataclass(frozen=True)
-class _Tone:
-    frequency_hz: float
-    seconds: float
+class _Synth:
+    """A prompt made by sox, not spoken: a tone, or a melody of equal-length notes (0 Hz: a rest)."""
+
+    frequencies_hz: tuple[float, ...]
+    note_s: float
+    melody: bool
 
 
-def _parse_tone(name: str, text: str) -> _Tone:
-    parts = text[len(TONE_PREFIX) :].split(":")
+def _parse_synth(name: str, text: str) -> _Synth:
+    melody = text.startswith(MELODY_PREFIX)
+    if melody:
+        kind, form = "melody", "melody:<hz>,<hz>,...:<note_seconds>"
+    else:
+        kind, form = "tone", "tone:<hz>:<seconds>"
+    parts = text.split(":")[1:]
     try:
-        if len(parts) != 2:
+        if len(parts) != 2 or (not melody and "," in parts[0]):
             raise ValueError
-        tone = _Tone(float(parts[0]), float(parts[1]))
+        synth = _Synth(tuple(float(f) for f in parts[0].split(",")), float(parts[1]), melody)
     except ValueError:
-        raise ValueError(
-            f"prompt {name!r}: tone must be 'tone:<hz>:<seconds>', got {text!r}"
-        ) from None
-    if not (math.isfinite(tone.frequency_hz) and 0 < tone.frequency_hz < SAMPLE_RATE / 2):
-        raise ValueError(
-            f"prompt {name!r}: tone frequency must be between 0 and {SAMPLE_RATE // 2} Hz, "
-            f"got {parts[0]}"
-        )
-    if not (math.isfinite(tone.seconds) and tone.seconds > 0):
-        raise ValueError(f"prompt {name!r}: tone length must be positive seconds, got {parts[1]}")
-    return tone
+        raise ValueError(f"prompt {name!r}: {kind} must be '{form}', got {text!r}") from None
+    for frequency in synth.frequencies_hz:
+        if melody and frequency == 0:
+            continue
+        if not (math.isfinite(frequency) and 0 < frequency < SAMPLE_RATE / 2):
+            rest = " (or 0 for a rest)" if melody else ""
+            raise ValueError(
+                f"prompt {name!r}: {kind} frequency must be between 0 and {SAMPLE_RATE // 2} Hz{rest}, "
+                f"got {frequency:g}"
+            )
+    if not any(synth.frequencies_hz):
+        raise ValueError(f"prompt {name!r}: melody has only rests")
+    if not (math.isfinite(synth.note_s) and synth.note_s > 0):
+        what = "note length" if melody else "length"
+        raise ValueError(f"prompt {name!r}: {kind} {what} must be positive seconds, got {parts[1]}")
+    return synth
+
+
+_ONES = ("", "digit_1", "digit_2", "digit_3", "digit_4", "digit_5", "digit_6", "digit_7", "digit_8",
+         "digit_9")
+
+
+def cardinal_prompt_names(n: int) -> list[str]:
+    """Names of the prompts that say n (0..999) in Persian, parts joined by "and".
+
+    125 is صد و بیست و پنج: number_100, and, number_20, and, digit_5. Units reuse
+    digit_1..digit_9 and zero is digit_0; 10..19, the tens and the hundreds
+    (irregular in Persian: دویست, سیصد, پانصد) each have a prompt number_<n>.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 999:
+        raise ValueError(f"cardinal must be a whole number from 0 to 999, got {n!r}")
+    if n == 0:
+        return ["digit_0"]
+    hundreds, rest = divmod(n, 100)
+    parts = [f"number_{hundreds * 100}"] if hundreds else []
+    if 10 <= rest < 20:
+        parts.append(f"number_{rest}")
+    elif rest:
+        tens, ones = divmod(rest, 10)
+        parts += [f"number_{tens * 10}"] if tens else []
+        parts += [_ONES[ones]] if ones else []
+    names = [parts[0]]
+    for part in parts[1:]:
+        names += ["and", part]
+    return names
 
 
 class PromptLibrary:
@@ -78,7 +127,7 @@ class PromptLibrary:
     ) -> None:
         if not voice:
             raise ValueError("voice is empty")
-        self._tones: dict[str, _Tone] = {}
+        self._synths: dict[str, _Synth] = {}
         for name, text in texts.items():
             if not _NAME_PATTERN.fullmatch(name):
                 raise ValueError(
@@ -87,8 +136,8 @@ class PromptLibrary:
                 )
             if not text.strip():
                 raise ValueError(f"prompt {name!r} has an empty text")
-            if text.startswith(TONE_PREFIX):
-                self._tones[name] = _parse_tone(name, text)
+            if text.startswith((TONE_PREFIX, MELODY_PREFIX)):
+                self._synths[name] = _parse_synth(name, text)
         self._texts = dict(texts)
         self._cache_dir = Path(cache_dir)
         self._override_dir = None if override_dir is None else Path(override_dir)
@@ -112,7 +161,7 @@ class PromptLibrary:
         if not missing:
             return
         sox = self._tool("sox", missing)
-        spoken = [name for name in missing if name not in self._tones]
+        spoken = [name for name in missing if name not in self._synths]
         espeak = self._tool("espeak-ng", spoken) if spoken else ""
         self._cache_dir.mkdir(parents=True, exist_ok=True)
         for name in missing:
@@ -142,6 +191,10 @@ class PromptLibrary:
         if not digits or any(c not in "0123456789" for c in digits):
             raise ValueError(f"number must be ASCII digits 0-9, got {digits!r}")
         return [self.path(f"digit_{c}") for c in digits]
+
+    def cardinal(self, n: int) -> list[Path]:
+        """Prompts that say n (0..999) as a Persian number, e.g. 125: صد و بیست و پنج."""
+        return [self.path(name) for name in cardinal_prompt_names(n)]
 
     def _text(self, name: str) -> str:
         try:
@@ -189,13 +242,9 @@ class PromptLibrary:
     def _generate(self, name: str, sox: str, espeak: str) -> None:
         with tempfile.TemporaryDirectory(dir=self._cache_dir, prefix=f".{name}-") as tmp:
             out = Path(tmp) / "out.wav"
-            tone = self._tones.get(name)
-            if tone is not None:
-                self._run(
-                    name,
-                    [sox, "-n", *_SOX_OUTPUT_FORMAT, str(out), "synth", str(tone.seconds),
-                     "sine", str(tone.frequency_hz), "gain", _TONE_GAIN_DB],
-                )
+            synth = self._synths.get(name)
+            if synth is not None:
+                self._synthesise(name, synth, sox, out)
             else:
                 spoken = Path(tmp) / "espeak.wav"
                 # "--" keeps a text starting with '-' from being read as an option.
@@ -212,6 +261,28 @@ class PromptLibrary:
             with open(out, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(out, self._cache_path(name))
+
+    def _synthesise(self, name: str, synth: _Synth, sox: str, out: Path) -> None:
+        seconds = str(synth.note_s)
+        if not synth.melody:
+            self._run(name, [sox, "-n", *_SOX_OUTPUT_FORMAT, str(out), "synth", seconds,
+                             "sine", str(synth.frequencies_hz[0]), "gain", _TONE_GAIN_DB])
+            return
+        # A very short note gets a shorter swell, so that swell and dying away fit in it.
+        attack = str(min(_NOTE_ATTACK_S, synth.note_s * (1 - _NOTE_RELEASE_SHARE) / 2))
+        release = str(synth.note_s * _NOTE_RELEASE_SHARE)
+        notes = []
+        for i, frequency in enumerate(synth.frequencies_hz):
+            note = out.with_name(f"note-{i:04d}.wav")
+            if frequency:
+                effects = ["synth", seconds, "sine", str(frequency),
+                           "fade", "q", attack, seconds, release, "gain", _MELODY_GAIN_DB]
+            else:
+                effects = ["trim", "0", seconds]  # a rest: the null input is silence
+            self._run(name, [sox, "-n", *_SOX_OUTPUT_FORMAT, str(note), *effects])
+            notes.append(str(note))
+        # Several inputs of one format are played one after the other.
+        self._run(name, [sox, *notes, str(out)])
 
     @staticmethod
     def _run(name: str, command: list[str]) -> None:

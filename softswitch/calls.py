@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import time
@@ -50,7 +51,9 @@ class ControlCall:
         self.call_id = call_id
         self.recordings_dir = recordings_dir
         self.answered = asyncio.Event()
+        self.ringing = asyncio.Event()
         self.end_reason: str | None = None
+        self.end_status: int | None = None
         self.ended_event = asyncio.Event()
         self._digits: collections.deque[str] = collections.deque()
         self._digit_arrived = asyncio.Event()
@@ -83,16 +86,45 @@ class ControlCall:
         await done
 
     async def record(self, kind: str, *, max_s: float, silence_s: float, no_input_s: float,
-                     stop_digits: str = "#") -> RecordingResult:
+                     stop_digits: str = "#", peer: ControlCall | None = None) -> RecordingResult:
         self._check()
         rec_id = str(next(self._record_seq))
         day = time.strftime("%Y/%m/%d")
         path = self.recordings_dir / day / f"call{self.call_id}-{rec_id}-{kind}.wav"
         result: asyncio.Future[RecordingResult] = asyncio.get_running_loop().create_future()
         self._records[rec_id] = (kind, path, result)
+        extra = {"peer": peer.handle} if peer is not None else {}
         self.link.send("record", call=self.handle, rec_id=rec_id, path=str(path), max_s=max_s,
-                       silence_s=silence_s, no_input_s=no_input_s, stop_digits=stop_digits)
+                       silence_s=silence_s, no_input_s=no_input_s, stop_digits=stop_digits, **extra)
         return await result
+
+    # -- LiveChannel and Leg ---------------------------------------------
+    def dial(self, uri: str) -> ControlCall:
+        """A new outgoing leg from this call's worker; its events arrive like any call's."""
+        leg = ControlCall(self.link, f"{self.handle}-leg{next(self._ids)}", self.call_id, self.recordings_dir)
+        self.link.calls[leg.handle] = leg
+        self.link.send("dial", call=leg.handle, uri=uri)
+        return leg
+
+    def bridge(self, leg: Any) -> None:
+        self._check()
+        self.link.send("bridge", call=self.handle, peer=leg.handle)
+
+    async def stop_play(self) -> None:
+        if self._plays:
+            self.link.send("stop_play", call=self.handle)
+
+    async def record_conversation(self, leg: Any, max_s: float) -> RecordingResult:
+        return await self.record("conversation", max_s=max_s, silence_s=max_s, no_input_s=max_s, stop_digits="",
+                                 peer=leg)
+
+    async def wait_answered(self, timeout_s: float) -> bool:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(_first_set(self.answered, self.ended_event), timeout_s)
+        return self.answered.is_set() and not self.ended
+
+    async def wait_ended(self) -> None:
+        await self.ended_event.wait()
 
     async def stop_record(self) -> None:
         for rec_id in list(self._records):
@@ -126,6 +158,8 @@ class ControlCall:
         kind = event["type"]
         if kind == "answered":
             self.answered.set()
+        elif kind == "ringing":
+            self.ringing.set()
         elif kind == "dtmf":
             self._digits.append(str(event["digit"]))
             self._digit_arrived.set()
@@ -141,7 +175,8 @@ class ControlCall:
                     sha256=str(event["sha256"]), reason=str(event["reason"]),
                     speech_s=float(event["speech_s"]), complete=bool(event["complete"])))
         elif kind == "hangup":
-            self.on_ended("caller hung up")
+            self.end_status = int(event.get("status_code") or 0)
+            self.on_ended("caller hung up" if self.answered.is_set() else f"failed: {event.get('reason')}")
         elif kind == "error":
             log.error("%s: worker reported: %s", self.handle, event.get("detail"))
 
@@ -163,6 +198,15 @@ class ControlCall:
     def _check(self) -> None:
         if self.end_reason is not None:
             raise CallEnded(self.end_reason)
+
+
+async def _first_set(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def recover_recording(kind: str, path: Path, reason: str) -> RecordingResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,12 @@ class OfficeHoursConfig(_Section):
         "tuesday": ("08:00-16:00",), "wednesday": ("08:00-16:00",), "thursday": ("08:00-12:00",),
     }
     holidays: tuple[str, ...] = ()
+
+    @field_validator("holidays", mode="before")
+    @classmethod
+    def _dates_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2026-03-21 as a date; take it as the text it was.
+        return [str(v) if isinstance(v, (date, datetime)) else v for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _parses(self) -> OfficeHoursConfig:

@@ -13,14 +13,18 @@ from typing import Any
 
 from aiohttp import web
 
+from ivr.acd import Acd
+from ivr.call_flow import CallFlow, Live, Session
 from ivr.channel import RecordingResult
-from ivr.recorded_message import RecordedMessageFlow, Session
+from ivr.live import LiveService
+from ivr.office_hours import OfficeHours
 from media.prompts import PromptLibrary
 from media.recognizer import AsyncRecognizer, load_recognizer
 from softswitch import protocol, sipfront
 from softswitch.calls import ControlCall, WorkerLink
 from softswitch.config import Config, load_prompt_texts
-from softswitch.routing import Accept, CallFacts, route
+from softswitch.desk import ControlDesk
+from softswitch.routing import Accept, CallFacts, caller_number, route
 from softswitch.supervisor import ExecChild, ForkedWorker, Supervisor
 from softswitch.worker import WorkerSettings
 from storage.crypto import IdProtector
@@ -77,6 +81,9 @@ class Softswitch:
         async with open_store(cfg.database_path, protector) as store:
             self.store = store
             await self._close_orphaned_calls()
+            self.acd = Acd(cfg.agents, cfg.queue)
+            self.desk = ControlDesk(cfg, store, self.acd, self.prompts)
+            self.live = self._live_mode()
             socket_path = cfg.control_socket
             socket_path.unlink(missing_ok=True)
             server = await asyncio.start_unix_server(self._serve_worker, path=str(socket_path))
@@ -90,6 +97,18 @@ class Softswitch:
             await self.stopped.wait()
             server.close()
             await runner.cleanup()
+            await self.desk.close()
+            self.acd.close()
+
+    def _live_mode(self) -> Live | None:
+        """Live mode exists once agents are configured; office hours and logins decide when it is offered."""
+        cfg = self.config
+        if not cfg.agents.accounts:
+            return None
+        front = f"[{cfg.sip.listen}]" if ":" in cfg.sip.listen else cfg.sip.listen
+        service = LiveService(self.acd, self.desk, cfg.queue, cfg.agents.ring_timeout_s,
+                              agent_uri=lambda agent_id: f"sip:{agent_id}@{front}:{cfg.sip.port}")
+        return Live(service, OfficeHours.from_config(cfg.office_hours))
 
     def _start_children(self) -> None:
         cfg = self.config
@@ -190,16 +209,20 @@ class Softswitch:
         link.send("answer", call=handle)
         session = Session()
         try:
-            await asyncio.wait_for(_first(call.answered.wait(), call.ended_event.wait()),
-                                   self.config.ivr.answer_timeout_s)
-            if call.answered.is_set() and not call.ended:
+            if await call.wait_answered(self.config.ivr.answer_timeout_s):
                 await self.store.answer_call(call_id, time.time())
-                flow = RecordedMessageFlow(call, self.prompts, StoreCaseSink(self.store, call_id),
-                                           self.config.ivr, label=handle, recognizer=self.recognizer)
-                session = await flow.run()
-        except asyncio.TimeoutError:
-            log.warning("%s: not confirmed within %.1fs", handle, self.config.ivr.answer_timeout_s)
+                flow = CallFlow(call, self.prompts, StoreCaseSink(self.store, call_id), self.config.ivr,
+                                label=handle, recognizer=self.recognizer, live=self.live,
+                                caller_number=caller_number(facts.from_uri))
+                session = flow.session
+                self.desk.track(handle, call_id, flow.caller_number, session)
+                await flow.run()
+                if session.message is not None and session.tracking_code is not None:
+                    self.acd.count_recorded()
+            elif not call.ended:
+                log.warning("%s: not confirmed within %.1fs", handle, self.config.ivr.answer_timeout_s)
         finally:
+            self.desk.untrack(handle)
             if not call.ended:
                 await call.hangup()
             await self.store.end_call(call_id, time.time(), _disposition(call, session), session.path)
@@ -222,15 +245,6 @@ class Softswitch:
             } for link in self.links), key=lambda w: w["id"] if w["id"] is not None else -1),
             "restarts": self.supervisor.restarts(),
         }
-
-
-async def _first(*waits: Any) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 def _disposition(call: ControlCall, session: Session) -> str:

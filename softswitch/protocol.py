@@ -10,6 +10,7 @@ Events (worker -> control):
   hello        worker_id, pid, sip_port, max_calls (null until learnt)
   capacity     max_calls                      (the engine refused a call: cap learnt)
   incoming     call, sip_call_id, from_uri, to_uri, request_uri, source
+  ringing      call                           (an outgoing leg is ringing)
   answered     call
   dtmf         call, digit
   play_done    call, play_id, completed
@@ -22,9 +23,12 @@ Commands (control -> worker):
   reject       call, status_code
   play         call, play_id, files
   stop_play    call
-  record       call, rec_id, path, max_s, silence_s, no_input_s, stop_digits
+  record       call, rec_id, path, max_s, silence_s, no_input_s, stop_digits[, peer]
+                                              (with peer: both parties, no end-pointing)
   stop_record  call, rec_id
   hangup       call
+  dial         call, uri                      (new outgoing leg named by the control process)
+  bridge       call, peer                     (two-way audio between two calls of one worker)
   drain                                       (refuse new calls with 503)
 """
 
@@ -34,10 +38,10 @@ import json
 from typing import Any
 
 EVENT_TYPES = frozenset(
-    {"hello", "capacity", "incoming", "answered", "dtmf", "play_done", "record_done", "hangup", "error"}
+    {"hello", "capacity", "incoming", "ringing", "answered", "dtmf", "play_done", "record_done", "hangup", "error"}
 )
 COMMAND_TYPES = frozenset(
-    {"answer", "reject", "play", "stop_play", "record", "stop_record", "hangup", "drain"}
+    {"answer", "reject", "play", "stop_play", "record", "stop_record", "hangup", "dial", "bridge", "drain"}
 )
 MAX_LINE = 64 * 1024
 

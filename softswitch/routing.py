@@ -39,6 +39,11 @@ def dialled_number(uri: str) -> str | None:
     return re.sub(r"[\s\-.()]", "", match.group(1) or match.group(2))
 
 
+def caller_number(from_uri: str) -> str:
+    """The caller's number (the From user part), or "" when the trunk sent none."""
+    return dialled_number(from_uri) or ""
+
+
 def source_allowed(source: str, allow: Sequence[str]) -> bool:
     host = source.rsplit(":", 1)[0] if source.count(":") == 1 else source
     host = host.strip("[]")

@@ -122,12 +122,17 @@ class Recording:
 
     rec_id: str
     writer: WavWriter
-    endpointer: Endpointer
+    endpointer: Endpointer | None  # None: a conversation, which only max_s or a command ends
     max_frames: int  # in 20 ms VAD frames
     no_input_frames: int
     stop_digits: str
     frames: int = 0
     reason: str | None = None
+
+    @property
+    def speech_s(self) -> float:
+        # A conversation is not end-pointed; all of it counts.
+        return self.endpointer.speech_s if self.endpointer is not None else self.frames * 0.02
 
 
 class CallPort(pj.AudioMediaPort):
@@ -156,7 +161,11 @@ class CallPort(pj.AudioMediaPort):
             event = None
             try:
                 rec.writer.write(pcm)
+                if rec.endpointer is None:
+                    rec.frames += len(pcm) // VAD_FRAME_BYTES
                 for start in range(0, len(pcm) - VAD_FRAME_BYTES + 1, VAD_FRAME_BYTES):
+                    if rec.endpointer is None:
+                        break
                     rec.frames += 1
                     event = rec.endpointer.feed(pcm[start:start + VAD_FRAME_BYTES]) or event
             except RecordingError:
@@ -170,7 +179,7 @@ class CallPort(pj.AudioMediaPort):
                 self._finish(rec, "silence")
             elif rec.frames >= rec.max_frames:
                 self._finish(rec, "max")
-            elif rec.frames >= rec.no_input_frames and not rec.endpointer.heard_speech:
+            elif rec.endpointer is not None and rec.frames >= rec.no_input_frames and not rec.endpointer.heard_speech:
                 self._finish(rec, "no_input")
 
     def stop(self, reason: str) -> Recording | None:
@@ -224,16 +233,20 @@ class CallState:
     port: CallPort | None = None
     player: Player | None = None
     answered: bool = False
+    ringing: bool = False
     media_ready: bool = False
     pending_record: dict[str, Any] | None = None
     listening: bool = False
     ended: bool = False
+    outgoing: bool = False
+    bridged_to: str | None = None  # the other leg whose audio this call hears
+    record_peer: str | None = None  # the other leg heard by this call's recording as well
 
 
 class WorkerCall(pj.Call):
     """Thin pjsua2 Call: callbacks only forward to the worker."""
 
-    def __init__(self, worker: Worker, account: pj.Account, call_id: int) -> None:
+    def __init__(self, worker: Worker, account: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(account, call_id)
         self.worker = worker
         self.handle = ""
@@ -465,6 +478,9 @@ class Worker:
         if kind == "drain":
             self.draining = True
             return
+        if kind == "dial":
+            self._dial(str(cmd["call"]), str(cmd["uri"]))
+            return
         state = self.calls.get(cmd.get("call", ""))
         if state is None or state.ended:
             return  # the call ended while the command was on its way
@@ -491,6 +507,8 @@ class Worker:
                 self._report_recording(state.handle, rec)
         elif kind == "hangup":
             self._hangup(state)
+        elif kind == "bridge":
+            self._bridge(state, self.calls.get(str(cmd["peer"])))
 
     # -- calls -------------------------------------------------------------
     def on_incoming(self, account: pj.Account, prm: pj.OnIncomingCallParam) -> None:
@@ -524,7 +542,10 @@ class Worker:
         if state is None:
             return
         info = call.getInfo()
-        if info.state == pj.PJSIP_INV_STATE_CONFIRMED and not state.answered:
+        if info.state == pj.PJSIP_INV_STATE_EARLY and state.outgoing and not state.ringing:
+            state.ringing = True
+            self.send("ringing", call=state.handle)
+        elif info.state == pj.PJSIP_INV_STATE_CONFIRMED and not state.answered:
             state.answered = True
             self.send("answered", call=state.handle)
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
@@ -559,6 +580,40 @@ class Worker:
                 stopped = port.stop("digit")
                 if stopped is not None:
                     self._report_recording(state.handle, stopped)
+
+    def _dial(self, handle: str, uri: str) -> None:
+        """An outgoing leg (to an agent's softphone, through the SIP front)."""
+        if handle in self.calls:
+            self.send("error", call=handle, detail="handle in use")
+            return
+        call = WorkerCall(self, self.account)
+        call.handle = handle
+        state = CallState(call=call, handle=handle, outgoing=True)
+        self.calls[handle] = state
+        prm = pj.CallOpParam(True)
+        try:
+            call.makeCall(uri, prm)
+        except pj.Error as exc:
+            # Typically the engine's call cap: this worker has no slot for the leg.
+            log.warning("dial %s failed: %s", handle, exc.info())
+            del self.calls[handle]
+            self.send("hangup", call=handle, status_code=503, reason=f"cannot dial: {exc.reason}")
+
+    def _bridge(self, state: CallState, peer: CallState | None) -> None:
+        """Two-way audio between two calls of this worker (caller and agent)."""
+        if peer is None or peer.ended:
+            self.send("error", call=state.handle, detail="bridge peer is gone")
+            return
+        self._stop_play(state, completed=False)
+        self._stop_play(peer, completed=False)
+        try:
+            ours, theirs = state.call.getAudioMedia(-1), peer.call.getAudioMedia(-1)
+            ours.startTransmit(theirs)
+            theirs.startTransmit(ours)
+        except pj.Error as exc:
+            self.send("error", call=state.handle, detail=f"cannot bridge: {exc.reason}")
+            return
+        state.bridged_to, peer.bridged_to = peer.handle, state.handle
 
     def _hangup(self, state: CallState) -> None:
         prm = pj.CallOpParam()
@@ -647,10 +702,12 @@ class Worker:
                       sha256="", reason="error", speech_s=0.0, complete=False, detail=str(exc))
             return
         frames_per_s = 1000 // 20  # counted in VAD frames
+        peer = cmd.get("peer")
         rec = Recording(
             rec_id=str(cmd["rec_id"]),
             writer=writer,
-            endpointer=Endpointer(silence_s=float(cmd["silence_s"])),
+            # A conversation (both parties on one tape) is not end-pointed: only max_s or a command ends it.
+            endpointer=None if peer else Endpointer(silence_s=float(cmd["silence_s"])),
             max_frames=int(float(cmd["max_s"]) * frames_per_s),
             no_input_frames=int(float(cmd["no_input_s"]) * frames_per_s),
             stop_digits=str(cmd.get("stop_digits", "")),
@@ -658,8 +715,10 @@ class Worker:
         old = state.port.stop("stopped")
         if old is not None:
             self._report_recording(state.handle, old)
+        self._listen(state, False)  # re-connect with this recording's sources
         with state.port.lock:
             state.port.recording = rec
+        state.record_peer = str(peer) if peer else None
         self._listen(state, True)
 
     def _listen(self, state: CallState, on: bool) -> None:
@@ -670,12 +729,17 @@ class Worker:
         """
         if state.listening == on or state.port is None:
             return
+        peer = self.calls.get(state.record_peer) if state.record_peer else None
         try:
-            audio = state.call.getAudioMedia(-1)
-            if on:
-                audio.startTransmit(state.port)
-            else:
-                audio.stopTransmit(state.port)
+            sources = [state.call.getAudioMedia(-1)]
+            if peer is not None and peer.media_ready and not peer.ended:
+                # The bridge mixes every source sent to a port: both parties on one tape.
+                sources.append(peer.call.getAudioMedia(-1))
+            for audio in sources:
+                if on:
+                    audio.startTransmit(state.port)
+                else:
+                    audio.stopTransmit(state.port)
             state.listening = on
         except pj.Error as exc:
             if on:
@@ -698,10 +762,10 @@ class Worker:
             log.error("closing %s failed: %s", rec.writer.path, exc)
             self.send("record_done", call=handle, rec_id=rec.rec_id, path=str(rec.writer.path),
                       duration_s=rec.writer.duration_s, sha256="", reason="error",
-                      speech_s=rec.endpointer.speech_s, complete=False, detail=str(exc))
+                      speech_s=rec.speech_s, complete=False, detail=str(exc))
             return
         self.send("record_done", call=handle, rec_id=rec.rec_id, path=str(info.path), duration_s=info.duration_s,
-                  sha256=info.sha256, reason=rec.reason or "stopped", speech_s=rec.endpointer.speech_s,
+                  sha256=info.sha256, reason=rec.reason or "stopped", speech_s=rec.speech_s,
                   complete=rec.reason != "error")
 
 

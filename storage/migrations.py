@@ -106,6 +106,29 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX cases_caller_id_hmac ON cases (caller_id_hmac)",
         ),
     ),
+    Migration(
+        version=3,
+        description="live mode: what the agent filed, who handled a call, and each case's history",
+        statements=(
+            "ALTER TABLE cases ADD COLUMN agency TEXT",
+            "ALTER TABLE cases ADD COLUMN category TEXT",
+            "ALTER TABLE cases ADD COLUMN summary TEXT",
+            "ALTER TABLE cases ADD COLUMN channel TEXT NOT NULL DEFAULT 'phone'",
+            "ALTER TABLE cases ADD COLUMN filed_by TEXT",
+            "ALTER TABLE calls ADD COLUMN agent_id TEXT",
+            """
+            CREATE TABLE case_events (
+                id      INTEGER PRIMARY KEY,
+                case_id INTEGER NOT NULL REFERENCES cases (id),
+                at      REAL    NOT NULL,
+                actor   TEXT    NOT NULL,
+                kind    TEXT    NOT NULL,
+                detail  TEXT    NOT NULL DEFAULT '{}'
+            )
+            """,
+            "CREATE INDEX case_events_case_id ON case_events (case_id)",
+        ),
+    ),
 ]
 
 

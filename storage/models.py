@@ -1,6 +1,7 @@
 """Storage layer: immutable rows returned by the case store."""
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,23 @@ class Case:
     caller_national_id_masked: str | None = None  # only when calling for someone else
     caller_id_source: str | None = None
     caller_id_status: str | None = None
+    agency: str | None = None  # agency id, once filed
+    category: str | None = None
+    summary: str | None = None
+    channel: str = "phone"
+    filed_by: str | None = None  # the agent who filed it
+
+
+@dataclass(frozen=True, slots=True)
+class CaseEvent:
+    """One entry of a case's history: who did what, when."""
+
+    id: int
+    case_id: int
+    at: float
+    actor: str  # "ivr", "agent:<id>", ...
+    kind: str  # created | filed | contact | tracking_code_read | status ...
+    detail: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

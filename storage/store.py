@@ -13,7 +13,7 @@ import aiosqlite
 from storage.crypto import IdProtector
 from storage.errors import Conflict, NotFound, StorageFull, StoreError
 from storage.migrations import migrate
-from storage.models import CallRecord, Case, PersonId, Recording
+from storage.models import CallRecord, Case, CaseEvent, PersonId, Recording
 from storage.tracking_code import new_tracking_code
 
 ID_SOURCES = frozenset({"keypad", "speech", "none"})
@@ -29,7 +29,8 @@ _CALL_COLUMNS = (
 )
 _CASE_COLUMNS = (
     "id, tracking_code, status, created_at, call_id, national_id_masked, id_source, id_status,"
-    " subject_is_caller, caller_id_masked, caller_id_source, caller_id_status"
+    " subject_is_caller, caller_id_masked, caller_id_source, caller_id_status,"
+    " agency, category, summary, channel, filed_by"
 )
 _RECORDING_COLUMNS = "id, call_id, case_id, kind, path, duration_s, sha256, complete, created_at"
 
@@ -88,6 +89,11 @@ def _case_from_row(row: sqlite3.Row) -> Case:
         caller_national_id_masked=row["caller_id_masked"],
         caller_id_source=row["caller_id_source"],
         caller_id_status=row["caller_id_status"],
+        agency=row["agency"],
+        category=row["category"],
+        summary=row["summary"],
+        channel=row["channel"],
+        filed_by=row["filed_by"],
     )
 
 
@@ -204,7 +210,7 @@ class Store:
 
     async def create_case(
         self, call_id: int | None, status: str, national_id: str | None, id_source: str,
-        *, id_status: str | None = None, caller: PersonId | None = None,
+        *, id_status: str | None = None, caller: PersonId | None = None, actor: str = "ivr",
     ) -> Case:
         """Open a case with a fresh tracking code, filed under the subject's ID.
 
@@ -236,6 +242,7 @@ class Store:
                 if _is_foreign_key_violation(exc):
                     raise NotFound(f"no call with id {call_id}") from exc
                 raise
+            await self.add_case_event(case_id, actor, "created", status=status)
             return Case(
                 id=case_id,
                 tracking_code=code,
@@ -360,6 +367,46 @@ class Store:
             (call_id,),
         )
         return [_recording_from_row(row) for row in rows]
+
+    async def add_case_event(self, case_id: int, actor: str, kind: str, **detail: Any) -> None:
+        try:
+            await self._insert("INSERT INTO case_events (case_id, at, actor, kind, detail) VALUES (?, ?, ?, ?, ?)",
+                               (case_id, time.time(), actor, kind, json.dumps(detail, ensure_ascii=False)))
+        except sqlite3.IntegrityError as exc:
+            if _is_foreign_key_violation(exc):
+                raise NotFound(f"no case with id {case_id}") from exc
+            raise
+
+    async def case_events(self, case_id: int) -> list[CaseEvent]:
+        rows = await self._fetchall(
+            "SELECT id, case_id, at, actor, kind, detail FROM case_events WHERE case_id = ? ORDER BY id", (case_id,))
+        return [CaseEvent(row["id"], row["case_id"], row["at"], row["actor"], row["kind"], json.loads(row["detail"]))
+                for row in rows]
+
+    async def file_case(self, case_id: int, agency: str, category: str, summary: str, actor: str) -> Case:
+        """The agent's filing: responsible agency, category and summary, kept in the case's history."""
+        changed = await self._update(
+            "UPDATE cases SET agency = ?, category = ?, summary = ?, filed_by = ?, updated_at = ? WHERE id = ?",
+            (agency, category, summary, actor, time.time(), case_id))
+        if not changed:
+            raise NotFound(f"no case with id {case_id}")
+        await self.add_case_event(case_id, actor, "filed", agency=agency, category=category)
+        return await self.get_case_by_id(case_id)
+
+    async def get_case_by_id(self, case_id: int) -> Case:
+        row = await self._fetchone(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,))
+        if row is None:
+            raise NotFound(f"no case with id {case_id}")
+        return _case_from_row(row)
+
+    async def set_call_agent(self, call_id: int, agent_id: str) -> None:
+        await self._update("UPDATE calls SET agent_id = ? WHERE id = ?", (agent_id, call_id))
+
+    async def get_recording(self, recording_id: int) -> Recording:
+        row = await self._fetchone(f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE id = ?", (recording_id,))
+        if row is None:
+            raise NotFound(f"no recording with id {recording_id}")
+        return _recording_from_row(row)
 
     async def recordings_for_case(self, case_id: int) -> list[Recording]:
         rows = await self._fetchall(

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from media.prompts import PromptError, PromptLibrary, UnknownPromptError
+from media.prompts import PromptError, PromptLibrary, UnknownPromptError, cardinal_prompt_names
 from media.wavfile import WavWriter, is_silence, read_format, read_pcm
+from softswitch.config import CONFIG_DIR, load_prompt_texts
 
 pytestmark = pytest.mark.unit
 
@@ -228,9 +229,87 @@ def test_synthesis_failure_is_reported(tmp_path: Path) -> None:
         ({"beep": "tone:5000:1"}, "frequency must be between 0 and 4000 Hz"),
         ({"beep": "tone:1000:0"}, "length must be positive"),
         ({"beep": "tone:1000:inf"}, "length must be positive"),
+        ({"beep": "tone:440,880:1"}, r"tone must be 'tone:<hz>:<seconds>'"),
+        ({"hold": "melody:440,abc:0.5"}, r"melody must be 'melody:<hz>,<hz>,...:<note_seconds>'"),
+        ({"hold": "melody:440,880"}, r"melody must be 'melody:<hz>,<hz>,...:<note_seconds>'"),
+        ({"hold": "melody:440,5000:0.5"}, r"melody frequency must be between 0 and 4000 Hz \(or 0 for a rest\)"),
+        ({"hold": "melody:0,0:0.5"}, "only rests"),
+        ({"hold": "melody:440:0"}, "melody note length must be positive"),
     ],
 )
 def test_rejects_bad_texts(tmp_path: Path, texts: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PromptLibrary(texts, tmp_path)
 
+
+
+@pytest.mark.parametrize("n, names", [
+    (0, ["digit_0"]),
+    (7, ["digit_7"]),
+    (10, ["number_10"]),
+    (13, ["number_13"]),
+    (20, ["number_20"]),
+    (25, ["number_20", "and", "digit_5"]),
+    (90, ["number_90"]),
+    (100, ["number_100"]),
+    (105, ["number_100", "and", "digit_5"]),
+    (110, ["number_100", "and", "number_10"]),
+    (119, ["number_100", "and", "number_19"]),
+    (125, ["number_100", "and", "number_20", "and", "digit_5"]),
+    (500, ["number_500"]),
+    (740, ["number_700", "and", "number_40"]),
+    (999, ["number_900", "and", "number_90", "and", "digit_9"]),
+])
+def test_cardinal_prompt_names(n: int, names: list[str]) -> None:
+    assert cardinal_prompt_names(n) == names
+
+
+def test_cardinal_plays_the_named_prompts_in_order(tmp_path: Path) -> None:
+    names = {name for n in range(1000) for name in cardinal_prompt_names(n)}
+    prompts = PromptLibrary({name: f"tone:{300 + 10 * i}:0.01" for i, name in enumerate(sorted(names))},
+                            tmp_path)
+    prompts.ensure()
+    assert prompts.cardinal(125) == [prompts.path(name) for name in
+                                     ("number_100", "and", "number_20", "and", "digit_5")]
+    assert prompts.cardinal(0) == [prompts.path("digit_0")]
+    for bad in (-1, 1000, 1.5, True, "12"):
+        with pytest.raises(ValueError, match="whole number from 0 to 999"):
+            prompts.cardinal(bad)  # type: ignore[arg-type]
+
+
+def test_shipped_prompt_texts_are_usable_and_say_every_cardinal(tmp_path: Path) -> None:
+    texts = load_prompt_texts(CONFIG_DIR / "prompts.fa.yaml")
+    PromptLibrary(texts, tmp_path)
+    needed = {name for n in range(1000) for name in cardinal_prompt_names(n)}
+    assert needed <= set(texts)
+
+
+def test_melody_prompt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tools_only(tmp_path, monkeypatch, "sox")  # a melody, like a tone, needs no speech synthesis
+    prompts = PromptLibrary({"hold": "melody:523,659,0,784:0.25"}, tmp_path / "c")
+    prompts.ensure()
+    path = prompts.path("hold")
+    assert prompts.duration_s("hold") == 1.0
+    assert not is_silence(path)
+    samples = np.frombuffer(read_pcm(path), "<i2").astype(np.float64) / 32768
+    assert len(samples) == 8000
+    assert 0.2 < np.max(np.abs(samples)) < 0.3  # about -12 dBFS at the peak
+    notes = samples.reshape(4, 2000)
+    for note, expected_hz in zip(notes, (523, 659, None, 784)):
+        if expected_hz is None:
+            assert np.max(np.abs(note)) < 0.001  # the rest (sox dithers by a bit)
+            continue
+        spectrum = np.abs(np.fft.rfft(note))
+        assert np.fft.rfftfreq(len(note), 1 / 8000)[np.argmax(spectrum)] == pytest.approx(expected_hz, abs=5)
+        # Each note fades in and out, so notes do not click into each other.
+        assert np.max(np.abs(note[:8])) < 0.05 and np.max(np.abs(note[-8:])) < 0.05
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [path.name]
+
+
+def test_shipped_hold_music(tmp_path: Path) -> None:
+    texts = load_prompt_texts(CONFIG_DIR / "prompts.fa.yaml")
+    assert texts["hold_music"].startswith("melody:")
+    prompts = PromptLibrary({"hold_music": texts["hold_music"]}, tmp_path)
+    prompts.ensure()
+    assert 15 <= prompts.duration_s("hold_music") <= 20
+    assert not is_silence(prompts.path("hold_music"))

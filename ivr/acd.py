@@ -1,0 +1,550 @@
+"""IVR layer: the live queue and agent states (ACD), pure asyncio logic without I/O.
+
+The live flow joins callers to one FIFO queue and asks ``next_agent`` for an
+agent to ring; the console logs agents in, pauses them and watches
+``snapshot()`` and the events of ``subscribe()``. Nothing here touches SIP,
+audio or the store: the flow reports what happened (``connected``,
+``no_answer``, ``dial_failed``, ``call_ended``, ``leave``) and the ACD keeps the
+states, the routing and the day's figures.
+
+Choices worth knowing:
+
+- Routing: agents are offered to callers in queue order. A caller may take an
+  agent once every caller ahead of it is already being offered one, so a
+  second READY agent is not left idle while the first caller's agent rings;
+  the caller at the head always gets the next agent first. Among READY agents
+  the one idle longest (smallest ``idle_since``) is picked; ties go to the
+  order of ``agents.accounts``.
+- ``dial_failed``: the agent goes back to READY with its ``idle_since`` kept
+  and is remembered as tried by that caller, who gets the other READY agents
+  first. When every READY agent has been tried, the tried set is cleared
+  ``dial_retry_s`` after the last failure, so one unreachable phone is not
+  redialled in a tight loop. Callers behind wait meanwhile (order is kept).
+- Estimated wait: mean handling time of the last ``handle_time_samples``
+  calls (``default_handle_time_s`` before any) × callers ahead ÷ staffed
+  agents (logged in and not paused, at least 1). No credit is taken for the
+  time agents have already spent on their current calls, and the head of the
+  queue is estimated at 0 s.
+- The day's figures are counted by the local date (``tz``) of the moment a
+  thing happens and start again at local midnight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from softswitch.config import AgentsConfig, QueueConfig
+
+log = logging.getLogger("ivr.acd")
+
+TEHRAN = ZoneInfo("Asia/Tehran")
+SUBSCRIBER_QUEUE_SIZE = 256
+
+
+class AgentState(str, enum.Enum):
+    LOGGED_OUT = "logged_out"
+    READY = "ready"
+    RINGING = "ringing"  # reserved for one caller, being offered the call
+    ON_CALL = "on_call"
+    WRAP_UP = "wrap_up"
+    PAUSED = "paused"
+
+
+# The only state changes there are; _set_state refuses any other.
+TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
+    AgentState.LOGGED_OUT: frozenset({AgentState.READY}),
+    AgentState.READY: frozenset({AgentState.RINGING, AgentState.PAUSED, AgentState.LOGGED_OUT}),
+    AgentState.RINGING: frozenset({AgentState.ON_CALL, AgentState.READY, AgentState.PAUSED}),
+    AgentState.ON_CALL: frozenset({AgentState.WRAP_UP, AgentState.READY, AgentState.PAUSED}),
+    AgentState.WRAP_UP: frozenset({AgentState.READY, AgentState.PAUSED, AgentState.LOGGED_OUT}),
+    AgentState.PAUSED: frozenset({AgentState.READY, AgentState.LOGGED_OUT}),
+}
+STAFFED = frozenset({AgentState.READY, AgentState.RINGING, AgentState.ON_CALL, AgentState.WRAP_UP})
+
+
+class NotQueued(LookupError):
+    """The entry is not (or no longer) in the queue: it was connected or left."""
+
+
+@dataclass
+class AgentStatus:
+    id: str
+    name: str
+    state: AgentState = AgentState.LOGGED_OUT
+    since_wall: float = 0.0  # wall time the agent entered ``state``
+    idle_since: float = 0.0  # monotonic; when it last became READY (longest idle is offered first)
+    pause_reason: str | None = None  # "manual", "no_answer", ... while PAUSED
+    pause_requested: str | None = None  # pause reason to apply when the current call ends
+    call_key: str | None = None  # the call it is ringing for or on
+    answered_today: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "state": self.state.value, "since_wall": self.since_wall,
+            "pause_reason": self.pause_reason, "pause_requested": self.pause_requested,
+            "call_key": self.call_key, "answered_today": self.answered_today,
+        }
+
+
+@dataclass(eq=False)
+class QueueEntry:
+    key: str  # the call's key
+    caller_number: str  # personal data: shown masked, never logged
+    joined: float  # monotonic
+    joined_wall: float
+    offered_to: str | None = None  # agent being rung for this caller
+    tried: set[str] = field(default_factory=set)  # agents whose dial failed for this caller
+    last_dial_failure: float = 0.0  # monotonic
+
+
+@dataclass
+class _Agent:
+    status: AgentStatus
+    since: float = 0.0  # monotonic twin of status.since_wall
+    connected_at: float = 0.0  # monotonic; start of the current call, for its handling time
+    wrap_up: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Day:
+    """The figures of one local day."""
+
+    day: date
+    offered: int = 0
+    answered: int = 0
+    answered_in_time: int = 0
+    abandoned: int = 0
+    to_message: int = 0
+    left_other: int = 0
+    recorded: int = 0
+    handled: int = 0
+    handle_total_s: float = 0.0
+    per_hour: list[int] = field(default_factory=lambda: [0] * 24)
+
+
+def mask_number(number: str) -> str:
+    """Every character but the last four replaced by ``*``; four or fewer are hidden entirely."""
+    if len(number) <= 4:
+        return "*" * len(number)
+    return "*" * (len(number) - 4) + number[-4:]
+
+
+class Acd:
+    """One queue and its agents. Single-threaded: call it from the event loop only."""
+
+    def __init__(self, agents: AgentsConfig, queue: QueueConfig, *,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 tz: tzinfo = TEHRAN, dial_retry_s: float = 5.0) -> None:
+        self._agents_cfg = agents
+        self._queue_cfg = queue
+        self._clock = clock
+        self._wall = wall
+        self._tz = tz
+        self._dial_retry_s = dial_retry_s
+        now, now_wall = clock(), wall()
+        self._agents: dict[str, _Agent] = {
+            a.id: _Agent(AgentStatus(a.id, a.name, since_wall=now_wall, idle_since=now), since=now)
+            for a in agents.accounts}
+        self._queue: list[QueueEntry] = []
+        self._handle_times: deque[float] = deque(maxlen=queue.handle_time_samples)
+        self._day = _Day(self._local_day(now_wall))
+        self._subscribers: dict[asyncio.Queue[dict[str, Any]], int] = {}  # queue -> events dropped
+        self._seq = 0
+        self._change: asyncio.Future[None] | None = None
+
+    # -- agents (the console) --------------------------------------------------
+
+    def login(self, agent_id: str) -> None:
+        """LOGGED_OUT -> READY; no effect on an agent already logged in."""
+        agent = self._get(agent_id)
+        if agent.status.state is AgentState.LOGGED_OUT:
+            self._set_state(agent, AgentState.READY)
+
+    def logout(self, agent_id: str) -> None:
+        """Refused (ValueError) while the agent is RINGING or ON_CALL."""
+        agent = self._get(agent_id)
+        if agent.status.state is not AgentState.LOGGED_OUT:
+            self._set_state(agent, AgentState.LOGGED_OUT)
+
+    def set_ready(self, agent_id: str) -> None:
+        """PAUSED or WRAP_UP (ending it early) -> READY; RINGING or ON_CALL: cancels a requested pause."""
+        agent = self._get(agent_id)
+        match agent.status.state:
+            case AgentState.PAUSED | AgentState.WRAP_UP:
+                self._set_state(agent, AgentState.READY)
+            case AgentState.RINGING | AgentState.ON_CALL:
+                if agent.status.pause_requested is not None:
+                    agent.status.pause_requested = None
+                    self._publish_agent(agent)
+            case AgentState.LOGGED_OUT:
+                raise ValueError(f"agent {agent_id!r} is logged out")
+
+    def pause(self, agent_id: str, reason: str = "manual") -> None:
+        """READY or WRAP_UP -> PAUSED; RINGING or ON_CALL: pause once that call is over."""
+        agent = self._get(agent_id)
+        match agent.status.state:
+            case AgentState.RINGING | AgentState.ON_CALL:
+                agent.status.pause_requested = reason
+                self._publish_agent(agent)
+            case AgentState.READY | AgentState.WRAP_UP:
+                self._set_state(agent, AgentState.PAUSED, pause_reason=reason)
+            case AgentState.PAUSED:
+                agent.status.pause_reason = reason
+                self._publish_agent(agent)
+            case AgentState.LOGGED_OUT:
+                raise ValueError(f"agent {agent_id!r} is logged out")
+
+    def agent(self, agent_id: str) -> AgentStatus:
+        self._roll_day()
+        return dataclasses.replace(self._get(agent_id).status)
+
+    def agents(self) -> list[AgentStatus]:
+        self._roll_day()
+        return [dataclasses.replace(a.status) for a in self._agents.values()]
+
+    def available(self, now: float | None = None) -> bool:
+        """True if an agent is logged in and not paused. ``now`` is accepted for the flow's
+        symmetry with office hours and not used: agent states do not depend on the time."""
+        return self._staffed() > 0
+
+    # -- the queue (the live flow) ---------------------------------------------
+
+    def overflow_reason(self, entry: QueueEntry | None = None) -> str | None:
+        """Why a caller should not wait (be offered the recorded message), or None.
+
+        Before joining (``entry`` None): "queue_full", "no_agents", "estimated_wait".
+        While waiting: "max_wait", "no_agents", "estimated_wait".
+        """
+        limits = self._queue_cfg
+        if entry is None:
+            if len(self._queue) >= limits.max_length:
+                return "queue_full"
+            position = len(self._queue) + 1
+        else:
+            if self._clock() - entry.joined > limits.max_wait_s:
+                return "max_wait"
+            position = self.position(entry)
+        if self._staffed() == 0:
+            return "no_agents"
+        if self.estimated_wait_s(position) > limits.max_estimated_wait_s:
+            return "estimated_wait"
+        return None
+
+    def join(self, key: str, caller_number: str) -> QueueEntry:
+        """Append a caller; ``overflow_reason()`` is the gate, join itself refuses only a key already queued."""
+        if any(e.key == key for e in self._queue):
+            raise ValueError(f"call {key!r} is already queued")
+        entry = QueueEntry(key, caller_number, self._clock(), self._wall())
+        self._queue.append(entry)
+        day = self._roll_day()
+        day.offered += 1
+        day.per_hour[self._local_time(entry.joined_wall).hour] += 1
+        log.info("queue: %s joined at %d", key, len(self._queue))
+        self._publish_queue("joined", entry, position=len(self._queue))
+        self._publish_today()
+        return entry
+
+    def position(self, entry: QueueEntry) -> int:
+        """1-based place in the queue; NotQueued once connected or left."""
+        for index, queued in enumerate(self._queue):
+            if queued is entry:
+                return index + 1
+        raise NotQueued(entry.key)
+
+    def estimated_wait_s(self, entry_or_position: QueueEntry | int) -> float:
+        position = (entry_or_position if isinstance(entry_or_position, int)
+                    else self.position(entry_or_position))
+        return self.mean_handle_time_s() * max(0, position - 1) / max(1, self._staffed())
+
+    def mean_handle_time_s(self) -> float:
+        if not self._handle_times:
+            return self._queue_cfg.default_handle_time_s
+        return sum(self._handle_times) / len(self._handle_times)
+
+    async def next_agent(self, entry: QueueEntry) -> AgentStatus:
+        """Wait until this caller may take a READY agent, reserve it (RINGING) and return it.
+
+        The agent is reserved in the awaiting task itself just before returning,
+        so a cancelled wait leaves nothing reserved. The entry stays queued until
+        ``connected``; follow with ``connected``, ``no_answer`` or ``dial_failed``
+        (or ``leave``, which frees the agent). NotQueued if the entry leaves meanwhile.
+        Keep it awaited while announcements play: until this caller is offered an
+        agent, the callers behind it are held back.
+        """
+        while True:
+            self.position(entry)
+            if entry.offered_to is not None:
+                raise ValueError(f"call {entry.key!r} is already being offered to {entry.offered_to!r}")
+            agent, retry_in = self._pick(entry)
+            if agent is not None:
+                entry.offered_to = agent.status.id
+                self._set_state(agent, AgentState.RINGING, call_key=entry.key)
+                return dataclasses.replace(agent.status)
+            await self._next_change(retry_in)
+
+    def no_answer(self, entry: QueueEntry, agent_id: str) -> None:
+        """The agent let the ring time out: PAUSED ("no_answer"); the caller keeps its place."""
+        agent = self._offered(entry, agent_id)
+        entry.offered_to = None
+        self._set_state(agent, AgentState.PAUSED, pause_reason="no_answer")
+
+    def dial_failed(self, entry: QueueEntry, agent_id: str) -> None:
+        """The agent could not be reached through no fault of theirs: READY again, idle time kept."""
+        agent = self._offered(entry, agent_id)
+        entry.offered_to = None
+        entry.tried.add(agent_id)
+        entry.last_dial_failure = self._clock()
+        self._release(agent)
+
+    def connected(self, entry: QueueEntry, agent_id: str) -> None:
+        """The agent answered: the caller leaves the queue, the agent is ON_CALL."""
+        agent = self._offered(entry, agent_id)
+        self._queue.remove(entry)
+        entry.offered_to = None
+        waited_s = self._clock() - entry.joined
+        day = self._roll_day()
+        day.answered += 1
+        if waited_s <= self._queue_cfg.service_level_s:
+            day.answered_in_time += 1
+        agent.status.answered_today += 1
+        agent.connected_at = self._clock()
+        self._set_state(agent, AgentState.ON_CALL, call_key=entry.key)
+        log.info("queue: %s connected to %s after %.1f s", entry.key, agent_id, waited_s)
+        self._publish_queue("connected", entry, agent=agent_id, waited_s=waited_s)
+        self._publish_today()
+
+    def call_ended(self, agent_id: str) -> None:
+        """The agent's call is over: WRAP_UP for ``wrap_up_s``, then READY (or the pause asked for)."""
+        agent = self._get(agent_id)
+        if agent.status.state is not AgentState.ON_CALL:
+            raise ValueError(f"agent {agent_id!r} is {agent.status.state.value}, not on a call")
+        handled_s = max(0.0, self._clock() - agent.connected_at)
+        self._handle_times.append(handled_s)
+        day = self._roll_day()
+        day.handled += 1
+        day.handle_total_s += handled_s
+        wrap_up_s = self._agents_cfg.wrap_up_s
+        if agent.status.pause_requested is not None:
+            self._set_state(agent, AgentState.PAUSED, pause_reason=agent.status.pause_requested)
+        elif wrap_up_s > 0:
+            self._set_state(agent, AgentState.WRAP_UP)
+            agent.wrap_up = asyncio.get_running_loop().call_later(wrap_up_s, self._end_wrap_up, agent)
+        else:
+            self._set_state(agent, AgentState.READY)
+        self._publish_today()
+
+    def leave(self, entry: QueueEntry, reason: str) -> None:
+        """The caller leaves unanswered: "abandoned" (hung up), "to_message" (took the recorded
+        message) or another reason. Frees an agent ringing for it. No effect on an entry no
+        longer queued, so a flow may call it unconditionally on its way out."""
+        if entry not in self._queue:
+            return
+        self._queue.remove(entry)
+        if entry.offered_to is not None:
+            agent = self._agents[entry.offered_to]
+            entry.offered_to = None
+            self._release(agent)
+        day = self._roll_day()
+        match reason:
+            case "abandoned":
+                day.abandoned += 1
+            case "to_message":
+                day.to_message += 1
+            case _:
+                day.left_other += 1
+        log.info("queue: %s left (%s)", entry.key, reason)
+        self._publish_queue("left", entry, reason=reason)
+        self._publish_today()
+
+    def count_recorded(self) -> None:
+        """A recorded-message call was completed."""
+        self._roll_day().recorded += 1
+        self._publish_today()
+
+    # -- events and figures (the console) --------------------------------------
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        """Events from now on: {"type": "agent"|"queue"|"today", "seq": n, ...}.
+
+        Queues are bounded; when one is full its oldest event is dropped and the
+        event put in its place carries "missed": events dropped so far for that
+        subscriber, which should then take a fresh ``snapshot()``.
+        """
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
+        self._subscribers[events] = 0
+        return events
+
+    def unsubscribe(self, events: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subscribers.pop(events, None)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The queue, the agents and today's figures, JSON-serialisable."""
+        now = self._clock()
+        day = self._roll_day()
+        waits = [now - e.joined for e in self._queue]
+        return {
+            "wall": self._wall(),
+            "available": self.available(),
+            "queue": [{"key": e.key, "caller": mask_number(e.caller_number), "waited_s": round(w, 1),
+                       "position": i + 1, "offered_to": e.offered_to}
+                      for i, (e, w) in enumerate(zip(self._queue, waits))],
+            "longest_wait_s": round(max(waits, default=0.0), 1),
+            "estimated_wait_s": round(self.estimated_wait_s(len(self._queue) + 1), 1),
+            "agents": [{"id": a.status.id, "name": a.status.name, "state": a.status.state.value,
+                        "seconds_in_state": round(now - a.since, 1), "pause_reason": a.status.pause_reason,
+                        "pause_requested": a.status.pause_requested, "call_key": a.status.call_key,
+                        "answered_today": a.status.answered_today}
+                       for a in self._agents.values()],
+            "today": self._today_dict(day),
+        }
+
+    def close(self) -> None:
+        """Cancel the wrap-up timers; agents in WRAP_UP stay there."""
+        for agent in self._agents.values():
+            if agent.wrap_up is not None:
+                agent.wrap_up.cancel()
+                agent.wrap_up = None
+
+    # -- internals -------------------------------------------------------------
+
+    def _get(self, agent_id: str) -> _Agent:
+        try:
+            return self._agents[agent_id]
+        except KeyError:
+            raise KeyError(f"unknown agent {agent_id!r}") from None
+
+    def _staffed(self) -> int:
+        return sum(a.status.state in STAFFED for a in self._agents.values())
+
+    def _set_state(self, agent: _Agent, new: AgentState, *, pause_reason: str | None = None,
+                   call_key: str | None = None, keep_idle: bool = False) -> None:
+        """The one place an agent changes state: checks the transition, runs the entry actions, publishes."""
+        status = agent.status
+        old = status.state
+        if new not in TRANSITIONS[old]:
+            raise ValueError(f"agent {status.id!r}: {old.value} -> {new.value} is not allowed")
+        if agent.wrap_up is not None:
+            agent.wrap_up.cancel()
+            agent.wrap_up = None
+        now = self._clock()
+        status.state = new
+        status.since_wall = self._wall()
+        agent.since = now
+        status.call_key = call_key
+        status.pause_reason = pause_reason if new is AgentState.PAUSED else None
+        if new not in (AgentState.RINGING, AgentState.ON_CALL):
+            status.pause_requested = None
+        if new is AgentState.READY and not keep_idle:
+            status.idle_since = now
+        log.info("agent %s: %s -> %s", status.id, old.value, new.value)
+        self._publish_agent(agent)
+
+    def _release(self, agent: _Agent) -> None:
+        """A ring that did not become a call: back to READY as if it had never rung, or the pause asked for."""
+        if agent.status.pause_requested is not None:
+            self._set_state(agent, AgentState.PAUSED, pause_reason=agent.status.pause_requested)
+        else:
+            self._set_state(agent, AgentState.READY, keep_idle=True)
+
+    def _end_wrap_up(self, agent: _Agent) -> None:
+        agent.wrap_up = None
+        if agent.status.state is AgentState.WRAP_UP:
+            self._set_state(agent, AgentState.READY)
+
+    def _offered(self, entry: QueueEntry, agent_id: str) -> _Agent:
+        """The agent, checked to be ringing for this queued caller."""
+        agent = self._get(agent_id)
+        self.position(entry)
+        if entry.offered_to != agent_id or agent.status.state is not AgentState.RINGING:
+            raise ValueError(f"agent {agent_id!r} is not ringing for call {entry.key!r}")
+        return agent
+
+    def _pick(self, entry: QueueEntry) -> tuple[_Agent | None, float | None]:
+        """The agent this caller may take now, else how long until trying again makes sense."""
+        for ahead in self._queue:
+            if ahead is entry:
+                break
+            if ahead.offered_to is None:
+                return None, None  # an earlier caller gets the next agent
+        ready = [a for a in self._agents.values() if a.status.state is AgentState.READY]
+        if not ready:
+            return None, None
+        untried = [a for a in ready if a.status.id not in entry.tried]
+        if not untried:
+            retry_in = entry.last_dial_failure + self._dial_retry_s - self._clock()
+            if retry_in > 0:
+                return None, retry_in
+            entry.tried.clear()
+            untried = ready
+        return min(untried, key=lambda a: a.status.idle_since), None
+
+    async def _next_change(self, timeout: float | None) -> None:
+        if self._change is None:
+            self._change = asyncio.get_running_loop().create_future()
+        # asyncio.wait never cancels what it waits for, so one waiter's cancellation spares the others.
+        await asyncio.wait((self._change,), timeout=timeout)
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        self._seq += 1
+        event["seq"] = self._seq
+        for events, missed in self._subscribers.items():
+            if events.full():
+                events.get_nowait()
+                missed += 1
+                self._subscribers[events] = missed
+                events.put_nowait({**event, "missed": missed})
+            else:
+                events.put_nowait(event)
+        # Every change may let a waiting caller take an agent.
+        if self._change is not None:
+            self._change.set_result(None)
+            self._change = None
+
+    def _publish_agent(self, agent: _Agent) -> None:
+        self._publish({"type": "agent", "agent": agent.status.as_dict()})
+
+    def _publish_queue(self, what: str, entry: QueueEntry, **details: Any) -> None:
+        self._publish({"type": "queue", "event": what, "key": entry.key, "length": len(self._queue), **details})
+
+    def _publish_today(self) -> None:
+        self._publish({"type": "today", "today": self._today_dict(self._roll_day())})
+
+    def _local_time(self, wall: float) -> datetime:
+        return datetime.fromtimestamp(wall, self._tz)
+
+    def _local_day(self, wall: float) -> date:
+        return self._local_time(wall).date()
+
+    def _roll_day(self) -> _Day:
+        """Today's figures, started afresh at local midnight."""
+        today = self._local_day(self._wall())
+        if today != self._day.day:
+            self._day = _Day(today)
+            for agent in self._agents.values():
+                agent.status.answered_today = 0
+        return self._day
+
+    def _today_dict(self, day: _Day) -> dict[str, Any]:
+        return {
+            "date": day.day.isoformat(),
+            "offered": day.offered,
+            "answered": day.answered,
+            "abandoned": day.abandoned,
+            "to_message": day.to_message,
+            "left_other": day.left_other,
+            "recorded": day.recorded,
+            "service_level": day.answered_in_time / day.answered if day.answered else None,
+            "answered_within_s": self._queue_cfg.service_level_s,
+            "per_hour": list(day.per_hour),
+            "average_handle_time_s": round(day.handle_total_s / day.handled, 1) if day.handled else None,
+        }

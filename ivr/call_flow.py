@@ -1,0 +1,217 @@
+"""IVR layer: one call from greeting to goodbye, as a state machine.
+
+Greeting -> the caller's national ID (ivr/identify.py) -> menu: 1 talk to an
+agent (offered only in office hours with agents logged in; out of hours the
+caller hears when live service resumes), 2 record a message -> about whom (the
+caller, or someone else whose ID is then taken the same way) -> either the
+live queue (ivr/live.py), or the message after the tone, tracking code read
+back, goodbye. A caller who leaves the queue for a recorded message keeps the
+IDs already captured. Whatever point the call ends at, what was recorded is kept
+and attached to the call, and a message (even a partial one) always becomes a
+case, filed under the person it concerns.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ivr.channel import CallChannel, CallEnded, LiveChannel, RecordingResult
+from ivr.identify import Prompts, SpeechDigits, Whose, ask_about_whom, identify
+from ivr.live import LiveCall, LiveService
+from ivr.menu import choose
+from ivr.office_hours import OfficeHours, resume_prompts
+from ivr.recorded_message import CaseSink, read_tracking_code, record_message
+from softswitch.config import IvrConfig
+from storage.models import PersonId
+
+log = logging.getLogger("ivr.call_flow")
+
+
+class IvrState(enum.Enum):
+    GREETING = "greeting"
+    CALLER_ID = "national_id"
+    MENU = "menu"
+    ABOUT_WHOM = "about_whom"
+    SUBJECT_ID = "subject_id"
+    ROUTE = "route"
+    QUEUE = "queue"
+    MESSAGE = "message"
+    TRACKING_CODE = "tracking_code"
+    GOODBYE = "goodbye"
+    DONE = "done"
+
+
+# (state, outcome of its step) -> next state; None is the only outcome of most steps.
+TRANSITIONS: dict[tuple[IvrState, str | None], IvrState] = {
+    (IvrState.GREETING, None): IvrState.CALLER_ID,
+    (IvrState.CALLER_ID, None): IvrState.MENU,
+    (IvrState.MENU, None): IvrState.ABOUT_WHOM,
+    (IvrState.ABOUT_WHOM, "self"): IvrState.ROUTE,
+    (IvrState.ABOUT_WHOM, "other"): IvrState.SUBJECT_ID,
+    (IvrState.SUBJECT_ID, None): IvrState.ROUTE,
+    (IvrState.ROUTE, "live"): IvrState.QUEUE,
+    (IvrState.ROUTE, "message"): IvrState.MESSAGE,
+    (IvrState.QUEUE, "to_message"): IvrState.MESSAGE,
+    (IvrState.QUEUE, "handled"): IvrState.DONE,
+    (IvrState.MESSAGE, None): IvrState.TRACKING_CODE,
+    (IvrState.TRACKING_CODE, None): IvrState.GOODBYE,
+    (IvrState.GOODBYE, None): IvrState.DONE,
+}
+
+
+@dataclass
+class Session:
+    """What one call's pass through the flow produced; ``path`` is the CDR's IVR path."""
+
+    state: IvrState = IvrState.GREETING
+    path: list[str] = field(default_factory=list)
+    mode: str = "message"  # message | live
+    caller: PersonId | None = None
+    subject: PersonId | None = None  # set only when the request concerns someone else
+    message: RecordingResult | None = None
+    tracking_code: str | None = None
+    agent_id: str | None = None
+    ended_by: str | None = None
+
+
+@dataclass
+class Live:
+    """Live mode as one call sees it: the shared queue and the office hours."""
+
+    service: LiveService
+    hours: OfficeHours
+
+
+class CallFlow:
+    def __init__(self, channel: CallChannel, prompts: Any, cases: CaseSink, cfg: IvrConfig,
+                 label: str, recognizer: SpeechDigits | None = None, live: Live | None = None,
+                 caller_number: str = "") -> None:
+        self.channel = channel
+        self.recognizer = recognizer
+        self.prompts = prompts
+        self.cases = cases
+        self.cfg = cfg
+        self.label = label
+        self.live = live
+        self.caller_number = caller_number
+        self.session = Session()
+
+    def _set_state(self, new: IvrState) -> None:
+        log.debug("%s: %s -> %s", self.label, self.session.state.value, new.value)
+        self.session.state = new
+
+    async def run(self) -> Session:
+        s = self.session
+        try:
+            while s.state is not IvrState.DONE:
+                outcome = await self._enter(s.state)
+                self._set_state(TRANSITIONS[(s.state, outcome)])
+        except CallEnded as ended:
+            s.ended_by = ended.reason
+            s.path.append(f"ended:{s.state.value}")
+        finally:
+            await self._file()
+        return s
+
+    async def _enter(self, state: IvrState) -> str | None:
+        s = self.session
+        match state:
+            case IvrState.GREETING:
+                s.path.append("greeting")
+                await self.channel.play([self.prompts.path("greeting")], barge_in=True)
+            case IvrState.CALLER_ID:
+                # Digits keyed during the greeting already count: they are the ID.
+                found = await identify(self.channel, self.prompts, self.cases, self.cfg, self.recognizer,
+                                       Whose.CALLER)
+                s.caller = found.person
+                s.path += [f"national_id:{step}" for step in found.path]
+            case IvrState.MENU:
+                s.mode = await self._menu()
+                s.path.append(f"menu:{s.mode}")
+            case IvrState.ABOUT_WHOM:
+                other = await ask_about_whom(self.channel, self.prompts, self.cfg)
+                s.path.append("about:" + ("other" if other else "self"))
+                return "other" if other else "self"
+            case IvrState.SUBJECT_ID:
+                found = await identify(self.channel, self.prompts, self.cases, self.cfg, self.recognizer,
+                                       Whose.SUBJECT)
+                s.subject = found.person
+                s.path += [f"subject_id:{step}" for step in found.path]
+            case IvrState.ROUTE:
+                return s.mode
+            case IvrState.QUEUE:
+                assert self.live is not None
+                channel: LiveChannel = self.channel  # type: ignore[assignment]
+                result = await LiveCall(channel, self.prompts, self.live.service, self.label).run(self.caller_number)
+                s.agent_id = result.agent_id
+                s.path.append(f"queue:{result.outcome}")
+                if result.outcome == "to_message":
+                    await self.channel.play([self.prompts.path("queue_to_message")])
+                return result.outcome
+            case IvrState.MESSAGE:
+                s.message = await record_message(self.channel, self.prompts, self.cfg)
+                await self.cases.keep_recording(s.message)
+                s.path.append(f"message:{s.message.reason}")
+                await self._open_case()
+                if s.tracking_code is None and not self.channel.ended:
+                    s.path.append("no_message")
+                    await self.channel.play([self.prompts.path("no_message")])
+                if self.channel.ended:
+                    raise CallEnded("caller hung up")
+            case IvrState.TRACKING_CODE:
+                if s.tracking_code is not None:
+                    s.path.append("tracking_code")
+                    await read_tracking_code(self.channel, self.prompts, s.tracking_code,
+                                             self.cfg.tracking_code_repeats)
+            case IvrState.GOODBYE:
+                await self.channel.play([self.prompts.path("goodbye")])
+                s.path.append("goodbye")
+                await self.channel.hangup()
+        return None
+
+    async def _menu(self) -> str:
+        """1: an agent, offered in office hours with agents logged in; 2: a recorded message.
+
+        When live service is not offered, the caller hears why (and, out of
+        hours, when it resumes) and goes on to the recorded message.
+        """
+        live = self.live
+        if live is None:
+            return "message"
+        now = datetime.now(timezone.utc)
+        if not live.hours.is_open(now):
+            await self.channel.play(resume_prompts(self.prompts, now, live.hours.next_opening(now)))
+            return "message"
+        if not live.service.acd.available():
+            await self.channel.play([self.prompts.path("live_unavailable")])
+            return "message"
+        choice = await choose(self.channel, self.prompts, [self.prompts.path("menu_main")], "12", self.cfg,
+                              default="2")
+        return "live" if choice == "1" else "message"
+
+    async def _open_case(self) -> None:
+        s = self.session
+        message = s.message
+        if s.tracking_code is not None or message is None:
+            return
+        if not message.heard_speech and message.reason == "no_input":
+            return
+        nobody = PersonId(None, "none", "none")
+        caller = s.caller or nobody
+        # Filed under the person the request concerns; the caller is kept beside them.
+        subject, on_behalf_of = (s.subject, caller) if s.subject is not None else (caller, None)
+        s.tracking_code = await self.cases.open_case(
+            subject=subject, caller=on_behalf_of,
+            complete=message.complete and message.reason not in ("hangup", "lost"))
+
+    async def _file(self) -> None:
+        """After the call ends at any point: a message, even a partial one, becomes a case."""
+        try:
+            await self._open_case()
+        except Exception:
+            log.exception("%s: could not file the case", self.label)
+            raise

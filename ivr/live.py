@@ -1,0 +1,236 @@
+"""IVR layer: live mode: wait in the queue (hold music, position, estimated wait), ring an agent, bridge.
+
+The queue itself (who is next, which agent, the rules for offering a recorded
+message instead) is ``ivr.acd.Acd``, shared by every call of every media worker;
+this module is one caller's side of it. The caller hears hold music and, every
+``announce_every_s``, their position and estimated wait. When the queue is
+busy (estimated wait too long, or waited past the maximum) the announcement
+offers the recorded message: pressing ``overflow_key`` leaves the queue for the
+message flow, keeping the captured ID. An agent is rung through the SIP front
+from the caller's own media worker; one who does not answer within the ring
+timeout is paused and the next agent is tried. Once answered, caller and agent
+are bridged and the conversation (both parties) is recorded on one tape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ivr.acd import Acd, AgentStatus, QueueEntry
+from ivr.channel import CallEnded, Leg, LiveChannel, RecordingResult
+from softswitch.config import QueueConfig
+
+log = logging.getLogger("ivr.live")
+
+CONVERSATION_MAX_S = 4 * 3600.0  # a bound for the tape, far beyond any conversation
+
+
+class Prompts(Protocol):
+    def path(self, name: str) -> Path: ...
+
+    def cardinal(self, n: int) -> list[Path]: ...
+
+
+class LiveDesk(Protocol):
+    """What live mode tells the agents' side (the console) of the control process."""
+
+    async def offer(self, key: str, agent_id: str, queued_s: float) -> None: ...
+
+    def withdraw(self, key: str, agent_id: str) -> None: ...
+
+    def connected(self, key: str, agent_id: str, channel: LiveChannel) -> None: ...
+
+    async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> None: ...
+
+
+@dataclass
+class LiveResult:
+    outcome: str  # handled | to_message
+    agent_id: str | None = None
+    conversation: RecordingResult | None = None
+
+
+@dataclass
+class LiveService:
+    acd: Acd
+    desk: LiveDesk
+    queue: QueueConfig
+    ring_timeout_s: float
+    agent_uri: Callable[[str], str]
+
+
+def wait_prompts(prompts: Prompts, position: int, estimate_s: float, offer: bool) -> list[Path]:
+    """'You are number N in the queue; estimated wait about M minutes' (+ the recorded-message offer)."""
+    files = [prompts.path("queue_position"), *prompts.cardinal(position), prompts.path("queue_in_line")]
+    minutes = math.ceil(estimate_s / 60)
+    if minutes <= 1:
+        files.append(prompts.path("queue_wait_under_minute"))
+    else:
+        files += [prompts.path("queue_wait_about"), *prompts.cardinal(minutes), prompts.path("minutes")]
+    if offer:
+        files.append(prompts.path("queue_offer_message"))
+    return files
+
+
+class _Player:
+    """Plays hold music or announcements until a digit, another event or a timeout comes first."""
+
+    def __init__(self, channel: LiveChannel) -> None:
+        self.channel = channel
+        self.pending_digit: str | None = None
+
+    async def play_until(self, files: list[Path], other: asyncio.Future[Any] | None,
+                         timeout_s: float | None) -> None:
+        play = asyncio.ensure_future(self.channel.play(files))
+        digit = asyncio.ensure_future(self.channel.next_digit(None))
+        waits: list[asyncio.Future[Any]] = [play, digit] + ([other] if other is not None else [])
+        try:
+            done, _ = await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if digit in done:
+                self.pending_digit = digit.result()  # raises CallEnded once the call is gone
+            if play in done:
+                play.result()
+                return
+            await self.channel.stop_play()
+            with contextlib.suppress(CallEnded):
+                await play  # settles when the worker confirms the stop
+        finally:
+            digit.cancel()
+            if not play.done():
+                play.cancel()
+
+    def take_digit(self) -> str | None:
+        digit, self.pending_digit = self.pending_digit, None
+        return digit
+
+
+class LiveCall:
+    """One caller's way through the queue to an agent."""
+
+    def __init__(self, channel: LiveChannel, prompts: Prompts, live: LiveService, key: str) -> None:
+        self.channel = channel
+        self.prompts = prompts
+        self.live = live
+        self.key = key
+        self.entry: QueueEntry | None = None  # set while the caller is in the queue
+        self.player = _Player(channel)
+
+    async def run(self, caller_number: str) -> LiveResult:
+        """Queue the caller, connect them to an agent and return when the conversation is over."""
+        acd = self.live.acd
+        reason = acd.overflow_reason(None)
+        if reason in ("queue_full", "no_agents"):
+            log.info("%s: queue refused (%s)", self.key, reason)
+            await self.channel.play([self.prompts.path("live_unavailable")])
+            return LiveResult("to_message")
+        self.entry = acd.join(self.key, caller_number)
+        try:
+            return await self._wait()
+        except CallEnded:
+            self._leave("abandoned")
+            raise
+        finally:
+            self._leave("error")
+
+    def _leave(self, reason: str) -> None:
+        if self.entry is not None:
+            self.live.acd.leave(self.entry, reason)
+            self.entry = None
+
+    async def _wait(self) -> LiveResult:
+        acd, cfg = self.live.acd, self.live.queue
+        assert self.entry is not None
+        entry = self.entry
+        self.channel.clear_digits()
+        await self.channel.play([self.prompts.path("queue_please_wait")])
+        next_announce = 0.0
+        agent_task: asyncio.Future[AgentStatus] | None = None
+        try:
+            while True:
+                if agent_task is None:
+                    agent_task = asyncio.ensure_future(acd.next_agent(entry))
+                now = time.monotonic()
+                if not agent_task.done() and now >= next_announce:
+                    next_announce = now + cfg.announce_every_s
+                    files = wait_prompts(self.prompts, acd.position(entry), acd.estimated_wait_s(entry),
+                                         offer=acd.overflow_reason(entry) is not None)
+                    await self.player.play_until(files, agent_task, timeout_s=None)
+                elif not agent_task.done():
+                    await self.player.play_until([self.prompts.path("hold_music")], agent_task,
+                                                 timeout_s=max(0.1, next_announce - time.monotonic()))
+                if self.player.take_digit() == cfg.overflow_key:
+                    log.info("%s: left the queue for a recorded message", self.key)
+                    self._leave("to_message")
+                    return LiveResult("to_message")
+                if agent_task.done():
+                    agent = agent_task.result()
+                    agent_task = None
+                    result = await self._ring(entry, agent)
+                    if result is not None:
+                        return result
+        finally:
+            if agent_task is not None:
+                agent_task.cancel()
+
+    async def _ring(self, entry: QueueEntry, agent: AgentStatus) -> LiveResult | None:
+        """Ring one agent while the caller hears hold music; None when the agent was not reached."""
+        live = self.live
+        await live.desk.offer(self.key, agent.id, time.monotonic() - entry.joined)
+        leg = self.channel.dial(live.agent_uri(agent.id))
+        answered = asyncio.ensure_future(leg.wait_answered(live.ring_timeout_s))
+        try:
+            while not answered.done():
+                await self.player.play_until([self.prompts.path("hold_music")], answered, timeout_s=None)
+            reached = answered.result()
+        except BaseException:
+            answered.cancel()
+            await _drop(leg)
+            live.desk.withdraw(self.key, agent.id)
+            raise
+        if not reached:
+            await _drop(leg)
+            live.desk.withdraw(self.key, agent.id)
+            if leg.end_status == 503:  # our worker had no slot for the leg: not the agent's fault
+                live.acd.dial_failed(entry, agent.id)
+            else:
+                log.info("%s: agent %s did not answer (%s)", self.key, agent.id, leg.end_status or "timeout")
+                live.acd.no_answer(entry, agent.id)
+            return None
+        live.acd.connected(entry, agent.id)
+        self.entry = None
+        return await self._converse(agent.id, leg)
+
+    async def _converse(self, agent_id: str, leg: Leg) -> LiveResult:
+        live, channel = self.live, self.channel
+        conversation: RecordingResult | None = None
+        try:
+            channel.bridge(leg)
+            live.desk.connected(self.key, agent_id, channel)
+            tape = asyncio.ensure_future(channel.record_conversation(leg, CONVERSATION_MAX_S))
+            caller_gone = asyncio.ensure_future(channel.wait_ended())
+            agent_gone = asyncio.ensure_future(leg.wait_ended())
+            await asyncio.wait([caller_gone, agent_gone, tape], return_when=asyncio.FIRST_COMPLETED)
+            caller_gone.cancel()
+            agent_gone.cancel()
+            if not tape.done():
+                await channel.stop_record()
+            conversation = await tape
+        finally:
+            # Either side hanging up ends the other leg.
+            await _drop(leg)
+            live.acd.call_ended(agent_id)
+            await live.desk.finished(self.key, agent_id, conversation)
+        return LiveResult("handled", agent_id, conversation)
+
+
+async def _drop(leg: Leg) -> None:
+    if not leg.ended:
+        await leg.hangup()

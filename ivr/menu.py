@@ -1,0 +1,30 @@
+"""IVR layer: a keypad menu with bounded re-prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from ivr.channel import CallChannel
+from softswitch.config import IvrConfig
+
+
+class Prompts(Protocol):
+    def path(self, name: str) -> Path: ...
+
+
+async def choose(channel: CallChannel, prompts: Prompts, menu: Sequence[Path], keys: str, cfg: IvrConfig,
+                 default: str | None = None) -> str | None:
+    """Play ``menu`` until the caller presses one of ``keys``; ``default`` after the last attempt.
+
+    A wrong key hears "invalid choice"; no key re-prompts; both count as attempts.
+    """
+    for _ in range(cfg.menu_attempts):
+        await channel.play(menu, barge_in=True)
+        digit = await channel.next_digit(cfg.menu_timeout_s)
+        if digit is not None and digit in keys:
+            return digit
+        if digit is not None:
+            await channel.play([prompts.path("invalid_choice")])
+    return default

@@ -1,0 +1,411 @@
+"""The live queue and agent states (ivr/acd.py), with injected clocks and no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from ivr.acd import SUBSCRIBER_QUEUE_SIZE, TEHRAN, Acd, AgentState, AgentStatus, NotQueued, QueueEntry
+from softswitch.config import AgentAccount, AgentsConfig, QueueConfig
+
+pytestmark = pytest.mark.unit
+
+CALLER = "09121234567"
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def agents_config(*ids: str, wrap_up_s: float = 0.0) -> AgentsConfig:
+    return AgentsConfig(wrap_up_s=wrap_up_s, accounts=tuple(
+        AgentAccount(id=i, name=f"Agent {i}", sip_ha1="0" * 32, console_password="scrypt$x") for i in ids))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def wall() -> FakeClock:
+    return FakeClock(datetime(2026, 3, 20, 10, 0, tzinfo=TEHRAN).timestamp())
+
+
+def make_acd(clock: FakeClock, wall: FakeClock, *ids: str, wrap_up_s: float = 0.0, **queue: Any) -> Acd:
+    return Acd(agents_config(*ids, wrap_up_s=wrap_up_s), QueueConfig(**queue), clock=clock, wall=wall)
+
+
+@pytest.fixture
+def acd(clock: FakeClock, wall: FakeClock) -> Iterator[Acd]:
+    made = make_acd(clock, wall, "a", "b", "c")
+    yield made
+    made.close()
+
+
+async def settle() -> None:
+    """Let every task that can run do so."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def take(acd: Acd, entry: QueueEntry) -> AgentStatus:
+    return await asyncio.wait_for(acd.next_agent(entry), 2)
+
+
+async def answered(acd: Acd, clock: FakeClock, key: str, talk_s: float = 0.0) -> str:
+    """One caller joins, is connected to the next agent, talks for talk_s; returns the agent's id."""
+    entry = acd.join(key, CALLER)
+    agent = await take(acd, entry)
+    acd.connected(entry, agent.id)
+    clock.advance(talk_s)
+    return agent.id
+
+
+def login_in_order(acd: Acd, clock: FakeClock, *ids: str) -> None:
+    for agent_id in ids:
+        acd.login(agent_id)
+        clock.advance(1)
+
+
+async def test_longest_idle_agent_is_offered_first(acd: Acd, clock: FakeClock) -> None:
+    login_in_order(acd, clock, "b", "c", "a")
+    assert await answered(acd, clock, "k1", talk_s=5) == "b"
+    assert await answered(acd, clock, "k2") == "c"
+    acd.call_ended("b")  # ready again, now the most recently idle
+    assert acd.agent("b").state is AgentState.READY
+    assert await answered(acd, clock, "k3") == "a"
+    assert await answered(acd, clock, "k4") == "b"
+    assert acd.agent("b").answered_today == 2
+    assert [a.state for a in acd.agents()] == [AgentState.ON_CALL] * 3
+
+
+async def test_ties_go_to_the_configured_order(acd: Acd) -> None:
+    for agent_id in ("c", "b", "a"):
+        acd.login(agent_id)  # the clock does not move: equal idle times
+    assert (await take(acd, acd.join("k1", CALLER))).id == "a"
+
+
+async def test_offers_follow_queue_order(acd: Acd) -> None:
+    first, second = acd.join("k1", CALLER), acd.join("k2", CALLER)
+    acd.login("a")
+    second_wait = asyncio.ensure_future(acd.next_agent(second))
+    await settle()
+    assert not second_wait.done()  # the head has not been offered an agent yet
+
+    ringing = await take(acd, first)
+    assert (ringing.id, ringing.state, ringing.call_key) == ("a", AgentState.RINGING, "k1")
+    assert acd.position(first) == 1 and acd.position(second) == 2  # the head stays queued until connected
+    await settle()
+    assert not second_wait.done()  # no agent left while the first caller's agent rings
+
+    acd.no_answer(first, "a")
+    first_wait = asyncio.ensure_future(acd.next_agent(first))
+    acd.login("b")
+    assert (await asyncio.wait_for(first_wait, 2)).id == "b"  # the head gets the next agent, not the older waiter
+    await settle()
+    assert not second_wait.done()
+
+    acd.login("c")  # the head is being offered "b": the caller behind may take another agent
+    assert (await asyncio.wait_for(second_wait, 2)).id == "c"
+    acd.connected(second, "c")
+    acd.connected(first, "b")
+    assert acd.snapshot()["queue"] == []
+
+
+async def test_no_answer_pauses_the_agent_and_the_next_agent_is_offered(acd: Acd, clock: FakeClock) -> None:
+    login_in_order(acd, clock, "a", "b")
+    entry = acd.join("k1", CALLER)
+    assert (await take(acd, entry)).id == "a"
+    acd.no_answer(entry, "a")
+    status = acd.agent("a")
+    assert (status.state, status.pause_reason, status.call_key) == (AgentState.PAUSED, "no_answer", None)
+    assert acd.position(entry) == 1
+    assert (await take(acd, entry)).id == "b"
+    with pytest.raises(ValueError):
+        acd.no_answer(entry, "a")  # not ringing for this caller any more
+    acd.set_ready("a")
+    assert acd.agent("a").state is AgentState.READY
+
+
+async def test_dial_failure_tries_the_other_agents_first(clock: FakeClock, wall: FakeClock) -> None:
+    acd = Acd(agents_config("a", "b"), QueueConfig(), clock=clock, wall=wall, dial_retry_s=0.05)
+    login_in_order(acd, clock, "a", "b")
+    entry = acd.join("k1", CALLER)
+    assert (await take(acd, entry)).id == "a"
+    acd.dial_failed(entry, "a")
+    assert acd.agent("a").state is AgentState.READY
+    assert acd.agent("a").idle_since == 1000.0  # not the agent's fault: keeps its place in the idle order
+    assert (await take(acd, entry)).id == "b"
+    acd.dial_failed(entry, "b")
+
+    retry = asyncio.ensure_future(acd.next_agent(entry))
+    await asyncio.sleep(0.1)
+    assert not retry.done()  # every READY agent failed just now: no redial in a tight loop
+    clock.advance(1)
+    assert (await asyncio.wait_for(retry, 2)).id == "a"
+    acd.close()
+
+
+async def test_wrap_up_then_ready_by_itself(clock: FakeClock, wall: FakeClock) -> None:
+    acd = make_acd(clock, wall, "a", wrap_up_s=0.1)
+    acd.login("a")
+    await answered(acd, clock, "k1", talk_s=42)
+    events = acd.subscribe()
+    started = time.monotonic()
+    acd.call_ended("a")
+    assert acd.agent("a").state is AgentState.WRAP_UP
+    while (await asyncio.wait_for(events.get(), 2)).get("agent", {}).get("state") != "ready":
+        pass
+    assert time.monotonic() - started >= 0.09
+    assert acd.agent("a").state is AgentState.READY
+    assert acd.mean_handle_time_s() == 42
+
+    await answered(acd, clock, "k2")
+    acd.call_ended("a")
+    acd.set_ready("a")  # ends the wrap-up early
+    assert acd.agent("a").state is AgentState.READY
+    await answered(acd, clock, "k3")
+    acd.call_ended("a")
+    acd.close()  # no timer left behind: the agent stays in wrap-up
+    await asyncio.sleep(0.15)
+    assert acd.agent("a").state is AgentState.WRAP_UP
+
+
+async def test_pause_during_a_call_takes_effect_after_it(clock: FakeClock, wall: FakeClock) -> None:
+    acd = make_acd(clock, wall, "a", wrap_up_s=30)
+    acd.login("a")
+    await answered(acd, clock, "k1")
+    acd.pause("a")
+    status = acd.agent("a")
+    assert (status.state, status.pause_requested) == (AgentState.ON_CALL, "manual")
+    acd.call_ended("a")
+    status = acd.agent("a")
+    assert (status.state, status.pause_reason, status.pause_requested) == (AgentState.PAUSED, "manual", None)
+    acd.set_ready("a")
+
+    await answered(acd, clock, "k2")
+    acd.pause("a", "break")
+    acd.set_ready("a")  # changed their mind
+    acd.call_ended("a")
+    assert acd.agent("a").state is AgentState.WRAP_UP
+    acd.close()
+
+
+async def test_pause_while_ringing_applies_when_the_ring_ends(acd: Acd) -> None:
+    acd.login("a")
+    entry = acd.join("k1", CALLER)
+    await take(acd, entry)
+    acd.pause("a")
+    assert acd.agent("a").state is AgentState.RINGING
+    acd.dial_failed(entry, "a")
+    assert (acd.agent("a").state, acd.agent("a").pause_reason) == (AgentState.PAUSED, "manual")
+
+
+def test_agent_commands_refused_in_the_wrong_state(acd: Acd) -> None:
+    with pytest.raises(KeyError):
+        acd.login("nobody")
+    with pytest.raises(KeyError):
+        acd.agent("nobody")
+    with pytest.raises(ValueError):
+        acd.set_ready("a")  # logged out
+    with pytest.raises(ValueError):
+        acd.pause("a")
+    with pytest.raises(ValueError):
+        acd.call_ended("a")
+    acd.login("a")
+    acd.login("a")  # no effect on an agent already logged in
+    acd.pause("a")
+    acd.logout("a")
+    assert acd.agent("a").state is AgentState.LOGGED_OUT
+
+
+async def test_logout_refused_while_ringing_or_on_a_call(acd: Acd) -> None:
+    acd.login("a")
+    entry = acd.join("k1", CALLER)
+    await take(acd, entry)
+    with pytest.raises(ValueError):
+        acd.logout("a")
+    acd.connected(entry, "a")
+    with pytest.raises(ValueError):
+        acd.logout("a")
+
+
+def test_available_means_logged_in_and_not_paused(acd: Acd) -> None:
+    assert not acd.available()
+    acd.login("a")
+    assert acd.available()
+    acd.pause("a")
+    assert not acd.available()
+    acd.set_ready("a")
+    acd.logout("a")
+    assert not acd.available()
+
+
+async def test_estimated_wait_from_handling_samples(clock: FakeClock, wall: FakeClock) -> None:
+    acd = make_acd(clock, wall, "a", "b", "c", handle_time_samples=2, default_handle_time_s=180)
+    login_in_order(acd, clock, "a", "b", "c")
+    acd.pause("c")  # paused agents do not count
+    entries = [acd.join(f"k{i}", CALLER) for i in range(3)]
+    assert acd.estimated_wait_s(entries[0]) == 0
+    assert acd.estimated_wait_s(entries[2]) == 180 * 2 / 2
+    assert acd.estimated_wait_s(4) == 180 * 3 / 2
+
+    for talk_s in (60, 120, 300):
+        entry = entries.pop(0)
+        agent = await take(acd, entry)
+        acd.connected(entry, agent.id)
+        clock.advance(talk_s)
+        acd.call_ended(agent.id)
+    assert acd.mean_handle_time_s() == (120 + 300) / 2  # the last two calls only
+    assert acd.estimated_wait_s(3) == 210 * 2 / 2
+    assert acd.snapshot()["today"]["average_handle_time_s"] == 160  # every call of the day
+
+
+async def test_overflow_reasons(clock: FakeClock, wall: FakeClock) -> None:
+    acd = make_acd(clock, wall, "a", max_length=3, max_wait_s=60, max_estimated_wait_s=100,
+                   default_handle_time_s=90)
+    assert acd.overflow_reason() == "no_agents"
+    acd.login("a")
+    assert acd.overflow_reason() is None
+    first = acd.join("k1", CALLER)
+    assert acd.overflow_reason() is None  # 90 s ahead
+    second = acd.join("k2", CALLER)
+    assert acd.overflow_reason() == "estimated_wait"  # 180 s ahead
+    assert acd.overflow_reason(first) is None
+    assert acd.overflow_reason(second) is None
+    acd.join("k3", CALLER)
+    assert acd.overflow_reason() == "queue_full"
+    clock.advance(61)
+    assert acd.overflow_reason(first) == "max_wait"
+    acd.leave(first, "to_message")
+    acd.pause("a")
+    assert acd.overflow_reason() == "no_agents"
+
+
+async def test_abandon_frees_a_ringing_agent(acd: Acd, clock: FakeClock) -> None:
+    login_in_order(acd, clock, "a")
+    entry = acd.join("k1", CALLER)
+    await take(acd, entry)
+    clock.advance(5)
+    acd.leave(entry, "abandoned")
+    status = acd.agent("a")
+    assert (status.state, status.call_key, status.idle_since) == (AgentState.READY, None, 1000.0)
+    with pytest.raises(NotQueued):
+        acd.position(entry)
+    acd.leave(entry, "abandoned")  # no effect the second time
+    assert acd.snapshot()["today"]["abandoned"] == 1
+
+
+async def test_leaving_while_waiting_ends_next_agent(acd: Acd) -> None:
+    entry = acd.join("k1", CALLER)
+    waiting = asyncio.ensure_future(acd.next_agent(entry))
+    await settle()
+    acd.leave(entry, "abandoned")
+    with pytest.raises(NotQueued):
+        await asyncio.wait_for(waiting, 2)
+
+
+async def test_cancelled_next_agent_leaves_nothing_reserved(acd: Acd) -> None:
+    entry = acd.join("k1", CALLER)
+    waiting = asyncio.ensure_future(acd.next_agent(entry))
+    await settle()
+    waiting.cancel()
+    acd.login("a")  # becomes READY in the same turn the cancellation is delivered
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert acd.agent("a").state is AgentState.READY
+    assert entry.offered_to is None
+    assert (await take(acd, entry)).id == "a"  # another wait still works
+
+
+async def test_service_level_and_per_hour_across_tehran_midnight(
+        acd: Acd, clock: FakeClock, wall: FakeClock) -> None:
+    wall.now = datetime(2026, 3, 20, 23, 58, tzinfo=TEHRAN).timestamp()  # 20:28 UTC
+    acd.login("a")
+    entry = acd.join("k1", CALLER)
+    clock.advance(20)  # within service_level_s (20)
+    acd.connected(entry, (await take(acd, entry)).id)
+    acd.call_ended("a")
+    entry = acd.join("k2", CALLER)
+    clock.advance(21)
+    acd.connected(entry, (await take(acd, entry)).id)
+    acd.call_ended("a")
+    acd.leave(acd.join("k3", CALLER), "to_message")
+    acd.count_recorded()
+
+    today = acd.snapshot()["today"]
+    assert today["date"] == "2026-03-20"
+    assert (today["offered"], today["answered"], today["to_message"], today["recorded"]) == (3, 2, 1, 1)
+    assert (today["service_level"], today["answered_within_s"]) == (0.5, 20)
+    assert today["per_hour"][23] == 3 and sum(today["per_hour"]) == 3
+    assert acd.agent("a").answered_today == 2
+
+    wall.advance(3 * 60)  # 00:01 local on the 21st, still the 20th in UTC
+    today = acd.snapshot()["today"]
+    assert today["date"] == "2026-03-21"
+    assert (today["offered"], today["answered"], today["service_level"]) == (0, 0, None)
+    assert today["per_hour"] == [0] * 24
+    assert acd.agent("a").answered_today == 0
+    acd.join("k4", CALLER)
+    assert acd.snapshot()["today"]["per_hour"][0] == 1
+
+
+async def test_snapshot_masks_callers_and_is_json(acd: Acd, clock: FakeClock) -> None:
+    acd.login("a")
+    clock.advance(3)
+    first = acd.join("k1", CALLER)
+    acd.join("k2", "1234")
+    await take(acd, first)
+    clock.advance(7.5)
+    snapshot = json.loads(json.dumps(acd.snapshot()))
+    assert snapshot["queue"] == [
+        {"key": "k1", "caller": "*******4567", "waited_s": 7.5, "position": 1, "offered_to": "a"},
+        {"key": "k2", "caller": "****", "waited_s": 7.5, "position": 2, "offered_to": None},
+    ]
+    assert snapshot["longest_wait_s"] == 7.5
+    agent = snapshot["agents"][0]
+    assert (agent["id"], agent["state"], agent["seconds_in_state"]) == ("a", "ringing", 7.5)
+    assert CALLER not in json.dumps(snapshot)
+
+
+async def test_subscribers_get_every_change(acd: Acd) -> None:
+    events = acd.subscribe()
+    acd.login("a")
+    entry = acd.join("k1", CALLER)
+    await take(acd, entry)
+    acd.leave(entry, "abandoned")
+    got = [events.get_nowait() for _ in range(events.qsize())]
+    json.dumps(got)
+    assert [e["type"] for e in got] == ["agent", "queue", "today", "agent", "agent", "queue", "today"]
+    assert [e["agent"]["state"] for e in got if e["type"] == "agent"] == ["ready", "ringing", "ready"]
+    assert got[-2] == {"type": "queue", "event": "left", "key": "k1", "length": 0, "reason": "abandoned",
+                       "seq": got[-2]["seq"]}
+    assert [e["seq"] for e in got] == list(range(got[0]["seq"], got[0]["seq"] + len(got)))
+    acd.unsubscribe(events)
+    acd.pause("a")
+    assert events.empty()
+
+
+def test_a_slow_subscriber_loses_the_oldest_events_marked(acd: Acd) -> None:
+    events = acd.subscribe()
+    for _ in range(SUBSCRIBER_QUEUE_SIZE // 2 + 2):
+        acd.login("a")
+        acd.logout("a")
+    assert events.qsize() == SUBSCRIBER_QUEUE_SIZE
+    got = [events.get_nowait() for _ in range(SUBSCRIBER_QUEUE_SIZE)]
+    assert got[0]["seq"] == 5  # four dropped
+    assert "missed" not in got[-5] and got[-1]["missed"] == 4
