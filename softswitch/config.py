@@ -223,6 +223,8 @@ class Config(_Section):
             raise ValueError(f"{w.count} workers x {w.rtp_ports_per_worker} RTP ports overflow port 65535")
         if w.rtp_base_port < sip_ports.stop and rtp_end > w.base_port:
             raise ValueError("worker RTP ports overlap worker SIP ports")
+        if any(a.id == self.sip.service_number for a in self.agents.accounts):
+            raise ValueError(f"agent id {self.sip.service_number} is the service number")
         return self
 
     def under_data(self, path: Path) -> Path:

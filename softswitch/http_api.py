@@ -24,7 +24,8 @@ def _recording(rec: Recording) -> dict[str, Any]:
 def _call(call: CallRecord) -> dict[str, Any]:
     return {"sip_call_id": call.sip_call_id, "from": call.from_uri, "to": call.to_uri, "source": call.source,
             "worker_id": call.worker_id, "arrived_at": call.arrived_at, "answered_at": call.answered_at,
-            "ended_at": call.ended_at, "disposition": call.disposition, "ivr_path": list(call.ivr_path)}
+            "ended_at": call.ended_at, "disposition": call.disposition, "ivr_path": list(call.ivr_path),
+            "agent_id": call.agent_id}
 
 
 def _case(case: Case) -> dict[str, Any]:
@@ -32,7 +33,8 @@ def _case(case: Case) -> dict[str, Any]:
     body: dict[str, Any] = {
         "tracking_code": case.tracking_code, "status": case.status, "created_at": case.created_at,
         "national_id": case.national_id_masked, "id_source": case.id_source, "id_status": case.id_status,
-        "on_behalf_of_other": not case.subject_is_caller, "caller": None,
+        "on_behalf_of_other": not case.subject_is_caller, "caller": None, "channel": case.channel,
+        "agency": case.agency, "category": case.category, "summary": case.summary, "filed_by": case.filed_by,
     }
     if not case.subject_is_caller:
         body["caller"] = {"national_id": case.caller_national_id_masked, "id_source": case.caller_id_source,
@@ -46,6 +48,9 @@ def build_app(softswitch: Softswitch) -> web.Application:
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/calls/{sip_call_id}", get_call)
     app.router.add_get("/api/cases/{tracking_code}", get_case)
+    from softswitch.console import add_console_routes
+
+    add_console_routes(app, softswitch.desk, timezone=softswitch.config.office_hours.timezone)
     return app
 
 

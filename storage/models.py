@@ -19,6 +19,7 @@ class CallRecord:
     ended_at: float | None
     disposition: str | None
     ivr_path: tuple[str, ...]
+    agent_id: str | None = None  # the agent who talked with the caller
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ _TRACKING_CODE_ATTEMPTS = 8
 
 _CALL_COLUMNS = (
     "id, sip_call_id, from_uri, to_uri, source, worker_id,"
-    " arrived_at, answered_at, ended_at, disposition, ivr_path"
+    " arrived_at, answered_at, ended_at, disposition, ivr_path, agent_id"
 )
 _CASE_COLUMNS = (
     "id, tracking_code, status, created_at, call_id, national_id_masked, id_source, id_status,"
@@ -72,6 +72,7 @@ def _call_from_row(row: sqlite3.Row) -> CallRecord:
         ended_at=row["ended_at"],
         disposition=row["disposition"],
         ivr_path=tuple(json.loads(row["ivr_path"])),
+        agent_id=row["agent_id"],
     )
 
 

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pytest
 import yaml
@@ -23,7 +23,8 @@ import yaml
 from bench.sipp import SippResult, SippRun, caller_scenario, refused_scenario
 from media.rtp_pcap import CallerTimeline
 from media.wavfile import wav_info
-from softswitch.config import CONFIG_DIR, PROJECT_ROOT, load_prompt_texts
+from softswitch.config import CONFIG_DIR, PROJECT_ROOT, AgentsConfig, load_prompt_texts
+from softswitch.credentials import hash_password, sip_ha1
 
 SIP_PORT = 15060
 HTTP_PORT = 18111
@@ -186,11 +187,31 @@ def _tone_overrides(directory: Path) -> None:
                         "vol", "0.3"], check=True)
 
 
+def agent_accounts(agents: Sequence[tuple[str, str, str]], realm: str) -> list[dict[str, Any]]:
+    """agents.accounts entries for (id, name, password), as `softswitch agent-credentials` makes them."""
+    return [{"id": agent_id, "name": name, "sip_ha1": sip_ha1(agent_id, realm, password),
+             "console_password": hash_password(password)} for agent_id, name, password in agents]
+
+
+def _merge(config: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Nested mappings are merged key by key; anything else replaces what was there."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _merge(config[key], value)
+        else:
+            config[key] = value
+
+
 @contextlib.contextmanager
 def running_softswitch(base: Path, *, sip_port: int, http_port: int, workers: int, worker_base_port: int,
-                       rtp_base_port: int, drain_timeout_s: float = 5,
-                       recycle_after_calls: int = 0) -> Iterator[RunningSoftswitch]:
-    """A softswitch process with the test configuration; stopped with SIGTERM (drain) at the end."""
+                       rtp_base_port: int, drain_timeout_s: float = 5, recycle_after_calls: int = 0,
+                       agents: Sequence[tuple[str, str, str]] = (),
+                       config_overrides: dict[str, Any] | None = None) -> Iterator[RunningSoftswitch]:
+    """A softswitch process with the test configuration; stopped with SIGTERM (drain) at the end.
+
+    `agents` are (id, name, password) triples; `config_overrides` is merged into
+    the YAML configuration last (nested mappings key by key).
+    """
     for tool in ("sipp", "kamailio", "sox", "espeak-ng"):
         _need(tool)
     data_dir = base / "var"
@@ -206,6 +227,10 @@ def running_softswitch(base: Path, *, sip_port: int, http_port: int, workers: in
         "ivr": IVR,
         "prompts": {"override_dir": str(overrides), "cache_dir": str(base / "prompt-cache")},
     }
+    if agents:
+        realm = (config_overrides or {}).get("agents", {}).get("realm", AgentsConfig().realm)
+        config["agents"] = {"accounts": agent_accounts(agents, realm)}
+    _merge(config, config_overrides or {})
     config_path = base / "softswitch.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = base / "softswitch.log"

@@ -79,7 +79,7 @@ def test_request_for_a_family_member_is_filed_under_them(softswitch: RunningSoft
     result, call_id = softswitch.call("id-family", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
     body, case = softswitch.case_of(call_id)
-    assert body["call"]["ivr_path"][1:4] == ["national_id:keypad:verified", "about:other",
+    assert body["call"]["ivr_path"][1:5] == ["national_id:keypad:verified", "menu:message", "about:other",
                                              "subject_id:keypad:verified"]
     assert case["on_behalf_of_other"] is True
     assert case["national_id"] == "********" + SUBJECT_ID[-2:]

@@ -34,7 +34,8 @@ def test_recorded_message_end_to_end(softswitch: RunningSoftswitch, speech: Path
     call = body["call"]
     assert call["disposition"] == "completed"
     assert call["answered_at"] and call["ended_at"] >= call["answered_at"] >= call["arrived_at"]
-    assert call["ivr_path"][:4] == ["greeting", "national_id:keypad:verified", "about:self", "message:digit"]
+    assert call["ivr_path"][:5] == ["greeting", "national_id:keypad:verified", "menu:message", "about:self",
+                                    "message:digit"]
     assert "tracking_code" in call["ivr_path"] and call["ivr_path"][-1] == "goodbye"
     code = body["tracking_code"]
     assert code and code.isdigit() and len(code) == 9

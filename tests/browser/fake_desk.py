@@ -1,0 +1,174 @@
+"""Test fakes for the web console: a FakeDesk around the real ACD, with scripted calls and cases.
+
+The ACD (``ivr.acd.Acd``) is the real one: it is pure logic without I/O, so
+the console is tested against the agent states and snapshots it will really
+get. What the control process would do around it (calls ringing agents,
+screen-pops, the case store) is scripted here. Call everything from the event
+loop that serves the console.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ivr.acd import Acd, QueueEntry
+from softswitch.config import Agency, AgentAccount, AgentsConfig, Config, QueueConfig
+from storage.tracking_code import new_tracking_code
+
+DEFAULTS = Config()
+
+
+def fake_account(agent_id: str, name: str, supervisor: bool = False) -> AgentAccount:
+    """An account whose SIP and console hashes are placeholders: FakeDesk checks passwords itself."""
+    return AgentAccount(id=agent_id, name=name, sip_ha1="0" * 32, console_password="scrypt$fake",
+                        supervisor=supervisor)
+
+
+class FakeDesk:
+    """Implements softswitch.console.Desk over a real Acd; ``calls`` lists what the console asked for."""
+
+    def __init__(self, accounts: Sequence[tuple[AgentAccount, str]], *,
+                 agencies: Sequence[Agency] = DEFAULTS.agencies, categories: Sequence[str] = DEFAULTS.categories,
+                 wrap_up_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.agencies = tuple(agencies)
+        self.categories = tuple(categories)
+        self.accounts = {account.id: account for account, _ in accounts}
+        self.passwords = {account.id: password for account, password in accounts}
+        self.acd = Acd(AgentsConfig(accounts=tuple(self.accounts.values()), wrap_up_s=wrap_up_s),
+                       QueueConfig(), clock=clock, wall=wall)
+        self.calls: list[tuple[Any, ...]] = []
+        self.offers: dict[str, dict[str, Any]] = {}  # agent id -> screen-pop of its current call
+        self.cases: dict[str, dict[str, Any]] = {}  # tracking code -> case
+        self.call_cases: dict[str, str] = {}  # call key -> tracking code
+        self.recordings: dict[int, Path] = {}
+        self.queued: dict[str, tuple[QueueEntry, str]] = {}  # call key -> (entry, agent rung)
+        self.subscribers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._forwarder: asyncio.Task[None] | None = None
+
+    # -- the Desk protocol -------------------------------------------------------------
+
+    def verify_agent(self, agent_id: str, password: str) -> bool:
+        self.calls.append(("verify_agent", agent_id))
+        expected = self.passwords.get(agent_id)
+        return expected is not None and hmac.compare_digest(expected.encode(), password.encode())
+
+    def agent_account(self, agent_id: str) -> AgentAccount | None:
+        return self.accounts.get(agent_id)
+
+    def current_offer(self, agent_id: str) -> dict[str, Any] | None:
+        pop = self.offers.get(agent_id)
+        if pop is None:
+            return None
+        code = self.call_cases.get(pop["call_key"])
+        return {**pop, "case": {"tracking_code": code} if code else None}
+
+    def subscribe(self, agent_id: str) -> asyncio.Queue[dict[str, Any]]:
+        if self._forwarder is None:
+            self._forwarder = asyncio.ensure_future(self._forward_agent_events())
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.subscribers.setdefault(agent_id, set()).add(events)
+        return events
+
+    def unsubscribe(self, agent_id: str, q: asyncio.Queue[dict[str, Any]]) -> None:
+        self.subscribers.get(agent_id, set()).discard(q)
+
+    async def file_case(self, agent_id: str, call_key: str, agency_id: str, category: str, summary: str) -> str:
+        self.calls.append(("file_case", agent_id, call_key, agency_id, category, summary))
+        self._check_call(agent_id, call_key)
+        if agency_id not in {agency.id for agency in self.agencies}:
+            raise ValueError("دستگاه انتخاب‌شده معتبر نیست.")
+        if category not in self.categories:
+            raise ValueError("نوع درخواست معتبر نیست.")
+        if not summary.strip():
+            raise ValueError("خلاصه درخواست خالی است.")
+        code = new_tracking_code()
+        agency = next(a.name for a in self.agencies if a.id == agency_id)
+        self.cases[code] = {"tracking_code": code, "created_at": time.time(), "status": "received",
+                            "agency": agency, "category": category, "summary": summary}
+        self.call_cases[call_key] = code
+        self.publish(agent_id, {"type": "case_filed", "call_key": call_key, "tracking_code": code})
+        return code
+
+    async def attach_case(self, agent_id: str, call_key: str, tracking_code: str) -> str:
+        self.calls.append(("attach_case", agent_id, call_key, tracking_code))
+        self._check_call(agent_id, call_key)
+        if tracking_code not in self.cases:
+            raise LookupError(tracking_code)
+        self.call_cases[call_key] = tracking_code
+        self.publish(agent_id, {"type": "case_filed", "call_key": call_key, "tracking_code": tracking_code})
+        return tracking_code
+
+    async def give_tracking_code(self, agent_id: str, call_key: str) -> str:
+        self.calls.append(("give_tracking_code", agent_id, call_key))
+        self._check_call(agent_id, call_key)
+        code = self.call_cases.get(call_key)
+        if code is None:
+            raise LookupError(call_key)
+        self.publish(agent_id, {"type": "tracking_code_read", "call_key": call_key, "tracking_code": code})
+        return code
+
+    async def recording_path(self, agent_id: str, recording_id: int) -> Path | None:
+        pop = self.offers.get(agent_id)
+        if pop is None or recording_id not in [*pop.get("id_audio", ()), *pop.get("subject_id_audio", ())]:
+            return None
+        return self.recordings.get(recording_id)
+
+    # -- scripting the calls -----------------------------------------------------------
+
+    def publish(self, agent_id: str, event: dict[str, Any]) -> None:
+        for events in self.subscribers.get(agent_id, ()):
+            events.put_nowait(event)
+
+    def offer(self, agent_id: str, pop: dict[str, Any]) -> None:
+        """Show a screen-pop to an agent, without the ACD (whatever the agent's state)."""
+        self.offers[agent_id] = pop
+        self.publish(agent_id, {"type": "offer", **self.current_offer(agent_id)})  # type: ignore[dict-item]
+
+    async def ring(self, pop: dict[str, Any], caller_number: str = "09121234567") -> str:
+        """A caller joins the ACD queue and rings the next agent, who gets the screen-pop; returns the agent id."""
+        entry = self.acd.join(pop["call_key"], caller_number)
+        status = await self.acd.next_agent(entry)
+        self.queued[pop["call_key"]] = (entry, status.id)
+        self.offer(status.id, {**pop, "state": "ringing"})
+        return status.id
+
+    def answer(self, call_key: str) -> None:
+        entry, agent_id = self.queued.pop(call_key)
+        self.acd.connected(entry, agent_id)
+        self.offers[agent_id]["state"] = "connected"
+        self.publish(agent_id, {"type": "connected", "call_key": call_key})
+
+    def hang_up(self, agent_id: str) -> None:
+        pop = self.offers.pop(agent_id)
+        self.acd.call_ended(agent_id)
+        self.publish(agent_id, {"type": "call_ended", "call_key": pop["call_key"]})
+
+    async def close(self) -> None:
+        self.acd.close()
+        if self._forwarder is not None:
+            self._forwarder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._forwarder
+
+    def _check_call(self, agent_id: str, call_key: str) -> None:
+        pop = self.offers.get(agent_id)
+        if pop is None or pop["call_key"] != call_key:
+            raise PermissionError(call_key)
+
+    async def _forward_agent_events(self) -> None:
+        """What the control process does: each agent hears of its own state changes."""
+        events = self.acd.subscribe()
+        try:
+            while True:
+                event = await events.get()
+                if event.get("type") == "agent":
+                    self.publish(event["agent"]["id"], event)
+        finally:
+            self.acd.unsubscribe(events)

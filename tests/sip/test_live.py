@@ -1,0 +1,247 @@
+"""Live mode over real SIP: callers and agents are PJSUA2 softphones; agents register with digest auth.
+
+Each test runs its own softswitch (Kamailio, 2 workers, control) on ports
+19060/19111 with short timers, agents logged in through the console's HTTP API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from media.wavfile import read_pcm
+from tests.sip.conftest import NATIONAL_ID, RunningSoftswitch, agent_accounts, running_softswitch
+from tests.sip.console_client import ConsoleClient
+from tests.sip.softphones import Softphone
+
+pytestmark = pytest.mark.sip
+
+SIP_PORT, HTTP_PORT, WORKER_PORT, RTP_PORT = 19060, 19111, 19070, 29000
+PHONE_PORT, PHONE_RTP = 19200, 29400
+PASSWORD = "agent-pass-1"
+SUPERVISOR = "9001"
+ACCOUNTS = [*agent_accounts([("1001", "مریم احمدی", PASSWORD), ("1002", "علی رضایی", PASSWORD)], "softswitch-111"),
+            {**agent_accounts([(SUPERVISOR, "زهرا کریمی", PASSWORD)], "softswitch-111")[0], "supervisor": True}]
+ALWAYS_OPEN = {day: ["00:00-24:00"] for day in
+               ("saturday", "sunday", "monday", "tuesday", "wednesday", "thursday", "friday")}
+CALLER_TONE_HZ, AGENT_TONE_HZ = 440.0, 1800.0
+LIVE = {
+    "office_hours": {"weekly": ALWAYS_OPEN},
+    "agents": {"ring_timeout_s": 2.5, "wrap_up_s": 2.0, "accounts": ACCOUNTS},
+    "queue": {"announce_every_s": 2.0, "max_wait_s": 4.0},
+}
+
+
+@contextlib.contextmanager
+def live_softswitch(tmp_path: Path, **overrides: Any) -> Iterator[RunningSoftswitch]:
+    config = {**LIVE, **overrides}
+    with running_softswitch(tmp_path, sip_port=SIP_PORT, http_port=HTTP_PORT, workers=2,
+                            worker_base_port=WORKER_PORT, rtp_base_port=RTP_PORT,
+                            config_overrides=config) as running:
+        yield running
+
+
+class Phones:
+    """Softphones on their own ports, all stopped (by PID) at the end."""
+
+    def __init__(self, directory: Path, stack: contextlib.ExitStack) -> None:
+        self.directory = directory
+        self.stack = stack
+        self.count = 0
+
+    def new(self, name: str) -> Softphone:
+        n = self.count
+        self.count += 1
+        phone = Softphone(name, self.directory, sip_port=PHONE_PORT + n, rtp_port=PHONE_RTP + 20 * n,
+                          user=name)
+        return self.stack.enter_context(phone)
+
+    def agent(self, agent_id: str, answer_after_s: float | None) -> Softphone:
+        phone = self.new(f"agent{agent_id}")
+        outcome = phone.register(f"sip:127.0.0.1:{SIP_PORT}", agent_id, PASSWORD)
+        assert outcome["event"] == "registered" and outcome["code"] == 200, outcome
+        phone.answer_policy(answer_after_s)
+        return phone
+
+
+@pytest.fixture
+def phones(tmp_path: Path) -> Iterator[Phones]:
+    with contextlib.ExitStack() as stack:
+        yield Phones(tmp_path / "phones", stack)
+
+
+def tone_wav(path: Path, hz: float, seconds: float = 30) -> Path:
+    subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer", str(path),
+                    "synth", str(seconds), "sine", str(hz), "vol", "0.5"], check=True)
+    return path
+
+
+def dominant_hz(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / 8000)[int(np.argmax(spectrum))])
+
+
+def tone_share(pcm: bytes, hz: float) -> float:
+    """Share of the signal's energy within ±30 Hz of ``hz``."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(samples)) ** 2
+    freqs = np.fft.rfftfreq(len(samples), 1 / 8000)
+    total = spectrum.sum()
+    return float(spectrum[np.abs(freqs - hz) <= 30].sum() / total) if total else 0.0
+
+
+def caller_through_ivr(caller: Softphone, menu_key: str = "1") -> str:
+    """Dial 111, key and confirm the national ID, choose from the menu, say it is about oneself."""
+    call = caller.dial(f"sip:111@127.0.0.1:{SIP_PORT}")
+    caller.wait_for("state", call=call, state="CONFIRMED", timeout_s=10)
+    time.sleep(1.0)  # greeting and the ID prompt (0.3 s tones each)
+    caller.dtmf(call, NATIONAL_ID)
+    time.sleep(3.0 + 0.5)  # ten digits keyed, then the read-back starts (and clears earlier keys)
+    caller.dtmf(call, "1")  # confirm
+    time.sleep(1.0)
+    caller.dtmf(call, menu_key)
+    time.sleep(1.0)
+    caller.dtmf(call, "1")  # about myself
+    return call
+
+
+def test_caller_is_bridged_to_agent_with_audio_both_ways(tmp_path: Path, phones: Phones) -> None:
+    with live_softswitch(tmp_path) as switch:
+        agent = phones.agent("1001", answer_after_s=0.5)
+        ConsoleClient(switch.http, "1001", PASSWORD).login()
+        caller = phones.new("caller")
+        call = caller_through_ivr(caller)
+        caller.play(call, tone_wav(tmp_path / "caller.wav", CALLER_TONE_HZ))
+        caller.record(call, tmp_path / "caller-heard.wav")
+        incoming = agent.wait_for("incoming", timeout_s=15)
+        leg = incoming["call"]
+        agent.wait_for("state", call=leg, state="CONFIRMED", timeout_s=5)
+        agent.play(leg, tone_wav(tmp_path / "agent.wav", AGENT_TONE_HZ))
+        agent.record(leg, tmp_path / "agent-heard.wav")
+        time.sleep(3.0)
+        agent.hangup(leg)
+        # The agent hanging up ends the caller's leg too.
+        ended = caller.wait_for("ended", call=call, timeout_s=10)
+        assert ended["connected_s"] > 3
+        agent_heard = read_pcm(Path(agent.wait_for("recorded", call=leg, timeout_s=5)["wav"]))
+        caller_heard = read_pcm(Path(caller.wait_for("recorded", call=call, timeout_s=5)["wav"]))
+        # The agent heard the caller's tone; the caller's last 2 s (after hold music) are the agent's tone.
+        assert abs(dominant_hz(agent_heard[-16000 * 2:]) - CALLER_TONE_HZ) < 15
+        assert abs(dominant_hz(caller_heard[-16000 * 2:-16000 // 2]) - AGENT_TONE_HZ) < 15
+        body = switch.call_record(call)
+        assert body["call"]["agent_id"] == "1001"
+        assert "queue:handled" in body["call"]["ivr_path"]
+        tape = [r for r in body["recordings"] if r["kind"] == "conversation"]
+        assert len(tape) == 1 and tape[0]["duration_s"] > 3
+        conversation = read_pcm(switch.recording_file(tape[0]["sha256"]))
+        # One tape, both parties.
+        assert tone_share(conversation, CALLER_TONE_HZ) > 0.2
+        assert tone_share(conversation, AGENT_TONE_HZ) > 0.2
+        # Every matter becomes a case: the agent filed nothing, so the IVR did, with the tape attached.
+        assert body["case"] is not None and body["case"]["status"] == "received"
+
+
+
+
+def test_agent_who_does_not_answer_is_paused_and_the_next_agent_is_rung(tmp_path: Path, phones: Phones) -> None:
+    with live_softswitch(tmp_path) as switch:
+        silent = phones.agent("1001", answer_after_s=None)  # rings, never answers
+        answering = phones.agent("1002", answer_after_s=0.3)
+        ConsoleClient(switch.http, "1001", PASSWORD).login()  # idle longest: rung first
+        time.sleep(0.2)
+        ConsoleClient(switch.http, "1002", PASSWORD).login()
+        caller = phones.new("caller")
+        call = caller_through_ivr(caller)
+        rung = silent.wait_for("incoming", timeout_s=15)
+        # Not answered within the ring timeout (2.5 s): the leg is cancelled ...
+        ended = silent.wait_for("ended", call=rung["call"], timeout_s=10)
+        assert ended["code"] == 487
+        assert ended["t"] - rung["t"] == pytest.approx(2.5, abs=0.6)
+        # ... and the next agent is rung and connected.
+        leg = answering.wait_for("incoming", timeout_s=10)["call"]
+        answering.wait_for("state", call=leg, state="CONFIRMED", timeout_s=5)
+        time.sleep(1.0)
+        caller.hangup(call)
+        answering.wait_for("ended", call=leg, timeout_s=10)
+        body = switch.call_record(call)
+        assert body["call"]["agent_id"] == "1002"
+        snapshot = supervisor_snapshot(switch)
+        states = {a["id"]: a for a in snapshot["agents"]}
+        assert states["1001"]["state"] == "paused" and states["1001"]["pause_reason"] == "no_answer"
+        assert states["1002"]["state"] in ("wrap_up", "ready")
+        assert snapshot["today"]["answered"] == 1
+
+
+def test_queue_overflow_moves_the_caller_to_a_recorded_message_with_the_id_kept(
+        tmp_path: Path, phones: Phones, speech: Path) -> None:
+    with live_softswitch(tmp_path) as switch:
+        phones.agent("1001", answer_after_s=None)  # the only agent never answers: paused, nobody left
+        ConsoleClient(switch.http, "1001", PASSWORD).login()
+        caller = phones.new("caller")
+        call = caller_through_ivr(caller)
+        time.sleep(2.5 + 2.5)  # ring timeout, then the next announcement offers the recorded message
+        caller.dtmf(call, "2")
+        time.sleep(1.5)  # "leave your message after the tone", beep
+        caller.play(call, speech, loop=False)
+        caller.wait_for("play_done", call=call, timeout_s=30)
+        caller.dtmf(call, "#")
+        caller.wait_for("ended", call=call, timeout_s=30)  # tracking code read back, goodbye
+        body, case = switch.case_of(call)
+        path = body["call"]["ivr_path"]
+        assert "queue:to_message" in path and any(step.startswith("message:") for step in path)
+        # The ID captured before the queue is the case's: keyed and confirmed once, not asked again.
+        assert case["id_status"] == "verified" and case["national_id"] == "********" + NATIONAL_ID[-2:]
+        assert sum(step.startswith("national_id:") for step in path) == 1
+        message = [r for r in case["recordings"] if r["kind"] == "message"]
+        assert len(message) == 1 and message[0]["duration_s"] > 2
+        today = supervisor_snapshot(switch)["today"]
+        assert today["to_message"] == 1 and today["recorded"] == 1
+
+
+def test_out_of_hours_the_live_option_is_never_offered(tmp_path: Path, phones: Phones) -> None:
+    with live_softswitch(tmp_path, office_hours={"weekly": {}}) as switch:
+        agent = phones.agent("1001", answer_after_s=0.1)
+        ConsoleClient(switch.http, "1001", PASSWORD).login()
+        caller = phones.new("caller")
+        call = caller_through_ivr(caller, menu_key="1")  # pressing 1 anyway
+        time.sleep(3)
+        caller.hangup(call)
+        body = switch.call_record(call)
+        path = body["call"]["ivr_path"]
+        assert "menu:message" in path and not any(step.startswith("queue") for step in path)
+        assert agent.events("incoming") == []
+
+
+def test_agent_gets_no_call_during_wrap_up(tmp_path: Path, phones: Phones) -> None:
+    with live_softswitch(tmp_path) as switch:
+        agent = phones.agent("1001", answer_after_s=0.2)
+        ConsoleClient(switch.http, "1001", PASSWORD).login()
+        first, second = phones.new("caller1"), phones.new("caller2")
+        call1 = caller_through_ivr(first)
+        leg1 = agent.wait_for("incoming", timeout_s=15)["call"]
+        agent.wait_for("state", call=leg1, state="CONFIRMED", timeout_s=5)
+        call2 = caller_through_ivr(second)  # queued behind: the only agent is on a call
+        time.sleep(1.0)
+        agent.hangup(leg1)
+        ended = agent.wait_for("ended", call=leg1, timeout_s=5)
+        rung = agent.wait_for("incoming", timeout_s=15)
+        # Wrap-up is 2 s: the second caller is put through only after it.
+        assert rung["t"] - ended["t"] >= 2.0
+        assert rung["t"] - ended["t"] < 2.0 + 2.0
+        agent.wait_for("state", call=rung["call"], state="CONFIRMED", timeout_s=5)
+        second.hangup(call2)
+        first.wait_for("ended", call=call1, timeout_s=5)
+
+
+def supervisor_snapshot(switch: RunningSoftswitch) -> dict[str, Any]:
+    status, body = ConsoleClient(switch.http, SUPERVISOR, PASSWORD).login(as_agent=False).get_json(
+        "/supervisor/api/snapshot")
+    assert status == 200, body
+    return body

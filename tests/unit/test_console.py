@@ -1,0 +1,413 @@
+"""Unit tests for the web console (softswitch.console) over aiohttp's test client and a FakeDesk."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient, TestServer
+
+from softswitch.console import ERRORS, LoginThrottle, add_console_routes, jalali_date_text, jalali_datetime_text
+from tests.browser.demo import CALL_KEY, NATIONAL_ID, SUBJECT_ID, add_history_cases, screen_pop, write_wav
+from tests.browser.fake_desk import FakeDesk, fake_account
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30),
+              # aiohttp-session 2.12 keys the request with plain strings
+              pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")]
+
+AGENT, AGENT_PASSWORD = "maryam", "agent-pass"
+OTHER, OTHER_PASSWORD = "ali", "other-pass"
+SUPERVISOR, SUPERVISOR_PASSWORD = "narges", "supervisor-pass"
+WAIT_S = 5.0
+
+
+@pytest.fixture
+async def desk() -> AsyncIterator[FakeDesk]:
+    fake = FakeDesk([(fake_account(AGENT, "مریم احمدی"), AGENT_PASSWORD),
+                     (fake_account(OTHER, "علی رضایی"), OTHER_PASSWORD),
+                     (fake_account(SUPERVISOR, "نرگس موسوی", supervisor=True), SUPERVISOR_PASSWORD)])
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+async def client(desk: FakeDesk) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    app = web.Application()
+    add_console_routes(app, desk, heartbeat_s=0.2)
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+def _hidden_csrf(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, "no csrf field in the form"
+    return match.group(1)
+
+
+def _meta_csrf(html: str) -> str:
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)"', html)
+    assert match, "no csrf meta"
+    return match.group(1)
+
+
+def _second_client(client: TestClient[Any, Any]) -> TestClient[Any, Any]:
+    """Another browser on the same server (its own cookies)."""
+    return TestClient(client.server)
+
+
+async def _post_login(client: TestClient[Any, Any], agent_id: str, password: str) -> ClientResponse:
+    form = await client.get("/console/login")
+    token = _hidden_csrf(await form.text())
+    return await client.post("/console/login", data={"agent_id": agent_id, "password": password, "csrf": token},
+                             allow_redirects=False)
+
+
+async def _login(client: TestClient[Any, Any], agent_id: str = AGENT, password: str = AGENT_PASSWORD) -> str:
+    """Log in and return the page's CSRF token for the JSON calls."""
+    response = await _post_login(client, agent_id, password)
+    assert response.status == 303, await response.text()
+    page = await client.get(response.headers["Location"])
+    assert page.status == 200
+    return _meta_csrf(await page.text())
+
+
+async def _api(client: TestClient[Any, Any], path: str, token: str, body: dict[str, Any] | None = None
+               ) -> tuple[int, dict[str, Any]]:
+    response = await client.post(path, json=body or {}, headers={"X-CSRF-Token": token})
+    return response.status, await response.json()
+
+
+async def _next_data(response: ClientResponse) -> dict[str, Any]:
+    """The next `data:` message of an event stream (comments skipped)."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            line = (await response.content.readline()).decode()
+            if line.startswith("data: "):
+                result: dict[str, Any] = json.loads(line[len("data: "):])
+                return result
+
+
+async def _until(predicate: Any) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+# -- pages and login ---------------------------------------------------------------------------
+
+
+async def test_login_page_is_persian_and_right_to_left(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/console/login")
+    html = await response.text()
+    assert response.status == 200
+    assert '<html lang="fa" dir="rtl">' in html
+    assert "ورود کارشناس" in html
+    assert "Content-Security-Policy" in response.headers
+
+
+async def test_login_sends_an_agent_to_the_desk_and_a_supervisor_to_the_board(client: TestClient[Any, Any]) -> None:
+    response = await _post_login(client, AGENT, AGENT_PASSWORD)
+    assert (response.status, response.headers["Location"]) == (303, "/console")
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    async with _second_client(client) as other:
+        response = await _post_login(other, SUPERVISOR, SUPERVISOR_PASSWORD)
+        assert (response.status, response.headers["Location"]) == (303, "/supervisor")
+
+
+async def test_wrong_password_and_unknown_agent_get_one_message(client: TestClient[Any, Any]) -> None:
+    wrong = await _post_login(client, AGENT, "nope")
+    unknown = await _post_login(client, "nobody", "nope")
+    assert wrong.status == unknown.status == 401
+    wrong_html, unknown_html = await wrong.text(), await unknown.text()
+    assert ERRORS["login_failed"] in wrong_html and ERRORS["login_failed"] in unknown_html
+    assert "/console" not in wrong.headers.get("Location", "")
+    assert (await client.get("/console", allow_redirects=False)).status == 303  # still not logged in
+
+
+async def test_failed_logins_are_throttled_per_agent_id(client: TestClient[Any, Any]) -> None:
+    for _ in range(5):
+        assert (await _post_login(client, AGENT, "guess")).status == 401
+    throttled = await _post_login(client, AGENT, AGENT_PASSWORD)
+    assert throttled.status == 429
+    assert ERRORS["login_throttled"] in await throttled.text()
+    assert (await _post_login(client, OTHER, OTHER_PASSWORD)).status == 303  # other ids are not affected
+
+
+def test_throttle_forgets_failures_after_the_window() -> None:
+    throttle = LoginThrottle(allowed=2, window_s=10)
+    throttle.failed("a", 0.0)
+    throttle.failed("A", 1.0)  # ids are compared case-insensitively
+    assert throttle.blocked("a", 5.0)
+    assert not throttle.blocked("a", 11.5)
+    throttle.failed("a", 12.0)
+    throttle.succeeded("a")
+    assert not throttle.blocked("a", 12.0)
+
+
+async def test_login_form_needs_its_token(client: TestClient[Any, Any]) -> None:
+    response = await client.post("/console/login", data={"agent_id": AGENT, "password": AGENT_PASSWORD},
+                                 allow_redirects=False)
+    assert response.status == 400
+    assert ERRORS["login_expired"] in await response.text()
+
+
+async def test_pages_and_calls_need_a_login(client: TestClient[Any, Any]) -> None:
+    for page in ("/console", "/supervisor"):
+        response = await client.get(page, allow_redirects=False)
+        assert (response.status, response.headers["Location"]) == (303, "/console/login")
+    for path in ("/console/events", "/supervisor/events", "/supervisor/api/snapshot", "/console/recordings/41"):
+        assert (await client.get(path)).status == 401, path
+    for path in ("/console/api/agent/login", "/console/api/cases", "/console/api/cases/attach",
+                 "/console/api/tracking-code"):
+        response = await client.post(path, json={})
+        assert response.status == 401, path
+        assert (await response.json())["error"] == ERRORS["not_logged_in"]
+
+
+async def test_supervisor_view_is_forbidden_to_an_agent(client: TestClient[Any, Any]) -> None:
+    await _login(client)
+    page = await client.get("/supervisor")
+    assert page.status == 403
+    html = await page.text()
+    assert ERRORS["not_supervisor"] in html and 'dir="rtl"' in html
+    assert (await client.get("/supervisor/api/snapshot")).status == 403
+    assert (await client.get("/supervisor/events")).status == 403
+
+
+async def test_logout_ends_the_session_and_leaves_the_queue(client: TestClient[Any, Any], desk: FakeDesk) -> None:
+    token = await _login(client)
+    assert (await _api(client, "/console/api/agent/login", token))[0] == 200
+    response = await client.post("/console/logout", data={"csrf": token}, allow_redirects=False)
+    assert (response.status, response.headers["Location"]) == (303, "/console/login")
+    assert desk.acd.agent(AGENT).state.value == "logged_out"
+    assert (await client.get("/console", allow_redirects=False)).status == 303
+
+
+# -- the agent's desk ----------------------------------------------------------------------------
+
+
+async def test_agent_page_is_persian_with_the_desks_agencies(client: TestClient[Any, Any], desk: FakeDesk) -> None:
+    await _login(client)
+    response = await client.get("/console")
+    html = await response.text()
+    assert '<html lang="fa" dir="rtl">' in html
+    assert "مریم احمدی" in html
+    for agency in desk.agencies:
+        assert f'<option value="{agency.id}">{agency.name}</option>' in html
+    for category in desk.categories:
+        assert category in html
+    assert "ثبت پرونده" in html and "اعلام کد پیگیری به تماس‌گیرنده" in html
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_page_data_cannot_break_out_of_its_script_block(client: TestClient[Any, Any], desk: FakeDesk) -> None:
+    pop = screen_pop()
+    pop["history"][0]["summary"] = "</script><script>alert(1)</script>"
+    desk.offers[AGENT] = pop
+    await _login(client)
+    html = await (await client.get("/console")).text()
+    assert "<script>alert(1)" not in html
+    assert "\\u003c/script\\u003e" in html
+
+
+async def test_state_buttons_drive_the_acd(client: TestClient[Any, Any], desk: FakeDesk) -> None:
+    token = await _login(client)
+    status, body = await _api(client, "/console/api/agent/ready", token)
+    assert (status, body["error"]) == (409, ERRORS["transition"])  # logged out: join the queue first
+    status, body = await _api(client, "/console/api/agent/login", token)
+    assert (status, body["agent"]["state"]) == (200, "ready")
+    status, body = await _api(client, "/console/api/agent/pause", token, {"reason": "prayer"})
+    assert (status, body["agent"]["state"], body["agent"]["pause_reason"]) == (200, "paused", "prayer")
+    assert desk.acd.agent(AGENT).pause_reason == "prayer"
+    status, body = await _api(client, "/console/api/agent/pause", token, {"reason": "<b>"})
+    assert (status, body["error"]) == (400, ERRORS["pause_reason"])
+    status, body = await _api(client, "/console/api/agent/ready", token)
+    assert body["agent"]["state"] == "ready"
+    status, body = await _api(client, "/console/api/agent/logout", token)
+    assert body["agent"]["state"] == "logged_out"
+
+
+async def test_calls_need_the_sessions_csrf_token(client: TestClient[Any, Any], desk: FakeDesk) -> None:
+    await _login(client)
+    for headers in ({}, {"X-CSRF-Token": "forged"}):
+        response = await client.post("/console/api/agent/login", json={}, headers=headers)
+        assert response.status == 403
+        assert (await response.json())["error"] == ERRORS["csrf"]
+    assert desk.acd.agent(AGENT).state.value == "logged_out"
+
+
+async def test_events_bring_the_state_then_an_offer_with_the_full_id(client: TestClient[Any, Any],
+                                                                    desk: FakeDesk) -> None:
+    token = await _login(client)
+    async with client.get("/console/events") as events:
+        assert events.headers["Content-Type"].startswith("text/event-stream")
+        first = await _next_data(events)
+        assert first["type"] == "state" and first["offer"] is None
+        assert first["agent"]["state"] == "logged_out"
+
+        await _api(client, "/console/api/agent/login", token)
+        assert (await _next_data(events))["agent"]["state"] == "ready"
+
+        agent_id = await desk.ring(screen_pop())
+        assert agent_id == AGENT
+        ringing = {message["type"]: message for message in [await _next_data(events), await _next_data(events)]}
+        assert ringing["agent"]["agent"]["state"] == "ringing"
+        pop = ringing["offer"]["offer"]
+        assert pop["call_key"] == CALL_KEY and pop["state"] == "ringing"
+        assert pop["national_id"] == NATIONAL_ID and pop["subject_id"] == SUBJECT_ID  # in full, to this agent
+        assert re.fullmatch(r"[۰-۹]{4}/[۰-۹]{2}/[۰-۹]{2} [۰-۹]{2}:[۰-۹]{2}", pop["history"][0]["created_at_text"])
+
+        desk.answer(CALL_KEY)
+        kinds = {(await _next_data(events))["type"] for _ in range(2)}
+        assert kinds == {"agent", "connected"}
+
+
+async def test_a_reload_shows_the_current_call_again(client: TestClient[Any, Any], desk: FakeDesk) -> None:
+    desk.offer(AGENT, screen_pop())
+    await _login(client)
+    async with client.get("/console/events") as events:
+        first = await _next_data(events)
+    assert first["offer"]["call_key"] == CALL_KEY
+    assert NATIONAL_ID in await (await client.get("/console")).text()
+
+
+async def test_event_stream_beats_and_unsubscribes_on_disconnect(client: TestClient[Any, Any],
+                                                                desk: FakeDesk) -> None:
+    await _login(client)
+    events = await client.get("/console/events")
+    await _next_data(events)
+    assert len(desk.subscribers[AGENT]) == 1
+    async with asyncio.timeout(WAIT_S):
+        while (line := await events.content.readline()) == b"\n":
+            pass
+    assert line == b": heartbeat\n"
+    events.close()
+    await _until(lambda: not desk.subscribers[AGENT])
+
+
+async def test_shutdown_ends_open_event_streams(desk: FakeDesk) -> None:
+    app = web.Application()
+    add_console_routes(app, desk, heartbeat_s=3600)  # only the shutdown can end these streams
+    async with TestClient(TestServer(app)) as client:
+        await _login(client, SUPERVISOR, SUPERVISOR_PASSWORD)
+        agent_events = await client.get("/console/events")
+        board_events = await client.get("/supervisor/events")
+        await _next_data(agent_events)
+        await _next_data(board_events)
+        await asyncio.wait_for(client.server.close(), WAIT_S)
+        assert not desk.subscribers[SUPERVISOR]
+
+
+async def test_filing_a_case_goes_through_the_desk(client: TestClient[Any, Any], desk: FakeDesk) -> None:
+    desk.offer(AGENT, screen_pop())
+    token = await _login(client)
+    case = {"call_key": CALL_KEY, "agency_id": "municipality", "category": "شکایت",
+            "summary": "  آب کوچه سه روز قطع است.  "}
+    status, body = await _api(client, "/console/api/cases", token, case)
+    assert status == 200
+    assert desk.calls[-1] == ("file_case", AGENT, CALL_KEY, "municipality", "شکایت", "آب کوچه سه روز قطع است.")
+    assert desk.call_cases[CALL_KEY] == body["tracking_code"]
+
+    status, body = await _api(client, "/console/api/cases", token, {**case, "agency_id": "mars"})
+    assert (status, body["error"]) == (400, "دستگاه انتخاب‌شده معتبر نیست.")  # the desk's own message
+    status, body = await _api(client, "/console/api/cases", token, {**case, "summary": "   "})
+    assert (status, body["error"]) == (400, ERRORS["empty_summary"])
+    status, body = await _api(client, "/console/api/cases", token, {**case, "summary": 7})
+    assert status == 400
+    status, body = await _api(client, "/console/api/cases", token, {**case, "call_key": "someone-elses"})
+    assert (status, body["error"]) == (403, ERRORS["not_your_call"])
+
+
+async def test_attach_then_give_the_tracking_code(client: TestClient[Any, Any], desk: FakeDesk) -> None:
+    pop = screen_pop()
+    add_history_cases(desk, pop)
+    desk.offer(AGENT, pop)
+    token = await _login(client)
+    status, body = await _api(client, "/console/api/tracking-code", token, {"call_key": CALL_KEY})
+    assert (status, body["error"]) == (409, ERRORS["no_case_yet"])
+
+    known = pop["history"][0]["tracking_code"]
+    typo = known[:-2] + known[-1] + known[-2]
+    if typo != known:  # a swapped pair of digits fails the check digit before reaching the desk
+        status, body = await _api(client, "/console/api/cases/attach", token,
+                                  {"call_key": CALL_KEY, "tracking_code": typo})
+        assert (status, body["error"]) == (400, ERRORS["bad_tracking_code"])
+    status, body = await _api(client, "/console/api/cases/attach", token,
+                              {"call_key": CALL_KEY, "tracking_code": "100000000"})
+    assert (status, body["error"]) == (404, ERRORS["no_such_case"])
+
+    persian = known.translate(str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹"))
+    status, body = await _api(client, "/console/api/cases/attach", token,
+                              {"call_key": CALL_KEY, "tracking_code": persian})
+    assert (status, body["tracking_code"]) == (200, known)
+    assert desk.calls[-1] == ("attach_case", AGENT, CALL_KEY, known)
+
+    status, body = await _api(client, "/console/api/tracking-code", token, {"call_key": CALL_KEY})
+    assert (status, body["tracking_code"]) == (200, known)
+    assert desk.calls[-1] == ("give_tracking_code", AGENT, CALL_KEY)
+
+
+async def test_recordings_only_of_the_agents_own_call(client: TestClient[Any, Any], desk: FakeDesk,
+                                                      tmp_path: Path) -> None:
+    desk.recordings[41] = write_wav(tmp_path / "41.wav", 0.2)
+    desk.recordings[99] = write_wav(tmp_path / "99.wav", 0.2)  # exists, but not of this call
+    desk.offer(AGENT, screen_pop())
+    await _login(client)
+    response = await client.get("/console/recordings/41")
+    assert response.status == 200
+    assert (await response.read())[:4] == b"RIFF"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert (await client.get("/console/recordings/99")).status == 404
+    assert (await client.get("/console/recordings/42")).status == 404  # of this call, but no file
+    assert (await client.get("/console/recordings/x")).status == 404
+
+    async with _second_client(client) as other:
+        await _login(other, OTHER, OTHER_PASSWORD)
+        assert (await other.get("/console/recordings/41")).status == 404
+
+
+# -- the supervisor's board -------------------------------------------------------------------------
+
+
+async def test_supervisor_board_and_snapshot(client: TestClient[Any, Any], desk: FakeDesk) -> None:
+    desk.acd.login(AGENT)
+    await desk.ring(screen_pop())
+    await _login(client, SUPERVISOR, SUPERVISOR_PASSWORD)
+    page = await client.get("/supervisor")
+    html = await page.text()
+    assert page.status == 200 and '<html lang="fa" dir="rtl">' in html and "نمای سرپرست" in html
+    assert NATIONAL_ID not in html and "09121234567" not in html
+    snapshot = await (await client.get("/supervisor/api/snapshot")).json()
+    assert snapshot["queue"][0]["caller"] == "*******4567"
+    assert len(snapshot["today"]["per_hour"]) == 24 and 0 <= snapshot["local_hour"] <= 23
+    assert {a["id"]: a["state"] for a in snapshot["agents"]}[AGENT] == "ringing"
+
+
+async def test_supervisor_events_bring_fresh_snapshots(client: TestClient[Any, Any], desk: FakeDesk) -> None:
+    await _login(client, SUPERVISOR, SUPERVISOR_PASSWORD)
+    async with client.get("/supervisor/events") as events:
+        first = await _next_data(events)
+        assert first["type"] == "snapshot"
+        assert {a["id"]: a["state"] for a in first["snapshot"]["agents"]}[OTHER] == "logged_out"
+        desk.acd.login(OTHER)
+        fresh = await _next_data(events)
+        assert {a["id"]: a["state"] for a in fresh["snapshot"]["agents"]}[OTHER] == "ready"
+
+
+# -- Persian dates ------------------------------------------------------------------------------------
+
+
+def test_jalali_dates_with_persian_digits() -> None:
+    from zoneinfo import ZoneInfo
+
+    nowruz_1404 = 1742502600.0  # 2025-03-21 00:00 in Tehran (UTC+3:30)
+    tehran = ZoneInfo("Asia/Tehran")
+    assert jalali_datetime_text(nowruz_1404 + 9 * 3600 + 5 * 60, tehran) == "۱۴۰۴/۰۱/۰۱ ۰۹:۰۵"
+    assert jalali_date_text(nowruz_1404, tehran) == "جمعه ۱ فروردین ۱۴۰۴"
