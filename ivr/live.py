@@ -94,15 +94,17 @@ class _Player:
         waits: list[asyncio.Future[Any]] = [play, digit] + ([other] if other is not None else [])
         try:
             done, _ = await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-            if digit in done:
-                self.pending_digit = digit.result()  # raises CallEnded once the call is gone
             if play in done:
-                play.result()
+                play.result()  # raises CallEnded once the call is gone
                 return
             await self.channel.stop_play()
             with contextlib.suppress(CallEnded):
                 await play  # settles when the worker confirms the stop
         finally:
+            # A digit that came as the wait ended (even while stopping the play) is
+            # already off the channel's queue: keep it, or the key press is lost.
+            if digit.done() and not digit.cancelled() and digit.exception() is None:
+                self.pending_digit = self.pending_digit or digit.result()
             digit.cancel()
             if not play.done():
                 play.cancel()

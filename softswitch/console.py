@@ -104,7 +104,7 @@ LABELS: dict[str, Any] = {
         "manual": "مکث", "no_answer": "زنگ بی‌پاسخ",
     },
     "id_status": {
-        "confirmed": "تأییدشده", "unverified": "تأییدنشده", "to_transcribe": "فقط صدا؛ شماره شناخته نشد",
+        "verified": "تأییدشده", "unverified": "تأییدنشده", "to_transcribe": "فقط صدا؛ شماره شناخته نشد",
         "none": "اعلام نشده",
     },
     "case_status": {"received": "دریافت‌شده", "received_incomplete": "ناقص دریافت‌شده"},

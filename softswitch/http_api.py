@@ -91,6 +91,7 @@ async def get_case(request: web.Request) -> web.Response:
     recordings = await store.recordings_for_case(case.id)
     body = _case(case)
     body["recordings"] = [_recording(r) for r in recordings]
+    body["history"] = [{"at": e.at, "actor": e.actor, "kind": e.kind} for e in await store.case_events(case.id)]
     if case.call_id is not None:
         body["call"] = _call(await store.get_call(case.call_id))
     return web.json_response(body)

@@ -50,7 +50,7 @@ def screen_pop(now: float | None = None, call_key: str = CALL_KEY) -> dict[str, 
     now = time.time() if now is None else now
     return {
         "call_key": call_key, "state": "ringing", "caller_number": CALLER_NUMBER,
-        "national_id": NATIONAL_ID, "id_status": "confirmed", "id_audio": [],
+        "national_id": NATIONAL_ID, "id_status": "verified", "id_audio": [],
         "subject_id": SUBJECT_ID, "subject_id_status": "unverified", "subject_id_audio": [41, 42],
         "history": [
             {"tracking_code": HISTORY_CODES[0], "created_at": now - 12 * DAY - 3600, "status": "received",
