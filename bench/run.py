@@ -265,8 +265,10 @@ def caller_audio(work: Path) -> tuple[Path, float]:
     subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer", str(speech)],
                    check=True)
     pcap = work / "caller.pcap"
-    # Keys land while prompts play (barge-in): the ID, 1 to confirm its read-back, 1 for "about me".
-    timeline = CallerTimeline().silence(1.0).dtmf(ID_DIGITS).silence(0.6).dtmf("1").silence(0.8).dtmf("1")
+    # Keys land while prompts play (barge-in): the ID, 1 to confirm its read-back, 2 for a recorded
+    # message, 1 for "about me".
+    timeline = CallerTimeline().silence(1.0).dtmf(ID_DIGITS).silence(0.6).dtmf("1").silence(0.8).dtmf("2") \
+        .silence(0.8).dtmf("1")
     timeline.silence(10.0).speech_wav(speech).silence(5.0)
     timeline.write(pcap)
     return pcap, timeline.total_s

@@ -2,7 +2,8 @@
 
 Greeting -> the caller's national ID (ivr/identify.py) -> menu: 1 talk to an
 agent (offered only in office hours with agents logged in; out of hours the
-caller hears when live service resumes), 2 record a message -> about whom (the
+caller hears when live service resumes), 2 record a message, 3 follow up on a
+tracking code (ivr/follow_up.py, then goodbye) -> about whom (the
 caller, or someone else whose ID is then taken the same way) -> either the
 live queue (ivr/live.py), or the message after the tone, tracking code read
 back, goodbye. A caller who leaves the queue for a recorded message keeps the
@@ -17,15 +18,17 @@ import enum
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from ivr.channel import CallChannel, CallEnded, LiveChannel, RecordingResult
 from ivr.identify import Prompts, SpeechDigits, Whose, ask_about_whom, identify
+from ivr.follow_up import FailureThrottle, FollowUpCases, follow_up
 from ivr.live import LiveCall, LiveService
 from ivr.menu import choose
 from ivr.office_hours import OfficeHours, resume_prompts
 from ivr.recorded_message import CaseSink, read_tracking_code, record_message
-from softswitch.config import IvrConfig
+from softswitch.config import FollowUpConfig, IvrConfig
 from storage.models import PersonId
 
 log = logging.getLogger("ivr.call_flow")
@@ -39,6 +42,7 @@ class IvrState(enum.Enum):
     SUBJECT_ID = "subject_id"
     ROUTE = "route"
     QUEUE = "queue"
+    FOLLOW_UP = "follow_up"
     MESSAGE = "message"
     TRACKING_CODE = "tracking_code"
     GOODBYE = "goodbye"
@@ -49,7 +53,10 @@ class IvrState(enum.Enum):
 TRANSITIONS: dict[tuple[IvrState, str | None], IvrState] = {
     (IvrState.GREETING, None): IvrState.CALLER_ID,
     (IvrState.CALLER_ID, None): IvrState.MENU,
-    (IvrState.MENU, None): IvrState.ABOUT_WHOM,
+    (IvrState.MENU, "live"): IvrState.ABOUT_WHOM,
+    (IvrState.MENU, "message"): IvrState.ABOUT_WHOM,
+    (IvrState.MENU, "follow_up"): IvrState.FOLLOW_UP,
+    (IvrState.FOLLOW_UP, None): IvrState.GOODBYE,
     (IvrState.ABOUT_WHOM, "self"): IvrState.ROUTE,
     (IvrState.ABOUT_WHOM, "other"): IvrState.SUBJECT_ID,
     (IvrState.SUBJECT_ID, None): IvrState.ROUTE,
@@ -79,6 +86,15 @@ class Session:
 
 
 @dataclass
+class FollowUp:
+    """Follow-up as one call sees it: the cases, the rules, the throttle shared by every call."""
+
+    cases: FollowUpCases
+    cfg: FollowUpConfig
+    throttle: FailureThrottle
+
+
+@dataclass
 class Live:
     """Live mode as one call sees it: the shared queue and the office hours."""
 
@@ -89,7 +105,7 @@ class Live:
 class CallFlow:
     def __init__(self, channel: CallChannel, prompts: Any, cases: CaseSink, cfg: IvrConfig,
                  label: str, recognizer: SpeechDigits | None = None, live: Live | None = None,
-                 caller_number: str = "") -> None:
+                 caller_number: str = "", follow_up: FollowUp | None = None) -> None:
         self.channel = channel
         self.recognizer = recognizer
         self.prompts = prompts
@@ -98,6 +114,7 @@ class CallFlow:
         self.label = label
         self.live = live
         self.caller_number = caller_number
+        self.follow_up = follow_up
         self.session = Session()
 
     def _set_state(self, new: IvrState) -> None:
@@ -132,6 +149,14 @@ class CallFlow:
             case IvrState.MENU:
                 s.mode = await self._menu()
                 s.path.append(f"menu:{s.mode}")
+                return s.mode
+            case IvrState.FOLLOW_UP:
+                assert self.follow_up is not None
+                f = self.follow_up
+                caller = s.caller if s.caller is not None and s.caller.status == "verified" else None
+                outcome = await follow_up(self.channel, self.prompts, f.cases, f.cfg, self.cfg, f.throttle,
+                                          self.caller_number, caller.national_id if caller else None)
+                s.path.append(f"follow_up:{outcome}")
             case IvrState.ABOUT_WHOM:
                 other = await ask_about_whom(self.channel, self.prompts, self.cfg)
                 s.path.append("about:" + ("other" if other else "self"))
@@ -174,24 +199,36 @@ class CallFlow:
         return None
 
     async def _menu(self) -> str:
-        """1: an agent, offered in office hours with agents logged in; 2: a recorded message.
+        """1: an agent (in office hours, with agents on duty), 2: a recorded message, 3: follow-up.
 
-        When live service is not offered, the caller hears why (and, out of
-        hours, when it resumes) and goes on to the recorded message.
+        When live service is not offered the caller hears why (out of hours:
+        when it resumes) and the menu without option 1. No choice: a recorded message.
         """
         live = self.live
+        keys = {"1": "live", "2": "message", "3": "follow_up"}
+        if self.follow_up is None:
+            del keys["3"]
+        notice: list[Path] = []
         if live is None:
+            del keys["1"]
+        else:
+            now = datetime.now(timezone.utc)
+            if not live.hours.is_open(now):
+                notice = resume_prompts(self.prompts, now, live.hours.next_opening(now))
+                del keys["1"]
+            elif not live.service.acd.available():
+                notice = [self.prompts.path("live_unavailable")]
+                del keys["1"]
+        if len(keys) == 1:
+            if notice:
+                await self.channel.play(notice)
             return "message"
-        now = datetime.now(timezone.utc)
-        if not live.hours.is_open(now):
-            await self.channel.play(resume_prompts(self.prompts, now, live.hours.next_opening(now)))
-            return "message"
-        if not live.service.acd.available():
-            await self.channel.play([self.prompts.path("live_unavailable")])
-            return "message"
-        choice = await choose(self.channel, self.prompts, [self.prompts.path("menu_main")], "12", self.cfg,
+        menu = "menu_main" if "1" in keys else "menu_main_closed"
+        if notice:
+            await self.channel.play(notice, barge_in=True)
+        choice = await choose(self.channel, self.prompts, [self.prompts.path(menu)], "".join(keys), self.cfg,
                               default="2")
-        return "live" if choice == "1" else "message"
+        return keys.get(choice or "2", "message")
 
     async def _open_case(self) -> None:
         s = self.session

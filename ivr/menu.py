@@ -28,3 +28,16 @@ async def choose(channel: CallChannel, prompts: Prompts, menu: Sequence[Path], k
         if digit is not None:
             await channel.play([prompts.path("invalid_choice")])
     return default
+
+
+async def collect_keys(channel: CallChannel, max_digits: int, first_timeout_s: float,
+                       inter_digit_timeout_s: float) -> str:
+    """Digits keyed until ``#``, ``max_digits`` of them, or a timeout; "" when nothing was keyed."""
+    keyed = ""
+    while len(keyed) < max_digits:
+        digit = await channel.next_digit(inter_digit_timeout_s if keyed else first_timeout_s)
+        if digit is None or digit == "#":
+            break
+        if digit.isdigit():
+            keyed += digit
+    return keyed

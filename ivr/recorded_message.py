@@ -30,8 +30,9 @@ async def record_message(channel: CallChannel, prompts: Prompts, cfg: IvrConfig)
                                 no_input_s=cfg.message_no_input_s, stop_digits="#")
 
 
-async def read_tracking_code(channel: CallChannel, prompts: Prompts, code: str, repeats: int) -> None:
-    files = [prompts.path("tracking_code_intro"), *prompts.number(code)]
+async def read_tracking_code(channel: CallChannel, prompts: Prompts, code: str, repeats: int,
+                             intro: str = "tracking_code_intro") -> None:
+    files = [prompts.path(intro), *prompts.number(code)]
     for _ in range(repeats - 1):
         files += [prompts.path("tracking_code_repeat"), *prompts.number(code)]
     await channel.play(files)

@@ -4,20 +4,17 @@ import hashlib
 import math
 import os
 import re
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from media.synth import SAMPLE_RATE, SOX_OUTPUT_FORMAT, SynthesisError, find_tool, run_tool, speak_to_wav
 from media.wavfile import read_format
 
-SAMPLE_RATE = 8000
 TONE_PREFIX = "tone:"
 MELODY_PREFIX = "melody:"
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
-_TOOL_TIMEOUT_S = 120
 # Full-scale sine beeps are harsh on a handset; -6 dBFS is still clearly audible.
 _TONE_GAIN_DB = "-6"
 # Hold music is heard for minutes, under the announcements: softer than a beep.
@@ -26,10 +23,9 @@ _MELODY_GAIN_DB = "-12"
 # notes neither click nor run into each other.
 _NOTE_ATTACK_S = 0.03
 _NOTE_RELEASE_SHARE = 0.4
-_SOX_OUTPUT_FORMAT = ["-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", "-e", "signed-integer"]
 
 
-class PromptError(Exception):
+class PromptError(SynthesisError):
     """A prompt cannot be produced or used: missing tool, failed synthesis or a bad file."""
 
 
@@ -231,13 +227,7 @@ class PromptLibrary:
 
     @staticmethod
     def _tool(tool: str, needed_for: list[str]) -> str:
-        found = shutil.which(tool)
-        if found is None:
-            raise PromptError(
-                f"{tool} is not installed (not found on PATH); it is needed to synthesise "
-                f"prompt(s) {', '.join(needed_for)}"
-            )
-        return found
+        return find_tool(tool, f"prompt(s) {', '.join(needed_for)}", PromptError)
 
     def _generate(self, name: str, sox: str, espeak: str) -> None:
         with tempfile.TemporaryDirectory(dir=self._cache_dir, prefix=f".{name}-") as tmp:
@@ -246,14 +236,8 @@ class PromptLibrary:
             if synth is not None:
                 self._synthesise(name, synth, sox, out)
             else:
-                spoken = Path(tmp) / "espeak.wav"
-                # "--" keeps a text starting with '-' from being read as an option.
-                self._run(
-                    name,
-                    [espeak, "-v", self._voice, "-w", str(spoken), "--", self._texts[name]],
-                )
-                # -G lowers the gain where resampling espeak's loud output would clip.
-                self._run(name, [sox, "-G", str(spoken), *_SOX_OUTPUT_FORMAT, str(out)])
+                speak_to_wav(self._texts[name], self._voice, out, f"prompt {name!r}", espeak=espeak, sox=sox,
+                             error=PromptError)
             fmt = read_format(out)
             if fmt.data_bytes == 0:
                 raise PromptError(f"synthesis of prompt {name!r} produced no audio")
@@ -265,7 +249,7 @@ class PromptLibrary:
     def _synthesise(self, name: str, synth: _Synth, sox: str, out: Path) -> None:
         seconds = str(synth.note_s)
         if not synth.melody:
-            self._run(name, [sox, "-n", *_SOX_OUTPUT_FORMAT, str(out), "synth", seconds,
+            self._run(name, [sox, "-n", *SOX_OUTPUT_FORMAT, str(out), "synth", seconds,
                              "sine", str(synth.frequencies_hz[0]), "gain", _TONE_GAIN_DB])
             return
         # A very short note gets a shorter swell, so that swell and dying away fit in it.
@@ -279,23 +263,11 @@ class PromptLibrary:
                            "fade", "q", attack, seconds, release, "gain", _MELODY_GAIN_DB]
             else:
                 effects = ["trim", "0", seconds]  # a rest: the null input is silence
-            self._run(name, [sox, "-n", *_SOX_OUTPUT_FORMAT, str(note), *effects])
+            self._run(name, [sox, "-n", *SOX_OUTPUT_FORMAT, str(note), *effects])
             notes.append(str(note))
         # Several inputs of one format are played one after the other.
         self._run(name, [sox, *notes, str(out)])
 
     @staticmethod
     def _run(name: str, command: list[str]) -> None:
-        try:
-            result = subprocess.run(
-                command, capture_output=True, text=True, timeout=_TOOL_TIMEOUT_S, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise PromptError(
-                f"{command[0]} could not synthesise prompt {name!r}: {error}"
-            ) from error
-        if result.returncode != 0:
-            raise PromptError(
-                f"{command[0]} failed for prompt {name!r} (exit {result.returncode}): "
-                f"{result.stderr.strip()}"
-            )
+        run_tool(command, f"prompt {name!r}", error=PromptError)

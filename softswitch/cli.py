@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from softswitch.config import ConfigError, load_config, load_prompt_texts
+from softswitch.config import CHANNELS, ConfigError, load_config, load_prompt_texts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     creds.add_argument("--id", required=True, help="SIP user name and console login, e.g. 1001")
     creds.add_argument("--name", required=True, help="the agent's name as supervisors see it")
     creds.add_argument("--password", help="read from the terminal when omitted")
+    token = sub.add_parser("api-token", help="print a new HTTP API bearer token and its api_tokens entry")
+    token.add_argument("--name", required=True, help="who uses it, e.g. sms-gateway (actor api:<name>)")
+    token.add_argument("--channel", choices=CHANNELS, help="may submit cases for this channel (POST /api/cases)")
+    token.add_argument("--reports", action="store_true", help="may read case lists and the CSV reports")
+    agency_user = sub.add_parser("agency-user", help="print an entry of an agency's users for the agency page")
+    agency_user.add_argument("--agency", required=True, help="the agency's id in the configuration, e.g. health")
+    agency_user.add_argument("--id", required=True, help="the user's login on the agency page")
+    agency_user.add_argument("--name", required=True, help="the user's name as shown in cases' histories")
+    agency_user.add_argument("--password", help="read from the terminal when omitted")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -31,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "agent-credentials":
         return _agent_credentials(args, config.agents.realm)
+    if args.command == "api-token":
+        return _api_token(args)
+    if args.command == "agency-user":
+        return _agency_user(args, {agency.id for agency in config.agencies})
     if args.command == "prompts":
         from media.prompts import PromptLibrary
 
@@ -51,20 +64,72 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _agent_credentials(args: argparse.Namespace, realm: str) -> int:
+def _password(args: argparse.Namespace, who: str) -> str | None:
+    """The password given, or typed at the terminal; None (after saying why) when it is too short."""
     import getpass
 
+    password: str = args.password or getpass.getpass(f"password for {who} {args.id}: ")
+    if len(password) < 8:
+        print(f"softswitch: an {who} password needs at least 8 characters", file=sys.stderr)
+        return None
+    return password
+
+
+def _agent_credentials(args: argparse.Namespace, realm: str) -> int:
     import yaml
 
     from softswitch.credentials import hash_password, sip_ha1
 
-    password = args.password or getpass.getpass(f"password for agent {args.id}: ")
-    if len(password) < 8:
-        print("softswitch: an agent password needs at least 8 characters", file=sys.stderr)
+    password = _password(args, "agent")
+    if password is None:
         return 2
     entry = {"id": args.id, "name": args.name, "sip_ha1": sip_ha1(args.id, realm, password),
              "console_password": hash_password(password)}
     print(yaml.safe_dump([entry], allow_unicode=True, sort_keys=False), end="")
+    return 0
+
+
+def _agency_user(args: argparse.Namespace, agency_ids: set[str]) -> int:
+    """An entry for the users of one of the configured agencies: the scrypt hash only, no password is kept."""
+    import yaml
+
+    from softswitch.credentials import hash_password
+
+    if args.agency not in agency_ids:
+        print(f"softswitch: no agency {args.agency!r} in the configuration (there are: "
+              f"{', '.join(sorted(agency_ids))})", file=sys.stderr)
+        return 2
+    password = _password(args, "agency user")
+    if password is None:
+        return 2
+    print(f"# Add to the users of the agency with id {args.agency} in the config file:")
+    print(yaml.safe_dump([{"id": args.id, "name": args.name, "password": hash_password(password)}],
+                         allow_unicode=True, sort_keys=False), end="")
+    return 0
+
+
+def _api_token(args: argparse.Namespace) -> int:
+    import secrets
+
+    import yaml
+    from pydantic import ValidationError
+
+    from softswitch.config import ApiToken
+    from softswitch.intake_api import token_sha256
+
+    if args.channel is None and not args.reports:
+        print("softswitch: give the token --channel, --reports or both", file=sys.stderr)
+        return 2
+    token = secrets.token_urlsafe(32)
+    try:
+        entry = ApiToken(name=args.name, sha256=token_sha256(token), channel=args.channel, reports=args.reports)
+    except ValidationError as exc:
+        print(f"softswitch: bad --name: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    print("# The token, shown only now; the client sends it as \"Authorization: Bearer <token>\":")
+    print(token)
+    print("# Add to api_tokens in the config file (it keeps only the token's SHA-256):")
+    print(yaml.safe_dump([entry.model_dump()], allow_unicode=True, sort_keys=False), end="")
     return 0
 
 

@@ -84,6 +84,8 @@ class PromptsConfig(_Section):
     cache_dir: Path = Path("prompts")
     override_dir: Path | None = None
     voice: str = "fa"
+    # Speaks agencies' written answers: "espeak-ng:<voice>" or "package.module:Class" (media/synth.py).
+    synthesizer: str = "espeak-ng:fa"
 
     _texts_in_project = field_validator("texts")(_in_project)
 
@@ -177,9 +179,53 @@ class QueueConfig(_Section):
     overflow_key: str = Field("2", pattern=r"^[0-9*#]$")
 
 
+class AgencyUser(_Section):
+    """A person of an agency who answers the cases referred to it, on the agency page."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    name: str = Field(min_length=1)
+    password: str = Field(pattern=r"^scrypt\$", description="scrypt hash (softswitch agency-user prints one)")
+
+
 class Agency(_Section):
     id: str = Field(pattern=r"^[a-z0-9_-]{1,40}$")
     name: str = Field(min_length=1)
+    users: tuple[AgencyUser, ...] = ()
+
+
+CHANNELS = ("phone", "sms", "letter", "web")
+
+
+class ApiToken(_Section):
+    """A bearer token of the HTTP API; only its SHA-256 is kept (softswitch api-token prints both)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    channel: str | None = Field(None, description="may submit cases through POST /api/cases for this channel")
+    reports: bool = Field(False, description="may read GET /api/cases and the CSV exports")
+
+    @field_validator("channel")
+    @classmethod
+    def _known_channel(cls, value: str | None) -> str | None:
+        if value is not None and value not in CHANNELS:
+            raise ValueError(f"channel must be one of {', '.join(CHANNELS)}")
+        return value
+
+
+class CasesConfig(_Section):
+    """Case rules shared by every channel."""
+
+    # A request is a duplicate of an open case of the same subject, agency and category opened within this window.
+    duplicate_window_days: float = Field(30.0, gt=0)
+
+
+class FollowUpConfig(_Section):
+    """Follow-up by tracking code in the IVR (menu option 3)."""
+
+    code_attempts: int = Field(3, ge=1, le=5)
+    # Wrong code or ID from one number: after this many in the window, follow-up is refused for a while.
+    max_failures: int = Field(5, ge=1)
+    failure_window_s: float = Field(3600.0, gt=0)
 
 
 class SecurityConfig(_Section):
@@ -211,6 +257,9 @@ class Config(_Section):
         Agency(id="education", name="وزارت آموزش و پرورش"),
     )
     categories: tuple[str, ...] = ("شکایت", "درخواست", "پیشنهاد", "پرسش", "گزارش تخلف")
+    api_tokens: tuple[ApiToken, ...] = ()
+    cases: CasesConfig = CasesConfig()
+    follow_up: FollowUpConfig = FollowUpConfig()
 
     @model_validator(mode="after")
     def _ports_do_not_collide(self) -> Config:

@@ -23,9 +23,10 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import jdatetime
@@ -45,13 +46,30 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 SESSION_COOKIE = "softswitch_console"
+SESSIONS_INSTALLED = web.AppKey("sessions_installed", bool)
+# The session key under which each role keeps who is logged in, and that role's home page. One key
+# per role keeps the roles apart on the one cookie: an agent's session opens nothing of the agency
+# page, an agency user's session nothing of the console.
+ROLE_HOMES = {"agent_id": "/console", "agency_user": "/agency"}
 SESSION_MAX_AGE_S = 12 * 3600  # one shift; the cookie cannot be replayed after that
 CSRF_HEADER = "X-CSRF-Token"
 LOGIN_FAILURES_ALLOWED = 5
 LOGIN_WINDOW_S = 300.0
 SUPERVISOR_COALESCE_S = 0.25  # a burst of ACD events becomes one snapshot
 SUMMARY_MAX_CHARS = 4000
+OVERRIDE_REASON_MAX_CHARS = 500
 AGENT_FIELDS = ("id", "name", "state", "seconds_in_state", "pause_reason", "pause_requested", "answered_today")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FiledCase:
+    """What filing came to: the case's tracking code; ``duplicate`` when an open case of the same subject,
+    agency and category was there already and the call was linked to it instead of opening another."""
+
+    tracking_code: str
+    duplicate: bool = False
 
 
 class Desk(Protocol):
@@ -78,9 +96,15 @@ class Desk(Protocol):
 
     def unsubscribe(self, agent_id: str, q: asyncio.Queue[dict[str, Any]]) -> None: ...
 
-    async def file_case(self, agent_id: str, call_key: str, agency_id: str, category: str, summary: str) -> str:
-        """The new case's tracking code; ValueError (Persian message) on bad input, PermissionError if not
-        this agent's call."""
+    async def file_case(self, agent_id: str, call_key: str, agency_id: str, category: str, summary: str,
+                        override_reason: str | None = None) -> FiledCase:
+        """File the call's case under the one duplicate rule: a new case, or the open one it duplicates.
+        With ``override_reason`` a new case is opened even so, the reason kept in both cases' histories.
+        ValueError (Persian message) on bad input, PermissionError if not this agent's call."""
+
+    async def refer_case(self, agent_id: str, tracking_code: str, agency_id: str) -> str:
+        """Refer again a case this agent can see (the current call's, or one of the screen-pop's history).
+        PermissionError for any other case, LookupError if there is none, ValueError (Persian message)."""
 
     async def attach_case(self, agent_id: str, call_key: str, tracking_code: str) -> str:
         """Attach the call to an existing case; LookupError if there is no such case."""
@@ -107,7 +131,8 @@ LABELS: dict[str, Any] = {
         "verified": "تأییدشده", "unverified": "تأییدنشده", "to_transcribe": "فقط صدا؛ شماره شناخته نشد",
         "none": "اعلام نشده",
     },
-    "case_status": {"received": "دریافت‌شده", "received_incomplete": "ناقص دریافت‌شده"},
+    "case_status": {"received": "دریافت‌شده", "received_incomplete": "ناقص دریافت‌شده", "referred": "ارجاع‌شده",
+                    "answered": "پاسخ‌داده‌شده", "closed": "بسته‌شده"},
     "call_state": {"ringing": "در حال زنگ", "connected": "در مکالمه", "ended": "پایان یافته"},
     "ready_button": {"paused": "پایان استراحت", "wrap_up": "آماده", "ringing": "لغو مکث", "on_call": "لغو مکث"},
     "pause_button": {"ringing": "مکث پس از تماس", "on_call": "مکث پس از تماس"},
@@ -118,6 +143,8 @@ LABELS: dict[str, Any] = {
         "network": "ارتباط با سرور برقرار نشد.", "no_history": "سابقه‌ای ثبت نشده است.",
         "attempt": "تلاش", "attach_this": "پیوست به این پرونده", "answered": "پاسخ‌داده",
         "service_level_within": "پاسخ تا {n} ثانیه", "per_hour": "تماس‌های امروز به تفکیک ساعت",
+        "case_filed_separately": "پرونده جداگانه ثبت شد.",
+        "refer_this": "ارجاع", "case_referred": "پرونده {code} به {agency} ارجاع شد.",
     },
     "queue_ringing": "در حال زنگ برای",
 }
@@ -139,6 +166,8 @@ ERRORS = {
     "bad_tracking_code": "کد پیگیری نادرست است؛ ۹ رقم آن را دوباره بررسی کنید.",
     "no_case_yet": "هنوز پرونده‌ای برای این تماس ثبت یا پیوست نشده است.",
     "empty_summary": "خلاصه درخواست را بنویسید.",
+    "empty_reason": "دلیل ثبت جداگانه را بنویسید.",
+    "not_your_case": "این پرونده در میز شما نیست.",
 }
 
 _PERSIAN_DIGITS = str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")
@@ -196,9 +225,10 @@ class LoginThrottle:
 # -- helpers -----------------------------------------------------------------------
 
 
-def _json_error(error: type[web.HTTPError], key: str, message: str | None = None) -> web.HTTPError:
+def json_error(error: type[web.HTTPError], key: str, message: str | None = None, **init: Any) -> web.HTTPError:
+    """A Persian error as JSON: the ERRORS entry for key, or the message given; ``init`` as the error class needs."""
     body = json.dumps({"error": message or ERRORS[key], "code": key}, ensure_ascii=False)
-    return error(text=body, content_type="application/json")
+    return error(text=body, content_type="application/json", **init)
 
 
 SECURITY_HEADERS = {
@@ -210,16 +240,60 @@ SECURITY_HEADERS = {
 }
 
 
-class _Console:
-    def __init__(self, desk: Desk, tz: ZoneInfo, heartbeat_s: float) -> None:
-        self.desk = desk
+def install_sessions(app: web.Application, *, secure_cookies: bool = False) -> None:
+    """The one encrypted session cookie of the console and the agency page; installed once per application."""
+    if app.get(SESSIONS_INSTALLED):
+        return
+    storage = EncryptedCookieStorage(
+        os.urandom(32), cookie_name=SESSION_COOKIE, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="Strict",
+        secure=secure_cookies, path="/")
+    app.middlewares.append(session_middleware(storage))
+    app[SESSIONS_INSTALLED] = True
+
+
+class SessionPages:
+    """Pages behind a login on the shared session cookie: templates, the login form and its throttle, CSRF.
+
+    A subclass is one role: it names the session key that holds who is logged in
+    (``ROLE_HOMES``), its login page and template, and how a login id is read from
+    the form and checked. A login starts a fresh session (no fixation of a
+    pre-login cookie), so one browser holds one role at a time.
+    """
+
+    session_key = ""
+    login_path = ""
+    login_template = ""
+    role = ""  # as the logs name it
+
+    def __init__(self, tz: ZoneInfo) -> None:
         self.tz = tz
-        self.heartbeat_s = heartbeat_s
         self.throttle = LoginThrottle()
-        self.streams: set[asyncio.Task[Any]] = set()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=jinja2.select_autoescape(["html"]),
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+    # -- what each role defines ------------------------------------------------------
+
+    def login_id(self, form: Mapping[str, Any]) -> str:
+        """Who is logging in, as the form says it (the throttle counts failures per login id)."""
+        raise NotImplementedError
+
+    def login_fields(self, login_id: str) -> dict[str, Any]:
+        """What the login form shows again after a failure."""
+        raise NotImplementedError
+
+    def verify(self, login_id: str, password: str) -> bool:
+        """Runs in a thread: scrypt takes tens of milliseconds."""
+        raise NotImplementedError
+
+    def known(self, login_id: str) -> bool:
+        raise NotImplementedError
+
+    def landing(self, login_id: str) -> str:
+        raise NotImplementedError
+
+    async def logged_out(self, login_id: str) -> None:
+        """Called when the user logs out, before the session ends."""
 
     # -- rendering and sessions --------------------------------------------------
 
@@ -227,52 +301,160 @@ class _Console:
         html = self.templates.get_template(name).render(**context)
         return web.Response(text=html, status=status, content_type="text/html", headers=SECURITY_HEADERS)
 
-    async def account(self, request: web.Request) -> tuple[AgentAccount | None, Session]:
+    def today(self) -> str:
+        return jalali_date_text(time.time(), self.tz)
+
+    async def signed_in(self, request: web.Request) -> tuple[str | None, Session]:
+        """The login id this role keeps in the session, if any."""
         session = await get_session(request)
-        agent_id = session.get("agent_id")
-        if not isinstance(agent_id, str):
-            return None, session
-        return self.desk.agent_account(agent_id), session
+        login_id = session.get(self.session_key)
+        return (login_id if isinstance(login_id, str) else None), session
 
-    async def page_account(self, request: web.Request) -> tuple[AgentAccount, Session]:
-        account, session = await self.account(request)
-        if account is None:
-            raise web.HTTPSeeOther("/console/login")
-        return account, session
+    def not_signed_in(self, session: Session) -> web.HTTPSeeOther:
+        """Where a page sends a visitor who is not logged in as this role: the home page of the role the
+        session does hold, else this role's login form."""
+        for key, home in ROLE_HOMES.items():
+            if key != self.session_key and isinstance(session.get(key), str):
+                return web.HTTPSeeOther(home)
+        return web.HTTPSeeOther(self.login_path)
 
-    async def api_account(self, request: web.Request, *, writes: bool) -> AgentAccount:
-        account, session = await self.account(request)
-        if account is None:
-            raise _json_error(web.HTTPUnauthorized, "not_logged_in")
-        if writes:
-            token = request.headers.get(CSRF_HEADER, "")
-            expected = session.get("csrf")
-            if not isinstance(expected, str) or not hmac.compare_digest(token, expected):
-                raise _json_error(web.HTTPForbidden, "csrf")
-        return account
-
-    async def supervisor_api(self, request: web.Request) -> AgentAccount:
-        account = await self.api_account(request, writes=False)
-        if not account.supervisor:
-            raise _json_error(web.HTTPForbidden, "not_supervisor")
-        return account
+    @staticmethod
+    def check_csrf(request: web.Request, session: Session) -> None:
+        """State-changing calls carry the session's CSRF token in a header that a cross-site form cannot set."""
+        token = request.headers.get(CSRF_HEADER, "")
+        expected = session.get("csrf")
+        if not isinstance(expected, str) or not hmac.compare_digest(token, expected):
+            raise json_error(web.HTTPForbidden, "csrf")
 
     @staticmethod
     async def json_body(request: web.Request) -> dict[str, Any]:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise _json_error(web.HTTPBadRequest, "bad_request") from None
+            raise json_error(web.HTTPBadRequest, "bad_request") from None
         if not isinstance(body, dict):
-            raise _json_error(web.HTTPBadRequest, "bad_request")
+            raise json_error(web.HTTPBadRequest, "bad_request")
         return body
 
     @staticmethod
     def text_field(body: Mapping[str, Any], name: str, max_chars: int = 200) -> str:
         value = body.get(name)
         if not isinstance(value, str) or len(value) > max_chars:
-            raise _json_error(web.HTTPBadRequest, "bad_request")
+            raise json_error(web.HTTPBadRequest, "bad_request")
         return value.strip()
+
+    # -- login -----------------------------------------------------------------------
+
+    async def login_page(self, request: web.Request) -> web.Response:
+        login_id, session = await self.signed_in(request)
+        if login_id is not None and self.known(login_id):
+            raise web.HTTPSeeOther(self.landing(login_id))
+        return self.login_form(session)
+
+    def login_form(self, session: Session, status: int = 200, error: str | None = None,
+                   login_id: str = "") -> web.Response:
+        token = secrets.token_urlsafe(32)
+        session["login_csrf"] = token
+        return self.render(self.login_template, status=status, csrf=token, error=error,
+                           **self.login_fields(login_id))
+
+    async def login(self, request: web.Request) -> web.Response:
+        session = await get_session(request)
+        form = await request.post()
+        login_id = self.login_id(form)
+        password = str(form.get("password", ""))[:256]
+        expected = session.get("login_csrf")
+        if not isinstance(expected, str) or not hmac.compare_digest(str(form.get("csrf", "")), expected):
+            return self.login_form(session, 400, ERRORS["login_expired"], login_id)
+        now = time.monotonic()
+        # Only known ids are logged: people type passwords into the id field too.
+        shown = repr(login_id) if self.known(login_id) else "an unknown id"
+        if self.throttle.blocked(login_id, now):
+            log.warning("%s login throttled for %s", self.role, shown)
+            return self.login_form(session, 429, ERRORS["login_throttled"], login_id)
+        # scrypt takes tens of milliseconds: keep it off the event loop.
+        verified = bool(login_id) and await asyncio.to_thread(self.verify, login_id, password)
+        if not verified:
+            self.throttle.failed(login_id, now)
+            log.info("%s login failed for %s", self.role, shown)
+            return self.login_form(session, 401, ERRORS["login_failed"], login_id)
+        self.throttle.succeeded(login_id)
+        session = await new_session(request)  # a fresh session: no fixation of a pre-login cookie
+        session[self.session_key] = login_id
+        session["csrf"] = secrets.token_urlsafe(32)
+        log.info("%s login: %s", self.role, login_id)
+        raise web.HTTPSeeOther(self.landing(login_id))
+
+    async def logout(self, request: web.Request) -> web.Response:
+        login_id, session = await self.signed_in(request)
+        form = await request.post()
+        expected = session.get("csrf")
+        if login_id is not None and isinstance(expected, str) and hmac.compare_digest(str(form.get("csrf", "")),
+                                                                                     expected):
+            await self.logged_out(login_id)
+            log.info("%s logout: %s", self.role, login_id)
+            session.invalidate()
+        raise web.HTTPSeeOther(self.login_path)
+
+
+class _Console(SessionPages):
+    session_key = "agent_id"
+    login_path = "/console/login"
+    login_template = "login.html"
+    role = "console"
+
+    def __init__(self, desk: Desk, tz: ZoneInfo, heartbeat_s: float) -> None:
+        super().__init__(tz)
+        self.desk = desk
+        self.heartbeat_s = heartbeat_s
+        self.streams: set[asyncio.Task[Any]] = set()
+
+    # -- the agent's login ---------------------------------------------------------
+
+    def login_id(self, form: Mapping[str, Any]) -> str:
+        return str(form.get("agent_id", "")).strip()[:64]
+
+    def login_fields(self, login_id: str) -> dict[str, Any]:
+        return {"agent_id": login_id}
+
+    def verify(self, login_id: str, password: str) -> bool:
+        return self.desk.verify_agent(login_id, password)
+
+    def known(self, login_id: str) -> bool:
+        return self.desk.agent_account(login_id) is not None
+
+    def landing(self, login_id: str) -> str:
+        account = self.desk.agent_account(login_id)
+        return "/supervisor" if account is not None and account.supervisor else "/console"
+
+    async def logged_out(self, login_id: str) -> None:
+        # An agent who leaves the console should not be rung any more; on a call the ACD refuses.
+        with contextlib.suppress(KeyError, ValueError):
+            self.desk.acd.logout(login_id)
+
+    async def account(self, request: web.Request) -> tuple[AgentAccount | None, Session]:
+        agent_id, session = await self.signed_in(request)
+        return (None if agent_id is None else self.desk.agent_account(agent_id)), session
+
+    async def page_account(self, request: web.Request) -> tuple[AgentAccount, Session]:
+        account, session = await self.account(request)
+        if account is None:
+            raise self.not_signed_in(session)
+        return account, session
+
+    async def api_account(self, request: web.Request, *, writes: bool) -> AgentAccount:
+        account, session = await self.account(request)
+        if account is None:
+            raise json_error(web.HTTPUnauthorized, "not_logged_in")
+        if writes:
+            self.check_csrf(request, session)
+        return account
+
+    async def supervisor_api(self, request: web.Request) -> AgentAccount:
+        account = await self.api_account(request, writes=False)
+        if not account.supervisor:
+            raise json_error(web.HTTPForbidden, "not_supervisor")
+        return account
 
     # -- views ---------------------------------------------------------------------
 
@@ -314,67 +496,7 @@ class _Console:
         return {**snapshot, "local_hour": local.hour}
 
     def page_context(self, account: AgentAccount, session: Session) -> dict[str, Any]:
-        return {"account": account, "csrf": session.get("csrf", ""), "today": jalali_date_text(time.time(), self.tz)}
-
-    # -- login -----------------------------------------------------------------------
-
-    async def login_page(self, request: web.Request) -> web.Response:
-        account, session = await self.account(request)
-        if account is not None:
-            raise web.HTTPSeeOther(self.landing(account))
-        return self.login_form(session)
-
-    def login_form(self, session: Session, status: int = 200, error: str | None = None,
-                   agent_id: str = "") -> web.Response:
-        token = secrets.token_urlsafe(32)
-        session["login_csrf"] = token
-        return self.render("login.html", status=status, csrf=token, error=error, agent_id=agent_id)
-
-    @staticmethod
-    def landing(account: AgentAccount) -> str:
-        return "/supervisor" if account.supervisor else "/console"
-
-    async def login(self, request: web.Request) -> web.Response:
-        session = await get_session(request)
-        form = await request.post()
-        agent_id = str(form.get("agent_id", "")).strip()[:64]
-        password = str(form.get("password", ""))[:256]
-        expected = session.get("login_csrf")
-        if not isinstance(expected, str) or not hmac.compare_digest(str(form.get("csrf", "")), expected):
-            return self.login_form(session, 400, ERRORS["login_expired"], agent_id)
-        now = time.monotonic()
-        if self.throttle.blocked(agent_id, now):
-            log.warning("console login throttled for %s",
-                        repr(agent_id) if self.desk.agent_account(agent_id) else "an unknown id")
-            return self.login_form(session, 429, ERRORS["login_throttled"], agent_id)
-        # scrypt takes tens of milliseconds: keep it off the event loop.
-        verified = bool(agent_id) and await asyncio.to_thread(self.desk.verify_agent, agent_id, password)
-        account = self.desk.agent_account(agent_id) if verified else None
-        if account is None:
-            self.throttle.failed(agent_id, now)
-            # Only known ids are logged: people type passwords into the id field too.
-            known = self.desk.agent_account(agent_id) is not None
-            log.info("console login failed for %s", repr(agent_id) if known else "an unknown id")
-            return self.login_form(session, 401, ERRORS["login_failed"], agent_id)
-        self.throttle.succeeded(agent_id)
-        session = await new_session(request)  # a fresh session: no fixation of a pre-login cookie
-        session["agent_id"] = account.id
-        session["csrf"] = secrets.token_urlsafe(32)
-        log.info("console login: %s", account.id)
-        raise web.HTTPSeeOther(self.landing(account))
-
-    async def logout(self, request: web.Request) -> web.Response:
-        account, session = await self.account(request)
-        form = await request.post()
-        expected = session.get("csrf")
-        if account is not None and isinstance(expected, str) and hmac.compare_digest(str(form.get("csrf", "")),
-                                                                                    expected):
-            # An agent who leaves the console should not be rung any more; on a call the ACD refuses.
-            with contextlib.suppress(KeyError, ValueError):
-                self.desk.acd.logout(account.id)
-            log.info("console logout: %s", account.id)
-            session.invalidate()
-        raise web.HTTPSeeOther("/console/login")
+        return {"account": account, "csrf": session.get("csrf", ""), "today": self.today()}
 
     # -- the agent's page ------------------------------------------------------------
 
@@ -424,14 +546,14 @@ class _Console:
                 case "pause":
                     reason = body.get("reason", "break")
                     if reason not in PAUSE_CHOICES:
-                        raise _json_error(web.HTTPBadRequest, "pause_reason")
+                        raise json_error(web.HTTPBadRequest, "pause_reason")
                     acd.pause(account.id, reason)
                 case _:
-                    raise _json_error(web.HTTPNotFound, "bad_request")
+                    raise json_error(web.HTTPNotFound, "bad_request")
         except KeyError:
-            raise _json_error(web.HTTPNotFound, "unknown_agent") from None
+            raise json_error(web.HTTPNotFound, "unknown_agent") from None
         except ValueError:
-            raise _json_error(web.HTTPConflict, "transition") from None
+            raise json_error(web.HTTPConflict, "transition") from None
         log.info("console: %s %s", account.id, action)
         return web.json_response({"agent": self.agent_view(account.id)})
 
@@ -443,22 +565,45 @@ class _Console:
         category = self.text_field(body, "category")
         summary = self.text_field(body, "summary", SUMMARY_MAX_CHARS)
         if not summary:
-            raise _json_error(web.HTTPBadRequest, "empty_summary")
-        response = await self.tracking_code_answer(
-            self.desk.file_case(account.id, call_key, agency_id, category, summary),
+            raise json_error(web.HTTPBadRequest, "empty_summary")
+        override_reason = None
+        if body.get("override_reason") is not None:
+            override_reason = self.text_field(body, "override_reason", OVERRIDE_REASON_MAX_CHARS)
+            if not override_reason:
+                raise json_error(web.HTTPBadRequest, "empty_reason")
+        filed = await self.desk_result(
+            self.desk.file_case(account.id, call_key, agency_id, category, summary, override_reason),
             (web.HTTPNotFound, "bad_request"), desk_messages=True)
-        log.info("console: %s filed a case for call %s", account.id, call_key)
-        return response
+        log.info("console: %s filed a case for call %s%s", account.id, call_key,
+                 " (a duplicate)" if filed.duplicate else " (separately, with a reason)" if override_reason else "")
+        return web.json_response({"tracking_code": filed.tracking_code, "duplicate": filed.duplicate})
+
+    @classmethod
+    def tracking_code_field(cls, body: Mapping[str, Any]) -> str:
+        """A tracking code as typed: Persian digits, spaces and dashes allowed; its check digit verified."""
+        code = normalize_digits(cls.text_field(body, "tracking_code", 40)).replace(" ", "").replace("-", "")
+        if not is_tracking_code(code):
+            raise json_error(web.HTTPBadRequest, "bad_tracking_code")
+        return code
 
     async def attach_case(self, request: web.Request) -> web.Response:
         account = await self.api_account(request, writes=True)
         body = await self.json_body(request)
         call_key = self.text_field(body, "call_key")
-        code = normalize_digits(self.text_field(body, "tracking_code", 40)).replace(" ", "").replace("-", "")
-        if not is_tracking_code(code):
-            raise _json_error(web.HTTPBadRequest, "bad_tracking_code")
+        code = self.tracking_code_field(body)
         return await self.tracking_code_answer(self.desk.attach_case(account.id, call_key, code),
                                                (web.HTTPNotFound, "no_such_case"))
+
+    async def refer_case(self, request: web.Request) -> web.Response:
+        account = await self.api_account(request, writes=True)
+        body = await self.json_body(request)
+        code = self.tracking_code_field(body)
+        agency_id = self.text_field(body, "agency_id")
+        response = await self.tracking_code_answer(self.desk.refer_case(account.id, code, agency_id),
+                                                   (web.HTTPNotFound, "no_such_case"), desk_messages=True,
+                                                   forbidden="not_your_case")
+        log.info("console: %s referred case %s to %s", account.id, code, agency_id)
+        return response
 
     async def give_tracking_code(self, request: web.Request) -> web.Response:
         account = await self.api_account(request, writes=True)
@@ -466,20 +611,26 @@ class _Console:
         return await self.tracking_code_answer(self.desk.give_tracking_code(account.id, call_key),
                                                (web.HTTPConflict, "no_case_yet"))
 
-    @staticmethod
-    async def tracking_code_answer(desk_call: Awaitable[str], not_found: tuple[type[web.HTTPError], str], *,
-                                   desk_messages: bool = False) -> web.Response:
-        """The desk's tracking code as JSON; its refusals as Persian errors (its own ValueError
-        messages only where the Desk promises they are fit for the agent)."""
-        try:
-            code = await desk_call
-        except PermissionError:
-            raise _json_error(web.HTTPForbidden, "not_your_call") from None
-        except LookupError:
-            raise _json_error(*not_found) from None
-        except ValueError as exc:
-            raise _json_error(web.HTTPBadRequest, "bad_request", str(exc) if desk_messages else None) from None
+    @classmethod
+    async def tracking_code_answer(cls, desk_call: Awaitable[str], not_found: tuple[type[web.HTTPError], str], *,
+                                   desk_messages: bool = False, forbidden: str = "not_your_call") -> web.Response:
+        """The desk's tracking code as JSON."""
+        code = await cls.desk_result(desk_call, not_found, desk_messages=desk_messages, forbidden=forbidden)
         return web.json_response({"tracking_code": code})
+
+    @staticmethod
+    async def desk_result(desk_call: Awaitable[T], not_found: tuple[type[web.HTTPError], str], *,
+                          desk_messages: bool = False, forbidden: str = "not_your_call") -> T:
+        """What the desk answers; its refusals as Persian errors (its own ValueError messages only
+        where the Desk promises they are fit for the agent)."""
+        try:
+            return await desk_call
+        except PermissionError:
+            raise json_error(web.HTTPForbidden, forbidden) from None
+        except LookupError:
+            raise json_error(*not_found) from None
+        except ValueError as exc:
+            raise json_error(web.HTTPBadRequest, "bad_request", str(exc) if desk_messages else None) from None
 
     async def recording(self, request: web.Request) -> web.StreamResponse:
         account = await self.api_account(request, writes=False)
@@ -555,10 +706,7 @@ class _Console:
 def add_console_routes(app: web.Application, desk: Desk, *, secure_cookies: bool = False,
                        timezone: str = "Asia/Tehran", heartbeat_s: float = 15.0) -> None:
     """Serve the agents' console under /console and the supervisor view under /supervisor."""
-    storage = EncryptedCookieStorage(
-        os.urandom(32), cookie_name=SESSION_COOKIE, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="Strict",
-        secure=secure_cookies, path="/")
-    app.middlewares.append(session_middleware(storage))
+    install_sessions(app, secure_cookies=secure_cookies)
     console = _Console(desk, ZoneInfo(timezone), heartbeat_s)
     app.on_shutdown.append(console.close_streams)
     router = app.router
@@ -571,6 +719,7 @@ def add_console_routes(app: web.Application, desk: Desk, *, secure_cookies: bool
     router.add_post("/console/api/agent/{action}", console.agent_action)
     router.add_post("/console/api/cases", console.file_case)
     router.add_post("/console/api/cases/attach", console.attach_case)
+    router.add_post("/console/api/cases/refer", console.refer_case)
     router.add_post("/console/api/tracking-code", console.give_tracking_code)
     router.add_static("/console/static", STATIC_DIR)
     router.add_get("/supervisor", console.supervisor_page)

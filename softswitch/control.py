@@ -14,12 +14,14 @@ from typing import Any
 from aiohttp import web
 
 from ivr.acd import Acd
-from ivr.call_flow import CallFlow, Live, Session
+from ivr.call_flow import CallFlow, FollowUp, Live, Session
+from ivr.follow_up import CaseStatus, FailureThrottle, agency_prompt
 from ivr.channel import RecordingResult
 from ivr.live import LiveService
 from ivr.office_hours import OfficeHours
 from media.prompts import PromptLibrary
 from media.recognizer import AsyncRecognizer, load_recognizer
+from media.synth import load_synthesizer
 from softswitch import protocol, sipfront
 from softswitch.calls import ControlCall, WorkerLink
 from softswitch.config import Config, load_prompt_texts
@@ -28,6 +30,7 @@ from softswitch.routing import Accept, CallFacts, caller_number, route
 from softswitch.supervisor import ExecChild, ForkedWorker, Supervisor
 from softswitch.worker import WorkerSettings
 from storage.crypto import IdProtector
+from storage.errors import NotFound
 from storage.models import PersonId
 from storage.store import Store, open_store
 
@@ -53,6 +56,22 @@ class StoreCaseSink:
         return case.tracking_code
 
 
+class StoreFollowUp:
+    """The follow-up's view of the store: a case's status, only for its subject or submitter."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def status_for(self, tracking_code: str, national_id: str) -> CaseStatus | None:
+        try:
+            case = await self.store.get_case(tracking_code)
+        except NotFound:
+            return None
+        if not await self.store.person_matches(case.id, national_id):
+            return None
+        return CaseStatus(case.status, case.agency, Path(case.answer_audio) if case.answer_audio else None)
+
+
 class Softswitch:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -63,9 +82,11 @@ class Softswitch:
         self.stopped = asyncio.Event()
         self.run_dir = config.under_data(Path("run"))
         self.recognizer: AsyncRecognizer | None = None
-        texts = load_prompt_texts(config.prompts.texts)
+        # Agencies are named in follow-up answers: their names are prompts too.
+        texts = load_prompt_texts(config.prompts.texts) | {agency_prompt(a.id): a.name for a in config.agencies}
         self.prompts = PromptLibrary(texts, config.prompt_cache, config.prompts.override_dir,
                                      voice=config.prompts.voice)
+        self.synthesizer = load_synthesizer(config.prompts.synthesizer)
 
     # -- lifecycle ---------------------------------------------------------
     async def run(self) -> None:
@@ -84,6 +105,8 @@ class Softswitch:
             self.acd = Acd(cfg.agents, cfg.queue)
             self.desk = ControlDesk(cfg, store, self.acd, self.prompts)
             self.live = self._live_mode()
+            self.follow_up = FollowUp(StoreFollowUp(store), cfg.follow_up,
+                                      FailureThrottle(cfg.follow_up.max_failures, cfg.follow_up.failure_window_s))
             socket_path = cfg.control_socket
             socket_path.unlink(missing_ok=True)
             server = await asyncio.start_unix_server(self._serve_worker, path=str(socket_path))
@@ -213,7 +236,7 @@ class Softswitch:
                 await self.store.answer_call(call_id, time.time())
                 flow = CallFlow(call, self.prompts, StoreCaseSink(self.store, call_id), self.config.ivr,
                                 label=handle, recognizer=self.recognizer, live=self.live,
-                                caller_number=caller_number(facts.from_uri))
+                                caller_number=caller_number(facts.from_uri), follow_up=self.follow_up)
                 session = flow.session
                 self.desk.track(handle, call_id, flow.caller_number, session)
                 await flow.run()

@@ -22,6 +22,7 @@ from ivr.call_flow import Session
 from ivr.channel import LiveChannel, RecordingResult
 from ivr.recorded_message import read_tracking_code
 from softswitch.config import Agency, AgentAccount, Config
+from softswitch.console import FiledCase
 from softswitch.credentials import verify_password
 from storage.errors import NotFound
 from storage.models import Case, PersonId
@@ -46,6 +47,9 @@ class DeskCall:
     queued_s: float = 0.0
     channel: LiveChannel | None = None
     case: Case | None = None
+    # The case is an earlier one this call was linked to as a duplicate (the call has no case of its
+    # own); the call's recordings join it when the call ends, so that an override can still take them.
+    linked: bool = False
     reading: asyncio.Task[None] | None = None
     id_audio: dict[str, list[int]] = field(default_factory=dict)
     pop: dict[str, Any] | None = None  # the screen-pop as last sent
@@ -53,8 +57,10 @@ class DeskCall:
     def current_pop(self) -> dict[str, Any] | None:
         if self.pop is None:
             return None
-        return {**self.pop, "state": self.state,
-                "case": {"tracking_code": self.case.tracking_code} if self.case else None}
+        return {**self.pop, "state": self.state, "case": self.case_view()}
+
+    def case_view(self) -> dict[str, Any] | None:
+        return {"tracking_code": self.case.tracking_code, "duplicate": self.linked} if self.case else None
 
 
 class ControlDesk:
@@ -147,23 +153,69 @@ class ControlDesk:
     def unsubscribe(self, agent_id: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
         self._subscribers.get(agent_id, set()).discard(queue)
 
-    async def file_case(self, agent_id: str, call_key: str, agency_id: str, category: str, summary: str) -> str:
+    async def file_case(self, agent_id: str, call_key: str, agency_id: str, category: str, summary: str,
+                        override_reason: str | None = None) -> FiledCase:
+        """File the call's matter under the one duplicate rule (``Store.intake``).
+
+        A duplicate links the call to the open case it repeats: a contact in that case's
+        history, the call's recordings joining it when the call ends, and its code is the
+        one "give tracking code" reads. With ``override_reason`` a new case is opened even
+        so, and the reason is kept in the history of both cases. A call that already has a
+        case of its own (opened when it ended unfiled) has that case completed and referred.
+        """
         call = self._agents_call(agent_id, call_key)
-        if agency_id not in {a.id for a in self.agencies}:
-            raise ValueError("نهاد مسئول معتبر نیست.")
+        self._check_agency(agency_id)
         if category not in self.categories:
             raise ValueError("دسته‌بندی معتبر نیست.")
         summary = summary.strip()
         if not summary:
             raise ValueError("خلاصه درخواست را بنویسید.")
+        reason = None if override_reason is None else override_reason.strip()
+        if reason == "":
+            raise ValueError("دلیل ثبت جداگانه را بنویسید.")
         actor = f"agent:{agent_id}"
-        if call.case is None:
-            call.case = await self._new_case(call, actor)
-            await self.store.attach_recordings(call.call_id, call.case.id)
-        call.case = await self.store.file_case(call.case.id, agency_id, category, summary, actor)
-        self._publish(agent_id, {"type": "case_filed", "call_key": call_key,
-                                 "tracking_code": call.case.tracking_code})
-        return call.case.tracking_code
+        if call.case is not None and not call.linked:
+            case = await self.store.file_case(call.case.id, agency_id, category, summary, actor)
+            if case.status in ("received", "received_incomplete"):
+                case = await self.store.set_case_status(case.id, "referred", actor)
+            call.case = case
+        elif call.case is not None and reason is None and (call.case.agency, call.case.category) == (
+                agency_id, category):
+            pass  # filed again as the same duplicate: its contact is in the history already
+        else:
+            subject, submitter = self._parties(call)
+            result = await self.store.intake(
+                subject, channel="phone", agency=agency_id, category=category, summary=summary, actor=actor,
+                window_s=self.config.cases.duplicate_window_days * 86400, submitter=submitter,
+                call_id=call.call_id, override_reason=reason)
+            call.case, call.linked = result.case, result.duplicate
+            if not result.duplicate:
+                await self.store.attach_recordings(call.call_id, result.case.id)
+                if reason is not None:
+                    await self._note_override(result.case, actor, reason)
+        self._publish(agent_id, {"type": "case_filed", "call_key": call_key, "tracking_code": call.case.tracking_code,
+                                 "duplicate": call.linked})
+        return FiledCase(call.case.tracking_code, call.linked)
+
+    async def refer_case(self, agent_id: str, tracking_code: str, agency_id: str) -> str:
+        """Refer again a case the agent can see: the current call's, or one in its screen-pop's history."""
+        call = self._by_agent.get(agent_id)
+        if call is None or tracking_code not in self._visible_codes(call):
+            raise PermissionError("این پرونده در میز شما نیست.")
+        self._check_agency(agency_id)
+        try:
+            case = await self.store.get_case(tracking_code)
+        except NotFound:
+            raise LookupError("پرونده‌ای با این کد پیگیری نیست.") from None
+        if case.status == "closed":
+            raise ValueError("این پرونده بسته شده است.")
+        if case.agency == agency_id:
+            raise ValueError("پرونده هم‌اکنون به همین دستگاه ارجاع شده است.")
+        case = await self.store.refer_case(case.id, agency_id, f"agent:{agent_id}")
+        if call.case is not None and call.case.id == case.id:
+            call.case = case
+        self._publish(agent_id, {"type": "case_referred", "tracking_code": case.tracking_code, "agency": agency_id})
+        return case.tracking_code
 
     async def attach_case(self, agent_id: str, call_key: str, tracking_code: str) -> str:
         call = self._agents_call(agent_id, call_key)
@@ -190,7 +242,9 @@ class ControlDesk:
         code = call.case.tracking_code
         if call.reading is None or call.reading.done():
             call.reading = asyncio.ensure_future(
-                read_tracking_code(channel, self.prompts, code, self.config.ivr.tracking_code_repeats))
+                # A duplicate: the caller hears that the request is already registered, and its code.
+                read_tracking_code(channel, self.prompts, code, self.config.ivr.tracking_code_repeats,
+                                   intro="already_registered" if call.linked else "tracking_code_intro"))
         await self.store.add_case_event(call.case.id, f"agent:{agent_id}", "tracking_code_read", call_id=call.call_id)
         self._publish(agent_id, {"type": "tracking_code_read", "call_key": call_key, "tracking_code": code})
         return code
@@ -212,11 +266,35 @@ class ControlDesk:
             raise PermissionError("این تماس به شما واگذار نشده است.")
         return call
 
-    async def _new_case(self, call: DeskCall, actor: str) -> Case:
+    def _check_agency(self, agency_id: str) -> None:
+        if agency_id not in {a.id for a in self.agencies}:
+            raise ValueError("نهاد مسئول معتبر نیست.")
+
+    @staticmethod
+    def _parties(call: DeskCall) -> tuple[PersonId, PersonId | None]:
+        """(the subject the case is filed under, the caller when they called for someone else)."""
         s = call.session
-        nobody = PersonId(None, "none", "none")
-        caller = s.caller or nobody
-        subject, on_behalf_of = (s.subject, caller) if s.subject is not None else (caller, None)
+        caller = s.caller or PersonId(None, "none", "none")
+        return (s.subject, caller) if s.subject is not None else (caller, None)
+
+    @staticmethod
+    def _visible_codes(call: DeskCall) -> set[str]:
+        codes = {case["tracking_code"] for key in ("history", "subject_history") for case in (call.pop or {}).get(key, ())}
+        if call.case is not None:
+            codes.add(call.case.tracking_code)
+        return codes
+
+    async def _note_override(self, case: Case, actor: str, reason: str) -> None:
+        """The store notes the override in the new case; the case it duplicates gets the reason too."""
+        for event in await self.store.case_events(case.id):
+            if event.kind == "duplicate_override" and isinstance(event.detail.get("of"), str):
+                with contextlib.suppress(NotFound):
+                    earlier = await self.store.get_case(event.detail["of"])
+                    await self.store.add_case_event(earlier.id, actor, "duplicate_override", case=case.tracking_code,
+                                                    reason=reason)
+
+    async def _new_case(self, call: DeskCall, actor: str) -> Case:
+        subject, on_behalf_of = self._parties(call)
         return await self.store.create_case(call.call_id, "received", subject.national_id, subject.source,
                                             id_status=subject.status, caller=on_behalf_of, actor=actor)
 
@@ -235,7 +313,7 @@ class ControlDesk:
             "history": await self._history(caller),
             "subject_history": await self._history(subject),
             "queued_s": round(call.queued_s, 1),
-            "case": {"tracking_code": call.case.tracking_code} if call.case else None,
+            "case": call.case_view(),
         }
         call.pop = pop
         return pop

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from softswitch.agency import AgencyServices, add_agency_routes
+from softswitch.console import add_console_routes
 
 from storage.errors import NotFound
 from storage.models import CallRecord, Case, Recording
@@ -48,9 +52,13 @@ def build_app(softswitch: Softswitch) -> web.Application:
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/calls/{sip_call_id}", get_call)
     app.router.add_get("/api/cases/{tracking_code}", get_case)
-    from softswitch.console import add_console_routes
-
     add_console_routes(app, softswitch.desk, timezone=softswitch.config.office_hours.timezone)
+    from softswitch.intake_api import add_intake_routes  # it renders cases with this module's views
+
+    add_intake_routes(app, softswitch.store, softswitch.config)
+    add_agency_routes(app, AgencyServices(softswitch.store, softswitch.config.agencies, softswitch.synthesizer,
+                                          softswitch.config.under_data(Path("answers"))),
+                      timezone=softswitch.config.office_hours.timezone)
     return app
 
 

@@ -129,6 +129,24 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX case_events_case_id ON case_events (case_id)",
         ),
     ),
+    Migration(
+        version=4,
+        description="agencies' answers, and indexes for duplicate lookups, listings and reports",
+        statements=(
+            "ALTER TABLE cases ADD COLUMN answer_text TEXT",
+            "ALTER TABLE cases ADD COLUMN answer_audio TEXT",
+            "ALTER TABLE cases ADD COLUMN answer_audio_sha256 TEXT",
+            "ALTER TABLE cases ADD COLUMN answered_at REAL",
+            "ALTER TABLE cases ADD COLUMN answered_by TEXT",
+            # Partial: a closed case is never a duplicate, and most cases end closed. The
+            # duplicate query repeats "status <> 'closed'" word for word so SQLite can use it.
+            "CREATE INDEX cases_open_by_subject ON cases (national_id_hmac, agency, category, created_at)"
+            " WHERE status <> 'closed'",
+            "CREATE INDEX cases_agency_created_at ON cases (agency, created_at)",
+            "CREATE INDEX cases_created_at ON cases (created_at)",
+            "CREATE INDEX calls_arrived_at ON calls (arrived_at)",
+        ),
+    ),
 ]
 
 

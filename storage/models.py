@@ -41,8 +41,17 @@ class Case:
     agency: str | None = None  # agency id, once filed
     category: str | None = None
     summary: str | None = None
-    channel: str = "phone"
-    filed_by: str | None = None  # the agent who filed it
+    channel: str = "phone"  # phone | sms | letter | web
+    filed_by: str | None = None  # who filed it: an agent, or the API client that submitted it
+    answer_text: str | None = None  # the agency's written answer
+    answer_audio: str | None = None  # path of an 8 kHz WAV: a recorded answer or the text synthesized
+    answer_audio_sha256: str | None = None
+    answered_at: float | None = None
+    answered_by: str | None = None  # actor, e.g. "agency:health/u1"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status != "closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +61,9 @@ class CaseEvent:
     id: int
     case_id: int
     at: float
-    actor: str  # "ivr", "agent:<id>", ...
-    kind: str  # created | filed | contact | tracking_code_read | status ...
+    actor: str  # "ivr", "agent:<id>", "agency:<agency>/<user>", "api:<token name>", "system"
+    # created | filed | contact | referred | status | answered | duplicate_override | tracking_code_read
+    kind: str
     detail: dict[str, Any]
 
 
@@ -79,3 +89,11 @@ class PersonId:
     national_id: str | None
     source: str  # keypad | speech | none
     status: str  # verified | unverified | to_transcribe | none
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    """What became of a request: a new case, or the open case it duplicates (``duplicate``)."""
+
+    case: Case
+    duplicate: bool

@@ -1,9 +1,11 @@
 """Storage layer: the SQLite case store for call records, cases and recordings."""
 
+import asyncio
+import hmac
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,13 @@ import aiosqlite
 from storage.crypto import IdProtector
 from storage.errors import Conflict, NotFound, StorageFull, StoreError
 from storage.migrations import migrate
-from storage.models import CallRecord, Case, CaseEvent, PersonId, Recording
+from storage.models import CallRecord, Case, CaseEvent, IntakeResult, PersonId, Recording
 from storage.tracking_code import new_tracking_code
 
 ID_SOURCES = frozenset({"keypad", "speech", "none"})
 ID_STATUSES = frozenset({"verified", "unverified", "to_transcribe", "none"})
+# A case is open until it is closed; only open cases can be duplicated.
+CASE_STATUSES = ("received", "received_incomplete", "referred", "answered", "closed")
 BUSY_TIMEOUT_MS = 5000
 # With 9 * 10^7 possible codes a collision is rare; several in a row means
 # something other than bad luck (for example a broken random source), so stop.
@@ -30,7 +34,8 @@ _CALL_COLUMNS = (
 _CASE_COLUMNS = (
     "id, tracking_code, status, created_at, call_id, national_id_masked, id_source, id_status,"
     " subject_is_caller, caller_id_masked, caller_id_source, caller_id_status,"
-    " agency, category, summary, channel, filed_by"
+    " agency, category, summary, channel, filed_by,"
+    " answer_text, answer_audio, answer_audio_sha256, answered_at, answered_by"
 )
 _RECORDING_COLUMNS = "id, call_id, case_id, kind, path, duration_s, sha256, complete, created_at"
 
@@ -95,7 +100,23 @@ def _case_from_row(row: sqlite3.Row) -> Case:
         summary=row["summary"],
         channel=row["channel"],
         filed_by=row["filed_by"],
+        answer_text=row["answer_text"],
+        answer_audio=row["answer_audio"],
+        answer_audio_sha256=row["answer_audio_sha256"],
+        answered_at=row["answered_at"],
+        answered_by=row["answered_by"],
     )
+
+
+def _check_status(status: str) -> None:
+    if status not in CASE_STATUSES:
+        raise ValueError(f"case status must be one of {', '.join(CASE_STATUSES)}, not {status!r}")
+
+
+def _where(conditions: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """A WHERE clause joining the conditions ("column op ?" -> value) whose value is not None."""
+    used = {clause: value for clause, value in conditions.items() if value is not None}
+    return (" WHERE " + " AND ".join(used) if used else ""), list(used.values())
 
 
 def _recording_from_row(row: sqlite3.Row) -> Recording:
@@ -122,6 +143,9 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, protector: IdProtector) -> None:
         self._db = db
         self._protector = protector
+        # Serializes read-then-write steps on cases (history "from" values, the duplicate
+        # decision) among the coroutines sharing this connection.
+        self._case_lock = asyncio.Lock()
 
     async def _insert(self, sql: str, params: Sequence[Any]) -> int:
         with _translate_errors():
@@ -212,15 +236,21 @@ class Store:
     async def create_case(
         self, call_id: int | None, status: str, national_id: str | None, id_source: str,
         *, id_status: str | None = None, caller: PersonId | None = None, actor: str = "ivr",
+        channel: str = "phone", agency: str | None = None, category: str | None = None,
+        summary: str | None = None,
     ) -> Case:
         """Open a case with a fresh tracking code, filed under the subject's ID.
 
-        ``caller`` is the caller's own ID when the request concerns someone else.
-        IDs are stored only encrypted and hashed.
+        ``caller`` is the ID of whoever asked for someone else: the caller, or the
+        submitter on another channel (where ``call_id`` is None). With ``agency``
+        the case is filed from the start, by ``actor``. IDs are stored only
+        encrypted and hashed.
         """
+        _check_status(status)
         subject = PersonId(national_id, id_source, id_status or _default_status(national_id, id_source))
         sealed_subject = self._seal(subject)
         sealed_caller = self._seal(caller) if caller is not None else (None, None, None, None)
+        filed_by = actor if agency is not None else None
         now = time.time()
         for _ in range(_TRACKING_CODE_ATTEMPTS):
             code = new_tracking_code()
@@ -229,11 +259,12 @@ class Store:
                     "INSERT INTO cases (tracking_code, status, created_at, updated_at, call_id,"
                     " national_id_enc, national_id_key_id, national_id_hmac, national_id_masked,"
                     " id_source, id_status, subject_is_caller, caller_id_enc, caller_id_key_id,"
-                    " caller_id_hmac, caller_id_masked, caller_id_source, caller_id_status)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " caller_id_hmac, caller_id_masked, caller_id_source, caller_id_status,"
+                    " channel, agency, category, summary, filed_by)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (code, status, now, now, call_id, *sealed_subject, subject.source, subject.status,
                      int(caller is None), *sealed_caller, caller.source if caller else None,
-                     caller.status if caller else None),
+                     caller.status if caller else None, channel, agency, category, summary, filed_by),
                 )
             except sqlite3.IntegrityError as exc:
                 if _is_unique_violation(exc, "cases.tracking_code"):
@@ -243,21 +274,9 @@ class Store:
                 if _is_foreign_key_violation(exc):
                     raise NotFound(f"no call with id {call_id}") from exc
                 raise
-            await self.add_case_event(case_id, actor, "created", status=status)
-            return Case(
-                id=case_id,
-                tracking_code=code,
-                status=status,
-                created_at=now,
-                call_id=call_id,
-                national_id_masked=sealed_subject[3],
-                id_source=subject.source,
-                id_status=subject.status,
-                subject_is_caller=caller is None,
-                caller_national_id_masked=sealed_caller[3],
-                caller_id_source=caller.source if caller else None,
-                caller_id_status=caller.status if caller else None,
-            )
+            filing = {"agency": agency, "category": category} if agency is not None else {}
+            await self.add_case_event(case_id, actor, "created", status=status, channel=channel, **filing)
+            return await self.get_case_by_id(case_id)
         raise Conflict(f"no free tracking code after {_TRACKING_CODE_ATTEMPTS} attempts")
 
     def _seal(self, person: PersonId) -> tuple[bytes | None, str | None, str | None, str | None]:
@@ -282,13 +301,139 @@ class Store:
         )
         return [_case_from_row(row) for row in rows]
 
-    async def set_case_status(self, case_id: int, status: str) -> None:
-        changed = await self._update(
-            "UPDATE cases SET status = ?, updated_at = ? WHERE id = ?",
-            (status, time.time(), case_id),
-        )
-        if not changed:
+    async def set_case_status(self, case_id: int, status: str, actor: str = "system") -> Case:
+        """Change the status (one of CASE_STATUSES), kept in the history with from and to."""
+        _check_status(status)
+        return await self._change_case(case_id, actor, "status", {"status": status},
+                                       lambda before: {"from": before.status, "to": status})
+
+    async def refer_case(self, case_id: int, agency: str, actor: str) -> Case:
+        """Refer the case to an agency (first time or again): status referred, history from/to agency."""
+        return await self._change_case(
+            case_id, actor, "referred", {"agency": agency, "status": "referred"},
+            lambda before: {"from": before.agency, "to": agency, "status_from": before.status})
+
+    async def set_answer(self, case_id: int, actor: str, *, text: str | None = None,
+                         audio_path: str | None = None, audio_sha256: str | None = None) -> Case:
+        """The agency's answer, written, recorded or both; it replaces any earlier answer.
+
+        ``audio_path`` is an 8 kHz WAV: the recorded answer, or ``text`` synthesized.
+        """
+        if text is None and audio_path is None:
+            raise ValueError("an answer needs a text or an audio file")
+        changes = {"status": "answered", "answer_text": text, "answer_audio": audio_path,
+                   "answer_audio_sha256": audio_sha256, "answered_at": time.time(), "answered_by": actor}
+        return await self._change_case(
+            case_id, actor, "answered", changes,
+            lambda before: {"from": before.status, "to": "answered", "text": text, "audio": audio_path,
+                            "audio_sha256": audio_sha256})
+
+    async def _change_case(self, case_id: int, actor: str, kind: str, changes: Mapping[str, Any],
+                           detail: Callable[[Case], dict[str, Any]]) -> Case:
+        """Set columns of a case and add its history row, whose detail is made from the case before."""
+        async with self._case_lock:
+            before = await self.get_case_by_id(case_id)
+            assignments = "".join(f"{column} = ?, " for column in changes)
+            await self._update(f"UPDATE cases SET {assignments}updated_at = ? WHERE id = ?",
+                               (*changes.values(), time.time(), case_id))
+            await self.add_case_event(case_id, actor, kind, **detail(before))
+            return await self.get_case_by_id(case_id)
+
+    async def find_duplicate(self, subject_national_id: str, agency: str, category: str, window_s: float,
+                             now: float | None = None) -> Case | None:
+        """The oldest open case of this subject (by keyed hash), agency and category created within the window."""
+        earliest = (time.time() if now is None else now) - window_s
+        # "status <> 'closed'" is the condition of the partial index cases_open_by_subject.
+        row = await self._fetchone(
+            f"SELECT {_CASE_COLUMNS} FROM cases WHERE national_id_hmac = ? AND agency = ? AND category = ?"
+            " AND status <> 'closed' AND created_at >= ? ORDER BY created_at, id LIMIT 1",
+            (self._protector.lookup_hash(subject_national_id), agency, category, earliest))
+        return None if row is None else _case_from_row(row)
+
+    async def record_contact(self, case_id: int, actor: str, channel: str, *,
+                             submitter_national_id: str | None = None, **detail: Any) -> None:
+        """A repeated request linked to an existing case; the submitter's ID is kept only masked."""
+        if submitter_national_id is not None:
+            detail["submitter"] = IdProtector.mask(submitter_national_id)
+        await self.add_case_event(case_id, actor, "contact", channel=channel, **detail)
+
+    async def intake(
+        self, subject: PersonId, *, channel: str, agency: str, category: str, summary: str | None,
+        actor: str, window_s: float, submitter: PersonId | None = None, call_id: int | None = None,
+        override_reason: str | None = None, now: float | None = None,
+    ) -> IntakeResult:
+        """The one duplicate rule, for every channel: link a repeated request, or open a referred case.
+
+        A request whose subject has a verified ID and an open case with the same
+        agency and category created within ``window_s`` is a duplicate: it is
+        recorded as a contact of that (oldest) case and no case is created. An
+        unverified ID may be someone else's, so it never links. ``submitter`` is
+        whoever asked for the subject (None, or the subject's own ID: themselves).
+        ``override_reason`` (an agent's decision) opens a new case anyway, noting
+        the case it duplicates and why.
+        """
+        if submitter is not None and submitter.national_id == subject.national_id:
+            submitter = None
+        contact: dict[str, Any] = {key: value for key, value in
+                                   (("call_id", call_id), ("summary", summary)) if value is not None}
+        async with self._case_lock:
+            existing = None
+            if subject.national_id is not None and subject.status == "verified":
+                existing = await self.find_duplicate(subject.national_id, agency, category, window_s, now)
+            if existing is not None and override_reason is None:
+                await self.record_contact(existing.id, actor, channel,
+                                          submitter_national_id=(submitter or subject).national_id, **contact)
+                return IntakeResult(existing, duplicate=True)
+            case = await self.create_case(
+                call_id, "referred", subject.national_id, subject.source, id_status=subject.status,
+                caller=submitter, actor=actor, channel=channel, agency=agency, category=category, summary=summary)
+            if existing is not None:
+                await self.add_case_event(case.id, actor, "duplicate_override", of=existing.tracking_code,
+                                          reason=override_reason)
+            return IntakeResult(case, duplicate=False)
+
+    async def list_cases(self, *, agency: str | None = None, status: str | None = None,
+                         since: float | None = None, limit: int | None = 1000) -> list[Case]:
+        """Cases, newest first, optionally of one agency, in one status, or created since a time."""
+        if status is not None:
+            _check_status(status)
+        rows = await self._newest_first(_CASE_COLUMNS, "cases", "created_at", limit, {
+            "agency = ?": agency, "status = ?": status, "created_at >= ?": since})
+        return [_case_from_row(row) for row in rows]
+
+    async def list_calls(self, *, since: float | None = None, limit: int | None = None) -> list[CallRecord]:
+        """Call records, newest first, optionally those arrived since a time."""
+        rows = await self._newest_first(_CALL_COLUMNS, "calls", "arrived_at", limit, {"arrived_at >= ?": since})
+        return [_call_from_row(row) for row in rows]
+
+    async def _newest_first(self, columns: str, table: str, time_column: str, limit: int | None,
+                            conditions: Mapping[str, Any]) -> list[sqlite3.Row]:
+        where, params = _where(conditions)
+        # LIMIT -1: no limit
+        return await self._fetchall(
+            f"SELECT {columns} FROM {table}{where} ORDER BY {time_column} DESC, id DESC LIMIT ?",
+            (*params, -1 if limit is None else limit))
+
+    async def tracking_codes_by_call(self, *, since: float | None = None) -> dict[int, str]:
+        """Call id -> the tracking code of its case, for calls arrived since a time."""
+        where, params = _where({"calls.arrived_at >= ?": since})
+        rows = await self._fetchall(
+            f"SELECT cases.call_id, cases.tracking_code FROM cases JOIN calls ON calls.id = cases.call_id{where}",
+            params)
+        return {row[0]: row[1] for row in rows}
+
+    async def person_matches(self, case_id: int, national_id: str) -> bool:
+        """Whether the ID is the case's subject or whoever asked for them, compared by keyed hash."""
+        row = await self._fetchone("SELECT national_id_hmac, caller_id_hmac FROM cases WHERE id = ?", (case_id,))
+        if row is None:
             raise NotFound(f"no case with id {case_id}")
+        try:
+            lookup = self._protector.lookup_hash(national_id)
+        except ValueError:
+            return False
+        # Both compared, in constant time, so the answer's timing says nothing of which matched.
+        matches = [stored is not None and hmac.compare_digest(stored, lookup) for stored in row]
+        return any(matches)
 
     async def get_case(self, tracking_code: str) -> Case:
         row = await self._fetchone(
@@ -386,13 +531,9 @@ class Store:
 
     async def file_case(self, case_id: int, agency: str, category: str, summary: str, actor: str) -> Case:
         """The agent's filing: responsible agency, category and summary, kept in the case's history."""
-        changed = await self._update(
-            "UPDATE cases SET agency = ?, category = ?, summary = ?, filed_by = ?, updated_at = ? WHERE id = ?",
-            (agency, category, summary, actor, time.time(), case_id))
-        if not changed:
-            raise NotFound(f"no case with id {case_id}")
-        await self.add_case_event(case_id, actor, "filed", agency=agency, category=category)
-        return await self.get_case_by_id(case_id)
+        return await self._change_case(
+            case_id, actor, "filed", {"agency": agency, "category": category, "summary": summary, "filed_by": actor},
+            lambda before: {"agency": agency, "category": category})
 
     async def get_case_by_id(self, case_id: int) -> Case:
         row = await self._fetchone(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,))

@@ -107,6 +107,12 @@
         byId("attach-code").value = fa(c.tracking_code);
         byId("attach-code").focus();
       });
+      const refer = el("button", {type: "button", class: "small quiet", dataset: {test: "history-refer"}},
+        labels.messages.refer_this);
+      refer.addEventListener("click", () => {
+        byId("refer-code").value = fa(c.tracking_code);
+        byId("refer-agency").focus();
+      });
       return el("tr", {dataset: {trackingCode: c.tracking_code}},
         el("td", {class: "num nowrap"}, c.created_at_text),
         el("td", {class: "num nowrap"}, fa(c.tracking_code)),
@@ -114,7 +120,7 @@
         el("td", {}, c.category || "—"),
         el("td", {}, labels.case_status[c.status] || c.status),
         el("td", {class: "summary", title: c.summary || ""}, c.summary || ""),
-        el("td", {}, attach));
+        el("td", {class: "nowrap"}, attach, refer));
     }));
   }
 
@@ -150,6 +156,10 @@
     renderHistory("history-caller", pop.history);
     byId("case-form").reset();
     byId("attach-form").reset();
+    byId("refer-form").reset();
+    byId("override-form").reset();
+    byId("override-form").hidden = true;
+    byId("btn-override").hidden = false;
     say("", "");
     byId("no-call").hidden = true;
     panel.hidden = false;
@@ -168,6 +178,17 @@
     byId("case-tracking-code").textContent = fa(code);
     byId("case-form").hidden = Boolean(code);
     byId("attach-form").hidden = Boolean(code);
+    // A duplicate: the call went to the open case it repeats; the agent may still file it separately.
+    const duplicate = Boolean(offer.case && offer.case.duplicate);
+    byId("duplicate-notice").hidden = !duplicate;
+    byId("duplicate-code").dataset.value = duplicate ? code : "";
+    byId("duplicate-code").textContent = duplicate ? fa(code) : "";
+    // The call's case is offered for referring again, unless the agent has typed another code.
+    const refer = byId("refer-code");
+    if (code && (!refer.value || refer.value === refer.dataset.prefilled)) {
+      refer.value = fa(code);
+      refer.dataset.prefilled = refer.value;
+    }
     byId("btn-give-code").disabled = !code || state !== "connected";
     byId("btn-close-pop").hidden = state !== "ended";
   }
@@ -200,19 +221,50 @@
       return;
     }
     if (result.data.tracking_code && offer) {
-      offer.case = {tracking_code: result.data.tracking_code};
+      offer.case = {tracking_code: result.data.tracking_code, duplicate: Boolean(result.data.duplicate)};
       updateOffer();
     }
-    say("ok", typeof okText === "function" ? okText() : okText);
+    if (result.data.duplicate) say("", "");  // the duplicate notice says it
+    else say("ok", typeof okText === "function" ? okText() : okText);
+  }
+
+  function filing() {
+    return {
+      agency_id: byId("case-agency").value,
+      category: byId("case-category").value,
+      summary: byId("case-summary").value,
+    };
   }
 
   byId("case-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    caseCall("/console/api/cases", {
-      agency_id: byId("case-agency").value,
-      category: byId("case-category").value,
-      summary: byId("case-summary").value,
-    }, byId("case-submit"), labels.messages.case_filed);
+    caseCall("/console/api/cases", filing(), byId("case-submit"), labels.messages.case_filed);
+  });
+  byId("btn-override").addEventListener("click", () => {
+    byId("btn-override").hidden = true;
+    byId("override-form").hidden = false;
+    byId("override-reason").focus();
+  });
+  byId("override-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const body = Object.assign(filing(), {override_reason: byId("override-reason").value});
+    caseCall("/console/api/cases", body, byId("override-submit"), labels.messages.case_filed_separately);
+  });
+  byId("refer-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = byId("refer-submit");
+    const agency = byId("refer-agency");
+    button.disabled = true;
+    const result = await postJson("/console/api/cases/refer",
+                                  {tracking_code: byId("refer-code").value, agency_id: agency.value},
+                                  labels.messages.network);
+    button.disabled = false;
+    if (!result.ok) {
+      say("error", result.data.error || labels.messages.network);
+      return;
+    }
+    say("ok", labels.messages.case_referred.replace("{code}", fa(result.data.tracking_code))
+      .replace("{agency}", agency.options[agency.selectedIndex].text));
   });
   byId("attach-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -249,7 +301,10 @@
         endOffer(message.call_key);
         break;
       case "case_filed":
-        if (sameCall(message)) { offer.case = {tracking_code: message.tracking_code}; updateOffer(); }
+        if (sameCall(message)) {
+          offer.case = {tracking_code: message.tracking_code, duplicate: Boolean(message.duplicate)};
+          updateOffer();
+        }
         break;
       case "tracking_code_read":
         if (sameCall(message)) { offer.codeRead = true; say("ok", labels.messages.code_read); }

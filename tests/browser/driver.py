@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -61,8 +62,11 @@ def visible(browser: WebDriver, css: str, timeout: float = WAIT_S) -> WebElement
 
 def attribute_is(browser: WebDriver, css: str, name: str, value: str, timeout: float = WAIT_S) -> WebElement:
     def matches(driver: WebDriver) -> WebElement | bool:
-        element = driver.find_element(By.CSS_SELECTOR, css)
-        return element if element.get_attribute(name) == value else False
+        try:
+            element = driver.find_element(By.CSS_SELECTOR, css)
+            return element if element.get_attribute(name) == value else False
+        except StaleElementReferenceException:  # the page re-rendered it between find and read
+            return False
     return wait_until(browser, matches, timeout, f"{css}[{name}] never became {value!r}")  # type: ignore[return-value]
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from ivr.acd import Acd, QueueEntry
 from softswitch.config import Agency, AgentAccount, AgentsConfig, Config, QueueConfig
+from softswitch.console import FiledCase
 from storage.tracking_code import new_tracking_code
 
 DEFAULTS = Config()
@@ -47,6 +48,7 @@ class FakeDesk:
         self.offers: dict[str, dict[str, Any]] = {}  # agent id -> screen-pop of its current call
         self.cases: dict[str, dict[str, Any]] = {}  # tracking code -> case
         self.call_cases: dict[str, str] = {}  # call key -> tracking code
+        self.linked: set[str] = set()  # call keys linked to an earlier case as duplicates
         self.recordings: dict[int, Path] = {}
         self.queued: dict[str, tuple[QueueEntry, str]] = {}  # call key -> (entry, agent rung)
         self.subscribers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
@@ -67,7 +69,7 @@ class FakeDesk:
         if pop is None:
             return None
         code = self.call_cases.get(pop["call_key"])
-        return {**pop, "case": {"tracking_code": code} if code else None}
+        return {**pop, "case": {"tracking_code": code, "duplicate": pop["call_key"] in self.linked} if code else None}
 
     def subscribe(self, agent_id: str) -> asyncio.Queue[dict[str, Any]]:
         if self._forwarder is None:
@@ -79,8 +81,10 @@ class FakeDesk:
     def unsubscribe(self, agent_id: str, q: asyncio.Queue[dict[str, Any]]) -> None:
         self.subscribers.get(agent_id, set()).discard(q)
 
-    async def file_case(self, agent_id: str, call_key: str, agency_id: str, category: str, summary: str) -> str:
-        self.calls.append(("file_case", agent_id, call_key, agency_id, category, summary))
+    async def file_case(self, agent_id: str, call_key: str, agency_id: str, category: str, summary: str,
+                        override_reason: str | None = None) -> FiledCase:
+        self.calls.append(("file_case", agent_id, call_key, agency_id, category, summary)
+                          + (() if override_reason is None else (override_reason,)))
         self._check_call(agent_id, call_key)
         if agency_id not in {agency.id for agency in self.agencies}:
             raise ValueError("دستگاه انتخاب‌شده معتبر نیست.")
@@ -88,13 +92,44 @@ class FakeDesk:
             raise ValueError("نوع درخواست معتبر نیست.")
         if not summary.strip():
             raise ValueError("خلاصه درخواست خالی است.")
-        code = new_tracking_code()
-        agency = next(a.name for a in self.agencies if a.id == agency_id)
-        self.cases[code] = {"tracking_code": code, "created_at": time.time(), "status": "received",
-                            "agency": agency, "category": category, "summary": summary}
+        # The one duplicate rule, simplified: an open case filed here for the same subject, agency and category.
+        pop = self.offers[agent_id]
+        subject = pop.get("subject_id") or pop.get("national_id")
+        earlier = next((code for code, case in self.cases.items()
+                        if subject and case.get("subject") == subject and case.get("agency_id") == agency_id
+                        and case.get("category") == category and case["status"] != "closed"), None)
+        if earlier is not None and override_reason is None:
+            code = earlier
+            self.linked.add(call_key)
+        else:
+            code = new_tracking_code()
+            agency = next(a.name for a in self.agencies if a.id == agency_id)
+            self.cases[code] = {"tracking_code": code, "created_at": time.time(), "status": "referred",
+                                "agency": agency, "category": category, "summary": summary, "subject": subject,
+                                "agency_id": agency_id, "override_reason": override_reason}
+            self.linked.discard(call_key)
         self.call_cases[call_key] = code
-        self.publish(agent_id, {"type": "case_filed", "call_key": call_key, "tracking_code": code})
-        return code
+        duplicate = call_key in self.linked
+        self.publish(agent_id, {"type": "case_filed", "call_key": call_key, "tracking_code": code,
+                                "duplicate": duplicate})
+        return FiledCase(code, duplicate)
+
+    async def refer_case(self, agent_id: str, tracking_code: str, agency_id: str) -> str:
+        self.calls.append(("refer_case", agent_id, tracking_code, agency_id))
+        pop = self.offers.get(agent_id)
+        visible = {case["tracking_code"] for case in [*(pop or {}).get("history", ()),
+                                                       *(pop or {}).get("subject_history", ())]}
+        if pop is not None and pop["call_key"] in self.call_cases:
+            visible.add(self.call_cases[pop["call_key"]])
+        if tracking_code not in visible:
+            raise PermissionError(tracking_code)
+        if agency_id not in {agency.id for agency in self.agencies}:
+            raise ValueError("دستگاه انتخاب‌شده معتبر نیست.")
+        if tracking_code not in self.cases:
+            raise LookupError(tracking_code)
+        agency = next(a.name for a in self.agencies if a.id == agency_id)
+        self.cases[tracking_code].update(agency=agency, agency_id=agency_id, status="referred")
+        return tracking_code
 
     async def attach_case(self, agent_id: str, call_key: str, tracking_code: str) -> str:
         self.calls.append(("attach_case", agent_id, call_key, tracking_code))

@@ -183,7 +183,8 @@ def _tone_overrides(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(load_prompt_texts(CONFIG_DIR / "prompts.fa.yaml")):
         subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer",
-                        str(directory / f"{name}.wav"), "synth", str(PROMPT_S), "sine", str(400 + 40 * i),
+                        # distinct tones within the telephone band, however many prompts there are
+                        str(directory / f"{name}.wav"), "synth", str(PROMPT_S), "sine", str(400 + (37 * i) % 3000),
                         "vol", "0.3"], check=True)
 
 
@@ -268,3 +269,17 @@ def softswitch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSoft
     with running_softswitch(tmp_path_factory.mktemp("softswitch"), sip_port=SIP_PORT, http_port=HTTP_PORT,
                             workers=WORKERS, worker_base_port=15070, rtp_base_port=31000) as running:
         yield running
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium for console and agency-page tests against a real softswitch."""
+    from tests.browser.driver import CHROMEDRIVER, CHROMIUM, start_chromium
+
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("chromium and chromium-driver are not installed: run scripts/setup.sh --test")
+    driver = start_chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import http.cookiejar
 import json
 import re
@@ -11,6 +12,7 @@ from typing import Any
 
 _FORM_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 _META_CSRF = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
+_CONSOLE_DATA = re.compile(r'<script type="application/json" id="console-data">(.*?)</script>', re.DOTALL)
 
 
 class ConsoleClient:
@@ -57,3 +59,11 @@ class ConsoleClient:
     def get_json(self, path: str) -> tuple[int, Any]:
         status, text = self._open(path)
         return status, json.loads(text) if text else None
+
+    def current_offer(self) -> dict[str, Any] | None:
+        """The screen-pop the console page opens with (the agent's ringing or connected call)."""
+        status, page = self._open("/console")
+        data = _CONSOLE_DATA.search(page)
+        assert status == 200 and data, (status, page[:300])
+        offer: dict[str, Any] | None = json.loads(html.unescape(data.group(1)))["offer"]
+        return offer

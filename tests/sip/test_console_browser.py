@@ -5,31 +5,20 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from tests.browser.driver import CHROMEDRIVER, CHROMIUM, attribute_is, login, start_chromium, visible
+from tests.browser.driver import attribute_is, login, visible
 from tests.sip.conftest import NATIONAL_ID, CallerScript
 from tests.sip.test_live import PASSWORD, Phones, live_softswitch, phones  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.sip
 
 SUMMARY = "آب آشامیدنی محله از دیروز قطع است و تانکر هم نیامده."
-
-
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("chromium and chromium-driver are not installed: run scripts/setup.sh --test")
-    driver = start_chromium()
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_agent_files_the_case_of_a_sipp_caller_and_has_the_code_read_out(

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.sip, pytest.mark.timeout(240)]
 
 
 def test_sigterm_lets_the_running_call_finish_and_refuses_new_ones(tmp_path: Path, speech: Path) -> None:
-    pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("1").message(speech).write(tmp_path / "c.pcap")
+    pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("2").keys("1").message(speech).write(tmp_path / "c.pcap")
     with running_softswitch(tmp_path / "switch", sip_port=17060, http_port=17111, workers=1,
                             worker_base_port=17070, rtp_base_port=37000, drain_timeout_s=60) as switch:
         running_run = switch.sipp("draining-call", caller_scenario(pcap), call_id="draining-call@test")

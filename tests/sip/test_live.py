@@ -97,7 +97,7 @@ def tone_share(pcm: bytes, hz: float) -> float:
     return float(spectrum[np.abs(freqs - hz) <= 30].sum() / total) if total else 0.0
 
 
-def caller_through_ivr(caller: Softphone, menu_key: str = "1") -> str:
+def caller_through_ivr(caller: Softphone, menu_keys: str = "1") -> str:
     """Dial 111, key and confirm the national ID, choose from the menu, say it is about oneself."""
     call = caller.dial(f"sip:111@127.0.0.1:{SIP_PORT}")
     caller.wait_for("state", call=call, state="CONFIRMED", timeout_s=10)
@@ -105,8 +105,9 @@ def caller_through_ivr(caller: Softphone, menu_key: str = "1") -> str:
     caller.dtmf(call, NATIONAL_ID)
     time.sleep(3.0 + 0.5)  # ten digits keyed, then the read-back starts (and clears earlier keys)
     caller.dtmf(call, "1")  # confirm
-    time.sleep(1.0)
-    caller.dtmf(call, menu_key)
+    for key in menu_keys:
+        time.sleep(1.0)
+        caller.dtmf(call, key)
     time.sleep(1.0)
     caller.dtmf(call, "1")  # about myself
     return call
@@ -210,7 +211,7 @@ def test_out_of_hours_the_live_option_is_never_offered(tmp_path: Path, phones: P
         agent = phones.agent("1001", answer_after_s=0.1)
         ConsoleClient(switch.http, "1001", PASSWORD).login()
         caller = phones.new("caller")
-        call = caller_through_ivr(caller, menu_key="1")  # pressing 1 anyway
+        call = caller_through_ivr(caller, menu_keys="12")  # 1 is not on the menu: "invalid choice", then 2
         time.sleep(3)
         caller.hangup(call)
         body = switch.call_record(call)

@@ -21,7 +21,7 @@ def spoken_id(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_keyed_id_is_confirmed_and_stored_masked(softswitch: RunningSoftswitch, speech: Path,
                                                  tmp_path: Path) -> None:
-    pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("1").message(speech).write(tmp_path / "c.pcap")
+    pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("2").keys("1").message(speech).write(tmp_path / "c.pcap")
     result, call_id = softswitch.call("id-keyed", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
     body, case = softswitch.case_of(call_id)
@@ -31,7 +31,7 @@ def test_keyed_id_is_confirmed_and_stored_masked(softswitch: RunningSoftswitch, 
 
 
 def test_invalid_keyed_id_is_asked_again(softswitch: RunningSoftswitch, speech: Path, tmp_path: Path) -> None:
-    pcap = CallerScript().keys(WRONG_CHECK_DIGIT).keys(NATIONAL_ID, pause_s=1.2).keys("1").keys("1") \
+    pcap = CallerScript().keys(WRONG_CHECK_DIGIT).keys(NATIONAL_ID, pause_s=1.2).keys("1").keys("2").keys("1") \
         .message(speech).write(tmp_path / "c.pcap")
     result, call_id = softswitch.call("id-retry", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
@@ -48,7 +48,7 @@ def test_caller_who_rejects_every_readback_goes_on_unverified(softswitch: Runnin
     script = CallerScript()
     for attempt in range(3):
         script.keys(NATIONAL_ID, pause_s=1.2 if attempt else 0).keys("2")
-    pcap = script.keys("1").message(speech).write(tmp_path / "c.pcap")
+    pcap = script.keys("2").keys("1").message(speech).write(tmp_path / "c.pcap")
     result, call_id = softswitch.call("id-unverified", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
     body, case = softswitch.case_of(call_id)
@@ -61,7 +61,7 @@ def test_spoken_id_is_kept_as_its_own_recording(softswitch: RunningSoftswitch, s
     # The ask prompt ends ~0.65 s into the call; the caller starts right after it and ends with #.
     script = CallerScript(first_key_s=0.0).say(spoken_id, then_pound=True, lead_s=0.9)
     id_speech_s = script.speech_s
-    pcap = script.keys("1", pause_s=0.4).message(speech).write(tmp_path / "c.pcap")
+    pcap = script.keys("2", pause_s=0.4).keys("1").message(speech).write(tmp_path / "c.pcap")
     result, call_id = softswitch.call("id-spoken", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
     body, case = softswitch.case_of(call_id)
@@ -74,7 +74,7 @@ def test_spoken_id_is_kept_as_its_own_recording(softswitch: RunningSoftswitch, s
 
 def test_request_for_a_family_member_is_filed_under_them(softswitch: RunningSoftswitch, speech: Path,
                                                          tmp_path: Path) -> None:
-    pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("2").keys(SUBJECT_ID, pause_s=0.6).keys("1") \
+    pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("2").keys("2").keys(SUBJECT_ID, pause_s=0.6).keys("1") \
         .message(speech).write(tmp_path / "c.pcap")
     result, call_id = softswitch.call("id-family", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.sip, pytest.mark.timeout(180)]
 
 def keyed_id_then_message(speech: Path, pcap: Path, end_with_pound: bool = True) -> CallerScript:
     """Caller keys and confirms the ID, says the request is their own, then speaks it."""
-    script = CallerScript().keys(NATIONAL_ID).keys("1").keys("1").message(speech, then_pound=end_with_pound)
+    script = CallerScript().keys(NATIONAL_ID).keys("1").keys("2").keys("1").message(speech, then_pound=end_with_pound)
     script.write(pcap)
     return script
 
@@ -95,7 +95,7 @@ def test_disallowed_source_gets_403(softswitch: RunningSoftswitch) -> None:
 def test_worker_killed_mid_call_spares_other_calls(softswitch: RunningSoftswitch, speech: Path,
                                                    tmp_path: Path) -> None:
     long_pcap = tmp_path / "long.pcap"
-    victim_script = CallerScript().keys(NATIONAL_ID).keys("1").keys("1").message(speech, then_pound=False)
+    victim_script = CallerScript().keys(NATIONAL_ID).keys("1").keys("2").keys("1").message(speech, then_pound=False)
     message_starts_s = victim_script.speech_start_s
     for _ in range(2):
         victim_script.say(speech, then_pound=False, lead_s=0.3)
@@ -150,7 +150,7 @@ def test_national_ids_never_reach_logs_or_sip_traces(softswitch: RunningSoftswit
     """After full calls (own ID, and on behalf of someone else) no ID appears in any log or trace."""
     from tests.sip.conftest import SUBJECT_ID
 
-    pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("2").keys(SUBJECT_ID, pause_s=0.6).keys("1") \
+    pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("2").keys("2").keys(SUBJECT_ID, pause_s=0.6).keys("1") \
         .message(speech).write(tmp_path / "family.pcap")
     result, call_id = softswitch.call("privacy", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]

@@ -1,4 +1,5 @@
-"""Unit tests for the web console (softswitch.console) over aiohttp's test client and a FakeDesk."""
+"""Unit tests for the web console (softswitch.console) over aiohttp's test client and a FakeDesk,
+and for the desk behind it (softswitch.desk.ControlDesk) over a real store."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from softswitch.console import ERRORS, LoginThrottle, add_console_routes, jalali_date_text, jalali_datetime_text
+from ivr.acd import Acd
+from ivr.call_flow import Session
+from softswitch.config import AgentsConfig, Config
+from softswitch.console import (ERRORS, FiledCase, LoginThrottle, add_console_routes, jalali_date_text,
+                                jalali_datetime_text)
+from softswitch.desk import ControlDesk
+from storage.crypto import IdProtector
+from storage.models import PersonId
+from storage.store import Store, open_store
 from tests.browser.demo import CALL_KEY, NATIONAL_ID, SUBJECT_ID, add_history_cases, screen_pop, write_wav
 from tests.browser.fake_desk import FakeDesk, fake_account
 
@@ -354,6 +363,62 @@ async def test_attach_then_give_the_tracking_code(client: TestClient[Any, Any], 
     assert desk.calls[-1] == ("give_tracking_code", AGENT, CALL_KEY)
 
 
+async def test_a_duplicate_gives_the_existing_code_and_may_be_filed_separately(client: TestClient[Any, Any],
+                                                                            desk: FakeDesk) -> None:
+    case = {"agency_id": "health", "category": "شکایت", "summary": "نوبت جراحی پدرم سه بار عقب افتاده است."}
+    desk.offer(AGENT, screen_pop(call_key="first-call"))
+    token = await _login(client)
+    status, first = await _api(client, "/console/api/cases", token, {**case, "call_key": "first-call"})
+    assert (status, first["duplicate"]) == (200, False)
+
+    desk.offer(AGENT, screen_pop())  # the same subject calls again about the same matter
+    status, body = await _api(client, "/console/api/cases", token, {**case, "call_key": CALL_KEY})
+    assert (status, body) == (200, {"tracking_code": first["tracking_code"], "duplicate": True})
+    assert (desk.current_offer(AGENT) or {})["case"] == {"tracking_code": first["tracking_code"], "duplicate": True}
+    html = await (await client.get("/console")).text()
+    assert "این درخواست قبلاً ثبت شده است" in html and "ثبت جداگانه" in html
+    status, body = await _api(client, "/console/api/tracking-code", token, {"call_key": CALL_KEY})
+    assert (status, body["tracking_code"]) == (200, first["tracking_code"])  # the existing code is read out
+
+    status, body = await _api(client, "/console/api/cases", token,
+                              {**case, "call_key": CALL_KEY, "override_reason": "   "})
+    assert (status, body["error"]) == (400, ERRORS["empty_reason"])
+    status, body = await _api(client, "/console/api/cases", token,
+                              {**case, "call_key": CALL_KEY, "override_reason": "x" * 501})
+    assert status == 400
+    reason = "  موضوع تازه‌ای است: جراحی دوم، بیمارستان دیگر.  "
+    status, body = await _api(client, "/console/api/cases", token,
+                              {**case, "call_key": CALL_KEY, "override_reason": reason})
+    assert status == 200 and body["duplicate"] is False and body["tracking_code"] != first["tracking_code"]
+    assert desk.calls[-1] == ("file_case", AGENT, CALL_KEY, "health", "شکایت", case["summary"], reason.strip())
+
+
+async def test_referring_again_a_case_the_agent_can_see(client: TestClient[Any, Any], desk: FakeDesk) -> None:
+    pop = screen_pop()
+    add_history_cases(desk, pop)
+    desk.offer(AGENT, pop)
+    token = await _login(client)
+    earlier = pop["subject_history"][0]["tracking_code"]
+    persian = earlier.translate(str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹"))
+    status, body = await _api(client, "/console/api/cases/refer", token,
+                              {"tracking_code": persian, "agency_id": "social-security"})
+    assert (status, body["tracking_code"]) == (200, earlier)
+    assert desk.calls[-1] == ("refer_case", AGENT, earlier, "social-security")
+    assert desk.cases[earlier]["agency_id"] == "social-security"
+
+    status, body = await _api(client, "/console/api/cases/refer", token,
+                              {"tracking_code": earlier, "agency_id": "mars"})
+    assert (status, body["error"]) == (400, "دستگاه انتخاب‌شده معتبر نیست.")
+    status, body = await _api(client, "/console/api/cases/refer", token,
+                              {"tracking_code": "100000000", "agency_id": "health"})
+    assert (status, body["error"]) == (403, ERRORS["not_your_case"])  # not in this agent's view
+    status, body = await _api(client, "/console/api/cases/refer", token,
+                              {"tracking_code": "12345", "agency_id": "health"})
+    assert (status, body["error"]) == (400, ERRORS["bad_tracking_code"])
+    response = await client.post("/console/api/cases/refer", json={"tracking_code": earlier, "agency_id": "health"})
+    assert response.status == 403  # no CSRF token
+
+
 async def test_recordings_only_of_the_agents_own_call(client: TestClient[Any, Any], desk: FakeDesk,
                                                       tmp_path: Path) -> None:
     desk.recordings[41] = write_wav(tmp_path / "41.wav", 0.2)
@@ -411,3 +476,116 @@ def test_jalali_dates_with_persian_digits() -> None:
     tehran = ZoneInfo("Asia/Tehran")
     assert jalali_datetime_text(nowruz_1404 + 9 * 3600 + 5 * 60, tehran) == "۱۴۰۴/۰۱/۰۱ ۰۹:۰۵"
     assert jalali_date_text(nowruz_1404, tehran) == "جمعه ۱ فروردین ۱۴۰۴"
+
+
+# -- the desk behind the console, over a real store --------------------------------------------------
+
+
+class SpokenCodes:
+    """Prompts that are their own names, and a channel that keeps what it was told to play."""
+
+    def __init__(self) -> None:
+        self.played: list[list[Path]] = []
+
+    def path(self, name: str) -> Path:
+        return Path(name)
+
+    def number(self, digits: str) -> list[Path]:
+        return [Path(f"digit_{d}") for d in digits]
+
+    async def play(self, files: list[Path], barge_in: bool = False) -> None:
+        self.played.append(files)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_store(tmp_path / "store.db", IdProtector({"k1": bytes(range(32))}, "k1", b"p" * 32)) as opened:
+        yield opened
+
+
+@pytest.fixture
+def voice() -> SpokenCodes:
+    return SpokenCodes()
+
+
+@pytest.fixture
+async def control_desk(store: Store, voice: SpokenCodes) -> AsyncIterator[ControlDesk]:
+    config = Config(agents=AgentsConfig(accounts=(fake_account(AGENT, "مریم احمدی"),)))
+    acd = Acd(config.agents, config.queue)
+    desk = ControlDesk(config, store, acd, voice)
+    yield desk
+    await desk.close()
+    acd.close()
+
+
+async def _desk_call(desk: ControlDesk, store: Store, key: str, voice: SpokenCodes,
+                     subject: PersonId | None = None) -> int:
+    """A caller with a verified ID, connected to AGENT, with a message recording of its own."""
+    call_id = await store.add_call(f"{key}@trunk", "sip:09121234567@trunk", "sip:111@sw", "127.0.0.1", 0, 1.0)
+    await store.add_recording(call_id, None, "national_id_utterance", f"/{key}.wav", 2.0, "ab" * 32, True)
+    desk.track(key, call_id, "09121234567", Session(caller=PersonId(NATIONAL_ID, "keypad", "verified"),
+                                                   subject=subject))
+    await desk.offer(key, AGENT, 3.0)
+    desk.connected(key, AGENT, voice)  # type: ignore[arg-type]
+    return call_id
+
+
+async def test_control_desk_links_a_duplicate_and_files_separately_with_a_reason(
+        store: Store, control_desk: ControlDesk, voice: SpokenCodes) -> None:
+    desk = control_desk
+    first_call = await _desk_call(desk, store, "first", voice)
+    first = await desk.file_case(AGENT, "first", "health", "شکایت", "نوبت جراحی عقب افتاده است.")
+    assert first == FiledCase(first.tracking_code, duplicate=False)
+    await desk.finished("first", AGENT, None)
+    first_case = await store.get_case(first.tracking_code)
+    assert (first_case.status, first_case.agency, first_case.call_id) == ("referred", "health", first_call)
+
+    second_call = await _desk_call(desk, store, "second", voice)
+    with pytest.raises(PermissionError):
+        await desk.file_case(OTHER, "second", "health", "شکایت", "x")
+    again = await desk.file_case(AGENT, "second", "health", "شکایت", "باز هم درباره نوبت جراحی.")
+    assert again == FiledCase(first.tracking_code, duplicate=True)
+    assert (desk.current_offer(AGENT) or {})["case"] == {"tracking_code": first.tracking_code, "duplicate": True}
+    contact = (await store.case_events(first_case.id))[-1]
+    assert (contact.kind, contact.actor, contact.detail["call_id"]) == ("contact", f"agent:{AGENT}", second_call)
+    assert await desk.give_tracking_code(AGENT, "second") == first.tracking_code
+    await asyncio.sleep(0)
+    assert voice.played[-1][1:10] == [Path(f"digit_{d}") for d in first.tracking_code]
+    # Filed the same way again: still the same link, no second contact.
+    assert (await desk.file_case(AGENT, "second", "health", "شکایت", "همان")).duplicate
+    assert [e.kind for e in await store.case_events(first_case.id)].count("contact") == 1
+
+    with pytest.raises(ValueError, match="دلیل"):
+        await desk.file_case(AGENT, "second", "health", "شکایت", "x", override_reason="  ")
+    reason = "جراحی دیگری است، در بیمارستان دیگر."
+    separate = await desk.file_case(AGENT, "second", "health", "شکایت", "جراحی دوم.", override_reason=reason)
+    assert not separate.duplicate and separate.tracking_code != first.tracking_code
+    await desk.finished("second", AGENT, None)
+    new_case = await store.get_case(separate.tracking_code)
+    assert new_case.call_id == second_call
+    for case, other in ((new_case, first.tracking_code), (first_case, separate.tracking_code)):
+        notes = [e.detail for e in await store.case_events(case.id) if e.kind == "duplicate_override"]
+        assert [(n["reason"], n.get("of") or n.get("case")) for n in notes] == [(reason, other)]
+    # The second call's recordings went with its own case, not with the case it first looked like.
+    assert [r.call_id for r in await store.recordings_for_case(new_case.id)] == [second_call]
+    assert {r.call_id for r in await store.recordings_for_case(first_case.id)} == {first_call}
+
+
+async def test_control_desk_refers_again_only_cases_the_agent_sees(store: Store, control_desk: ControlDesk,
+                                                                    voice: SpokenCodes) -> None:
+    desk = control_desk
+    stranger = await store.create_case(None, "received", SUBJECT_ID, "keypad")
+    earlier = await store.create_case(None, "received", NATIONAL_ID, "keypad")
+    await _desk_call(desk, store, "call", voice)  # the screen-pop's history holds the earlier case
+    case = await store.get_case(await desk.refer_case(AGENT, earlier.tracking_code, "roads"))
+    assert (case.agency, case.status) == ("roads", "referred")
+    event = (await store.case_events(case.id))[-1]
+    assert (event.kind, event.actor, event.detail["to"]) == ("referred", f"agent:{AGENT}", "roads")
+    with pytest.raises(ValueError, match="همین دستگاه"):
+        await desk.refer_case(AGENT, earlier.tracking_code, "roads")
+    with pytest.raises(ValueError):
+        await desk.refer_case(AGENT, earlier.tracking_code, "mars")
+    with pytest.raises(PermissionError):
+        await desk.refer_case(AGENT, stranger.tracking_code, "roads")
+    with pytest.raises(PermissionError):
+        await desk.refer_case(OTHER, earlier.tracking_code, "roads")

@@ -1,18 +1,21 @@
 """Unit tests for the storage layer's case store, against real SQLite files."""
 
+import asyncio
 import dataclasses
 import logging
 import sqlite3
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import storage.store
 from storage.crypto import IdProtector
 from storage.errors import Conflict, NotFound, StorageFull, StoreError
-from storage.models import CallRecord, Case, PersonId
-from storage.store import Store, open_store
+from storage.models import CallRecord, Case, IntakeResult, PersonId
+from storage.store import CASE_STATUSES, Store, open_store
 from storage.tracking_code import is_tracking_code
 
 pytestmark = pytest.mark.unit
@@ -59,12 +62,12 @@ async def test_call_case_recordings_round_trip(store: Store) -> None:
     utterance = await store.add_recording(
         call_id, None, "national_id_utterance", "/rec/1.wav", 4.5, SHA, True
     )
-    case = await store.create_case(call_id, "open", NATIONAL_ID, "speech")
+    case = await store.create_case(call_id, "received", NATIONAL_ID, "speech")
     assert is_tracking_code(case.tracking_code)
     assert case == Case(
         id=case.id,
         tracking_code=case.tracking_code,
-        status="open",
+        status="received",
         created_at=case.created_at,
         call_id=call_id,
         national_id_masked="********21",
@@ -103,20 +106,20 @@ async def test_call_case_recordings_round_trip(store: Store) -> None:
 
 
 async def test_case_without_call_or_id(store: Store) -> None:
-    case = await store.create_case(None, "open", None, "none")
+    case = await store.create_case(None, "received", None, "none")
     assert case.call_id is None and case.national_id_masked is None
     assert await store.national_id_of(case.id) is None
     assert await store.get_case(case.tracking_code) == case
 
 
 async def test_speech_case_may_lack_an_id(store: Store) -> None:
-    case = await store.create_case(await _new_call(store), "needs_transcription", None, "speech")
+    case = await store.create_case(await _new_call(store), "received", None, "speech")
     assert case.id_source == "speech" and await store.national_id_of(case.id) is None
 
 
 async def test_writes_are_committed_before_returning(store: Store, db_path: Path) -> None:
     call_id = await _new_call(store)
-    case = await store.create_case(call_id, "open", NATIONAL_ID, "keypad")
+    case = await store.create_case(call_id, "received", NATIONAL_ID, "keypad")
     await store.add_recording(call_id, case.id, "message", "/rec/m.wav", 1.0, SHA, True)
     # A second connection sees only committed data.
     assert _raw(db_path, "SELECT tracking_code FROM cases") == [(case.tracking_code,)]
@@ -141,7 +144,7 @@ async def test_national_id_never_stored_in_clear(
         async with open_store(db_path, protector) as store:
             for n, national_id in enumerate(ids):
                 call_id = await _new_call(store, f"call-{n}")
-                case = await store.create_case(call_id, "open", national_id, "keypad")
+                case = await store.create_case(call_id, "received", national_id, "keypad")
                 assert await store.national_id_of(case.id) == national_id
                 codes.append(case.tracking_code)
             # While open the rows live in the -wal file.
@@ -157,11 +160,11 @@ async def test_key_rotation_keeps_old_cases_readable(
     db_path: Path, protector: IdProtector
 ) -> None:
     async with open_store(db_path, protector) as store:
-        old = await store.create_case(None, "open", NATIONAL_ID, "keypad")
+        old = await store.create_case(None, "received", NATIONAL_ID, "keypad")
 
     rotated = IdProtector({"k1": KEY_1, "k2": KEY_2}, "k2", PEPPER)
     async with open_store(db_path, rotated) as store:
-        new = await store.create_case(None, "open", "1112223334", "keypad")
+        new = await store.create_case(None, "received", "1112223334", "keypad")
         assert await store.national_id_of(old.id) == NATIONAL_ID
         assert await store.national_id_of(new.id) == "1112223334"
     rows = _raw(db_path, "SELECT id, national_id_key_id, national_id_hmac FROM cases ORDER BY id")
@@ -178,7 +181,7 @@ async def test_key_rotation_keeps_old_cases_readable(
 
 
 async def test_tampered_ciphertext_is_reported(store: Store, db_path: Path) -> None:
-    case = await store.create_case(None, "open", NATIONAL_ID, "keypad")
+    case = await store.create_case(None, "received", NATIONAL_ID, "keypad")
     with sqlite3.connect(db_path) as conn:
         conn.execute("UPDATE cases SET national_id_key_id = 'k9' WHERE id = ?", (case.id,))
     with pytest.raises(StoreError):
@@ -217,7 +220,7 @@ async def test_not_found_errors(store: Store) -> None:
     with pytest.raises(NotFound):
         await store.end_call(999, 1.0, "x", [])
     with pytest.raises(NotFound):
-        await store.create_case(999, "open", None, "none")
+        await store.create_case(999, "received", None, "none")
     with pytest.raises(NotFound):
         await store.set_case_status(999, "closed")
     with pytest.raises(NotFound):
@@ -238,9 +241,9 @@ async def test_conflicts(store: Store) -> None:
     await store.answer_call(call_id, 101.0)
     with pytest.raises(Conflict):
         await store.answer_call(call_id, 102.0)
-    await store.create_case(call_id, "open", None, "none")
+    await store.create_case(call_id, "received", None, "none")
     with pytest.raises(Conflict):
-        await store.create_case(call_id, "open", None, "none")
+        await store.create_case(call_id, "received", None, "none")
     await store.end_call(call_id, 130.0, "completed", ["a"])
     with pytest.raises(Conflict):
         await store.end_call(call_id, 131.0, "completed", ["b"])
@@ -249,8 +252,8 @@ async def test_conflicts(store: Store) -> None:
 
 async def test_attach_leaves_recordings_of_other_cases_alone(store: Store) -> None:
     call_id = await _new_call(store)
-    other = await store.create_case(None, "open", None, "none")
-    case = await store.create_case(call_id, "open", None, "none")
+    other = await store.create_case(None, "received", None, "none")
+    case = await store.create_case(call_id, "received", None, "none")
     await store.add_recording(call_id, other.id, "message", "/a.wav", 1.0, SHA, True)
     await store.add_recording(call_id, None, "message", "/b.wav", 1.0, SHA, True)
     assert await store.attach_recordings(call_id, case.id) == 1
@@ -266,7 +269,7 @@ async def test_invalid_case_input_is_rejected(
     store: Store, db_path: Path, national_id: str | None, id_source: str
 ) -> None:
     with pytest.raises(ValueError):
-        await store.create_case(None, "open", national_id, id_source)
+        await store.create_case(None, "received", national_id, id_source)
     assert _raw(db_path, "SELECT count(*) FROM cases") == [(0,)]
 
 
@@ -275,8 +278,8 @@ async def test_tracking_code_collision_is_retried(
 ) -> None:
     codes = iter(["123456782", "123456782", "234567891"])
     monkeypatch.setattr(storage.store, "new_tracking_code", lambda: next(codes))
-    first = await store.create_case(None, "open", None, "none")
-    second = await store.create_case(None, "open", None, "none")
+    first = await store.create_case(None, "received", None, "none")
+    second = await store.create_case(None, "received", None, "none")
     assert (first.tracking_code, second.tracking_code) == ("123456782", "234567891")
 
 
@@ -284,9 +287,9 @@ async def test_persistent_collisions_give_up(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(storage.store, "new_tracking_code", lambda: "123456782")
-    await store.create_case(None, "open", None, "none")
+    await store.create_case(None, "received", None, "none")
     with pytest.raises(Conflict):
-        await store.create_case(None, "open", None, "none")
+        await store.create_case(None, "received", None, "none")
 
 
 async def test_disk_full_raises_storage_full(store: Store) -> None:
@@ -326,3 +329,304 @@ async def test_unverified_and_to_transcribe_statuses(store: Store) -> None:
     assert audio_only.id_status == "to_transcribe"
     with pytest.raises(ValueError, match="id_status"):
         await store.create_case(None, "received", None, "none", id_status="maybe")
+
+
+# -- issue 5: referral, answers, other channels, duplicates -------------------------------------------
+
+SUBJECT, RELATIVE, STRANGER = "0499370899", "0790419904", "0084575948"
+WINDOW_S = 100.0
+T0 = 1_000_000.0
+
+
+class Clock:
+    """The store's time.time(), set by the test; whole seconds keep window arithmetic exact."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = T0
+        monkeypatch.setattr(storage.store, "time", types.SimpleNamespace(time=lambda: self.now))
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    return Clock(monkeypatch)
+
+
+def _verified(national_id: str) -> PersonId:
+    return PersonId(national_id, "keypad", "verified")
+
+
+async def _referred(store: Store, subject: str = SUBJECT, agency: str = "health", category: str = "شکایت",
+                    caller: PersonId | None = None) -> Case:
+    """A case as an SMS gateway opens it."""
+    return await store.create_case(None, "referred", subject, "keypad", caller=caller, channel="sms", agency=agency,
+                                   category=category, summary="نوبت جراحی", actor="api:sms-gateway")
+
+
+async def _intake(store: Store, subject: PersonId, **overrides: Any) -> IntakeResult:
+    request: dict[str, Any] = {"channel": "sms", "agency": "health", "category": "شکایت",
+                               "summary": "نوبت جراحی", "actor": "api:sms-gateway", "window_s": WINDOW_S}
+    return await store.intake(subject, **{**request, **overrides})
+
+
+async def test_case_statuses_are_checked(store: Store) -> None:
+    assert CASE_STATUSES == ("received", "received_incomplete", "referred", "answered", "closed")
+    with pytest.raises(ValueError, match="status"):
+        await store.create_case(None, "open", None, "none")
+    case = await store.create_case(None, "received", None, "none")
+    with pytest.raises(ValueError, match="status"):
+        await store.set_case_status(case.id, "done")
+    with pytest.raises(ValueError, match="status"):
+        await store.list_cases(status="done")
+    assert [e.kind for e in await store.case_events(case.id)] == ["created"]
+
+
+async def test_case_from_another_channel_in_one_call(store: Store, clock: Clock) -> None:
+    case = await _referred(store, caller=_verified(RELATIVE))
+    assert (case.status, case.channel, case.call_id) == ("referred", "sms", None)
+    assert (case.agency, case.category, case.summary) == ("health", "شکایت", "نوبت جراحی")
+    assert case.filed_by == "api:sms-gateway" and case.created_at == T0
+    assert case.subject_is_caller is False
+    assert (case.national_id_masked, case.caller_national_id_masked) == ("********99", "********04")
+    assert case.answer_text is None and case.answered_at is None and case.is_open
+    [created] = await store.case_events(case.id)
+    assert (created.actor, created.kind, created.at) == ("api:sms-gateway", "created", T0)
+    assert created.detail == {"status": "referred", "channel": "sms", "agency": "health", "category": "شکایت"}
+    phone = await store.create_case(await _new_call(store), "received", SUBJECT, "keypad")
+    assert (phone.channel, phone.agency, phone.filed_by) == ("phone", None, None)
+
+
+async def test_set_case_status_keeps_from_and_to(store: Store, clock: Clock) -> None:
+    case = await store.create_case(None, "received", SUBJECT, "keypad")
+    clock.now = T0 + 5
+    closed = await store.set_case_status(case.id, "closed", "agency:health/u1")
+    assert closed.status == "closed" and not closed.is_open
+    await store.set_case_status(case.id, "received")
+    events = await store.case_events(case.id)
+    assert [(e.actor, e.kind, e.at, e.detail) for e in events[1:]] == [
+        ("agency:health/u1", "status", T0 + 5, {"from": "received", "to": "closed"}),
+        ("system", "status", T0 + 5, {"from": "closed", "to": "received"}),
+    ]
+
+
+async def test_refer_case(store: Store, clock: Clock) -> None:
+    case = await store.create_case(None, "received", SUBJECT, "keypad")
+    first = await store.refer_case(case.id, "health", "agent:1001")
+    assert (first.status, first.agency) == ("referred", "health")
+    clock.now = T0 + 60
+    again = await store.refer_case(case.id, "social-security", "agent:1002")
+    assert (again.status, again.agency) == ("referred", "social-security")
+    events = await store.case_events(case.id)
+    assert [(e.actor, e.kind, e.detail) for e in events[1:]] == [
+        ("agent:1001", "referred", {"from": None, "to": "health", "status_from": "received"}),
+        ("agent:1002", "referred", {"from": "health", "to": "social-security", "status_from": "referred"}),
+    ]
+    assert events[2].at == T0 + 60
+    with pytest.raises(NotFound):
+        await store.refer_case(999, "health", "agent:1001")
+
+
+async def test_set_answer(store: Store, clock: Clock) -> None:
+    case = await _referred(store)
+    clock.now = T0 + 30
+    answered = await store.set_answer(case.id, "agency:health/u1", text="نوبت شما ۱۲ اردیبهشت است.")
+    assert answered.status == "answered" and answered.answer_text == "نوبت شما ۱۲ اردیبهشت است."
+    assert (answered.answered_at, answered.answered_by, answered.answer_audio) == (T0 + 30, "agency:health/u1", None)
+    # The text's speech, synthesized later, joins the same answer.
+    spoken = await store.set_answer(case.id, "agency:health/u1", text=answered.answer_text,
+                                    audio_path="/var/answers/1.wav", audio_sha256=SHA)
+    assert (spoken.answer_audio, spoken.answer_audio_sha256) == ("/var/answers/1.wav", SHA)
+    # A recorded answer replaces the written one.
+    recorded = await store.set_answer(case.id, "agency:health/u2", audio_path="/var/answers/2.wav")
+    assert recorded.answer_text is None and recorded.answer_audio == "/var/answers/2.wav"
+    assert await store.get_case(case.tracking_code) == recorded
+    events = [e for e in await store.case_events(case.id) if e.kind == "answered"]
+    assert [(e.actor, e.detail["from"], e.detail["to"]) for e in events] == [
+        ("agency:health/u1", "referred", "answered"), ("agency:health/u1", "answered", "answered"),
+        ("agency:health/u2", "answered", "answered")]
+    assert events[0].detail["text"] == "نوبت شما ۱۲ اردیبهشت است." and events[1].detail["audio_sha256"] == SHA
+    with pytest.raises(ValueError, match="text or an audio"):
+        await store.set_answer(case.id, "agency:health/u1")
+    with pytest.raises(NotFound):
+        await store.set_answer(999, "agency:health/u1", text="x")
+
+
+async def test_file_case_keeps_history(store: Store) -> None:
+    case = await store.create_case(await _new_call(store), "received", SUBJECT, "keypad")
+    filed = await store.file_case(case.id, "roads", "پرسش", "جاده", "agent:1001")
+    assert (filed.agency, filed.category, filed.summary, filed.filed_by) == ("roads", "پرسش", "جاده", "agent:1001")
+    assert [(e.kind, e.detail) for e in await store.case_events(case.id)][-1] == (
+        "filed", {"agency": "roads", "category": "پرسش"})
+    with pytest.raises(NotFound):
+        await store.file_case(999, "roads", "پرسش", "x", "agent:1001")
+
+
+async def test_find_duplicate_window_edges(store: Store, clock: Clock) -> None:
+    case = await _referred(store)
+    for now, expected in [(T0, case.id), (T0 + WINDOW_S, case.id), (T0 + WINDOW_S + 0.5, None)]:
+        found = await store.find_duplicate(SUBJECT, "health", "شکایت", WINDOW_S, now=now)
+        assert (found.id if found else None) == expected, now
+    clock.now = T0 + WINDOW_S + 1
+    assert await store.find_duplicate(SUBJECT, "health", "شکایت", WINDOW_S) is None
+    assert await store.find_duplicate(SUBJECT, "health", "شکایت", WINDOW_S + 1) == case
+
+
+async def test_find_duplicate_needs_same_subject_agency_category_and_an_open_case(
+    store: Store, clock: Clock
+) -> None:
+    first = await _referred(store)
+    clock.now = T0 + 10
+    second = await _referred(store)
+    await _referred(store, subject=STRANGER)
+    await _referred(store, agency="roads")
+    await _referred(store, category="پرسش")
+    # A case raised by the subject for someone else is not the subject's own.
+    await _referred(store, subject=STRANGER, caller=_verified(SUBJECT), category="پیشنهاد")
+
+    async def found(subject: str = SUBJECT, agency: str = "health", category: str = "شکایت") -> int | None:
+        case = await store.find_duplicate(subject, agency, category, WINDOW_S, now=T0 + 20)
+        return None if case is None else case.id
+
+    assert await found() == first.id  # the oldest
+    assert await found(agency="energy") is None
+    assert await found(category="پیشنهاد") is None
+    assert await found(subject=RELATIVE) is None
+    await store.set_case_status(first.id, "closed")
+    assert await found() == second.id
+    await store.set_answer(second.id, "agency:health/u1", text="پاسخ")
+    assert await found() == second.id  # answered is still open
+    await store.set_case_status(second.id, "closed")
+    assert await found() is None
+
+
+async def test_duplicate_lookup_uses_its_index(store: Store) -> None:
+    async with store._db.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM cases WHERE national_id_hmac = ? AND agency = ? AND category = ?"
+        " AND status <> 'closed' AND created_at >= ? ORDER BY created_at, id LIMIT 1", ("h", "a", "c", 0.0)
+    ) as cursor:
+        plan = " ".join(str(row[3]) for row in await cursor.fetchall())
+    assert "cases_open_by_subject" in plan
+
+
+async def test_record_contact_masks_the_submitter(store: Store, db_path: Path, clock: Clock) -> None:
+    case = await _referred(store)
+    clock.now = T0 + 3
+    await store.record_contact(case.id, "api:letter-office", "letter", submitter_national_id=RELATIVE,
+                               summary="دوباره")
+    contact = (await store.case_events(case.id))[-1]
+    assert (contact.actor, contact.kind, contact.at) == ("api:letter-office", "contact", T0 + 3)
+    assert contact.detail == {"channel": "letter", "submitter": "********04", "summary": "دوباره"}
+    assert RELATIVE.encode() not in _database_bytes(db_path)
+    with pytest.raises(NotFound):
+        await store.record_contact(999, "ivr", "phone")
+
+
+async def test_intake_opens_a_referred_case_then_links_duplicates(store: Store, db_path: Path, clock: Clock) -> None:
+    new = await _intake(store, _verified(SUBJECT))
+    assert new.duplicate is False and new.case.status == "referred" and new.case.channel == "sms"
+    assert new.case.subject_is_caller is True
+
+    clock.now = T0 + 50
+    call_id = await _new_call(store)
+    by_phone = await _intake(store, _verified(SUBJECT), submitter=_verified(RELATIVE), channel="phone",
+                             actor="agent:1001", call_id=call_id, summary=None)
+    by_letter = await _intake(store, _verified(SUBJECT), submitter=_verified(SUBJECT), channel="letter",
+                              actor="api:letter-office")
+    assert by_phone.duplicate and by_letter.duplicate
+    assert by_phone.case.id == by_letter.case.id == new.case.id
+    contacts = [(e.actor, e.detail) for e in await store.case_events(new.case.id) if e.kind == "contact"]
+    assert contacts == [
+        ("agent:1001", {"channel": "phone", "submitter": "********04", "call_id": call_id}),
+        ("api:letter-office", {"channel": "letter", "submitter": "********99", "summary": "نوبت جراحی"}),
+    ]
+    assert _raw(db_path, "SELECT count(*) FROM cases") == [(1,)]
+
+    other_agency = await _intake(store, _verified(SUBJECT), agency="roads")
+    assert not other_agency.duplicate and other_agency.case.id != new.case.id
+    clock.now = T0 + WINDOW_S + 1
+    later = await _intake(store, _verified(SUBJECT))
+    assert not later.duplicate and later.case.id != new.case.id
+
+
+async def test_intake_submitter_is_kept_on_a_new_case(store: Store) -> None:
+    result = await _intake(store, _verified(SUBJECT), submitter=_verified(RELATIVE), channel="letter")
+    assert result.case.subject_is_caller is False and result.case.caller_national_id_masked == "********04"
+    assert await store.person_matches(result.case.id, RELATIVE)
+    themselves = await _intake(store, _verified(STRANGER), submitter=_verified(STRANGER))
+    assert themselves.case.subject_is_caller is True
+
+
+async def test_intake_never_links_an_unverified_id(store: Store) -> None:
+    await _intake(store, _verified(SUBJECT))
+    unverified = await _intake(store, PersonId(SUBJECT, "speech", "unverified"))
+    assert not unverified.duplicate and unverified.case.id_status == "unverified"
+    assert not (await _intake(store, PersonId(None, "speech", "to_transcribe"))).duplicate
+
+
+async def test_intake_override_opens_a_case_and_says_why(store: Store) -> None:
+    first = await _intake(store, _verified(SUBJECT))
+    forced = await _intake(store, _verified(SUBJECT), actor="agent:1001", override_reason="موضوع دیگری است")
+    assert not forced.duplicate and forced.case.id != first.case.id
+    events = await store.case_events(forced.case.id)
+    assert [(e.actor, e.kind, e.detail) for e in events] == [
+        ("agent:1001", "created", {"status": "referred", "channel": "sms", "agency": "health", "category": "شکایت"}),
+        ("agent:1001", "duplicate_override", {"of": first.case.tracking_code, "reason": "موضوع دیگری است"}),
+    ]
+    # Without a duplicate there is nothing to override.
+    plain = await _intake(store, _verified(STRANGER), override_reason="x")
+    assert [e.kind for e in await store.case_events(plain.case.id)] == ["created"]
+
+
+async def test_concurrent_intakes_open_one_case(store: Store, db_path: Path) -> None:
+    results = await asyncio.gather(*(_intake(store, _verified(SUBJECT), channel=channel)
+                                     for channel in ("sms", "letter", "web", "phone")))
+    assert sorted(r.duplicate for r in results) == [False, True, True, True]
+    assert len({r.case.id for r in results}) == 1
+    assert _raw(db_path, "SELECT count(*) FROM cases") == [(1,)]
+
+
+async def test_list_cases_filters_newest_first(store: Store, clock: Clock) -> None:
+    old = await _referred(store)
+    clock.now = T0 + 10
+    roads = await _referred(store, agency="roads")
+    clock.now = T0 + 20
+    received = await store.create_case(None, "received", None, "none")
+    clock.now = T0 + 20  # same second: the later id comes first
+    newest = await _referred(store, subject=STRANGER)
+
+    def ids(cases: list[Case]) -> list[int]:
+        return [c.id for c in cases]
+
+    assert ids(await store.list_cases()) == [newest.id, received.id, roads.id, old.id]
+    assert ids(await store.list_cases(agency="health")) == [newest.id, old.id]
+    assert ids(await store.list_cases(status="received")) == [received.id]
+    assert ids(await store.list_cases(since=T0 + 10)) == [newest.id, received.id, roads.id]
+    assert ids(await store.list_cases(agency="health", status="referred", since=T0 + 1)) == [newest.id]
+    assert ids(await store.list_cases(limit=2)) == [newest.id, received.id]
+    assert ids(await store.list_cases(limit=None)) == ids(await store.list_cases())
+    assert await store.list_cases(agency="energy") == []
+
+
+async def test_list_calls_and_their_tracking_codes(store: Store) -> None:
+    early = await _new_call(store, "early", at=100.0)
+    late = await _new_call(store, "late", at=200.0)
+    bare = await _new_call(store, "bare", at=300.0)
+    early_case = await store.create_case(early, "received", None, "none")
+    late_case = await store.create_case(late, "received", None, "none")
+    assert [c.id for c in await store.list_calls()] == [bare, late, early]
+    assert [c.id for c in await store.list_calls(since=200.0)] == [bare, late]
+    assert await store.tracking_codes_by_call() == {early: early_case.tracking_code, late: late_case.tracking_code}
+    assert await store.tracking_codes_by_call(since=150.0) == {late: late_case.tracking_code}
+
+
+async def test_person_matches_subject_or_submitter_only(store: Store) -> None:
+    case = await _referred(store, caller=_verified(RELATIVE))
+    own = await store.create_case(None, "received", STRANGER, "keypad")
+    assert await store.person_matches(case.id, SUBJECT)
+    assert await store.person_matches(case.id, RELATIVE)
+    assert not await store.person_matches(case.id, STRANGER)
+    assert await store.person_matches(own.id, STRANGER) and not await store.person_matches(own.id, SUBJECT)
+    assert not await store.person_matches(case.id, "12345")
+    no_id = await store.create_case(None, "received", None, "speech")
+    assert not await store.person_matches(no_id.id, SUBJECT)
+    with pytest.raises(NotFound):
+        await store.person_matches(999, SUBJECT)

@@ -103,3 +103,25 @@ async def test_wal_mode_and_connection_pragmas(tmp_path: Path, protector: IdProt
             async with store._db.execute(f"PRAGMA {pragma}") as cursor:
                 assert tuple(await cursor.fetchone() or ()) == (expected,), pragma
     assert _raw(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_v4_adds_answers_to_existing_cases(
+    tmp_path: Path, protector: IdProtector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "store.db"
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:3])
+    async with open_store(path, protector):
+        pass
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO cases (tracking_code, status, created_at, updated_at, id_source, agency, category)"
+                     " VALUES ('123456782', 'received', 1.0, 1.0, 'none', 'health', 'شکایت')")
+    monkeypatch.undo()
+    async with open_store(path, protector) as store:
+        case = await store.get_case("123456782")
+        assert (case.status, case.agency, case.answer_text, case.answer_audio, case.answered_by) == (
+            "received", "health", None, None, None)
+        answered = await store.set_answer(case.id, "agency:health/u1", text="پاسخ")
+        assert answered.answer_text == "پاسخ" and answered.status == "answered"
+    assert _raw(path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    indexes = {row[0] for row in _raw(path, "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"cases_open_by_subject", "cases_agency_created_at", "cases_created_at", "calls_arrived_at"} <= indexes

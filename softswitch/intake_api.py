@@ -1,0 +1,240 @@
+"""Control process: the HTTP API for other channels (case intake) and for reporting (lists, CSV, OpenAPI)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Collection
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import yaml
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from ivr.national_id import parse_national_id
+from softswitch.config import CHANNELS, CONFIG_DIR, ApiToken, Config
+from softswitch.http_api import _case
+from storage.models import PersonId
+from storage.reports import calls_csv, cases_csv
+from storage.store import CASE_STATUSES, Store
+
+OPENAPI_DOCUMENT = CONFIG_DIR / "openapi.yaml"
+SECONDS_PER_DAY = 86_400.0
+MAX_TEXT_CHARS = 10_000
+MAX_LIST = 1000
+# IDs that came as typed digits (a form, an SMS, a letter keyed in) are "keypad"
+# IDs, like keyed ones on the phone; the check digit is their verification.
+TYPED_ID = "keypad"
+
+
+def duplicate_window_s(config: Config) -> float:
+    """The ``window_s`` of Store.intake for every channel (the agents' console too)."""
+    return config.cases.duplicate_window_days * SECONDS_PER_DAY
+
+
+def token_sha256(token: str) -> str:
+    """What api_tokens keeps of a bearer token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _national_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    national_id = parse_national_id(value)
+    if national_id is None:
+        # Never echo the value: error bodies end up in clients' logs.
+        raise PydanticCustomError("national_id", "not a valid national ID (10 digits with a valid check digit)")
+    return national_id
+
+
+def _one_of(value: str, allowed: Collection[str], what: str) -> str:
+    if value not in allowed:
+        raise PydanticCustomError("unknown", "unknown {what}", {"what": what})
+    return value
+
+
+class CaseSubmission(BaseModel):
+    """The body of POST /api/cases; validate with context {"agency": ids, "category": names} as configured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    channel: str
+    subject_national_id: str
+    submitter_national_id: str | None = None
+    agency: str
+    category: str
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+
+    _ids = field_validator("subject_national_id", "submitter_national_id")(_national_id)
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        return _one_of(value, CHANNELS, "channel")
+
+    @field_validator("agency", "category")
+    @classmethod
+    def _configured(cls, value: str, info: ValidationInfo) -> str:
+        assert info.field_name is not None and isinstance(info.context, dict)
+        return _one_of(value, info.context[info.field_name], info.field_name)
+
+
+class SinceFilter(BaseModel):
+    """The query of the calls CSV: Unix seconds or ISO 8601; without an offset, in the service's time zone."""
+
+    model_config = ConfigDict(frozen=True)
+
+    since: datetime | None = None
+
+
+class CaseFilter(SinceFilter):
+    """The query of GET /api/cases and of the cases CSV (which takes no limit)."""
+
+    agency: str | None = None
+    status: str | None = None
+    limit: int = Field(MAX_LIST, ge=1, le=MAX_LIST)
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, value: str | None) -> str | None:
+        return None if value is None else _one_of(value, CASE_STATUSES, "status")
+
+
+_Filter = TypeVar("_Filter", bound=SinceFilter)
+
+
+def _json_error(error: type[web.HTTPError], message: str, headers: dict[str, str] | None = None,
+                **extra: Any) -> web.HTTPError:
+    return error(text=json.dumps({"error": message, **extra}, ensure_ascii=False), content_type="application/json",
+                 headers=headers)
+
+
+def _field_errors(exc: ValidationError) -> web.HTTPError:
+    # loc and msg only: pydantic's "input" would echo national IDs.
+    fields = [{"field": ".".join(str(part) for part in err["loc"]) or "body", "message": err["msg"]}
+              for err in exc.errors()]
+    return _json_error(web.HTTPUnprocessableEntity, "invalid request", fields=fields)
+
+
+class IntakeApi:
+    """The handlers; tokens are recognised by the SHA-256 kept in ``api_tokens``."""
+
+    def __init__(self, store: Store, config: Config, openapi: dict[str, Any]) -> None:
+        self.store = store
+        self.tokens = config.api_tokens
+        self.agency_names = {agency.id: agency.name for agency in config.agencies}
+        self.agencies = frozenset(self.agency_names)
+        self.categories = frozenset(config.categories)
+        self.window_s = duplicate_window_s(config)
+        self.tz = ZoneInfo(config.office_hours.timezone)
+        self.openapi_document = openapi
+
+    def authenticate(self, request: web.Request) -> ApiToken:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        digest = token_sha256(presented.strip())
+        found = None
+        # Every token is compared, in constant time, so timing tells nothing of the stored hashes.
+        for token in self.tokens:
+            if hmac.compare_digest(token.sha256, digest):
+                found = token
+        if scheme.lower() != "bearer" or not presented.strip() or found is None:
+            raise _json_error(web.HTTPUnauthorized, "a valid bearer token is required",
+                              headers={"WWW-Authenticate": 'Bearer realm="softswitch-111"'})
+        return found
+
+    def _reporter(self, request: web.Request) -> ApiToken:
+        token = self.authenticate(request)
+        if not token.reports:
+            raise _json_error(web.HTTPForbidden, "this token may not read reports")
+        return token
+
+    def _query(self, request: web.Request, model: type[_Filter]) -> tuple[_Filter, float | None]:
+        """The validated query and its ``since`` as Unix seconds."""
+        try:
+            query = model.model_validate(dict(request.query))
+        except ValidationError as exc:
+            raise _field_errors(exc) from None
+        if isinstance(query, CaseFilter) and query.agency is not None and query.agency not in self.agencies:
+            raise _json_error(web.HTTPUnprocessableEntity, "invalid request",
+                              fields=[{"field": "agency", "message": "unknown agency"}])
+        since = query.since
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=self.tz)
+        return query, None if since is None else since.timestamp()
+
+    async def submit_case(self, request: web.Request) -> web.Response:
+        token = self.authenticate(request)
+        if token.channel is None:
+            raise _json_error(web.HTTPForbidden, "this token may not submit cases")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _json_error(web.HTTPBadRequest, "the body must be a JSON object") from None
+        try:
+            submission = CaseSubmission.model_validate(
+                body, context={"agency": self.agencies, "category": self.categories})
+        except ValidationError as exc:
+            raise _field_errors(exc) from None
+        if submission.channel != token.channel:
+            raise _json_error(web.HTTPForbidden, f"this token submits for the {token.channel} channel only")
+        submitter = submission.submitter_national_id
+        result = await self.store.intake(
+            PersonId(submission.subject_national_id, TYPED_ID, "verified"),
+            submitter=None if submitter is None else PersonId(submitter, TYPED_ID, "verified"),
+            channel=submission.channel, agency=submission.agency, category=submission.category,
+            summary=submission.text, actor=f"api:{token.name}", window_s=self.window_s)
+        code = result.case.tracking_code
+        if result.duplicate:
+            return web.json_response({"tracking_code": code, "duplicate": True})
+        return web.json_response({"tracking_code": code, "duplicate": False}, status=201,
+                                 headers={"Location": f"/api/cases/{code}"})
+
+    async def list_cases(self, request: web.Request) -> web.Response:
+        self._reporter(request)
+        query, since = self._query(request, CaseFilter)
+        cases = await self.store.list_cases(agency=query.agency, status=query.status, since=since,
+                                            limit=query.limit)
+        return web.json_response([_case(case) for case in cases])
+
+    async def cases_csv(self, request: web.Request) -> web.Response:
+        self._reporter(request)
+        query, since = self._query(request, CaseFilter)
+        cases = await self.store.list_cases(agency=query.agency, status=query.status, since=since, limit=None)
+        return _csv_response("cases.csv", cases_csv(cases, agency_names=self.agency_names, tz=self.tz))
+
+    async def calls_csv(self, request: web.Request) -> web.Response:
+        self._reporter(request)
+        _, since = self._query(request, SinceFilter)
+        calls = await self.store.list_calls(since=since)
+        codes = await self.store.tracking_codes_by_call(since=since)
+        return _csv_response("calls.csv", calls_csv(calls, codes, tz=self.tz))
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self.openapi_document)
+
+
+def _csv_response(filename: str, text: str) -> web.Response:
+    return web.Response(body=text.encode("utf-8"), content_type="text/csv", charset="utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def load_openapi(path: Path = OPENAPI_DOCUMENT) -> dict[str, Any]:
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: not an OpenAPI document")
+    return document
+
+
+def add_intake_routes(app: web.Application, store: Store, config: Config) -> None:
+    """POST/GET /api/cases, the CSV reports and /api/openapi.json."""
+    api = IntakeApi(store, config, load_openapi())
+    app.router.add_post("/api/cases", api.submit_case)
+    app.router.add_get("/api/cases", api.list_cases)
+    app.router.add_get("/api/reports/cases.csv", api.cases_csv)
+    app.router.add_get("/api/reports/calls.csv", api.calls_csv)
+    app.router.add_get("/api/openapi.json", api.openapi)
