@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from softswitch.control import Softswitch
 
 SOFTSWITCH = web.AppKey("softswitch", object)
+# Checks a request carries a token that may read cases (set by softswitch/intake_api.py).
+ReportsAuth = Callable[[web.Request], object]
+REPORTS_AUTH: web.AppKey[ReportsAuth] = web.AppKey("reports_auth")
 
 
 def _recording(rec: Recording) -> dict[str, Any]:
@@ -75,6 +78,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def get_call(request: web.Request) -> web.Response:
+    request.app[REPORTS_AUTH](request)
     store = _switch(request).store
     try:
         call = await store.get_call_by_sip_id(request.match_info["sip_call_id"])
@@ -91,6 +95,7 @@ async def get_call(request: web.Request) -> web.Response:
 
 
 async def get_case(request: web.Request) -> web.Response:
+    request.app[REPORTS_AUTH](request)
     store = _switch(request).store
     try:
         case = await store.get_case(request.match_info["tracking_code"])

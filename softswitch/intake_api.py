@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from ivr.national_id import parse_national_id
 from softswitch.config import CHANNELS, CONFIG_DIR, ApiToken, Config
-from softswitch.http_api import _case
+from softswitch.http_api import REPORTS_AUTH, _case
 from storage.models import PersonId
 from storage.reports import calls_csv, cases_csv
 from storage.store import CASE_STATUSES, Store
@@ -147,7 +147,7 @@ class IntakeApi:
                               headers={"WWW-Authenticate": 'Bearer realm="softswitch-111"'})
         return found
 
-    def _reporter(self, request: web.Request) -> ApiToken:
+    def reporter(self, request: web.Request) -> ApiToken:
         token = self.authenticate(request)
         if not token.reports:
             raise _json_error(web.HTTPForbidden, "this token may not read reports")
@@ -195,20 +195,20 @@ class IntakeApi:
                                  headers={"Location": f"/api/cases/{code}"})
 
     async def list_cases(self, request: web.Request) -> web.Response:
-        self._reporter(request)
+        self.reporter(request)
         query, since = self._query(request, CaseFilter)
         cases = await self.store.list_cases(agency=query.agency, status=query.status, since=since,
                                             limit=query.limit)
         return web.json_response([_case(case) for case in cases])
 
     async def cases_csv(self, request: web.Request) -> web.Response:
-        self._reporter(request)
+        self.reporter(request)
         query, since = self._query(request, CaseFilter)
         cases = await self.store.list_cases(agency=query.agency, status=query.status, since=since, limit=None)
         return _csv_response("cases.csv", cases_csv(cases, agency_names=self.agency_names, tz=self.tz))
 
     async def calls_csv(self, request: web.Request) -> web.Response:
-        self._reporter(request)
+        self.reporter(request)
         _, since = self._query(request, SinceFilter)
         calls = await self.store.list_calls(since=since)
         codes = await self.store.tracking_codes_by_call(since=since)
@@ -233,6 +233,7 @@ def load_openapi(path: Path = OPENAPI_DOCUMENT) -> dict[str, Any]:
 def add_intake_routes(app: web.Application, store: Store, config: Config) -> None:
     """POST/GET /api/cases, the CSV reports and /api/openapi.json."""
     api = IntakeApi(store, config, load_openapi())
+    app[REPORTS_AUTH] = api.reporter
     app.router.add_post("/api/cases", api.submit_case)
     app.router.add_get("/api/cases", api.list_cases)
     app.router.add_get("/api/reports/cases.csv", api.cases_csv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ HTTP_PORT = 18111
 WORKERS = 3
 PROMPT_S = 0.3  # every test prompt is a 0.3 s tone, so call timelines are short and known
 ALLOWED_SOURCE = "127.0.0.1"
+REPORTS_TOKEN = "reports-token-for-the-sip-tests-0123456789"
 DISALLOWED_SOURCE = "127.0.0.2"
 
 # Test timers: the flow's steps with short prompts and end-pointing.
@@ -113,9 +115,12 @@ class RunningSoftswitch:
     work: Path
     _port_seq: int = 0
 
-    def get(self, path: str) -> tuple[int, Any]:
+    def get(self, path: str, token: str | None = REPORTS_TOKEN) -> tuple[int, Any]:
+        """GET an API path as the test's reporting client (or with another token, or none)."""
+        request = urllib.request.Request(self.http + path,
+                                         headers={"Authorization": f"Bearer {token}"} if token else {})
         try:
-            with urllib.request.urlopen(self.http + path, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=5) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
@@ -218,7 +223,7 @@ def running_softswitch(base: Path, *, sip_port: int, http_port: int, workers: in
     data_dir = base / "var"
     overrides = base / "prompt-overrides"
     _tone_overrides(overrides)
-    config = {
+    config: dict[str, Any] = {
         "data_dir": str(data_dir),
         "drain_timeout_s": drain_timeout_s,
         "sip": {"port": sip_port, "trunk_allow": [f"{ALLOWED_SOURCE}/32", "::1/128"]},
@@ -232,6 +237,9 @@ def running_softswitch(base: Path, *, sip_port: int, http_port: int, workers: in
         realm = (config_overrides or {}).get("agents", {}).get("realm", AgentsConfig().realm)
         config["agents"] = {"accounts": agent_accounts(agents, realm)}
     _merge(config, config_overrides or {})
+    # The tests read CDRs and cases through the API as a reporting client.
+    config["api_tokens"] = [*config.get("api_tokens", []), {
+        "name": "test-reports", "sha256": hashlib.sha256(REPORTS_TOKEN.encode()).hexdigest(), "reports": True}]
     config_path = base / "softswitch.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = base / "softswitch.log"

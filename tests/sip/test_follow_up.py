@@ -147,6 +147,9 @@ def test_duplicates_by_sms_letter_and_phone_link_to_the_first_case(switch: Runni
     status, other = submit(switch, SMS_TOKEN, {"channel": "sms", "subject_national_id": NATIONAL_ID,
                                                "agency": "municipality", "category": CATEGORY, "text": "آسفالت"})
     assert status == 201 and other["tracking_code"] != first
+    # Cases are read with a reports token only: a tracking code alone discloses nothing.
+    assert switch.get(f"/api/cases/{first}", token=None)[0] == 401
+    assert switch.get(f"/api/cases/{first}", token=SMS_TOKEN)[0] == 403
     _, case = switch.get(f"/api/cases/{first}")
     contacts = [event for event in case["history"] if event["kind"] == "contact"]
     assert len(contacts) == 1 and contacts[0]["actor"] == "api:letters"
