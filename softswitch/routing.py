@@ -59,4 +59,4 @@ def route(facts: CallFacts, service_number: str, trunk_allow: Sequence[str]) -> 
         return Reject(403, "source not on the trunk allow-list")
     if dialled_number(facts.to_uri) != service_number:
         return Reject(404, "number not served here")
-    return Accept("recorded_message")
+    return Accept("ivr")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import ctypes
 import errno
+import faulthandler
 import functools
 import logging
 import os
@@ -43,6 +45,7 @@ LISTEN_FRAME_BYTES = VAD_FRAME_BYTES * LISTEN_FRAME_MS // 20
 SOURCE_HEADER = re.compile(rb"^X-111-Source:\s*(\S+)\s*$", re.IGNORECASE | re.MULTILINE)
 SILENT_FRAME = bytes(LISTEN_FRAME_BYTES)
 KEEPALIVE = b"\r\n\r\n"  # RFC 5626 keep-alive: PJSIP drops it without a log line
+PLAYER_GRACE_S = 0.2  # a stopped player outlives any bridge tick that was using it
 
 
 class Waker:
@@ -309,6 +312,7 @@ class Worker:
     deferred: collections.deque[Any] = field(default_factory=collections.deque)
     finished: collections.deque[tuple[str, Recording]] = field(default_factory=collections.deque)
     ports: list[CallPort] = field(default_factory=list)
+    retired: collections.deque[tuple[float, Player]] = field(default_factory=collections.deque)
     draining: bool = False
     cap_hit: bool = False
     max_calls: int | None = None
@@ -332,6 +336,7 @@ class Worker:
                 self._drain_control()
                 self.drained.set()
                 self._run_deferred()
+                self._purge_retired()
                 self._close_finished()
                 if self.cap_hit:
                     self._learn_cap()
@@ -396,6 +401,7 @@ class Worker:
             self._end_call(state, 0, "worker stopping")
         self.calls.clear()
         self.deferred.clear()
+        self.retired.clear()
         for port in self.ports:
             del port
         self.ports.clear()
@@ -684,7 +690,17 @@ class Worker:
         if player is None:
             return
         state.player = None
+        # Disconnected now, destroyed later: the clock thread may be inside this
+        # player's frame or EOF callback this very moment.
+        with contextlib.suppress(pj.Error):
+            player.stopTransmit(state.call.getAudioMedia(-1))
+        self.retired.append((time.monotonic() + PLAYER_GRACE_S, player))
         self.send("play_done", call=state.handle, play_id=player.play_id, completed=completed)
+
+    def _purge_retired(self) -> None:
+        now = time.monotonic()
+        while self.retired and self.retired[0][0] <= now:
+            self.retired.popleft()
 
     def _run_deferred(self) -> None:
         while self.deferred:
@@ -773,6 +789,8 @@ def run_worker(settings: WorkerSettings) -> None:
     """Entry point of a worker process (forked by the supervisor or started from the command line)."""
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s worker{settings.worker_id} %(levelname)s %(message)s")
+    # A crash inside the library leaves the Python stacks of every thread in the log.
+    faulthandler.enable(all_threads=True)
     Worker(settings).run()
 
 

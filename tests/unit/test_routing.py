@@ -28,9 +28,9 @@ def test_dialled_number(uri: str, number: str | None) -> None:
 
 
 @pytest.mark.parametrize("to_uri, source, expected", [
-    ("sip:111@127.0.0.1", "127.0.0.1", Accept("recorded_message")),
-    ("sip:111@127.0.0.1", "10.20.3.4:5060", Accept("recorded_message")),
-    ("sip:111@[::1]", "::1", Accept("recorded_message")),
+    ("sip:111@127.0.0.1", "127.0.0.1", Accept("ivr")),
+    ("sip:111@127.0.0.1", "10.20.3.4:5060", Accept("ivr")),
+    ("sip:111@[::1]", "::1", Accept("ivr")),
     ("sip:112@127.0.0.1", "127.0.0.1", Reject(404, "number not served here")),
     ("sip:1110@127.0.0.1", "127.0.0.1", Reject(404, "number not served here")),
     ("sip:111@127.0.0.1", "192.0.2.7", Reject(403, "source not on the trunk allow-list")),
