@@ -119,9 +119,10 @@ def test_wrong_id_hears_nothing_and_repeated_tries_are_throttled(switch: Running
         if attempt == 0:
             # Not this caller's case: "not found", asked again; a wrong check digit is refused without a
             # lookup; the second miss (max_failures 2) throttles this number.
-            time.sleep(2.0)
+            # Ten keys take the phone 2 s to send; each entry waits for the one before and its answer.
+            time.sleep(4.0)
             stranger.dtmf(call, code[:-1] + str((int(code[-1]) + 1) % 10) + "#")
-            time.sleep(2.0)
+            time.sleep(4.0)
             stranger.dtmf(call, code + "#")
         stranger.wait_for("ended", call=call, timeout_s=40)
         path = switch.call_record(call)["call"]["ivr_path"]
