@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ivr.channel import CallChannel, CallEnded, LiveChannel, RecordingResult
-from ivr.identify import Prompts, SpeechDigits, Whose, ask_about_whom, identify
+from ivr.identify import SpeechDigits, Whose, ask_about_whom, identify
 from ivr.follow_up import FailureThrottle, FollowUpCases, follow_up
 from ivr.live import LiveCall, LiveService
 from ivr.menu import choose

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import enum
 import logging
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from ivr.channel import CallChannel, CallEnded, RecordingResult
-from ivr.identify import Prompts, SpeechDigits, Whose, ask_about_whom, identify
+from ivr.channel import CallChannel, RecordingResult
+from ivr.identify import Prompts
 from softswitch.config import IvrConfig
 from storage.models import PersonId
 

@@ -20,7 +20,6 @@ from typing import Any, Iterator
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import Select
 
 from media.wavfile import read_pcm
 from tests.browser.driver import visible
