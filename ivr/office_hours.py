@@ -206,9 +206,9 @@ def persian_weekday(day: date) -> str:
     return PERSIAN_WEEKDAYS[iran_weekday(day)]
 
 
-def persian_digits(text: str) -> str:
-    """text with ASCII digits written as Persian digits (۰..۹)."""
-    return text.translate(_PERSIAN_DIGITS)
+def persian_digits(text: object) -> str:
+    """text (or a number) with ASCII digits written as Persian digits (۰..۹)."""
+    return str(text).translate(_PERSIAN_DIGITS)
 
 
 def jalali_date(ts: float, tz: tzinfo | str) -> str:

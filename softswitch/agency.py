@@ -27,10 +27,10 @@ from zoneinfo import ZoneInfo
 from aiohttp import BodyPartReader, web
 from aiohttp_session import Session
 
+from ivr.office_hours import jalali_datetime, persian_digits
 from media.synth import AudioTooLong, SynthesisError, Synthesizer, convert_to_telephone_wav
 from softswitch.config import Agency, AgencyUser
-from softswitch.console import (ERRORS, SECURITY_HEADERS, STATIC_DIR, SessionPages, install_sessions,
-                                jalali_datetime_text, json_error, persian_digits)
+from softswitch.console import ERRORS, SECURITY_HEADERS, STATIC_DIR, SessionPages, install_sessions, json_error
 from softswitch.credentials import verify_password
 from storage.errors import NotFound
 from storage.models import Case, CaseEvent, Recording
@@ -208,7 +208,7 @@ class _AgencyPages(SessionPages):
     # -- views -----------------------------------------------------------------------
 
     def when(self, ts: float | None) -> str:
-        return "" if ts is None else jalali_datetime_text(ts, self.tz)
+        return "" if ts is None else jalali_datetime(ts, self.tz)
 
     def agency_name(self, agency_id: object) -> str:
         for agency in self.deps.agencies:

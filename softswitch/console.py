@@ -37,6 +37,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 from ivr.acd import Acd
 from ivr.national_id import normalize_digits
+from ivr.office_hours import jalali_datetime, persian_digits
 from softswitch.config import Agency, AgentAccount
 from storage.tracking_code import is_tracking_code
 
@@ -170,25 +171,9 @@ ERRORS = {
     "not_your_case": "این پرونده در میز شما نیست.",
 }
 
-_PERSIAN_DIGITS = str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")
-
-
-def persian_digits(text: object) -> str:
-    return str(text).translate(_PERSIAN_DIGITS)
-
-
-def _jalali(ts: float, tz: ZoneInfo) -> jdatetime.datetime:
-    return jdatetime.datetime.fromgregorian(datetime=datetime.fromtimestamp(ts, tz), locale="fa_IR")
-
-
-def jalali_datetime_text(ts: float, tz: ZoneInfo) -> str:
-    """'۱۴۰۵/۰۹/۰۷ ۰۹:۰۲': a Jalali date and local time, as on a Persian receipt."""
-    return persian_digits(_jalali(ts, tz).strftime("%Y/%m/%d %H:%M"))
-
-
 def jalali_date_text(ts: float, tz: ZoneInfo) -> str:
-    """'شنبه ۷ آذر ۱۴۰۵'."""
-    day = _jalali(ts, tz)
+    """'شنبه ۷ آذر ۱۴۰۵': the page header's date, with Persian weekday and month names."""
+    day = jdatetime.datetime.fromgregorian(datetime=datetime.fromtimestamp(ts, tz), locale="fa_IR")
     return persian_digits(f"{day.strftime('%A')} {day.day} {day.strftime('%B')} {day.year}")
 
 
@@ -468,7 +453,7 @@ class _Console(SessionPages):
 
     def case_view(self, case: Mapping[str, Any]) -> dict[str, Any]:
         created_at = case.get("created_at")
-        when = jalali_datetime_text(created_at, self.tz) if isinstance(created_at, (int, float)) else ""
+        when = jalali_datetime(created_at, self.tz) if isinstance(created_at, (int, float)) else ""
         return {**case, "created_at_text": when}
 
     def offer_view(self, pop: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -21,7 +21,8 @@ from media.synth import EspeakSynthesizer
 from media.wavfile import is_silence, read_format
 from softswitch.agency import AgencyServices, add_agency_routes
 from softswitch.config import Agency, AgencyUser
-from softswitch.console import add_console_routes, persian_digits
+from ivr.office_hours import persian_digits
+from softswitch.console import add_console_routes
 from softswitch.credentials import hash_password
 from storage.crypto import IdProtector
 from storage.models import Case, PersonId

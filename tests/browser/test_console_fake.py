@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from softswitch.console import persian_digits
+from ivr.office_hours import persian_digits
 from tests.browser.conftest import AGENT, SUPERVISOR, ConsoleServer, make_desk
 from tests.browser.demo import (CALL_KEY, NATIONAL_ID, SUBJECT_ID, add_history_cases, demo_desk, populate_morning,
                                 screen_pop, write_wav)

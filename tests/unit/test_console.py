@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from ivr.acd import Acd
 from ivr.call_flow import Session
 from softswitch.config import AgentsConfig, Config
-from softswitch.console import (ERRORS, FiledCase, LoginThrottle, add_console_routes, jalali_date_text,
-                                jalali_datetime_text)
+from ivr.office_hours import jalali_datetime
+from softswitch.console import ERRORS, FiledCase, LoginThrottle, add_console_routes, jalali_date_text
 from softswitch.desk import ControlDesk
 from storage.crypto import IdProtector
 from storage.models import PersonId
@@ -474,7 +474,7 @@ def test_jalali_dates_with_persian_digits() -> None:
 
     nowruz_1404 = 1742502600.0  # 2025-03-21 00:00 in Tehran (UTC+3:30)
     tehran = ZoneInfo("Asia/Tehran")
-    assert jalali_datetime_text(nowruz_1404 + 9 * 3600 + 5 * 60, tehran) == "۱۴۰۴/۰۱/۰۱ ۰۹:۰۵"
+    assert jalali_datetime(nowruz_1404 + 9 * 3600 + 5 * 60, tehran) == "۱۴۰۴/۰۱/۰۱ ۰۹:۰۵"
     assert jalali_date_text(nowruz_1404, tehran) == "جمعه ۱ فروردین ۱۴۰۴"
 
 
