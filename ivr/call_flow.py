@@ -84,6 +84,11 @@ class Session:
     agent_id: str | None = None
     ended_by: str | None = None
 
+    def parties(self) -> tuple[PersonId, PersonId | None]:
+        """(the person a case is filed under, the caller when they called for someone else)."""
+        caller = self.caller or PersonId(None, "none", "none")
+        return (self.subject, caller) if self.subject is not None else (caller, None)
+
 
 @dataclass
 class FollowUp:
@@ -237,10 +242,8 @@ class CallFlow:
             return
         if not message.heard_speech and message.reason == "no_input":
             return
-        nobody = PersonId(None, "none", "none")
-        caller = s.caller or nobody
         # Filed under the person the request concerns; the caller is kept beside them.
-        subject, on_behalf_of = (s.subject, caller) if s.subject is not None else (caller, None)
+        subject, on_behalf_of = s.parties()
         s.tracking_code = await self.cases.open_case(
             subject=subject, caller=on_behalf_of,
             complete=message.complete and message.reason not in ("hangup", "lost"))

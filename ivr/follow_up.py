@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Protocol
 
 from ivr.channel import CallChannel
-from ivr.menu import collect_keys
+from ivr.menu import INTER_DIGIT_TIMEOUT_S, collect_keys
 from softswitch.config import FollowUpConfig, IvrConfig
 from storage.tracking_code import TRACKING_CODE_LENGTH, is_tracking_code
 
 log = logging.getLogger("ivr.follow_up")
-
-INTER_DIGIT_TIMEOUT_S = 4.0
 
 
 class Prompts(Protocol):

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Protocol
 
 from ivr.channel import CallChannel, CallEnded, RecordingResult
-from ivr.menu import choose
+from ivr.menu import INTER_DIGIT_TIMEOUT_S, choose
 from ivr.national_id import normalize_digits, parse_national_id
 from softswitch.config import IvrConfig
 from storage.models import PersonId
 
-INTER_DIGIT_TIMEOUT_S = 4.0
 
 
 class Prompts(Protocol):

@@ -9,6 +9,8 @@ from typing import Protocol
 from ivr.channel import CallChannel
 from softswitch.config import IvrConfig
 
+INTER_DIGIT_TIMEOUT_S = 4.0  # a caller still keying has this long for the next key
+
 
 class Prompts(Protocol):
     def path(self, name: str) -> Path: ...

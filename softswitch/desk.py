@@ -90,8 +90,8 @@ class ControlDesk:
 
     def untrack(self, key: str) -> None:
         call = self._calls.pop(key, None)
-        if call is not None and call.agent_id is not None and call.state != "ended":
-            call.state = "ended"
+        if call is not None:
+            call.state = "ended"  # its agent may still hold it through wrap-up
 
     # -- ivr.live.LiveDesk ---------------------------------------------------
     async def offer(self, key: str, agent_id: str, queued_s: float) -> None:
@@ -183,7 +183,7 @@ class ControlDesk:
                 agency_id, category):
             pass  # filed again as the same duplicate: its contact is in the history already
         else:
-            subject, submitter = self._parties(call)
+            subject, submitter = call.session.parties()
             result = await self.store.intake(
                 subject, channel="phone", agency=agency_id, category=category, summary=summary, actor=actor,
                 window_s=self.config.cases.duplicate_window_days * 86400, submitter=submitter,
@@ -271,13 +271,6 @@ class ControlDesk:
             raise ValueError("نهاد مسئول معتبر نیست.")
 
     @staticmethod
-    def _parties(call: DeskCall) -> tuple[PersonId, PersonId | None]:
-        """(the subject the case is filed under, the caller when they called for someone else)."""
-        s = call.session
-        caller = s.caller or PersonId(None, "none", "none")
-        return (s.subject, caller) if s.subject is not None else (caller, None)
-
-    @staticmethod
     def _visible_codes(call: DeskCall) -> set[str]:
         codes = {case["tracking_code"] for key in ("history", "subject_history") for case in (call.pop or {}).get(key, ())}
         if call.case is not None:
@@ -294,7 +287,7 @@ class ControlDesk:
                                                     reason=reason)
 
     async def _new_case(self, call: DeskCall, actor: str) -> Case:
-        subject, on_behalf_of = self._parties(call)
+        subject, on_behalf_of = call.session.parties()
         return await self.store.create_case(call.call_id, "received", subject.national_id, subject.source,
                                             id_status=subject.status, caller=on_behalf_of, actor=actor)
 
