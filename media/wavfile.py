@@ -14,6 +14,8 @@ import numpy as np
 HEADER_BYTES = 44
 SAMPLE_BYTES = 2
 _PLACEHOLDER_SIZE = 0xFFFFFFFF
+# PJSIP's WAV writer leaves both sizes 0 until it is destroyed.
+_ENGINE_PLACEHOLDER_SIZE = 0
 _RIFF_SIZE_OFFSET = 4
 _DATA_SIZE_OFFSET = 40
 _WAVE_FORMAT_PCM = 1
@@ -300,8 +302,26 @@ def _finish_header(fd: int, whole: int, stored: int) -> None:
     os.fsync(fd)
 
 
+def header_finished(path: Path) -> bool:
+    """True once a canonical WAV's header declares the sizes its file has (its writer closed it)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(HEADER_BYTES)
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return False
+    if len(header) < HEADER_BYTES:
+        return False
+    riff_size, = struct.unpack_from("<I", header, _RIFF_SIZE_OFFSET)
+    data_size, = struct.unpack_from("<I", header, _DATA_SIZE_OFFSET)
+    return riff_size == size - 8 and data_size == size - HEADER_BYTES
+
+
 def repair_wav(path: Path) -> WavInfo:
-    """Finish a recording left by a crashed WavWriter: whole samples, real sizes, fsync.
+    """Finish a recording whose writer died: whole samples, real sizes, fsync.
+
+    The writer is WavWriter (sizes 0xFFFFFFFF until closed) or the media
+    engine's (sizes 0 until closed).
 
     A file whose header is already correct is left unchanged, so repairing twice is safe.
     """
@@ -320,17 +340,17 @@ def repair_wav(path: Path) -> WavInfo:
         if (riff, wave, fmt_id, fmt_size, format_tag, data_id) != (
             b"RIFF", b"WAVE", b"fmt ", 16, _WAVE_FORMAT_PCM, b"data"
         ) or block_align != channels * bits // 8 or block_align == 0:
-            raise ValueError(f"{path}: not a canonical 44-byte PCM WAV header as WavWriter writes")
+            raise ValueError(f"{path}: not a canonical 44-byte PCM WAV header")
         stored = os.fstat(fd).st_size - HEADER_BYTES
         whole = stored - stored % block_align
         for field, declared, actual in (
             ("RIFF size", riff_size, HEADER_BYTES - 8 + whole),
             ("data size", data_size, whole),
         ):
-            if declared not in (_PLACEHOLDER_SIZE, actual):
+            if declared not in (_PLACEHOLDER_SIZE, _ENGINE_PLACEHOLDER_SIZE, actual):
                 raise ValueError(
                     f"{path}: header {field} is {declared} but the file holds {actual}; "
-                    "not an unfinished WavWriter recording"
+                    "not an unfinished recording"
                 )
         _finish_header(fd, whole, stored)
     finally:

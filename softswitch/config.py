@@ -37,18 +37,37 @@ class SipConfig(_Section):
 
 
 class WorkersConfig(_Section):
-    count: int = Field(4, ge=1, le=1000)
+    """Media worker processes; what is left null is sized from the machine and the engine (``plan_workers``)."""
+
+    count: int | None = Field(None, ge=1, le=1000)
+    # Calls one worker may hold: a caller's call and, when bridged, the agent's leg take one each.
+    # Null: all the engine holds (1,000 with the server build, 4 with the PyPI wheel).
+    max_calls: int | None = Field(None, ge=1)
     host: str = "127.0.0.1"
     base_port: int = Field(5070, ge=1024, le=65000)
     rtp_base_port: int = Field(20000, ge=1024, le=65000)
-    rtp_ports_per_worker: int = Field(40, ge=8)
+    # RTP and RTCP ports of one worker; null: two per call slot and some headroom.
+    rtp_ports_per_worker: int | None = Field(None, ge=8)
     # Longest wait of a worker's event loop; SIP packets and control commands wake it at once.
     poll_ms: int = Field(200, ge=1, le=1000)
-    max_calls_request: int = Field(64, ge=1)
-    # Restart a worker after this many calls (0: never); PJSUA2 2.15.1 leaks
-    # conference-bridge slots under call churn until every new call gets 488.
-    recycle_after_calls: int = Field(2000, ge=0)
+    # Restart a worker after this many calls (0: never). Null: never with the
+    # server build (pjproject >= 2.16 fixed the churn leaks), 2000 with the PyPI
+    # wheel, whose 2.15.1 leaks bridge slots until every new call gets 488.
+    recycle_after_calls: int | None = Field(None, ge=0)
     restart_backoff_s: float = Field(0.5, ge=0)
+
+
+def port_conflict(sip_port: int, w: WorkersConfig, count: int, rtp_ports_per_worker: int) -> str | None:
+    """Why these worker sizes cannot be laid out on the port space, or None."""
+    sip_ports = range(w.base_port, w.base_port + count)
+    if sip_port in sip_ports:
+        return f"sip.port {sip_port} falls inside the worker SIP ports {w.base_port}..{sip_ports.stop - 1}"
+    rtp_end = w.rtp_base_port + count * rtp_ports_per_worker
+    if rtp_end > 65535:
+        return f"{count} workers x {rtp_ports_per_worker} RTP ports from {w.rtp_base_port} overflow port 65535"
+    if w.rtp_base_port < sip_ports.stop and rtp_end > w.base_port:
+        return "worker RTP ports overlap worker SIP ports"
+    return None
 
 
 class HttpConfig(_Section):
@@ -262,16 +281,12 @@ class Config(_Section):
     follow_up: FollowUpConfig = FollowUpConfig()
 
     @model_validator(mode="after")
-    def _ports_do_not_collide(self) -> Config:
+    def _consistent(self) -> Config:
+        # Sizes left null are checked again once plan_workers has chosen them.
         w = self.workers
-        sip_ports = range(w.base_port, w.base_port + w.count)
-        if self.sip.port in sip_ports:
-            raise ValueError(f"sip.port {self.sip.port} falls inside the worker SIP ports {w.base_port}..")
-        rtp_end = w.rtp_base_port + w.count * w.rtp_ports_per_worker
-        if rtp_end > 65535:
-            raise ValueError(f"{w.count} workers x {w.rtp_ports_per_worker} RTP ports overflow port 65535")
-        if w.rtp_base_port < sip_ports.stop and rtp_end > w.base_port:
-            raise ValueError("worker RTP ports overlap worker SIP ports")
+        problem = port_conflict(self.sip.port, w, w.count or 1, w.rtp_ports_per_worker or 8)
+        if problem:
+            raise ValueError(problem)
         if any(a.id == self.sip.service_number for a in self.agents.accounts):
             raise ValueError(f"agent id {self.sip.service_number} is the service number")
         return self

@@ -26,9 +26,10 @@ from softswitch import protocol, sipfront
 from softswitch.calls import ControlCall, WorkerLink
 from softswitch.config import Config, load_prompt_texts
 from softswitch.desk import ControlDesk
+from softswitch.engine import EngineInfo, WorkerPlan, plan_workers, probe
 from softswitch.routing import Accept, CallFacts, caller_number, route
 from softswitch.supervisor import ExecChild, ForkedWorker, Supervisor
-from softswitch.worker import WorkerSettings
+from softswitch.worker_settings import WorkerSettings
 from storage.crypto import IdProtector
 from storage.errors import NotFound
 from storage.models import PersonId
@@ -79,8 +80,16 @@ class Softswitch:
         self.flows: set[asyncio.Task[None]] = set()
         self.supervisor = Supervisor(config.workers.restart_backoff_s)
         self.draining = False
+        # Workers that have said hello at least once, and whether the front has had
+        # them all in service once: until then the switch is starting.
+        self.greeted: set[int] = set()
+        self.started = False
+        # Known once the engine has been asked what it holds (the first thing run() does).
+        self.engine: EngineInfo | None = None
+        self.plan: WorkerPlan | None = None
         self.stopped = asyncio.Event()
         self.run_dir = config.under_data(Path("run"))
+        self.front = sipfront.FrontRpc(self.run_dir / "kamailio")
         self.recognizer: AsyncRecognizer | None = None
         # Agencies are named in follow-up answers: their names are prompts too.
         texts = load_prompt_texts(config.prompts.texts) | {agency_prompt(a.id): a.name for a in config.agencies}
@@ -94,6 +103,10 @@ class Softswitch:
         for directory in (cfg.data_dir, cfg.recordings_path, self.run_dir):
             directory.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
+        self.engine = engine = await loop.run_in_executor(None, probe)
+        self.plan = plan = plan_workers(cfg.workers, engine, sip_port=cfg.sip.port, agents=len(cfg.agents.accounts))
+        log.info("engine pjsua2 %s holds %d calls per process: %d workers x %d calls, the front sends each %d",
+                 engine.version, engine.max_calls, plan.count, plan.max_calls, plan.dispatch_limit)
         # The model is loaded and its vocabulary checked once, before any call.
         recognizer = await loop.run_in_executor(None, load_recognizer, cfg.recognizer.model_dir)
         self.recognizer = AsyncRecognizer(recognizer) if recognizer is not None else None
@@ -113,10 +126,10 @@ class Softswitch:
             runner = await self._start_http()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.drain()))
-            self._start_children()
+            self._start_children(plan)
             log.info("softswitch up: SIP %s:%d, HTTP %s:%d, %d workers", cfg.sip.listen, cfg.sip.port,
                      cfg.http.host, runner.addresses[0][1] if runner.addresses else cfg.http.port,
-                     cfg.workers.count)
+                     plan.count)
             await self.stopped.wait()
             server.close()
             await runner.cleanup()
@@ -133,17 +146,17 @@ class Softswitch:
                               agent_uri=lambda agent_id: f"sip:{agent_id}@{front}:{cfg.sip.port}")
         return Live(service, OfficeHours.from_config(cfg.office_hours))
 
-    def _start_children(self) -> None:
+    def _start_children(self, plan: WorkerPlan) -> None:
         cfg = self.config
         w = cfg.workers
         kamailio_dir = self.run_dir / "kamailio"
-        argv = sipfront.command(cfg, sipfront.render(cfg, kamailio_dir), kamailio_dir)
+        argv = sipfront.command(cfg, sipfront.render(cfg, plan, kamailio_dir), kamailio_dir)
         self.supervisor.add("kamailio", lambda: ExecChild.start(argv))
-        for i, port in enumerate(sipfront.worker_sip_ports(cfg)):
+        for i, port in enumerate(sipfront.worker_sip_ports(cfg, plan)):
             settings = WorkerSettings(
-                worker_id=i, sip_host=w.host, sip_port=port, rtp_port=w.rtp_base_port + i * w.rtp_ports_per_worker,
-                rtp_port_range=w.rtp_ports_per_worker, control_socket=cfg.control_socket, poll_ms=w.poll_ms,
-                max_calls_request=w.max_calls_request, recycle_after_calls=w.recycle_after_calls)
+                worker_id=i, sip_host=w.host, sip_port=port, rtp_port=w.rtp_base_port + i * plan.rtp_ports_per_worker,
+                rtp_port_range=plan.rtp_ports_per_worker, control_socket=cfg.control_socket, poll_ms=w.poll_ms,
+                max_calls=plan.max_calls, recycle_after_calls=plan.recycle_after_calls)
             self.supervisor.add(f"worker{i}", functools.partial(ForkedWorker.start, settings))
 
     async def drain(self) -> None:
@@ -187,16 +200,26 @@ class Softswitch:
         finally:
             link.connected = False
             self.links.remove(link)
+            if link.worker_id is not None and not self.draining:
+                # Until it answers the front's probe again, no call is offered to it.
+                asyncio.ensure_future(self._take_out(link.worker_id))
             if link.calls:
                 log.error("worker %s lost with %d calls", link.worker_id, len(link.calls))
             for call in list(link.calls.values()):
                 call.on_ended("media lost")
             writer.close()
 
+    async def _take_out(self, worker_id: int) -> None:
+        try:
+            await self.front.take_out(sipfront.worker_uri(self.config, worker_id))
+        except sipfront.FrontRpcError as exc:
+            log.warning("could not take worker %d out of the front: %s", worker_id, exc)
+
     def _on_event(self, link: WorkerLink, event: dict[str, Any]) -> None:
         kind = event["type"]
         if kind == "hello":
             link.worker_id, link.pid, link.max_calls = event["worker_id"], event["pid"], event["max_calls"]
+            self.greeted.add(int(event["worker_id"]))
             if self.draining:
                 link.send("drain")
             return
@@ -259,13 +282,37 @@ class Softswitch:
         await site.start()
         return runner
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
+        """``starting`` until every worker has said hello and the front has them all in service;
+        ``degraded`` while one is down or out of the front's service afterwards."""
+        workers = {link.worker_id: link for link in self.links if link.worker_id is not None}
+        engine = self.engine
+        expected = self.plan.count if self.plan is not None else None
+        try:
+            in_service: set[str] | None = await self.front.active_workers()
+        except sipfront.FrontRpcError:
+            in_service = None  # the front is down (or not up yet)
+        serving = {worker_id for worker_id in workers
+                   if in_service is not None and sipfront.worker_uri(self.config, worker_id) in in_service}
+        complete = expected is not None and len(serving) >= expected and len(self.greeted) >= expected
+        if complete:
+            self.started = True
+        if self.draining:
+            status = "draining"
+        elif not self.started:
+            status = "starting"
+        else:
+            status = "ok" if complete else "degraded"
         return {
-            "status": "draining" if self.draining else "ok",
+            "status": status,
             "active_calls": sum(len(link.calls) for link in self.links),
-            "workers": sorted(({
-                "id": link.worker_id, "pid": link.pid, "max_calls": link.max_calls, "calls": len(link.calls),
-            } for link in self.links), key=lambda w: w["id"] if w["id"] is not None else -1),
+            "engine": {"version": engine.version, "max_calls": engine.max_calls} if engine else None,
+            "front": "up" if in_service is not None else "down",
+            "workers_expected": expected,
+            "workers": [{
+                "id": worker_id, "pid": link.pid, "max_calls": link.max_calls, "calls": len(link.calls),
+                "in_service": worker_id in serving,
+            } for worker_id, link in sorted(workers.items())],
             "restarts": self.supervisor.restarts(),
         }
 

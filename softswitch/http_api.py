@@ -74,7 +74,9 @@ def _not_found(message: str) -> web.HTTPNotFound:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response(_switch(request).health())
+    # A load balancer or a trunk's health check sends no traffic while starting or draining.
+    body = await _switch(request).health()
+    return web.json_response(body, status=503 if body["status"] in ("starting", "draining") else 200)
 
 
 async def get_call(request: web.Request) -> web.Response:

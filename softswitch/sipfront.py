@@ -2,36 +2,60 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
 import os
+import socket
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
 from softswitch.config import Config
+from softswitch.engine import WorkerPlan
+
+# A worker enters the dispatcher set inactive and probed: it takes calls only
+# once it has answered Kamailio's OPTIONS, so a starting softswitch answers
+# 503 with Retry-After rather than offering calls to workers not yet up.
+_INACTIVE_AND_PROBED = 1 | 8
+# Seconds a trunk is asked to wait when no worker can take a call.
+RETRY_AFTER_S = 5
 
 
-def worker_sip_ports(config: Config) -> list[int]:
-    return [config.workers.base_port + i for i in range(config.workers.count)]
+def worker_sip_ports(config: Config, plan: WorkerPlan) -> list[int]:
+    return [config.workers.base_port + i for i in range(plan.count)]
 
 
-def render(config: Config, run_dir: Path, debug: int = 1) -> Path:
+def worker_uri(config: Config, worker_id: int) -> str:
+    """The worker's address as the front's dispatcher set names it."""
+    return f"sip:{config.workers.host}:{config.workers.base_port + worker_id}"
+
+
+def render(config: Config, plan: WorkerPlan, run_dir: Path, debug: int = 1) -> Path:
     """Write the dispatcher list and kamailio.cfg under run_dir; return the cfg path.
 
+    Each worker is one destination with its own call-load id and the number of
+    calls the front may send it (``plan.dispatch_limit``): Kamailio sends a new
+    call to the least loaded worker and refuses it itself when all are full.
     The cfg holds the agents' HA1s (which authenticate as well as the password
     does), so it is readable by its owner only.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     dispatcher_list = run_dir / "dispatcher.list"
     dispatcher_list.write_text("".join(
-        f"1 sip:{config.workers.host}:{port} 0 0\n" for port in worker_sip_ports(config)))
+        f"1 {worker_uri(config, i)} {_INACTIVE_AND_PROBED} 0 duid=w{i};maxload={plan.dispatch_limit}\n"
+        for i in range(plan.count)))
     template = jinja2.Template(config.kamailio.template.read_text(encoding="utf-8"),
                                undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     agents = config.agents
-    text = template.render(
+    text = template.render(rpc_socket=rpc_socket(run_dir),
         debug=debug, children=config.kamailio.children, listen=config.sip.listen, port=config.sip.port,
         failover_timeout_ms=config.kamailio.failover_timeout_ms, dispatcher_list=dispatcher_list,
         realm=agents.realm, agents=agents.accounts, registration_expires_s=agents.registration_expires_s,
-        min_expires_s=min(60, agents.registration_expires_s))
+        min_expires_s=min(60, agents.registration_expires_s), retry_after_s=RETRY_AFTER_S,
+        # Call-load slots: a few calls per slot for the most the workers can hold.
+        load_hash_bits=max(4, (plan.count * plan.dispatch_limit // 8).bit_length()))
     cfg = run_dir / "kamailio.cfg"
     _write_private(cfg, text)
     return cfg
@@ -50,3 +74,57 @@ def command(config: Config, cfg: Path, run_dir: Path) -> list[str]:
     k = config.kamailio
     return [k.binary, "-DD", "-E", "-f", str(cfg), "-Y", str(run_dir), "-P", str(run_dir / "kamailio.pid"),
             "-m", str(k.shared_memory_mb), "-M", str(k.private_memory_mb)]
+
+
+def rpc_socket(run_dir: Path) -> Path:
+    return run_dir / "rpc.sock"
+
+
+class FrontRpcError(RuntimeError):
+    """Kamailio did not answer an RPC, or answered with an error."""
+
+
+class FrontRpc:
+    """Kamailio's JSON-RPC over its Unix datagram socket (the jsonrpcs module), from the control process."""
+
+    def __init__(self, run_dir: Path, timeout_s: float = 1.0) -> None:
+        self.server = rpc_socket(run_dir)
+        # Kamailio answers to the sender's address: an abstract one needs no file.
+        self.client = f"\0softswitch-111-rpc-{os.getpid()}-{id(self)}"
+        self.timeout_s = timeout_s
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    async def call(self, method: str, *params: Any) -> Any:
+        request = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": next(self._ids)}
+        async with self._lock:  # one request in flight: replies carry no address of their own
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, self._exchange, json.dumps(request).encode())
+
+    def _exchange(self, request: bytes) -> Any:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(self.client)
+                sock.settimeout(self.timeout_s)
+                sock.sendto(request, str(self.server))
+                reply = json.loads(sock.recv(1 << 20))
+            except (OSError, ValueError) as exc:
+                raise FrontRpcError(f"no answer from the SIP front: {exc}") from None
+        if "error" in reply:
+            raise FrontRpcError(f"SIP front refused: {reply['error']}")
+        return reply.get("result")
+
+    async def active_workers(self) -> set[str]:
+        """URIs of the dispatcher destinations the front would send a call to now."""
+        result = await self.call("dispatcher.list")
+        active: set[str] = set()
+        for record in (result or {}).get("RECORDS", []):
+            for target in record.get("SET", {}).get("TARGETS", []):
+                dest = target.get("DEST", {})
+                if str(dest.get("FLAGS", "")).startswith("A"):
+                    active.add(str(dest.get("URI")))
+        return active
+
+    async def take_out(self, uri: str) -> None:
+        """Send no more calls to this worker until it answers a probe again (it was lost)."""
+        await self.call("dispatcher.set_state", "ip", 1, uri)

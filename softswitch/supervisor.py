@@ -9,7 +9,7 @@ import multiprocessing.process
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
-from softswitch.worker import WorkerSettings, run_worker
+from softswitch.worker_settings import WorkerSettings
 
 log = logging.getLogger("softswitch.supervisor")
 
@@ -52,6 +52,14 @@ class ExecChild:
             self.process.kill()
 
 
+def _run_worker(settings: WorkerSettings) -> None:
+    # Imported in the forked child, where the fork server has it loaded already:
+    # the control process itself never loads PJSUA2.
+    from softswitch.worker import run_worker
+
+    run_worker(settings)
+
+
 class ForkedWorker:
     """A media worker forked from a server that has already imported PJSUA2, numpy and the VAD.
 
@@ -68,7 +76,7 @@ class ForkedWorker:
 
     @classmethod
     async def start(cls, settings: WorkerSettings) -> ForkedWorker:
-        process = cls._context.Process(target=run_worker, args=(settings,), name=f"worker{settings.worker_id}")
+        process = cls._context.Process(target=_run_worker, args=(settings,), name=f"worker{settings.worker_id}")
         await asyncio.get_running_loop().run_in_executor(None, process.start)
         return cls(process)
 

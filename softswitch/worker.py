@@ -1,10 +1,14 @@
-"""Media worker: one process, one PJSUA2 endpoint, driven over the control protocol.
+"""Media worker: one process, one PJSUA2 endpoint holding hundreds of calls, driven over the control protocol.
 
-One thread owns the library: it alternates ``libHandleEvents`` with draining the
-control socket, so every pjsua2 call happens on that thread. Caller audio reaches
-Python on the bridge clock thread (``AudioMediaPort.onFrameReceived``); that thread
-only writes frames to the recording file and feeds the VAD, then hands finished
-recordings back to the library thread through a deque.
+Threads, and what runs on each:
+- the library thread (the process's main thread) makes every pjsua2 call: it
+  alternates ``libHandleEvents`` (SIP) with the control socket, and reads the
+  recordings in progress to end-point them (``media.tape.TapeFollower``);
+- PJSIP's media thread receives RTP, in C;
+- the conference bridge's clock thread mixes, encodes and sends RTP and writes
+  every recording with PJSIP's own WAV writer, in C. Python runs there never
+  per audio frame: only when a prompt ends (``Player.onEof2``, on PJSIP's
+  event thread), to hand that to the library thread.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import argparse
 import collections
 import contextlib
 import ctypes
+import enum
 import errno
 import faulthandler
 import functools
 import logging
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -30,31 +36,33 @@ from typing import Any, Callable
 
 import pjsua2 as pj
 
+from media.tape import TapeFollower
 from media.vad import Endpointer
-from media.wavfile import RecordingError, WavWriter
+from media.wavfile import header_finished, repair_wav, wav_info
 from softswitch import protocol
+from softswitch.engine import library_call_cap
+from softswitch.worker_settings import WorkerSettings
 
 log = logging.getLogger("softswitch.worker")
 
-VAD_FRAME_BYTES = 320  # 20 ms of 8 kHz 16-bit mono: what the VAD takes
-# The port that hears a caller takes 60 ms frames from the bridge (which adapts
-# the 20 ms streams): a third of the Python callbacks, whose fixed cost, in 60+
-# processes with cold caches, was most of the recording cost.
-LISTEN_FRAME_MS = 60
-LISTEN_FRAME_BYTES = VAD_FRAME_BYTES * LISTEN_FRAME_MS // 20
 SOURCE_HEADER = re.compile(rb"^X-111-Source:\s*(\S+)\s*$", re.IGNORECASE | re.MULTILINE)
-SILENT_FRAME = bytes(LISTEN_FRAME_BYTES)
 KEEPALIVE = b"\r\n\r\n"  # RFC 5626 keep-alive: PJSIP drops it without a log line
 PLAYER_GRACE_S = 0.2  # a stopped player outlives any bridge tick that was using it
+# Recordings are read this often while any is in progress: the end of speech is
+# heard within about this much (plus the writer's 60 ms flush).
+FOLLOW_S = 0.06
+# The engine finishes a WAV header on its clock thread after the recorder is
+# destroyed; if it has not within this time, the header is repaired here.
+FINISH_TIMEOUT_S = 2.0
 
 
 class Waker:
     """Ends the library thread's ``libHandleEvents`` wait early from any thread.
 
-    The wheel's poll cannot watch our control socket, so the loop would otherwise
-    see a command only when its timeout expires. A keep-alive datagram to the
-    worker's own SIP port wakes the poll at once; that lets the timeout be long,
-    which is what an idle worker costs.
+    The library's poll cannot watch our control socket, so the loop would
+    otherwise see a command only when its timeout expires. A keep-alive
+    datagram to the worker's own SIP port wakes the poll at once; that lets the
+    timeout be long, which is what an idle worker costs.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -72,22 +80,6 @@ class Waker:
         self._sock.close()
 
 
-def frame_bytes(frame: pj.MediaFrame) -> bytes:
-    """Copy a frame's payload by reading the std::vector's data pointer.
-
-    ``bytes(frame.buf)`` copies element by element through SWIG (hundreds of µs);
-    this reads the vector's first member, its data pointer (libstdc++ layout, which
-    ``tests/unit/test_worker_frames.py`` guards).
-    """
-    size = frame.buf.size()
-    if size == 0:
-        return b""
-    data = ctypes.c_void_p.from_address(int(frame.buf.this)).value
-    if data is None:
-        return b""
-    return ctypes.string_at(data, size)
-
-
 _callback_thread = threading.local()
 
 
@@ -96,9 +88,9 @@ def _keep_thread_state() -> None:
 
     SWIG enters each callback with PyGILState_Ensure and leaves with Release; on a
     thread Python did not start, Release destroys the thread state, so the next
-    frame callback (50 a second per call, on the bridge clock thread) builds a
-    new one and mmaps a fresh frame stack: measured as a fifth of a busy
-    worker's CPU. One unmatched Ensure keeps the state for the thread's life.
+    callback builds a new one and maps a fresh frame stack (measured as a fifth
+    of a busy worker's CPU when frames came through Python). One unmatched
+    Ensure keeps the state for the thread's life.
     """
     if not getattr(_callback_thread, "pinned", False):
         ctypes.pythonapi.PyGILState_Ensure()
@@ -121,129 +113,57 @@ def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
 
 @dataclass
 class Recording:
-    """A recording in progress; touched by the clock thread, closed by the library thread."""
+    """One recording: written by the engine, followed and closed by the library thread."""
 
+    handle: str
     rec_id: str
-    writer: WavWriter
-    endpointer: Endpointer | None  # None: a conversation, which only max_s or a command ends
-    max_frames: int  # in 20 ms VAD frames
-    no_input_frames: int
+    path: Path
+    recorder: pj.AudioMediaRecorder | None
+    tape: TapeFollower
     stop_digits: str
-    frames: int = 0
-    reason: str | None = None
-
-    @property
-    def speech_s(self) -> float:
-        # A conversation is not end-pointed; all of it counts.
-        return self.endpointer.speech_s if self.endpointer is not None else self.frames * 0.02
-
-
-class CallPort(pj.AudioMediaPort):
-    """A sink on the conference bridge that receives one call's audio.
-
-    Ports are pooled and reused: destroying one while the bridge runs crashed the
-    wheel in most runs.
-    """
-
-    def __init__(self, finished: collections.deque[tuple[str, Recording]], waker: Waker) -> None:
-        super().__init__()
-        self.lock = threading.Lock()
-        self.call_handle: str | None = None
-        self.recording: Recording | None = None
-        self._finished = finished
-        self._waker = waker
-
-    def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802 (pjsua2 API)
-        _keep_thread_state()
-        with self.lock:
-            rec = self.recording
-            if rec is None or rec.reason is not None:
-                return
-            # No audio this tick (nothing received yet): the tape still runs, as silence.
-            pcm = (frame_bytes(frame) if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO else b"") or SILENT_FRAME
-            event = None
-            try:
-                rec.writer.write(pcm)
-                if rec.endpointer is None:
-                    rec.frames += len(pcm) // VAD_FRAME_BYTES
-                for start in range(0, len(pcm) - VAD_FRAME_BYTES + 1, VAD_FRAME_BYTES):
-                    if rec.endpointer is None:
-                        break
-                    rec.frames += 1
-                    event = rec.endpointer.feed(pcm[start:start + VAD_FRAME_BYTES]) or event
-            except RecordingError:
-                self._finish(rec, "error")
-                return
-            except Exception:  # an exception must not escape into the C++ bridge thread
-                log.exception("recording %s failed", rec.rec_id)
-                self._finish(rec, "error")
-                return
-            if event is Endpointer.Event.SPEECH_END:
-                self._finish(rec, "silence")
-            elif rec.frames >= rec.max_frames:
-                self._finish(rec, "max")
-            elif rec.endpointer is not None and rec.frames >= rec.no_input_frames and not rec.endpointer.heard_speech:
-                self._finish(rec, "no_input")
-
-    def stop(self, reason: str) -> Recording | None:
-        """Detach the recording (library thread); the caller closes it."""
-        with self.lock:
-            rec = self.recording
-            self.recording = None
-            if rec is not None and rec.reason is None:
-                rec.reason = reason
-            return rec
-
-    def _finish(self, rec: Recording, reason: str) -> None:
-        rec.reason = reason
-        self.recording = None
-        assert self.call_handle is not None
-        self._finished.append((self.call_handle, rec))
-        self._waker.wake()
+    reason: str | None = None  # set once it ends
+    finish_by: float = 0.0  # when the engine should have finished the header
+    # Events held back until this recording is reported: the call's hang-up must
+    # reach the control process after the recording, never before it.
+    then: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 class Player(pj.AudioMediaPlayer):
-    """Plays a list of files one after another, opening one file at a time.
+    """Plays one prompt sequence (one file, or a playlist of several) and reports its end."""
 
-    Each open WAV costs a descriptor and the wheel's select() holds 64, so a
-    nine-digit tracking code read twice must not open nineteen files at once.
-    """
-
-    def __init__(self, worker: Worker, handle: str, play_id: str, files: list[str], index: int = 0) -> None:
+    def __init__(self, worker: Worker, handle: str, play_id: str) -> None:
         super().__init__()
         self.worker = worker
         self.handle = handle
         self.play_id = play_id
-        self.files = files
-        self.index = index
-
-    def following(self) -> Player:
-        """A fresh player for the next file: a pjsua2 player opens one file, once."""
-        return Player(self.worker, self.handle, self.play_id, self.files, self.index + 1)
 
     @_guarded
     def onEof2(self) -> None:  # noqa: N802 (pjsua2 API)
         _keep_thread_state()
         # Destroying a player inside its own EOF callback is not allowed: defer.
-        self.worker.deferred.append(lambda: self.worker.advance_play(self))
+        self.worker.deferred.append(functools.partial(self.worker.play_finished, self))
         self.worker.waker.wake()
 
 
+class LegState(enum.Enum):
+    OFFERED = "offered"  # an incoming call, not answered yet
+    DIALLING = "dialling"  # an outgoing leg, no answer yet
+    RINGING = "ringing"  # an outgoing leg with a provisional answer
+    CONFIRMED = "confirmed"
+    ENDED = "ended"
+
+
 @dataclass
-class CallState:
+class Leg:
+    """One call of this worker, incoming (a caller) or outgoing (an agent's leg)."""
+
     call: WorkerCall
     handle: str
-    port: CallPort | None = None
-    player: Player | None = None
-    answered: bool = False
-    ringing: bool = False
+    state: LegState
     media_ready: bool = False
-    pending_record: dict[str, Any] | None = None
-    listening: bool = False
-    ended: bool = False
-    outgoing: bool = False
-    bridged_to: str | None = None  # the other leg whose audio this call hears
-    record_peer: str | None = None  # the other leg heard by this call's recording as well
+    player: Player | None = None
+    recording: Recording | None = None
+    pending_record: dict[str, Any] | None = None  # asked for before the audio was up
 
 
 class WorkerCall(pj.Call):
@@ -278,7 +198,7 @@ class WorkerAccount(pj.Account):
 
 
 class CapWatcher(pj.LogWriter):
-    """Learns the library's per-process call cap from its refusal message."""
+    """Learns the call cap from the library's refusal, for a library that does not say it up front."""
 
     def __init__(self, worker: Worker) -> None:
         super().__init__()
@@ -291,55 +211,65 @@ class CapWatcher(pj.LogWriter):
             log.warning("pjsua: %s", entry.msg.strip())
 
 
-@dataclass
-class WorkerSettings:
-    worker_id: int
-    sip_host: str
-    sip_port: int
-    rtp_port: int
-    rtp_port_range: int
-    control_socket: Path
-    poll_ms: int = 200
-    max_calls_request: int = 64
-    recycle_after_calls: int = 0  # 0: never
-    pjsua_log_level: int = 2
+def _raise_file_limit() -> int:
+    """Every call holds sockets, a recording and prompt files: take all descriptors the system allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 @dataclass
 class Worker:
     settings: WorkerSettings
-    calls: dict[str, CallState] = field(default_factory=dict)
-    deferred: collections.deque[Any] = field(default_factory=collections.deque)
-    finished: collections.deque[tuple[str, Recording]] = field(default_factory=collections.deque)
-    ports: list[CallPort] = field(default_factory=list)
+    calls: dict[str, Leg] = field(default_factory=dict)
+    deferred: collections.deque[Callable[[], None]] = field(default_factory=collections.deque)
     retired: collections.deque[tuple[float, Player]] = field(default_factory=collections.deque)
+    recordings: dict[tuple[str, str], Recording] = field(default_factory=dict)  # in progress
+    closing: list[Recording] = field(default_factory=list)  # ended, header not yet finished
+    outbox: bytearray = field(default_factory=bytearray)
     draining: bool = False
     cap_hit: bool = False
     max_calls: int | None = None
     stopping: bool = False
     retiring: bool = False
     call_seq: int = 0
+    next_follow: float = 0.0
 
     def run(self) -> None:
         self._connect()
         self.waker = Waker(self.settings.sip_host, self.settings.sip_port)
         self.drained = threading.Event()
+        files = _raise_file_limit()
         self._init_library()
+        self.max_calls = library_call_cap(pj)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        log.info("worker %d: pjsua2 %s, %s call slots, %d file descriptors", self.settings.worker_id,
+                 self.ep.libVersion().full, self.max_calls, files)
         self.send("hello", worker_id=self.settings.worker_id, pid=os.getpid(),
                   sip_port=self.settings.sip_port, max_calls=self.max_calls)
+        self._flush()
         threading.Thread(target=self._watch_control, name="control-watch", daemon=True).start()
         try:
-            while not ((self.stopping or self.retiring) and not self.calls):
-                self.ep.libHandleEvents(self.settings.poll_ms)
+            while not ((self.stopping or self.retiring) and not self.calls and not self.closing):
+                busy = self.recordings or self.closing
+                self.ep.libHandleEvents(int(FOLLOW_S * 1000) if busy else self.settings.poll_ms)
                 self._drain_control()
                 self.drained.set()
                 self._run_deferred()
                 self._purge_retired()
-                self._close_finished()
+                now = time.monotonic()
+                if self.recordings and now >= self.next_follow:
+                    self._follow_recordings(now)
+                    self.next_follow = now + FOLLOW_S
+                if self.closing:
+                    self._report_closed(now)
                 if self.cap_hit:
                     self._learn_cap()
+                self._flush()
         finally:
             self._shutdown()
 
@@ -351,7 +281,7 @@ class Worker:
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.maxCalls = s.max_calls_request
+        cfg.uaConfig.maxCalls = s.max_calls
         cfg.uaConfig.userAgent = "softswitch-111"
         cfg.medConfig.clockRate = 8000
         cfg.medConfig.sndClockRate = 8000
@@ -359,6 +289,8 @@ class Worker:
         cfg.medConfig.threadCnt = 1
         cfg.medConfig.noVad = True
         cfg.medConfig.ecTailLen = 0  # no sound device, so nothing to cancel echo of
+        # A call's stream, its prompt player, its recorder, a conversation's peer.
+        cfg.medConfig.maxMediaPorts = 4 * s.max_calls + 8
         cfg.logConfig.level = s.pjsua_log_level
         cfg.logConfig.consoleLevel = s.pjsua_log_level
         cfg.logConfig.msgLogging = 0  # SIP traces stay off: keyed digits never reach a log
@@ -386,25 +318,28 @@ class Worker:
         acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_DISABLED
         self.account = WorkerAccount(self)
         self.account.create(acfg, True)
-        self.fmt = pj.MediaFormatAudio()
-        self.fmt.init(pj.PJMEDIA_FORMAT_PCM, 8000, 1, LISTEN_FRAME_MS * 1000, 16)
 
     def _learn_cap(self) -> None:
         self.cap_hit = False
-        cap = sum(1 for c in self.calls.values() if not c.ended)
+        cap = sum(1 for c in self.calls.values() if c.state is not LegState.ENDED)
         if cap and cap != self.max_calls:
             self.max_calls = cap
             self.send("capacity", max_calls=cap)
 
     def _shutdown(self) -> None:
-        for state in list(self.calls.values()):
-            self._end_call(state, 0, "worker stopping")
+        for leg in list(self.calls.values()):
+            self._end_call(leg, 0, "worker stopping")
         self.calls.clear()
+        # The clock thread finishes the headers of the recordings just stopped.
+        deadline = time.monotonic() + FINISH_TIMEOUT_S
+        while self.closing and time.monotonic() < deadline:
+            self.ep.libHandleEvents(20)
+            self._report_closed(time.monotonic())
+        self._report_closed(float("inf"))
+        with contextlib.suppress(OSError):
+            self._flush()
         self.deferred.clear()
         self.retired.clear()
-        for port in self.ports:
-            del port
-        self.ports.clear()
         del self.account
         self.ep.libDestroy()
         self.stopping = True
@@ -441,7 +376,13 @@ class Worker:
         self.inbox = bytearray()
 
     def send(self, message_type: str, **fields: Any) -> None:
-        data = protocol.encode(message_type, **fields)
+        """Queue an event; the loop sends what queued up once per turn, in order."""
+        self.outbox += protocol.encode(message_type, **fields)
+
+    def _flush(self) -> None:
+        if not self.outbox:
+            return
+        data, self.outbox = bytes(self.outbox), bytearray()
         self.sock.setblocking(True)
         try:
             self.sock.sendall(data)
@@ -465,8 +406,8 @@ class Worker:
             if not chunk:
                 log.error("control closed the socket; draining")
                 self.stopping = self.draining = True
-                for state in list(self.calls.values()):
-                    self._hangup(state)
+                for leg in list(self.calls.values()):
+                    self._hangup(leg)
                 return
             self.inbox += chunk
         while (newline := self.inbox.find(b"\n")) >= 0:
@@ -487,34 +428,33 @@ class Worker:
         if kind == "dial":
             self._dial(str(cmd["call"]), str(cmd["uri"]))
             return
-        state = self.calls.get(cmd.get("call", ""))
-        if state is None or state.ended:
+        leg = self.calls.get(cmd.get("call", ""))
+        if leg is None or leg.state is LegState.ENDED:
             return  # the call ended while the command was on its way
         if kind == "answer":
             prm = pj.CallOpParam()
             prm.statusCode = 200
-            state.call.answer(prm)
+            leg.call.answer(prm)
         elif kind == "reject":
             prm = pj.CallOpParam()
             prm.statusCode = int(cmd["status_code"])
-            state.call.hangup(prm)
+            leg.call.hangup(prm)
         elif kind == "play":
-            self._start_play(state, str(cmd["play_id"]), [str(f) for f in cmd["files"]])
+            self._start_play(leg, str(cmd["play_id"]), [str(f) for f in cmd["files"]])
         elif kind == "stop_play":
-            self._stop_play(state, completed=False)
+            self._stop_play(leg, completed=False)
         elif kind == "record":
-            if state.media_ready:
-                self._start_record(state, cmd)
+            if leg.media_ready:
+                self._start_record(leg, cmd)
             else:
-                state.pending_record = cmd
+                leg.pending_record = cmd
         elif kind == "stop_record":
-            rec = state.port.stop("stopped") if state.port else None
-            if rec is not None:
-                self._report_recording(state.handle, rec)
+            if leg.recording is not None:
+                self._end_recording(leg, "stopped")
         elif kind == "hangup":
-            self._hangup(state)
+            self._hangup(leg)
         elif kind == "bridge":
-            self._bridge(state, self.calls.get(str(cmd["peer"])))
+            self._bridge(leg, self.calls.get(str(cmd["peer"])))
 
     # -- calls -------------------------------------------------------------
     def on_incoming(self, account: pj.Account, prm: pj.OnIncomingCallParam) -> None:
@@ -527,13 +467,13 @@ class Worker:
         self.call_seq += 1
         recycle = self.settings.recycle_after_calls
         if recycle and self.call_seq >= recycle:
-            # 2.15.1 leaks a bridge slot now and then under churn; a fresh process
-            # is cheaper than finding out. Finish these calls, take no more, exit.
+            # A fresh process is cheaper than finding out what churn leaked (2.15.1
+            # leaked bridge slots). Finish these calls, take no more, exit.
             log.info("worker %d retiring after %d calls", self.settings.worker_id, self.call_seq)
             self.retiring = self.draining = True
         handle = f"w{self.settings.worker_id}-{os.getpid()}-{self.call_seq}"
         call.handle = handle
-        self.calls[handle] = CallState(call=call, handle=handle)
+        self.calls[handle] = Leg(call=call, handle=handle, state=LegState.OFFERED)
         info = call.getInfo()
         message = prm.rdata.wholeMsg.encode("utf-8", "replace")
         match = SOURCE_HEADER.search(message)
@@ -543,49 +483,53 @@ class Worker:
         self.send("incoming", call=handle, sip_call_id=info.callIdString, from_uri=info.remoteUri,
                   to_uri=info.localUri, request_uri=request_uri, source=source)
 
+    def _set_state(self, leg: Leg, new: LegState) -> None:
+        """The one place a leg's state changes, and the events each change sends."""
+        if leg.state is new or leg.state is LegState.ENDED:
+            return
+        log.debug("%s: %s -> %s", leg.handle, leg.state.value, new.value)
+        leg.state = new
+        if new is LegState.RINGING:
+            self.send("ringing", call=leg.handle)
+        elif new is LegState.CONFIRMED:
+            self.send("answered", call=leg.handle)
+
     def on_call_state(self, call: WorkerCall) -> None:
-        state = self.calls.get(call.handle)
-        if state is None:
+        leg = self.calls.get(call.handle)
+        if leg is None:
             return
         info = call.getInfo()
-        if info.state == pj.PJSIP_INV_STATE_EARLY and state.outgoing and not state.ringing:
-            state.ringing = True
-            self.send("ringing", call=state.handle)
-        elif info.state == pj.PJSIP_INV_STATE_CONFIRMED and not state.answered:
-            state.answered = True
-            self.send("answered", call=state.handle)
+        if info.state == pj.PJSIP_INV_STATE_EARLY and leg.state is LegState.DIALLING:
+            self._set_state(leg, LegState.RINGING)
+        elif info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            self._set_state(leg, LegState.CONFIRMED)
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self._end_call(state, info.lastStatusCode, info.lastReason)
+            self._end_call(leg, info.lastStatusCode, info.lastReason)
             # Drop the Call object now: a later destructor would hang up whichever
             # new call reused this slot.
-            del self.calls[state.handle]
+            del self.calls[leg.handle]
 
     def on_media_state(self, call: WorkerCall) -> None:
-        state = self.calls.get(call.handle)
-        if state is None or state.media_ready:
+        leg = self.calls.get(call.handle)
+        if leg is None or leg.media_ready:
             return
         try:
             call.getAudioMedia(-1)  # raises until the call has active audio
         except pj.Error:
             return
-        state.port = self._take_port(state.handle)
-        state.media_ready = True
-        if state.pending_record is not None:
-            self._start_record(state, state.pending_record)
-            state.pending_record = None
+        leg.media_ready = True
+        if leg.pending_record is not None:
+            self._start_record(leg, leg.pending_record)
+            leg.pending_record = None
 
     def on_dtmf(self, call: WorkerCall, digit: str) -> None:
-        state = self.calls.get(call.handle)
-        if state is None:
+        leg = self.calls.get(call.handle)
+        if leg is None:
             return
-        self.send("dtmf", call=state.handle, digit=digit)
-        port = state.port
-        if port is not None:
-            rec = port.recording
-            if rec is not None and digit in rec.stop_digits:
-                stopped = port.stop("digit")
-                if stopped is not None:
-                    self._report_recording(state.handle, stopped)
+        self.send("dtmf", call=leg.handle, digit=digit)
+        rec = leg.recording
+        if rec is not None and digit in rec.stop_digits:
+            self._end_recording(leg, "digit")
 
     def _dial(self, handle: str, uri: str) -> None:
         """An outgoing leg (to an agent's softphone, through the SIP front)."""
@@ -594,8 +538,7 @@ class Worker:
             return
         call = WorkerCall(self, self.account)
         call.handle = handle
-        state = CallState(call=call, handle=handle, outgoing=True)
-        self.calls[handle] = state
+        self.calls[handle] = Leg(call=call, handle=handle, state=LegState.DIALLING)
         prm = pj.CallOpParam(True)
         try:
             call.makeCall(uri, prm)
@@ -605,97 +548,85 @@ class Worker:
             del self.calls[handle]
             self.send("hangup", call=handle, status_code=503, reason=f"cannot dial: {exc.reason}")
 
-    def _bridge(self, state: CallState, peer: CallState | None) -> None:
+    def _bridge(self, leg: Leg, peer: Leg | None) -> None:
         """Two-way audio between two calls of this worker (caller and agent)."""
-        if peer is None or peer.ended:
-            self.send("error", call=state.handle, detail="bridge peer is gone")
+        if peer is None or peer.state is LegState.ENDED:
+            self.send("error", call=leg.handle, detail="bridge peer is gone")
             return
-        self._stop_play(state, completed=False)
+        self._stop_play(leg, completed=False)
         self._stop_play(peer, completed=False)
         try:
-            ours, theirs = state.call.getAudioMedia(-1), peer.call.getAudioMedia(-1)
+            ours, theirs = leg.call.getAudioMedia(-1), peer.call.getAudioMedia(-1)
             ours.startTransmit(theirs)
             theirs.startTransmit(ours)
         except pj.Error as exc:
-            self.send("error", call=state.handle, detail=f"cannot bridge: {exc.reason}")
+            self.send("error", call=leg.handle, detail=f"cannot bridge: {exc.reason}")
             return
-        state.bridged_to, peer.bridged_to = peer.handle, state.handle
 
-    def _hangup(self, state: CallState) -> None:
+    def _hangup(self, leg: Leg) -> None:
         prm = pj.CallOpParam()
-        prm.statusCode = 200 if state.answered else 480
+        prm.statusCode = 200 if leg.state is LegState.CONFIRMED else 480
         try:
-            state.call.hangup(prm)
+            leg.call.hangup(prm)
         except pj.Error as exc:
-            log.warning("hangup of %s failed: %s", state.handle, exc.info())
+            log.warning("hangup of %s failed: %s", leg.handle, exc.info())
 
-    def _end_call(self, state: CallState, status_code: int, reason: str) -> None:
-        if state.ended:
+    def _end_call(self, leg: Leg, status_code: int, reason: str) -> None:
+        if leg.state is LegState.ENDED:
             return
-        state.ended = True
-        self._stop_play(state, completed=False)
-        if state.port is not None:
-            rec = state.port.stop("hangup")
-            if rec is not None:
-                self._report_recording(state.handle, rec)
-            self._close_finished()
-            self._release_port(state.port)
-            state.port = None
-        self.send("hangup", call=state.handle, status_code=status_code, reason=reason)
-
-    # -- ports -------------------------------------------------------------
-    def _take_port(self, handle: str) -> CallPort:
-        for port in self.ports:
-            if port.call_handle is None:
-                port.call_handle = handle
-                return port
-        port = CallPort(self.finished, self.waker)
-        port.createPort(f"call{len(self.ports)}", self.fmt)
-        port.call_handle = handle
-        self.ports.append(port)
-        return port
-
-    def _release_port(self, port: CallPort) -> None:
-        port.stop("hangup")
-        port.call_handle = None
+        leg.state = LegState.ENDED
+        self._stop_play(leg, completed=False)
+        hangup = {"call": leg.handle, "status_code": status_code, "reason": reason}
+        if leg.recording is not None:
+            self._end_recording(leg, "hangup").then.append(("hangup", hangup))
+        else:
+            self.send("hangup", **hangup)
 
     # -- playback ----------------------------------------------------------
-    def _start_play(self, state: CallState, play_id: str, files: list[str]) -> None:
-        self._stop_play(state, completed=False)
-        player = Player(self, state.handle, play_id, files)
-        state.player = player
-        self._open_current(state, player)
-
-    def _open_current(self, state: CallState, player: Player) -> None:
-        while player.index < len(player.files):
-            try:
-                player.createPlayer(player.files[player.index], pj.PJMEDIA_FILE_NO_LOOP)
-                player.startTransmit(state.call.getAudioMedia(-1))
-                return
-            except pj.Error as exc:
-                self.send("error", call=state.handle, detail=f"cannot play {player.files[player.index]}: {exc.reason}")
-                state.player = player = player.following()
-        state.player = None
-        self.send("play_done", call=state.handle, play_id=player.play_id, completed=True)
-
-    def advance_play(self, player: Player) -> None:
-        state = self.calls.get(player.handle)
-        if state is None or state.player is not player:
+    def _start_play(self, leg: Leg, play_id: str, files: list[str]) -> None:
+        self._stop_play(leg, completed=False)
+        playable = []
+        for name in files:
+            if os.path.isfile(name):
+                playable.append(name)
+            else:
+                self.send("error", call=leg.handle, detail=f"cannot play {name}: no such file")
+        player = Player(self, leg.handle, play_id)
+        try:
+            if not playable:
+                raise ValueError("nothing to play")
+            # One playlist per sequence: one EOF callback instead of one per file.
+            if len(playable) == 1:
+                player.createPlayer(playable[0], pj.PJMEDIA_FILE_NO_LOOP)
+            else:
+                player.createPlaylist(pj.StringVector(playable), f"play{play_id}", pj.PJMEDIA_FILE_NO_LOOP)
+            player.startTransmit(leg.call.getAudioMedia(-1))
+        except (pj.Error, ValueError) as exc:
+            if isinstance(exc, pj.Error):
+                self.send("error", call=leg.handle, detail=f"cannot play {' '.join(playable)}: {exc.reason}")
+            self.retired.append((time.monotonic() + PLAYER_GRACE_S, player))
+            self.send("play_done", call=leg.handle, play_id=play_id, completed=True)
             return
-        state.player = player.following()
-        self._open_current(state, state.player)
+        leg.player = player
 
-    def _stop_play(self, state: CallState, completed: bool) -> None:
-        player = state.player
+    def play_finished(self, player: Player) -> None:
+        leg = self.calls.get(player.handle)
+        if leg is not None and leg.player is player:
+            self._stop_play(leg, completed=True)
+
+    def _stop_play(self, leg: Leg, completed: bool) -> None:
+        player = leg.player
         if player is None:
             return
-        state.player = None
+        leg.player = None
         # Disconnected now, destroyed later: the clock thread may be inside this
-        # player's frame or EOF callback this very moment.
-        with contextlib.suppress(pj.Error):
-            player.stopTransmit(state.call.getAudioMedia(-1))
+        # player's frame or EOF callback this very moment. (A call that ended
+        # has left the bridge already.)
+        if leg.state is not LegState.ENDED:
+            with contextlib.suppress(pj.Error):
+                player.stopTransmit(leg.call.getAudioMedia(-1))
         self.retired.append((time.monotonic() + PLAYER_GRACE_S, player))
-        self.send("play_done", call=state.handle, play_id=player.play_id, completed=completed)
+        self.send("play_done", call=leg.handle, play_id=player.play_id, completed=completed)
 
     def _purge_retired(self) -> None:
         now = time.monotonic()
@@ -707,82 +638,98 @@ class Worker:
             self.deferred.popleft()()
 
     # -- recording ---------------------------------------------------------
-    def _start_record(self, state: CallState, cmd: dict[str, Any]) -> None:
-        assert state.port is not None
-        path = Path(cmd["path"])
+    def _start_record(self, leg: Leg, cmd: dict[str, Any]) -> None:
+        if leg.recording is not None:
+            self._end_recording(leg, "stopped")
+        rec_id, path = str(cmd["rec_id"]), Path(cmd["path"])
+        peer = self.calls.get(str(cmd["peer"])) if cmd.get("peer") else None
+        recorder = pj.AudioMediaRecorder()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            writer = WavWriter(path)
-        except OSError as exc:
-            self.send("record_done", call=state.handle, rec_id=cmd["rec_id"], path=str(path), duration_s=0.0,
-                      sha256="", reason="error", speech_s=0.0, complete=False, detail=str(exc))
-            return
-        frames_per_s = 1000 // 20  # counted in VAD frames
-        peer = cmd.get("peer")
-        rec = Recording(
-            rec_id=str(cmd["rec_id"]),
-            writer=writer,
-            # A conversation (both parties on one tape) is not end-pointed: only max_s or a command ends it.
-            endpointer=None if peer else Endpointer(silence_s=float(cmd["silence_s"])),
-            max_frames=int(float(cmd["max_s"]) * frames_per_s),
-            no_input_frames=int(float(cmd["no_input_s"]) * frames_per_s),
-            stop_digits=str(cmd.get("stop_digits", "")),
-        )
-        old = state.port.stop("stopped")
-        if old is not None:
-            self._report_recording(state.handle, old)
-        self._listen(state, False)  # re-connect with this recording's sources
-        with state.port.lock:
-            state.port.recording = rec
-        state.record_peer = str(peer) if peer else None
-        self._listen(state, True)
-
-    def _listen(self, state: CallState, on: bool) -> None:
-        """Connect the caller's audio to the port only while recording.
-
-        Every connected port costs a Python callback per 20 ms frame; most of a
-        call is prompts, when nobody needs the caller's audio.
-        """
-        if state.listening == on or state.port is None:
-            return
-        peer = self.calls.get(state.record_peer) if state.record_peer else None
-        try:
-            sources = [state.call.getAudioMedia(-1)]
-            if peer is not None and peer.media_ready and not peer.ended:
+            # Claimed here, exclusively: evidence is never overwritten (the engine would truncate).
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640))
+            recorder.createRecorder(str(path))
+            sources = [leg.call.getAudioMedia(-1)]
+            if peer is not None and peer.media_ready and peer.state is not LegState.ENDED:
                 # The bridge mixes every source sent to a port: both parties on one tape.
                 sources.append(peer.call.getAudioMedia(-1))
-            for audio in sources:
-                if on:
-                    audio.startTransmit(state.port)
-                else:
-                    audio.stopTransmit(state.port)
-            state.listening = on
-        except pj.Error as exc:
-            if on:
-                log.error("%s: cannot connect the recorder: %s", state.handle, exc.info())
-            state.listening = False
-
-    def _close_finished(self) -> None:
-        while self.finished:
-            handle, rec = self.finished.popleft()
-            self._report_recording(handle, rec)
-
-    def _report_recording(self, handle: str, rec: Recording) -> None:
-        state = self.calls.get(handle)
-        if state is not None and state.port is not None and state.port.recording is None:
-            self._listen(state, False)
-        try:
-            info = rec.writer.close()
-        except RecordingError as exc:
-            # The samples already written stay on disk; the control process repairs the header.
-            log.error("closing %s failed: %s", rec.writer.path, exc)
-            self.send("record_done", call=handle, rec_id=rec.rec_id, path=str(rec.writer.path),
-                      duration_s=rec.writer.duration_s, sha256="", reason="error",
-                      speech_s=rec.speech_s, complete=False, detail=str(exc))
+            tape = TapeFollower(path, max_s=float(cmd["max_s"]), no_input_s=float(cmd["no_input_s"]),
+                                now=time.monotonic(),
+                                # A conversation is not end-pointed: only max_s or a command ends it.
+                                endpointer=None if peer is not None else Endpointer(silence_s=float(cmd["silence_s"])))
+        except (OSError, pj.Error) as exc:
+            detail = exc.info() if isinstance(exc, pj.Error) else str(exc)
+            log.error("%s: cannot record %s: %s", leg.handle, path, detail)
+            with contextlib.suppress(OSError):
+                if path.stat().st_size == 0:  # claimed, but nothing was ever written
+                    path.unlink()
+            self.send("record_done", call=leg.handle, rec_id=rec_id, path=str(path), duration_s=0.0,
+                      sha256="", reason="error", speech_s=0.0, complete=False, detail=detail)
             return
-        self.send("record_done", call=handle, rec_id=rec.rec_id, path=str(info.path), duration_s=info.duration_s,
-                  sha256=info.sha256, reason=rec.reason or "stopped", speech_s=rec.speech_s,
-                  complete=rec.reason != "error")
+        rec = Recording(handle=leg.handle, rec_id=rec_id, path=path, recorder=recorder,
+                        tape=tape, stop_digits=str(cmd.get("stop_digits", "")))
+        try:
+            for audio in sources:
+                audio.startTransmit(recorder)
+        except pj.Error as exc:
+            log.error("%s: cannot connect the recorder: %s", leg.handle, exc.info())
+        leg.recording = rec
+        self.recordings[(leg.handle, rec_id)] = rec
+
+    def _follow_recordings(self, now: float) -> None:
+        for rec in list(self.recordings.values()):
+            end = rec.tape.poll(now)
+            if end is None:
+                continue
+            leg = self.calls.get(rec.handle)
+            if end is TapeFollower.End.STALLED:
+                log.error("%s: recording %s stopped growing (disk full?)", rec.handle, rec.path)
+            if leg is not None and leg.recording is rec:
+                self._end_recording(leg, end.value)
+
+    def _end_recording(self, leg: Leg, reason: str) -> Recording:
+        """Disconnect and destroy the recorder; the engine then finishes the file on its clock thread."""
+        rec = leg.recording
+        assert rec is not None
+        leg.recording = None
+        self.recordings.pop((rec.handle, rec.rec_id), None)
+        rec.reason = reason
+        # The last reference: pjsua_recorder_destroy takes the port off the bridge
+        # with all its connections.
+        rec.recorder = None
+        rec.finish_by = time.monotonic() + FINISH_TIMEOUT_S
+        self.closing.append(rec)
+        return rec
+
+    def _report_closed(self, now: float) -> None:
+        still: list[Recording] = []
+        for rec in self.closing:
+            if header_finished(rec.path):
+                self._report(rec)
+            elif now >= rec.finish_by:
+                log.warning("%s: the engine did not finish %s; repairing its header", rec.handle, rec.path)
+                self._report(rec, repair=True)
+            else:
+                still.append(rec)
+        self.closing = still
+
+    def _report(self, rec: Recording, repair: bool = False) -> None:
+        rec.tape.poll(time.monotonic())  # the last frames, for the speech measure
+        rec.tape.close()
+        try:
+            info = repair_wav(rec.path) if repair else wav_info(rec.path)
+        except (OSError, ValueError) as exc:
+            # The samples already written stay on disk; the control process repairs the header.
+            log.error("closing %s failed: %s", rec.path, exc)
+            self.send("record_done", call=rec.handle, rec_id=rec.rec_id, path=str(rec.path),
+                      duration_s=rec.tape.duration_s, sha256="", reason="error", speech_s=rec.tape.speech_s,
+                      complete=False, detail=str(exc))
+        else:
+            self.send("record_done", call=rec.handle, rec_id=rec.rec_id, path=str(info.path),
+                      duration_s=info.duration_s, sha256=info.sha256, reason=rec.reason or "stopped",
+                      speech_s=rec.tape.speech_s, complete=rec.reason != "error")
+        for message_type, fields in rec.then:
+            self.send(message_type, **fields)
 
 
 def run_worker(settings: WorkerSettings) -> None:
@@ -800,16 +747,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sip-host", default="127.0.0.1")
     parser.add_argument("--sip-port", type=int, required=True)
     parser.add_argument("--rtp-port", type=int, required=True)
-    parser.add_argument("--rtp-port-range", type=int, default=100)
+    parser.add_argument("--rtp-port-range", type=int, default=2016)
     parser.add_argument("--control-socket", type=Path, required=True)
     parser.add_argument("--poll-ms", type=int, default=200)
-    parser.add_argument("--max-calls-request", type=int, default=64)
+    parser.add_argument("--max-calls", type=int, default=1000)
     parser.add_argument("--recycle-after-calls", type=int, default=0)
     args = parser.parse_args(argv)
     run_worker(WorkerSettings(
         worker_id=args.id, sip_host=args.sip_host, sip_port=args.sip_port, rtp_port=args.rtp_port,
         rtp_port_range=args.rtp_port_range, control_socket=args.control_socket, poll_ms=args.poll_ms,
-        max_calls_request=args.max_calls_request, recycle_after_calls=args.recycle_after_calls,
+        max_calls=args.max_calls, recycle_after_calls=args.recycle_after_calls,
     ))
 
 

@@ -257,10 +257,10 @@ def running_softswitch(base: Path, *, sip_port: int, http_port: int, workers: in
             status, body = running.get("/api/health")
         except OSError:
             return False
-        return status == 200 and len(body["workers"]) == workers
+        # ok: every worker has said hello and the front has put each in service.
+        return status == 200 and body["status"] == "ok" and len(body["workers"]) == workers
     try:
-        running.wait_for(ready, 90, "softswitch health with all workers connected")
-        time.sleep(1.0)  # Kamailio's dispatcher probes the workers once before trusting them
+        running.wait_for(ready, 90, "softswitch health with all workers in service")
         yield running
     finally:
         if process.poll() is None:

@@ -17,6 +17,7 @@ import pytest
 
 from bench.sipp import refused_scenario
 from softswitch import sipfront
+from softswitch.engine import EngineInfo, plan_workers
 from softswitch.config import AgentsConfig, load_config
 from tests.sip.conftest import RunningSoftswitch, agent_accounts, running_softswitch
 from tests.sip.softphones import Softphone
@@ -168,7 +169,10 @@ def front_alone(base: Path) -> Iterator[Path]:
         "kamailio.children": 2, "agents.accounts": agent_accounts(AGENTS, REALM),
         "agents.registration_expires_s": EXPIRES_S})
     run_dir = base / "kamailio"
-    argv = sipfront.command(config, sipfront.render(config, run_dir), run_dir)
+    # Sized as for an engine of 4 calls: the front alone never asks the library.
+    plan = plan_workers(config.workers, EngineInfo(version="test", max_calls=4), sip_port=SIP_PORT,
+                        agents=len(AGENTS))
+    argv = sipfront.command(config, sipfront.render(config, plan, run_dir), run_dir)
     log = base / "kamailio.log"
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

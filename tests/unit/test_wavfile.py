@@ -168,7 +168,7 @@ def test_repair_refuses_files_it_did_not_write(tmp_path: Path) -> None:
         writer.write(frame(3))
     with open(other, "ab") as f:
         f.write(b"LIST\x04\x00\x00\x00abcd")
-    with pytest.raises(ValueError, match="not an unfinished WavWriter recording"):
+    with pytest.raises(ValueError, match="not an unfinished recording"):
         repair_wav(other)
     not_wav = tmp_path / "not.wav"
     not_wav.write_bytes(b"x" * 100)

@@ -1,0 +1,20 @@
+"""Media worker: the settings one worker process is started with (no PJSUA2 import, so the control process stays free of it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    worker_id: int
+    sip_host: str
+    sip_port: int
+    rtp_port: int
+    rtp_port_range: int
+    control_socket: Path
+    max_calls: int  # call slots asked of the library (it clamps them to its compiled cap)
+    poll_ms: int = 200
+    recycle_after_calls: int = 0  # 0: never
+    pjsua_log_level: int = 2
