@@ -13,7 +13,7 @@ import asyncio
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ivr.channel import CallChannel, CallEnded, RecordingResult
 from ivr.menu import INTER_DIGIT_TIMEOUT_S, choose
@@ -82,14 +82,19 @@ async def capture_national_id(channel: CallChannel, cfg: IvrConfig, kind: str) -
         while True:
             if recording.done() and not keyed:
                 break
-            timeout = INTER_DIGIT_TIMEOUT_S if recording.done() else None
-            digit_wait = asyncio.create_task(channel.next_digit(timeout))
+            digit_wait = asyncio.create_task(channel.next_digit(INTER_DIGIT_TIMEOUT_S if recording.done() else None))
             # A digit wait cancelled as the call ends may still finish with CallEnded: consume it.
             digit_wait.add_done_callback(lambda task: task.cancelled() or task.exception())
-            done, _ = await asyncio.wait({recording, digit_wait}, return_when=asyncio.FIRST_COMPLETED)
+            # Once the recording is over only the digits are waited for: an ended
+            # recording in the set would end every wait at once, a busy loop.
+            waits: set[asyncio.Future[Any]] = {digit_wait} if recording.done() else {recording, digit_wait}
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if digit_wait not in done:
                 digit_wait.cancel()
-                continue
+                await asyncio.wait({digit_wait})
+                if digit_wait.cancelled():
+                    continue
+                # It took a digit off the channel before the cancel reached it: the digit counts.
             digit = digit_wait.result()
             if digit is None or digit == "#":
                 break
@@ -107,7 +112,9 @@ async def capture_national_id(channel: CallChannel, cfg: IvrConfig, kind: str) -
 async def confirm(channel: CallChannel, prompts: Prompts, whose: Whose, national_id: str,
                   timeout_s: float) -> str | None:
     """Read the ID back digit by digit; "1" confirms, "2" asks again; None if no answer."""
-    channel.clear_digits()  # a "#" after a full ID is not an answer
+    # A "#" after a full ID is neither an answer nor a reason to cut the read-back
+    # short; a "1" pressed ahead of the read-back is the answer, and stays.
+    channel.clear_digits(only="#")
     await channel.play([prompts.path(whose.read_back), *prompts.number(national_id),
                         prompts.path("confirm_national_id")], barge_in=True)
     while (digit := await channel.next_digit(timeout_s)) is not None:

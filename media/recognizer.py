@@ -13,7 +13,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
-import vosk
 
 from media.wavfile import read_format, read_pcm
 
@@ -142,9 +141,14 @@ def _check_layout(model_dir: Path) -> None:
 
 
 @functools.cache
-def _silence_vosk_logging() -> None:
+def _vosk() -> Any:
+    # Imported only when a model is configured: Vosk and what it pulls in cost a
+    # process ~20 MiB that a softswitch without recognition should not pay.
+    import vosk
+
     # Kaldi logs every load step to stderr; failures reach callers as ModelError instead.
     vosk.SetLogLevel(-1)
+    return vosk
 
 
 def _load_model(model_dir: Path) -> Any:
@@ -153,9 +157,8 @@ def _load_model(model_dir: Path) -> Any:
     with _models_lock:
         model = _models.get(key)
         if model is None:
-            _silence_vosk_logging()
             try:
-                model = vosk.Model(str(model_dir))
+                model = _vosk().Model(str(model_dir))
             except Exception as error:
                 raise ModelError(
                     f"Vosk could not load the model in {model_dir}: {error}. {INSTALL_HINT}"
@@ -227,7 +230,7 @@ class VoskDigitRecognizer:
         if len(pcm) % _SAMPLE_BYTES:
             raise ValueError(f"pcm must hold whole 16-bit samples, got {len(pcm)} bytes")
         started = time.perf_counter()
-        recognizer = vosk.KaldiRecognizer(self._model, sample_rate, self._grammar_json)
+        recognizer = _vosk().KaldiRecognizer(self._model, sample_rate, self._grammar_json)
         # Bounded chunks keep the float copy Vosk makes of each buffer small.
         chunk = int(sample_rate * _CHUNK_SECONDS) * _SAMPLE_BYTES
         for offset in range(0, len(pcm), chunk):

@@ -20,15 +20,7 @@ packages=(kamailio sip-tester espeak-ng sox)
 [ "$engine" = build ] && packages+=(build-essential swig libssl-dev uuid-dev xz-utils)
 # The console's browser test drives headless Chromium through chromedriver.
 [ "${1:-}" = "--test" ] && packages+=(chromium chromium-driver)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}"
-  as_root apt-get update -q
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+scripts/apt-install.sh "${packages[@]}"
 # The Debian package starts a system Kamailio on 5060; the softswitch runs its own.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet kamailio 2>/dev/null; then
   as_root systemctl disable --now kamailio

@@ -140,8 +140,11 @@ class ControlCall:
                 return None
         return self._digits.popleft()
 
-    def clear_digits(self) -> None:
-        self._digits.clear()
+    def clear_digits(self, only: str | None = None) -> None:
+        if only is None:
+            self._digits.clear()
+        else:
+            self._digits = collections.deque(d for d in self._digits if d not in only)
 
     async def hangup(self) -> None:
         if self.ended:

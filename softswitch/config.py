@@ -90,7 +90,10 @@ class IvrConfig(_Section):
     message_silence_s: float = Field(3.0, gt=0)
     message_no_input_s: float = Field(15.0, gt=0)
     tracking_code_repeats: int = Field(2, ge=1, le=5)
-    answer_timeout_s: float = Field(5.0, gt=0)
+    # How long an answered call may wait for the caller's ACK before it is given
+    # up: RFC 3261's Timer H (64 x T1), after which PJSIP itself ends the call.
+    # A busy trunk or front can be seconds late; that is no reason to drop a caller.
+    answer_timeout_s: float = Field(32.0, gt=0)
 
 
 def _in_project(path: Path) -> Path:
@@ -118,10 +121,15 @@ class RecognizerConfig(_Section):
 class KamailioConfig(_Section):
     binary: str = "kamailio"
     template: Path = CONFIG_DIR / "kamailio.cfg.j2"
-    shared_memory_mb: int = Field(64, ge=16)
+    # Transactions live here until their wait timer ends: 64 MB ran out at ~350
+    # calls/s. Only the pages used count against memory.
+    shared_memory_mb: int = Field(256, ge=16)
     private_memory_mb: int = Field(8, ge=2)
     children: int = Field(4, ge=1)
-    failover_timeout_ms: int = Field(1500, ge=100)
+    # How long the front waits for a worker's first answer (its 100 Trying) before trying
+    # the next: a dead worker is also noticed by the 1 s probes, and a busy one
+    # answering late must not have its call offered to a second worker as well.
+    failover_timeout_ms: int = Field(3000, ge=100)
 
     _template_in_project = field_validator("template")(_in_project)
 

@@ -26,9 +26,10 @@ from softswitch import protocol, sipfront
 from softswitch.calls import ControlCall, WorkerLink
 from softswitch.config import Config, load_prompt_texts
 from softswitch.desk import ControlDesk
-from softswitch.engine import EngineInfo, WorkerPlan, plan_workers, probe
+from softswitch.capacity import WorkerPlan, plan_workers
+from softswitch.engine import EngineInfo, probe
 from softswitch.routing import Accept, CallFacts, caller_number, route
-from softswitch.supervisor import ExecChild, ForkedWorker, Supervisor
+from softswitch.supervisor import ExecChild, Supervisor, worker_command
 from softswitch.worker_settings import WorkerSettings
 from storage.crypto import IdProtector
 from storage.errors import NotFound
@@ -157,7 +158,7 @@ class Softswitch:
                 worker_id=i, sip_host=w.host, sip_port=port, rtp_port=w.rtp_base_port + i * plan.rtp_ports_per_worker,
                 rtp_port_range=plan.rtp_ports_per_worker, control_socket=cfg.control_socket, poll_ms=w.poll_ms,
                 max_calls=plan.max_calls, recycle_after_calls=plan.recycle_after_calls)
-            self.supervisor.add(f"worker{i}", functools.partial(ForkedWorker.start, settings))
+            self.supervisor.add(f"worker{i}", functools.partial(ExecChild.start, worker_command(settings)))
 
     async def drain(self) -> None:
         """Stop taking calls, let running ones finish (bounded), keep every recording, then stop."""

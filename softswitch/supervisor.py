@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import multiprocessing.process
+import sys
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
@@ -25,8 +24,19 @@ class Child(Protocol):
     def kill(self) -> None: ...
 
 
+def worker_command(settings: WorkerSettings) -> list[str]:
+    """A media worker is a program of its own: with hundreds of calls each, a
+    handful of them share nothing worth a fork server's memory."""
+    return [sys.executable, "-m", "softswitch.worker", "--id", str(settings.worker_id),
+            "--sip-host", settings.sip_host, "--sip-port", str(settings.sip_port),
+            "--rtp-port", str(settings.rtp_port), "--rtp-port-range", str(settings.rtp_port_range),
+            "--control-socket", str(settings.control_socket), "--poll-ms", str(settings.poll_ms),
+            "--max-calls", str(settings.max_calls), "--recycle-after-calls", str(settings.recycle_after_calls),
+            "--pjsua-log-level", str(settings.pjsua_log_level)]
+
+
 class ExecChild:
-    """A program started with exec (Kamailio)."""
+    """A program started with exec (Kamailio, a media worker)."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -49,63 +59,6 @@ class ExecChild:
 
     def kill(self) -> None:
         if self.process.returncode is None:
-            self.process.kill()
-
-
-def _run_worker(settings: WorkerSettings) -> None:
-    # Imported in the forked child, where the fork server has it loaded already:
-    # the control process itself never loads PJSUA2.
-    from softswitch.worker import run_worker
-
-    run_worker(settings)
-
-
-class ForkedWorker:
-    """A media worker forked from a server that has already imported PJSUA2, numpy and the VAD.
-
-    Forked workers share the pages those imports filled (22 MiB of PSS per idle
-    worker, against 25 MiB for a fresh interpreter); the start-up import time is
-    paid once instead of once per worker.
-    """
-
-    _context = multiprocessing.get_context("forkserver")
-    _context.set_forkserver_preload(["softswitch.worker_preload"])
-
-    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(cls, settings: WorkerSettings) -> ForkedWorker:
-        process = cls._context.Process(target=_run_worker, args=(settings,), name=f"worker{settings.worker_id}")
-        await asyncio.get_running_loop().run_in_executor(None, process.start)
-        return cls(process)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-    async def wait(self) -> int | None:
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[None] = loop.create_future()
-        sentinel = self.process.sentinel
-
-        def on_exit() -> None:
-            if not exited.done():
-                exited.set_result(None)
-        loop.add_reader(sentinel, on_exit)
-        try:
-            await exited
-        finally:
-            loop.remove_reader(sentinel)
-        self.process.join()
-        return self.process.exitcode
-
-    def terminate(self) -> None:
-        if self.process.exitcode is None:
-            self.process.terminate()
-
-    def kill(self) -> None:
-        if self.process.exitcode is None:
             self.process.kill()
 
 

@@ -7,8 +7,8 @@ Threads, and what runs on each:
 - PJSIP's media thread receives RTP, in C;
 - the conference bridge's clock thread mixes, encodes and sends RTP and writes
   every recording with PJSIP's own WAV writer, in C. Python runs there never
-  per audio frame: only when a prompt ends (``Player.onEof2``, on PJSIP's
-  event thread), to hand that to the library thread.
+  per audio frame: only when a prompt file ends (``Player.onEof2``), to hand
+  that to the library thread.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import enum
 import errno
 import faulthandler
 import functools
+import heapq
+import itertools
 import logging
 import os
 import re
@@ -38,7 +40,7 @@ import pjsua2 as pj
 
 from media.tape import TapeFollower
 from media.vad import Endpointer
-from media.wavfile import header_finished, repair_wav, wav_info
+from media.wavfile import header_finished, read_format, repair_wav, wav_info
 from softswitch import protocol
 from softswitch.engine import library_call_cap
 from softswitch.worker_settings import WorkerSettings
@@ -54,6 +56,9 @@ FOLLOW_S = 0.06
 # The engine finishes a WAV header on its clock thread after the recorder is
 # destroyed; if it has not within this time, the header is repaired here.
 FINISH_TIMEOUT_S = 2.0
+# A prompt file whose end the engine did not report this long after its length
+# is taken as played: a lost end-of-file event must never leave a call waiting.
+PROMPT_LATE_S = 1.0
 
 
 class Waker:
@@ -81,6 +86,7 @@ class Waker:
 
 
 _callback_thread = threading.local()
+_play_seq = itertools.count()
 
 
 def _keep_thread_state() -> None:
@@ -129,20 +135,31 @@ class Recording:
 
 
 class Player(pj.AudioMediaPlayer):
-    """Plays one prompt sequence (one file, or a playlist of several) and reports its end."""
+    """Plays one file of a prompt sequence; its end is handed to the library thread.
 
-    def __init__(self, worker: Worker, handle: str, play_id: str) -> None:
+    One file at a time, not a playlist: a playlist opens all its files at once,
+    and with hundreds of calls the thousands of open stdio streams made every
+    fclose (glibc walks the list of open streams) a measurable part of the
+    bridge clock thread.
+    """
+
+    def __init__(self, worker: Worker, handle: str, play_id: str, files: list[str], index: int = 0) -> None:
         super().__init__()
         self.worker = worker
         self.handle = handle
         self.play_id = play_id
+        self.files = files
+        self.index = index
+
+    def following(self) -> Player:
+        """A fresh player for the next file: a pjsua2 player opens one file, once."""
+        return Player(self.worker, self.handle, self.play_id, self.files, self.index + 1)
 
     @_guarded
     def onEof2(self) -> None:  # noqa: N802 (pjsua2 API)
         _keep_thread_state()
         # Destroying a player inside its own EOF callback is not allowed: defer.
-        self.worker.deferred.append(functools.partial(self.worker.play_finished, self))
-        self.worker.waker.wake()
+        self.worker.post(functools.partial(self.worker.play_finished, self))
 
 
 class LegState(enum.Enum):
@@ -184,7 +201,9 @@ class WorkerCall(pj.Call):
 
     @_guarded
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
-        self.worker.on_dtmf(self, prm.digit)
+        # On PJSIP's media thread (RFC 4733 arrives with the RTP): hand it over.
+        _keep_thread_state()
+        self.worker.post(functools.partial(self.worker.on_dtmf, self.handle, prm.digit))
 
 
 class WorkerAccount(pj.Account):
@@ -211,6 +230,14 @@ class CapWatcher(pj.LogWriter):
             log.warning("pjsua: %s", entry.msg.strip())
 
 
+def _playing_time_s(path: str) -> float:
+    try:
+        return read_format(Path(path)).duration_s
+    except (OSError, ValueError):
+        # Not a header we read: the longest it could play, at 8 kHz and a byte a sample.
+        return os.path.getsize(path) / 8000 if os.path.exists(path) else 0.0
+
+
 def _raise_file_limit() -> int:
     """Every call holds sockets, a recording and prompt files: take all descriptors the system allows."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -230,6 +257,8 @@ class Worker:
     recordings: dict[tuple[str, str], Recording] = field(default_factory=dict)  # in progress
     closing: list[Recording] = field(default_factory=list)  # ended, header not yet finished
     outbox: bytearray = field(default_factory=bytearray)
+    # (when, seq, handle, play_id, index): by when each prompt file must have ended.
+    play_deadlines: list[tuple[float, int, str, str, int]] = field(default_factory=list)
     draining: bool = False
     cap_hit: bool = False
     max_calls: int | None = None
@@ -267,6 +296,8 @@ class Worker:
                     self.next_follow = now + FOLLOW_S
                 if self.closing:
                     self._report_closed(now)
+                if self.play_deadlines and self.play_deadlines[0][0] <= now:
+                    self._overdue_plays(now)
                 if self.cap_hit:
                     self._learn_cap()
                 self._flush()
@@ -280,7 +311,12 @@ class Worker:
         self.ep.libCreate()
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
+        # SIP is polled on this thread only (threadCnt 0), so its callbacks run
+        # here; the rest (DTMF on the media thread, a player's end) hand
+        # themselves over with post(). pjsua2's own hand-over (mainThreadOnly)
+        # queues them until the next poll and drops the newest beyond 1,024:
+        # digits were lost when hundreds of callers keyed at once.
+        cfg.uaConfig.mainThreadOnly = False
         cfg.uaConfig.maxCalls = s.max_calls
         cfg.uaConfig.userAgent = "softswitch-111"
         cfg.medConfig.clockRate = 8000
@@ -522,9 +558,14 @@ class Worker:
             self._start_record(leg, leg.pending_record)
             leg.pending_record = None
 
-    def on_dtmf(self, call: WorkerCall, digit: str) -> None:
-        leg = self.calls.get(call.handle)
-        if leg is None:
+    def post(self, job: Callable[[], None]) -> None:
+        """Run job on the library thread soon (from any thread); jobs keep their order."""
+        self.deferred.append(job)
+        self.waker.wake()
+
+    def on_dtmf(self, handle: str, digit: str) -> None:
+        leg = self.calls.get(handle)
+        if leg is None or leg.state is LegState.ENDED:
             return
         self.send("dtmf", call=leg.handle, digit=digit)
         rec = leg.recording
@@ -585,40 +626,51 @@ class Worker:
     # -- playback ----------------------------------------------------------
     def _start_play(self, leg: Leg, play_id: str, files: list[str]) -> None:
         self._stop_play(leg, completed=False)
-        playable = []
-        for name in files:
-            if os.path.isfile(name):
-                playable.append(name)
-            else:
-                self.send("error", call=leg.handle, detail=f"cannot play {name}: no such file")
-        player = Player(self, leg.handle, play_id)
-        try:
-            if not playable:
-                raise ValueError("nothing to play")
-            # One playlist per sequence: one EOF callback instead of one per file.
-            if len(playable) == 1:
-                player.createPlayer(playable[0], pj.PJMEDIA_FILE_NO_LOOP)
-            else:
-                player.createPlaylist(pj.StringVector(playable), f"play{play_id}", pj.PJMEDIA_FILE_NO_LOOP)
-            player.startTransmit(leg.call.getAudioMedia(-1))
-        except (pj.Error, ValueError) as exc:
-            if isinstance(exc, pj.Error):
-                self.send("error", call=leg.handle, detail=f"cannot play {' '.join(playable)}: {exc.reason}")
-            self.retired.append((time.monotonic() + PLAYER_GRACE_S, player))
-            self.send("play_done", call=leg.handle, play_id=play_id, completed=True)
-            return
-        leg.player = player
+        self._open(leg, Player(self, leg.handle, play_id, files))
+
+    def _open(self, leg: Leg, player: Player) -> None:
+        """Start the player's file, or the first one after it that opens; play_done when none is left."""
+        while player.index < len(player.files):
+            name = player.files[player.index]
+            try:
+                player.createPlayer(name, pj.PJMEDIA_FILE_NO_LOOP)
+                player.startTransmit(leg.call.getAudioMedia(-1))
+                leg.player = player
+                heapq.heappush(self.play_deadlines, (time.monotonic() + _playing_time_s(name) + PROMPT_LATE_S,
+                                                     next(_play_seq), leg.handle, player.play_id, player.index))
+                return
+            except pj.Error as exc:
+                self.send("error", call=leg.handle, detail=f"cannot play {name}: {exc.reason}")
+                self.retired.append((time.monotonic() + PLAYER_GRACE_S, player))
+                player = player.following()
+        leg.player = None
+        self.send("play_done", call=leg.handle, play_id=player.play_id, completed=True)
+
+    def _overdue_plays(self, now: float) -> None:
+        while self.play_deadlines and self.play_deadlines[0][0] <= now:
+            _, _, handle, play_id, index = heapq.heappop(self.play_deadlines)
+            leg = self.calls.get(handle)
+            player = leg.player if leg is not None else None
+            if player is not None and (player.play_id, player.index) == (play_id, index):
+                log.warning("%s: the end of %s was not reported; going on", handle, player.files[index])
+                self.play_finished(player)
 
     def play_finished(self, player: Player) -> None:
         leg = self.calls.get(player.handle)
-        if leg is not None and leg.player is player:
-            self._stop_play(leg, completed=True)
+        if leg is None or leg.player is not player:
+            return
+        self._retire(leg, player)
+        self._open(leg, player.following())
 
     def _stop_play(self, leg: Leg, completed: bool) -> None:
         player = leg.player
         if player is None:
             return
         leg.player = None
+        self._retire(leg, player)
+        self.send("play_done", call=leg.handle, play_id=player.play_id, completed=completed)
+
+    def _retire(self, leg: Leg, player: Player) -> None:
         # Disconnected now, destroyed later: the clock thread may be inside this
         # player's frame or EOF callback this very moment. (A call that ended
         # has left the bridge already.)
@@ -626,7 +678,6 @@ class Worker:
             with contextlib.suppress(pj.Error):
                 player.stopTransmit(leg.call.getAudioMedia(-1))
         self.retired.append((time.monotonic() + PLAYER_GRACE_S, player))
-        self.send("play_done", call=leg.handle, play_id=player.play_id, completed=completed)
 
     def _purge_retired(self) -> None:
         now = time.monotonic()
@@ -733,7 +784,7 @@ class Worker:
 
 
 def run_worker(settings: WorkerSettings) -> None:
-    """Entry point of a worker process (forked by the supervisor or started from the command line)."""
+    """Entry point of a worker process, which the supervisor starts as `python -m softswitch.worker`."""
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s worker{settings.worker_id} %(levelname)s %(message)s")
     # A crash inside the library leaves the Python stacks of every thread in the log.
@@ -752,11 +803,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--poll-ms", type=int, default=200)
     parser.add_argument("--max-calls", type=int, default=1000)
     parser.add_argument("--recycle-after-calls", type=int, default=0)
+    parser.add_argument("--pjsua-log-level", type=int, default=2)
     args = parser.parse_args(argv)
     run_worker(WorkerSettings(
         worker_id=args.id, sip_host=args.sip_host, sip_port=args.sip_port, rtp_port=args.rtp_port,
         rtp_port_range=args.rtp_port_range, control_socket=args.control_socket, poll_ms=args.poll_ms,
         max_calls=args.max_calls, recycle_after_calls=args.recycle_after_calls,
+        pjsua_log_level=args.pjsua_log_level,
     ))
 
 

@@ -20,6 +20,17 @@
 /* A call's stream, its player, its recorder, and headroom. */
 #define PJSUA_MAX_CONF_PORTS            (PJSUA_MAX_CALLS * 4)
 
+/* Media lines a call may carry (default 16). Every call slot holds two arrays of
+ * this many media states, initialised at start: 16 cost ~21 KiB a slot, 21 MiB
+ * for 1,000 slots of an idle worker. Trunks and agents' phones offer one audio
+ * line; an offer with more than 4 is refused. */
+#define PJMEDIA_MAX_SDP_MEDIA           4
+
+/* Media events (a player's end among them) wait in a fixed queue for PJSIP's
+ * event thread; the default 16 overflowed with hundreds of calls, and a lost
+ * end of prompt left its call waiting for good. */
+#define PJMEDIA_EVENT_MAX_EVENTS        4096
+
 /* Hash tables of transactions and dialogs (2^n - 1). */
 #define PJSIP_MAX_TSX_COUNT             65535
 #define PJSIP_MAX_DIALOG_COUNT          65535

@@ -17,7 +17,8 @@ import pytest
 
 from bench.sipp import refused_scenario
 from softswitch import sipfront
-from softswitch.engine import EngineInfo, plan_workers
+from softswitch.capacity import plan_workers
+from softswitch.engine import EngineInfo
 from softswitch.config import AgentsConfig, load_config
 from tests.sip.conftest import RunningSoftswitch, agent_accounts, running_softswitch
 from tests.sip.softphones import Softphone

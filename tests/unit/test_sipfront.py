@@ -10,7 +10,8 @@ import pytest
 
 from softswitch import sipfront
 from softswitch.config import ConfigError, load_config
-from softswitch.engine import EngineInfo, plan_workers
+from softswitch.capacity import plan_workers
+from softswitch.engine import EngineInfo
 
 pytestmark = pytest.mark.unit
 
