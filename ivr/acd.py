@@ -69,6 +69,7 @@ TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
     AgentState.WRAP_UP: frozenset({AgentState.READY, AgentState.PAUSED, AgentState.LOGGED_OUT}),
     AgentState.PAUSED: frozenset({AgentState.READY, AgentState.LOGGED_OUT}),
 }
+NOT_REGISTERED = "not_registered"  # the pause of an agent whose phone the front does not know
 STAFFED = frozenset({AgentState.READY, AgentState.RINGING, AgentState.ON_CALL, AgentState.WRAP_UP})
 
 
@@ -87,12 +88,15 @@ class AgentStatus:
     pause_requested: str | None = None  # pause reason to apply when the current call ends
     call_key: str | None = None  # the call it is ringing for or on
     answered_today: int = 0
+    # Whether the SIP front has a live registration of the agent's phone; None
+    # until it has been asked (then the agent is taken to be reachable).
+    registered: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "state": self.state.value, "since_wall": self.since_wall,
             "pause_reason": self.pause_reason, "pause_requested": self.pause_requested,
-            "call_key": self.call_key, "answered_today": self.answered_today,
+            "call_key": self.call_key, "answered_today": self.answered_today, "registered": self.registered,
         }
 
 
@@ -165,10 +169,33 @@ class Acd:
     # -- agents (the console) --------------------------------------------------
 
     def login(self, agent_id: str) -> None:
-        """LOGGED_OUT -> READY; no effect on an agent already logged in."""
+        """LOGGED_OUT -> READY (PAUSED, not_registered, without a phone); no effect on an agent logged in."""
         agent = self._get(agent_id)
         if agent.status.state is AgentState.LOGGED_OUT:
             self._set_state(agent, AgentState.READY)
+            if agent.status.registered is False:
+                self._set_state(agent, AgentState.PAUSED, pause_reason=NOT_REGISTERED)
+
+    def set_registered(self, agent_ids: set[str]) -> None:
+        """What the SIP front says: which agents have a phone registered. One without cannot take calls:
+        it is paused (``not_registered``, after its current call) and made ready again once its phone is back."""
+        for agent in self._agents.values():
+            status = agent.status
+            registered = status.id in agent_ids
+            if status.registered is registered:
+                continue
+            status.registered = registered
+            log.info("agent %s: phone %s", status.id, "registered" if registered else "not registered")
+            match status.state, registered:
+                case (AgentState.READY | AgentState.WRAP_UP), False:
+                    self._set_state(agent, AgentState.PAUSED, pause_reason=NOT_REGISTERED)
+                case (AgentState.RINGING | AgentState.ON_CALL), False:
+                    status.pause_requested = NOT_REGISTERED
+                    self._publish_agent(agent)
+                case AgentState.PAUSED, True if status.pause_reason == NOT_REGISTERED:
+                    self._set_state(agent, AgentState.READY)
+                case _:
+                    self._publish_agent(agent)
 
     def logout(self, agent_id: str) -> None:
         """Refused (ValueError) while the agent is RINGING or ON_CALL."""
@@ -179,6 +206,8 @@ class Acd:
     def set_ready(self, agent_id: str) -> None:
         """PAUSED or WRAP_UP (ending it early) -> READY; RINGING or ON_CALL: cancels a requested pause."""
         agent = self._get(agent_id)
+        if agent.status.registered is False and agent.status.state is not AgentState.LOGGED_OUT:
+            raise ValueError(f"agent {agent_id!r} has no phone registered")
         match agent.status.state:
             case AgentState.PAUSED | AgentState.WRAP_UP:
                 self._set_state(agent, AgentState.READY)
@@ -403,7 +432,7 @@ class Acd:
             "agents": [{"id": a.status.id, "name": a.status.name, "state": a.status.state.value,
                         "seconds_in_state": round(now - a.since, 1), "pause_reason": a.status.pause_reason,
                         "pause_requested": a.status.pause_requested, "call_key": a.status.call_key,
-                        "answered_today": a.status.answered_today}
+                        "answered_today": a.status.answered_today, "registered": a.status.registered}
                        for a in self._agents.values()],
             "today": self._today_dict(day),
         }

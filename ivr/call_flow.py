@@ -64,6 +64,7 @@ TRANSITIONS: dict[tuple[IvrState, str | None], IvrState] = {
     (IvrState.ROUTE, "message"): IvrState.MESSAGE,
     (IvrState.QUEUE, "to_message"): IvrState.MESSAGE,
     (IvrState.QUEUE, "handled"): IvrState.DONE,
+    (IvrState.QUEUE, "agent_lost"): IvrState.TRACKING_CODE,
     (IvrState.MESSAGE, None): IvrState.TRACKING_CODE,
     (IvrState.TRACKING_CODE, None): IvrState.GOODBYE,
     (IvrState.GOODBYE, None): IvrState.DONE,
@@ -181,6 +182,10 @@ class CallFlow:
                 s.path.append(f"queue:{result.outcome}")
                 if result.outcome == "to_message":
                     await self.channel.play([self.prompts.path("queue_to_message")])
+                elif result.outcome == "agent_lost":
+                    # The conversation is a case already: the caller is told its code.
+                    s.tracking_code = result.tracking_code
+                    await self.channel.play([self.prompts.path("agent_lost")])
                 return result.outcome
             case IvrState.MESSAGE:
                 s.message = await record_message(self.channel, self.prompts, self.cfg)

@@ -31,6 +31,8 @@ from softswitch.config import QueueConfig
 log = logging.getLogger("ivr.live")
 
 CONVERSATION_MAX_S = 4 * 3600.0  # a bound for the tape, far beyond any conversation
+# How a leg's end says its far end was lost (no RTP, a session refresh unanswered).
+LEG_LOST = 408
 
 
 class Prompts(Protocol):
@@ -48,14 +50,17 @@ class LiveDesk(Protocol):
 
     def connected(self, key: str, agent_id: str, channel: LiveChannel) -> None: ...
 
-    async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> None: ...
+    async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> str | None:
+        """Keep the tape and make sure the matter is a case; its tracking code."""
+        ...
 
 
 @dataclass
 class LiveResult:
-    outcome: str  # handled | to_message
+    outcome: str  # handled | to_message | agent_lost (the agent's phone died mid-call)
     agent_id: str | None = None
     conversation: RecordingResult | None = None
+    tracking_code: str | None = None  # the case the conversation became, for agent_lost
 
 
 @dataclass
@@ -213,6 +218,7 @@ class LiveCall:
     async def _converse(self, agent_id: str, leg: Leg) -> LiveResult:
         live, channel = self.live, self.channel
         conversation: RecordingResult | None = None
+        tracking_code: str | None = None
         try:
             channel.bridge(leg)
             live.desk.connected(self.key, agent_id, channel)
@@ -229,7 +235,14 @@ class LiveCall:
             # Either side hanging up ends the other leg.
             await _drop(leg)
             live.acd.call_ended(agent_id)
-            await live.desk.finished(self.key, agent_id, conversation)
+            tracking_code = await live.desk.finished(self.key, agent_id, conversation)
+        if leg.end_status == LEG_LOST and not channel.ended:
+            # The agent's phone went silent or its session timer ran out: no hang-up
+            # of theirs. The caller is told, and keeps the case the call became.
+            log.warning("%s: lost agent %s mid-call", self.key, agent_id)
+            with contextlib.suppress(ValueError):
+                live.acd.pause(agent_id, "agent_lost")
+            return LiveResult("agent_lost", agent_id, conversation, tracking_code)
         return LiveResult("handled", agent_id, conversation)
 
 

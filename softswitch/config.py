@@ -27,6 +27,18 @@ class SipConfig(_Section):
     port: int = Field(5060, ge=1, le=65535)
     service_number: str = Field("111", pattern=r"^[0-9]+$")
     trunk_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # A call whose far end should be sending RTP and has sent none this long is a
+    # dead phone or trunk: the call is ended (0: never). Hold is not silence.
+    rtp_timeout_s: float = Field(60.0, ge=0)
+    # RFC 4028 session timers, used when the far end supports them (0: off; else at least 90).
+    session_expires_s: int = Field(1800, ge=0)
+
+    @field_validator("session_expires_s")
+    @classmethod
+    def _at_least_min_se(cls, value: int) -> int:
+        if 0 < value < 90:
+            raise ValueError("session timers need at least 90 s (RFC 4028 Min-SE), or 0 for none")
+        return value
 
     @field_validator("trunk_allow")
     @classmethod
@@ -182,6 +194,12 @@ class AgentsConfig(_Section):
     ring_timeout_s: float = Field(15.0, gt=0)
     wrap_up_s: float = Field(30.0, ge=0)
     registration_expires_s: int = Field(300, ge=30)
+    # The front probes every registered phone this often (OPTIONS) and drops one
+    # silent for keepalive_timeout_s: its agent is no longer offered calls.
+    keepalive_interval_s: int = Field(10, ge=1)
+    keepalive_timeout_s: int = Field(30, ge=2)
+    # How often the control process reads the front's registrations.
+    registration_poll_s: float = Field(2.0, gt=0)
 
     @field_validator("accounts")
     @classmethod

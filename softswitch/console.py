@@ -59,7 +59,8 @@ LOGIN_WINDOW_S = 300.0
 SUPERVISOR_COALESCE_S = 0.25  # a burst of ACD events becomes one snapshot
 SUMMARY_MAX_CHARS = 4000
 OVERRIDE_REASON_MAX_CHARS = 500
-AGENT_FIELDS = ("id", "name", "state", "seconds_in_state", "pause_reason", "pause_requested", "answered_today")
+AGENT_FIELDS = ("id", "name", "state", "seconds_in_state", "pause_reason", "pause_requested", "answered_today",
+                "registered")
 
 T = TypeVar("T")
 
@@ -126,7 +127,8 @@ LABELS: dict[str, Any] = {
     },
     "pause_reasons": {
         "break": "استراحت", "prayer": "نماز", "training": "آموزش", "admin": "کار اداری",
-        "manual": "مکث", "no_answer": "زنگ بی‌پاسخ",
+        "manual": "مکث", "no_answer": "زنگ بی‌پاسخ", "not_registered": "تلفن ثبت نشده است",
+        "agent_lost": "تماس با تلفن قطع شد",
     },
     "id_status": {
         "verified": "تأییدشده", "unverified": "تأییدنشده", "to_transcribe": "فقط صدا؛ شماره شناخته نشد",
@@ -449,7 +451,7 @@ class _Console(SessionPages):
             if agent["id"] == agent_id:
                 return {key: agent.get(key) for key in AGENT_FIELDS}
         return {"id": agent_id, "name": "", "state": "logged_out", "seconds_in_state": 0.0, "pause_reason": None,
-                "pause_requested": None, "answered_today": 0}
+                "pause_requested": None, "answered_today": 0, "registered": None}
 
     def case_view(self, case: Mapping[str, Any]) -> dict[str, Any]:
         created_at = case.get("created_at")

@@ -128,10 +128,13 @@ class Softswitch:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.drain()))
             self._start_children(plan)
+            watch = asyncio.create_task(self._watch_registrations()) if cfg.agents.accounts else None
             log.info("softswitch up: SIP %s:%d, HTTP %s:%d, %d workers", cfg.sip.listen, cfg.sip.port,
                      cfg.http.host, runner.addresses[0][1] if runner.addresses else cfg.http.port,
                      plan.count)
             await self.stopped.wait()
+            if watch is not None:
+                watch.cancel()
             server.close()
             await runner.cleanup()
             await self.desk.close()
@@ -157,7 +160,8 @@ class Softswitch:
             settings = WorkerSettings(
                 worker_id=i, sip_host=w.host, sip_port=port, rtp_port=w.rtp_base_port + i * plan.rtp_ports_per_worker,
                 rtp_port_range=plan.rtp_ports_per_worker, control_socket=cfg.control_socket, poll_ms=w.poll_ms,
-                max_calls=plan.max_calls, recycle_after_calls=plan.recycle_after_calls)
+                max_calls=plan.max_calls, recycle_after_calls=plan.recycle_after_calls,
+                rtp_timeout_s=cfg.sip.rtp_timeout_s, session_expires_s=cfg.sip.session_expires_s)
             self.supervisor.add(f"worker{i}", functools.partial(ExecChild.start, worker_command(settings)))
 
     async def drain(self) -> None:
@@ -210,6 +214,19 @@ class Softswitch:
                 call.on_ended("media lost")
             writer.close()
 
+    async def _watch_registrations(self) -> None:
+        """Agents' reachability follows the front's registrations (usrloc drops a phone that stops answering)."""
+        failing = False
+        while True:
+            try:
+                self.acd.set_registered(await self.front.registered_users())
+                failing = False
+            except sipfront.FrontRpcError as exc:
+                if not failing:
+                    log.warning("cannot read the front's registrations: %s", exc)
+                failing = True
+            await asyncio.sleep(self.config.agents.registration_poll_s)
+
     async def _take_out(self, worker_id: int) -> None:
         try:
             await self.front.take_out(sipfront.worker_uri(self.config, worker_id))
@@ -233,11 +250,26 @@ class Softswitch:
             self.flows.add(task)
             task.add_done_callback(self.flows.discard)
             return
+        if kind == "refused":
+            task = asyncio.create_task(self._record_refused(link, event))
+            self.flows.add(task)
+            task.add_done_callback(self.flows.discard)
+            return
         call = link.calls.get(str(event.get("call")))
         if call is not None:
             call.on_event(event)
             if kind == "hangup":
                 link.calls.pop(call.handle, None)
+
+    async def _record_refused(self, link: WorkerLink, event: dict[str, Any]) -> None:
+        """Every INVITE leaves a CDR row, also one the worker's library refused (e.g. 488, no common codec)."""
+        now = time.time()
+        try:
+            call_id = await self.store.add_call(str(event["sip_call_id"]), str(event["from_uri"]),
+                                                str(event["to_uri"]), str(event["source"]), link.worker_id, now)
+            await self.store.end_call(call_id, now, f"rejected_{int(event['status_code'])}", [])
+        except Exception:
+            log.exception("cannot record the refused call %s", event.get("sip_call_id"))
 
     async def _handle_call(self, link: WorkerLink, event: dict[str, Any]) -> None:
         handle = str(event["call"])

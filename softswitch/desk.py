@@ -116,11 +116,11 @@ class ControlDesk:
         asyncio.ensure_future(self.store.set_call_agent(call.call_id, agent_id))
         self._publish(agent_id, {"type": "connected", "call_key": key})
 
-    async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> None:
-        """The conversation is over: keep the tape, and make sure the matter is a case."""
+    async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> str | None:
+        """The conversation is over: keep the tape, and make sure the matter is a case; its tracking code."""
         call = self._calls.get(key)
         if call is None:
-            return
+            return None
         call.state, call.channel = "ended", None
         if conversation is not None:
             await self.store.add_recording(call.call_id, None, conversation.kind, str(conversation.path),
@@ -132,6 +132,7 @@ class ControlDesk:
         await self.store.attach_recordings(call.call_id, call.case.id)
         self._publish(agent_id, {"type": "call_ended", "call_key": key,
                                  "tracking_code": call.case.tracking_code})
+        return call.case.tracking_code
 
     # -- softswitch.console.Desk ---------------------------------------------
     def verify_agent(self, agent_id: str, password: str) -> bool:

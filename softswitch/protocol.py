@@ -10,6 +10,8 @@ Events (worker -> control):
   hello        worker_id, pid, sip_port, max_calls (null until learnt)
   capacity     max_calls                      (the engine refused a call: cap learnt)
   incoming     call, sip_call_id, from_uri, to_uri, request_uri, source
+  refused      sip_call_id, from_uri, to_uri, request_uri, source, status_code, reason
+                                              (an INVITE the worker or its library refused itself)
   ringing      call                           (an outgoing leg is ringing)
   answered     call
   dtmf         call, digit
@@ -38,7 +40,8 @@ import json
 from typing import Any
 
 EVENT_TYPES = frozenset(
-    {"hello", "capacity", "incoming", "ringing", "answered", "dtmf", "play_done", "record_done", "hangup", "error"}
+    {"hello", "capacity", "incoming", "refused", "ringing", "answered", "dtmf", "play_done", "record_done", "hangup",
+     "error"}
 )
 COMMAND_TYPES = frozenset(
     {"answer", "reject", "play", "stop_play", "record", "stop_record", "hangup", "dial", "bridge", "drain"}

@@ -54,6 +54,7 @@ def render(config: Config, plan: WorkerPlan, run_dir: Path, debug: int = 1) -> P
         failover_timeout_ms=config.kamailio.failover_timeout_ms, dispatcher_list=dispatcher_list,
         realm=agents.realm, agents=agents.accounts, registration_expires_s=agents.registration_expires_s,
         min_expires_s=min(60, agents.registration_expires_s), retry_after_s=RETRY_AFTER_S,
+        keepalive_interval_s=agents.keepalive_interval_s, keepalive_timeout_s=agents.keepalive_timeout_s,
         # Call-load slots: a few calls per slot for the most the workers can hold.
         load_hash_bits=max(4, (plan.count * plan.dispatch_limit // 8).bit_length()))
     cfg = run_dir / "kamailio.cfg"
@@ -124,6 +125,23 @@ class FrontRpc:
                 if str(dest.get("FLAGS", "")).startswith("A"):
                     active.add(str(dest.get("URI")))
         return active
+
+    async def registered_users(self) -> set[str]:
+        """SIP users (agents) with at least one live registration at the front."""
+        users: set[str] = set()
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                aor, contacts = node.get("AoR"), node.get("Contacts")
+                if isinstance(aor, str) and contacts:
+                    users.add(aor.split("@", 1)[0])
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+        walk(await self.call("ul.dump"))
+        return users
 
     async def take_out(self, uri: str) -> None:
         """Send no more calls to this worker until it answers a probe again (it was lost)."""

@@ -48,6 +48,7 @@ from softswitch.worker_settings import WorkerSettings
 log = logging.getLogger("softswitch.worker")
 
 SOURCE_HEADER = re.compile(rb"^X-111-Source:\s*(\S+)\s*$", re.IGNORECASE | re.MULTILINE)
+CALL_ID_HEADER = re.compile(rb"^(?:Call-ID|i):\s*(\S+)\s*$", re.IGNORECASE | re.MULTILINE)
 KEEPALIVE = b"\r\n\r\n"  # RFC 5626 keep-alive: PJSIP drops it without a log line
 PLAYER_GRACE_S = 0.2  # a stopped player outlives any bridge tick that was using it
 # Recordings are read this often while any is in progress: the end of speech is
@@ -59,6 +60,10 @@ FINISH_TIMEOUT_S = 2.0
 # A prompt file whose end the engine did not report this long after its length
 # is taken as played: a lost end-of-file event must never leave a call waiting.
 PROMPT_LATE_S = 1.0
+# Answers on which the SIP front offers the call to the next worker (configs/kamailio.cfg.j2).
+FRONT_RETRIES = frozenset({486, 503, 408, 500})
+# How often the calls' received RTP is counted, for the RTP timeout.
+RTP_CHECK_S = 2.0
 
 
 class Waker:
@@ -127,6 +132,7 @@ class Recording:
     recorder: pj.AudioMediaRecorder | None
     tape: TapeFollower
     stop_digits: str
+    sources: tuple[str, ...] = ()  # the legs whose audio the tape takes (two for a conversation)
     reason: str | None = None  # set once it ends
     finish_by: float = 0.0  # when the engine should have finished the header
     # Events held back until this recording is reported: the call's hang-up must
@@ -181,6 +187,10 @@ class Leg:
     player: Player | None = None
     recording: Recording | None = None
     pending_record: dict[str, Any] | None = None  # asked for before the audio was up
+    bridged_to: str | None = None  # the leg this one talks with
+    end_reason: str | None = None  # why this worker ended the call, when it did
+    rx_packets: int = -1  # RTP received by the last check
+    rx_seen_at: float = 0.0  # when RTP was last seen arriving
 
 
 class WorkerCall(pj.Call):
@@ -200,10 +210,59 @@ class WorkerCall(pj.Call):
         self.worker.on_media_state(self)
 
     @_guarded
+    def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:  # noqa: N802
+        # The library would dial the target itself and drop this call: a leg the
+        # control process never sees. Transfers are refused (403) until the
+        # contact centre carries them out with the case and its recording.
+        prm.statusCode = 403
+        log.warning("%s: REFER to another party refused", self.handle)
+
+    @_guarded
+    def onCallReplaceRequest(self, prm: pj.OnCallReplaceRequestParam) -> None:  # noqa: N802
+        prm.statusCode = 403
+        log.warning("%s: INVITE with Replaces refused", self.handle)
+
+    @_guarded
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
         # On PJSIP's media thread (RFC 4733 arrives with the RTP): hand it over.
         _keep_thread_state()
         self.worker.post(functools.partial(self.worker.on_dtmf, self.handle, prm.digit))
+
+
+class WorkerEndpoint(pj.Endpoint):
+    """The library's refusals of an INVITE (no common codec, no call slot) still reach the control process."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    @_guarded
+    def onRejectedIncomingCall(self, prm: pj.OnRejectedIncomingCallParam) -> None:  # noqa: N802
+        _keep_thread_state()
+        if prm.statusCode in FRONT_RETRIES:
+            return  # the front offers the call to another worker: not the caller's answer yet
+        invite = describe_invite(prm.rdata.wholeMsg, prm.rdata.srcAddress, prm.localInfo)
+        self.worker.post(functools.partial(
+            self.worker.send, "refused", sip_call_id=invite.call_id, from_uri=prm.remoteInfo, to_uri=prm.localInfo,
+            request_uri=invite.request_uri, source=invite.source, status_code=int(prm.statusCode), reason=str(prm.reason)))
+
+
+@dataclass(frozen=True)
+class InviteFacts:
+    source: str  # the trunk it came from (the front's X-111-Source stamp), else the sender's address
+    request_uri: str
+    call_id: str  # its SIP Call-ID
+
+
+def describe_invite(whole_message: str, source_address: str, local_uri: str) -> InviteFacts:
+    """Where an INVITE came from, what it asked for and its Call-ID, read off the message itself."""
+    message = whole_message.encode("utf-8", "replace")
+    match = SOURCE_HEADER.search(message)
+    source = match.group(1).decode() if match else source_address
+    request_line = message.split(b"\r\n", 1)[0].split(b" ")
+    request_uri = request_line[1].decode("utf-8", "replace") if len(request_line) == 3 else local_uri
+    call_id = CALL_ID_HEADER.search(message)
+    return InviteFacts(source, request_uri, call_id.group(1).decode("utf-8", "replace") if call_id else "")
 
 
 class WorkerAccount(pj.Account):
@@ -266,6 +325,7 @@ class Worker:
     retiring: bool = False
     call_seq: int = 0
     next_follow: float = 0.0
+    next_rtp_check: float = 0.0
 
     def run(self) -> None:
         self._connect()
@@ -298,6 +358,9 @@ class Worker:
                     self._report_closed(now)
                 if self.play_deadlines and self.play_deadlines[0][0] <= now:
                     self._overdue_plays(now)
+                if self.settings.rtp_timeout_s and now >= self.next_rtp_check:
+                    self._check_rtp(now)
+                    self.next_rtp_check = now + RTP_CHECK_S
                 if self.cap_hit:
                     self._learn_cap()
                 self._flush()
@@ -307,7 +370,7 @@ class Worker:
     # -- library -----------------------------------------------------------
     def _init_library(self) -> None:
         s = self.settings
-        self.ep = pj.Endpoint()
+        self.ep = WorkerEndpoint(self)
         self.ep.libCreate()
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
@@ -352,6 +415,14 @@ class Worker:
         acfg.mediaConfig.transportConfig.publicAddress = s.sip_host
         acfg.natConfig.iceEnabled = False
         acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_DISABLED
+        # RFC 4028 session timers, when the far end supports them: a dialog whose
+        # refresh fails is ended by the library.
+        if s.session_expires_s:
+            acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
+            acfg.callConfig.timerSessExpiresSec = s.session_expires_s
+            acfg.callConfig.timerMinSESec = 90
+        else:
+            acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_INACTIVE
         self.account = WorkerAccount(self)
         self.account.create(acfg, True)
 
@@ -497,7 +568,7 @@ class Worker:
         call = WorkerCall(self, account, prm.callId)
         if self.draining:
             op = pj.CallOpParam()
-            op.statusCode = 503
+            op.statusCode = 503  # the front tries another worker
             call.hangup(op)
             return
         self.call_seq += 1
@@ -511,13 +582,9 @@ class Worker:
         call.handle = handle
         self.calls[handle] = Leg(call=call, handle=handle, state=LegState.OFFERED)
         info = call.getInfo()
-        message = prm.rdata.wholeMsg.encode("utf-8", "replace")
-        match = SOURCE_HEADER.search(message)
-        source = match.group(1).decode() if match else prm.rdata.srcAddress
-        request_line = message.split(b"\r\n", 1)[0].split(b" ")
-        request_uri = request_line[1].decode("utf-8", "replace") if len(request_line) == 3 else info.localUri
+        invite = describe_invite(prm.rdata.wholeMsg, prm.rdata.srcAddress, info.localUri)
         self.send("incoming", call=handle, sip_call_id=info.callIdString, from_uri=info.remoteUri,
-                  to_uri=info.localUri, request_uri=request_uri, source=source)
+                  to_uri=info.localUri, request_uri=invite.request_uri, source=invite.source)
 
     def _set_state(self, leg: Leg, new: LegState) -> None:
         """The one place a leg's state changes, and the events each change sends."""
@@ -547,16 +614,41 @@ class Worker:
 
     def on_media_state(self, call: WorkerCall) -> None:
         leg = self.calls.get(call.handle)
-        if leg is None or leg.media_ready:
+        if leg is None or leg.state is LegState.ENDED:
             return
         try:
             call.getAudioMedia(-1)  # raises until the call has active audio
         except pj.Error:
             return
-        leg.media_ready = True
-        if leg.pending_record is not None:
-            self._start_record(leg, leg.pending_record)
-            leg.pending_record = None
+        if not leg.media_ready:
+            leg.media_ready = True
+            leg.rx_seen_at = time.monotonic()
+            if leg.pending_record is not None:
+                self._start_record(leg, leg.pending_record)
+                leg.pending_record = None
+            return
+        # A re-INVITE or UPDATE (hold, resume, a new address) may have rebuilt the
+        # stream: a new bridge port without the old one's connections.
+        self._rewire(leg)
+
+    def _rewire(self, leg: Leg) -> None:
+        """Connect this leg's audio again to what it played, recorded and talked with."""
+        try:
+            audio = leg.call.getAudioMedia(-1)
+            if leg.player is not None:
+                leg.player.startTransmit(audio)
+            for rec in self.recordings.values():
+                if leg.handle in rec.sources and rec.recorder is not None:
+                    audio.startTransmit(rec.recorder)
+            peer = self.calls.get(leg.bridged_to) if leg.bridged_to else None
+            if peer is not None and peer.state is not LegState.ENDED:
+                theirs = peer.call.getAudioMedia(-1)
+                audio.startTransmit(theirs)
+                theirs.startTransmit(audio)
+        except pj.Error as exc:
+            log.error("%s: cannot reconnect the renewed media: %s", leg.handle, exc.info())
+            return
+        log.info("%s: media renewed and reconnected", leg.handle)
 
     def post(self, job: Callable[[], None]) -> None:
         """Run job on the library thread soon (from any thread); jobs keep their order."""
@@ -603,6 +695,38 @@ class Worker:
         except pj.Error as exc:
             self.send("error", call=leg.handle, detail=f"cannot bridge: {exc.reason}")
             return
+        leg.bridged_to, peer.bridged_to = peer.handle, leg.handle
+
+    def _check_rtp(self, now: float) -> None:
+        """End a call whose far end should be sending RTP and has sent none for rtp_timeout_s: a dead phone."""
+        for leg in list(self.calls.values()):
+            if leg.state is not LegState.CONFIRMED or not leg.media_ready:
+                continue
+            try:
+                stat = leg.call.getStreamStat(0)  # kept while its members are read
+                packets = stat.rtcp.rxStat.pkt
+            except pj.Error:
+                continue
+            if packets != leg.rx_packets:
+                leg.rx_packets, leg.rx_seen_at = packets, now
+                continue
+            if now - leg.rx_seen_at < self.settings.rtp_timeout_s:
+                continue
+            if not self._expects_rtp(leg):
+                leg.rx_seen_at = now  # on hold (inactive) or sendonly: silence is what it should send
+                continue
+            log.warning("%s: no RTP for %.0f s; ending the call", leg.handle, now - leg.rx_seen_at)
+            leg.end_reason = "rtp timeout"
+            self._hangup(leg)
+
+    @staticmethod
+    def _expects_rtp(leg: Leg) -> bool:
+        try:
+            info = leg.call.getInfo()  # kept: its media vector lives as long as it does
+        except pj.Error:
+            return False
+        media = info.media
+        return any(m.type == pj.PJMEDIA_TYPE_AUDIO and m.dir & pj.PJMEDIA_DIR_DECODING for m in media)
 
     def _hangup(self, leg: Leg) -> None:
         prm = pj.CallOpParam()
@@ -617,7 +741,9 @@ class Worker:
             return
         leg.state = LegState.ENDED
         self._stop_play(leg, completed=False)
-        hangup = {"call": leg.handle, "status_code": status_code, "reason": reason}
+        # A far end this worker found dead is reported as lost (408), whatever the BYE got back.
+        hangup = {"call": leg.handle, "status_code": 408 if leg.end_reason else status_code,
+                  "reason": leg.end_reason or reason}
         if leg.recording is not None:
             self._end_recording(leg, "hangup").then.append(("hangup", hangup))
         else:
@@ -701,9 +827,11 @@ class Worker:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640))
             recorder.createRecorder(str(path))
             sources = [leg.call.getAudioMedia(-1)]
+            source_legs = [leg.handle]
             if peer is not None and peer.media_ready and peer.state is not LegState.ENDED:
                 # The bridge mixes every source sent to a port: both parties on one tape.
                 sources.append(peer.call.getAudioMedia(-1))
+                source_legs.append(peer.handle)
             tape = TapeFollower(path, max_s=float(cmd["max_s"]), no_input_s=float(cmd["no_input_s"]),
                                 now=time.monotonic(),
                                 # A conversation is not end-pointed: only max_s or a command ends it.
@@ -718,7 +846,7 @@ class Worker:
                       sha256="", reason="error", speech_s=0.0, complete=False, detail=detail)
             return
         rec = Recording(handle=leg.handle, rec_id=rec_id, path=path, recorder=recorder,
-                        tape=tape, stop_digits=str(cmd.get("stop_digits", "")))
+                        tape=tape, stop_digits=str(cmd.get("stop_digits", "")), sources=tuple(source_legs))
         try:
             for audio in sources:
                 audio.startTransmit(recorder)
@@ -804,12 +932,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-calls", type=int, default=1000)
     parser.add_argument("--recycle-after-calls", type=int, default=0)
     parser.add_argument("--pjsua-log-level", type=int, default=2)
+    parser.add_argument("--rtp-timeout-s", type=float, default=60.0)
+    parser.add_argument("--session-expires-s", type=int, default=1800)
     args = parser.parse_args(argv)
     run_worker(WorkerSettings(
         worker_id=args.id, sip_host=args.sip_host, sip_port=args.sip_port, rtp_port=args.rtp_port,
         rtp_port_range=args.rtp_port_range, control_socket=args.control_socket, poll_ms=args.poll_ms,
         max_calls=args.max_calls, recycle_after_calls=args.recycle_after_calls,
         pjsua_log_level=args.pjsua_log_level,
+        rtp_timeout_s=args.rtp_timeout_s, session_expires_s=args.session_expires_s,
     ))
 
 

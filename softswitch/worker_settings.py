@@ -17,4 +17,6 @@ class WorkerSettings:
     max_calls: int  # call slots asked of the library (it clamps them to its compiled cap)
     poll_ms: int = 200
     recycle_after_calls: int = 0  # 0: never
+    rtp_timeout_s: float = 60.0  # 0: never
+    session_expires_s: int = 1800  # RFC 4028; 0: no session timers
     pjsua_log_level: int = 2

@@ -97,6 +97,11 @@ class PhoneCall(pj.Call):
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
         self.phone.emit("dtmf", call=self.key, digit=prm.digit)
 
+    @_guarded
+    def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:  # noqa: N802
+        self.phone.emit("transfer_status", call=self.key, code=prm.statusCode, reason=prm.reason,
+                        final=prm.finalNotify)
+
 
 class PhoneAccount(pj.Account):
     def __init__(self, phone: Softphone) -> None:
@@ -199,7 +204,11 @@ class Softphone:
         acfg.mediaConfig.transportConfig.port = a.rtp_port
         acfg.mediaConfig.transportConfig.portRange = a.rtp_port_range
         acfg.mediaConfig.transportConfig.boundAddress = a.host
-        acfg.mediaConfig.transportConfig.publicAddress = a.host
+        # --nat-host: a phone behind NAT names an address in its Contact and SDP that
+        # is not where its packets come from (a loopback one here: nothing leaves the machine).
+        acfg.mediaConfig.transportConfig.publicAddress = a.nat_host or a.host
+        if a.nat_host:
+            acfg.sipConfig.contactForced = f"<sip:{a.user}@{a.nat_host}:{a.sip_port + 1000}>"
         acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_DISABLED
         acfg.natConfig.iceEnabled = False
         acfg.natConfig.sipOutboundUse = 0  # a plain Contact: no ;ob, reg-id or instance id
@@ -213,6 +222,8 @@ class Softphone:
             user = str(registration["user"])
             host = registrar.split(":", 1)[1] if registrar.startswith("sip:") else registrar
             acfg.idUri = f"sip:{user}@{host}"
+            if a.nat_host:
+                acfg.sipConfig.contactForced = f"<sip:{user}@{a.nat_host}:{a.sip_port + 1000}>"
             acfg.regConfig.registrarUri = registrar
             acfg.regConfig.timeoutSec = int(registration.get("expires_s", 60))
             acfg.regConfig.registerOnAdd = True
@@ -330,6 +341,20 @@ class Softphone:
                 self._start_record(slot)
             elif name == "stop_record":
                 self._stop_record(slot)
+            elif name == "hold":
+                slot.call.setHold(pj.CallOpParam(True))
+            elif name == "unhold":
+                prm = pj.CallOpParam(True)
+                prm.opt.flag = pj.PJSUA_CALL_UNHOLD
+                slot.call.reinvite(prm)
+            elif name == "transfer":
+                slot.call.xfer(str(command["uri"]), pj.CallOpParam(True))
+            elif name == "info":
+                prm = pj.CallSendRequestParam()
+                prm.method = "INFO"
+                prm.txOption.contentType = str(command["content_type"])
+                prm.txOption.msgBody = str(command["body"])
+                slot.call.sendRequest(prm)
             else:
                 raise CommandError(f"unknown command {name!r}")
 
@@ -426,14 +451,21 @@ class Softphone:
             call.getAudioMedia(-1)
         except pj.Error:
             return  # no active audio (yet, or on hold)
-        if slot.media:
-            return
-        slot.media = True
         # Like a real phone's microphone, the (null) capture device feeds the call
         # all the time: without audio frames the stream's RTP clock stands still and
         # every RFC 4733 event goes out with the same timestamp, which the far end
         # drops as a repeat of the first.
-        self.ep.audDevManager().getCaptureDevMedia().startTransmit(call.getAudioMedia(-1))
+        audio = call.getAudioMedia(-1)
+        self.ep.audDevManager().getCaptureDevMedia().startTransmit(audio)
+        if slot.media:
+            # A re-INVITE (hold, resume) rebuilt the stream: a real phone keeps its
+            # microphone and speaker on the call, so this one reconnects its files.
+            if slot.player is not None:
+                slot.player.startTransmit(audio)
+            if slot.recorder is not None:
+                audio.startTransmit(slot.recorder)
+            return
+        slot.media = True
         self.emit("media", call=call.key)
         self._start_play(slot)
         self._start_record(slot)
@@ -523,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", default="phone", help="user part of the local URI (before any register)")
     parser.add_argument("--log-level", type=int, default=2)
     parser.add_argument("--sip-trace", action="store_true", help="log every SIP message to stderr")
+    parser.add_argument("--nat-host", help="the address Contact and SDP name instead of --host (a phone behind NAT)")
     args = parser.parse_args(argv)
     # Events own the real stdout; anything the library prints goes to stderr.
     events = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")

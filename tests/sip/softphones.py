@@ -15,6 +15,9 @@ Protocol (one JSON object per line). Commands, on the process's stdin:
     {"cmd": "stop_play", "call": ID}
     {"cmd": "record", "call": ID, "wav": "/path.wav"}       what the phone hears, until stop or the end
     {"cmd": "stop_record", "call": ID}
+    {"cmd": "hold", "call": ID}  {"cmd": "unhold", "call": ID}      re-INVITE sendonly, then sendrecv
+    {"cmd": "transfer", "call": ID, "uri": "sip:..."}      REFER (blind transfer)
+    {"cmd": "info", "call": ID, "content_type": "application/dtmf", "body": "5"}
     {"cmd": "hangup", "call": ID, "code": 603}             no "call": every call; "code" optional
     {"cmd": "quit"}                                        stdin EOF or SIGTERM quits as well
 
@@ -36,6 +39,7 @@ Protocol (one JSON object per line). Commands, on the process's stdin:
     {"event": "play_done", "call": ID, "wav": "..."}       only for "loop": false
     {"event": "recorded", "call": ID, "wav": "...", "complete": true}    the library closed the WAV file
     {"event": "ended", "call": ID, "code": 200, "reason": "Normal call clearing", "connected_s": 3.2}
+    {"event": "transfer_status", "call": ID, "code": 403, "reason": "Forbidden", "final": true}
     {"event": "error", "cmd": "dtmf", "detail": "..."}
     {"event": "bye"}                                       last line before a clean exit (code 0)
 
@@ -44,12 +48,14 @@ A call's ID is its SIP Call-ID as this phone sees it.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -67,7 +73,7 @@ class Softphone:
     """
 
     def __init__(self, name: str, log_dir: Path, *, sip_port: int, rtp_port: int, rtp_port_range: int = 20,
-                 user: str = "phone", sip_trace: bool = False) -> None:
+                 user: str = "phone", sip_trace: bool = False, nat_host: str | None = None) -> None:
         self.name = name
         self.sip_port = sip_port
         self.uri = f"sip:{user}@127.0.0.1:{sip_port}"
@@ -76,6 +82,8 @@ class Softphone:
                       "--rtp-port", str(rtp_port), "--rtp-port-range", str(rtp_port_range), "--user", user]
         if sip_trace:
             self._argv.append("--sip-trace")
+        if nat_host:
+            self._argv += ["--nat-host", nat_host]
         self._events: list[Event] = []
         self._taken: set[int] = set()
         self._changed = threading.Condition()
@@ -184,6 +192,24 @@ class Softphone:
         self.send("stop_record", call=call)
         return self.wait_for("recorded", call=call, timeout_s=timeout_s)
 
+    def hold(self, call: str) -> None:
+        self.send("hold", call=call)
+
+    def unhold(self, call: str) -> None:
+        self.send("unhold", call=call)
+
+    def transfer(self, call: str, uri: str) -> None:
+        self.send("transfer", call=call, uri=uri)
+
+    def info(self, call: str, content_type: str, body: str) -> None:
+        self.send("info", call=call, content_type=content_type, body=body)
+
+    def kill(self) -> None:
+        """A phone that dies: no BYE, no more RTP, no unregistration."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
     def answer(self, call: str) -> None:
         self.send("answer", call=call)
 
@@ -230,6 +256,38 @@ class Softphone:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+class Phones:
+    """Softphones on ports of their own, all stopped (by PID) when the stack closes.
+
+    Phone n takes SIP port ``sip_port + n`` and RTP ports from ``rtp_port + 20 n``;
+    ``numbers`` may be shared by several of these (one per test) so that no port is
+    used twice against one softswitch, whose front may still hold an earlier
+    phone's registration.
+    """
+
+    def __init__(self, directory: Path, stack: contextlib.ExitStack, *, front: str, password: str,
+                 sip_port: int, rtp_port: int, numbers: Iterator[int] | None = None) -> None:
+        self.directory, self.stack = directory, stack
+        self.front, self.password = front, password
+        self.sip_port, self.rtp_port = sip_port, rtp_port
+        self.numbers = numbers if numbers is not None else itertools.count()
+
+    def new(self, name: str, nat_host: str | None = None) -> Softphone:
+        n = next(self.numbers)
+        phone = Softphone(name, self.directory, sip_port=self.sip_port + n, rtp_port=self.rtp_port + 20 * n,
+                          user=name, nat_host=nat_host)
+        return self.stack.enter_context(phone)
+
+    def agent(self, agent_id: str, answer_after_s: float | None, *, nat_host: str | None = None,
+              name: str | None = None) -> Softphone:
+        """A softphone registered at the front as this agent, answering after answer_after_s (None: never)."""
+        phone = self.new(name or f"agent{agent_id}", nat_host=nat_host)
+        outcome = phone.register(f"sip:{self.front}", agent_id, self.password)
+        assert outcome["event"] == "registered" and outcome["code"] == 200, outcome
+        phone.answer_policy(answer_after_s)
+        return phone
 
 
 def _not_error(event: Event) -> bool:

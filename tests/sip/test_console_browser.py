@@ -14,7 +14,8 @@ from selenium.webdriver.support.ui import Select
 
 from tests.browser.driver import attribute_is, login, visible
 from tests.sip.conftest import NATIONAL_ID, CallerScript
-from tests.sip.test_live import PASSWORD, Phones, live_softswitch, phones  # noqa: F401 (fixture)
+from tests.sip.softphones import Phones
+from tests.sip.test_live import PASSWORD, live_softswitch, phones  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.sip
 

@@ -18,7 +18,7 @@ import pytest
 from media.wavfile import read_pcm
 from tests.sip.conftest import NATIONAL_ID, RunningSoftswitch, agent_accounts, running_softswitch
 from tests.sip.console_client import ConsoleClient
-from tests.sip.softphones import Softphone
+from tests.sip.softphones import Phones, Softphone
 
 pytestmark = pytest.mark.sip
 
@@ -47,33 +47,11 @@ def live_softswitch(tmp_path: Path, **overrides: Any) -> Iterator[RunningSoftswi
         yield running
 
 
-class Phones:
-    """Softphones on their own ports, all stopped (by PID) at the end."""
-
-    def __init__(self, directory: Path, stack: contextlib.ExitStack) -> None:
-        self.directory = directory
-        self.stack = stack
-        self.count = 0
-
-    def new(self, name: str) -> Softphone:
-        n = self.count
-        self.count += 1
-        phone = Softphone(name, self.directory, sip_port=PHONE_PORT + n, rtp_port=PHONE_RTP + 20 * n,
-                          user=name)
-        return self.stack.enter_context(phone)
-
-    def agent(self, agent_id: str, answer_after_s: float | None) -> Softphone:
-        phone = self.new(f"agent{agent_id}")
-        outcome = phone.register(f"sip:127.0.0.1:{SIP_PORT}", agent_id, PASSWORD)
-        assert outcome["event"] == "registered" and outcome["code"] == 200, outcome
-        phone.answer_policy(answer_after_s)
-        return phone
-
-
 @pytest.fixture
 def phones(tmp_path: Path) -> Iterator[Phones]:
     with contextlib.ExitStack() as stack:
-        yield Phones(tmp_path / "phones", stack)
+        yield Phones(tmp_path / "phones", stack, front=f"127.0.0.1:{SIP_PORT}", password=PASSWORD,
+                     sip_port=PHONE_PORT, rtp_port=PHONE_RTP)
 
 
 def tone_wav(path: Path, hz: float, seconds: float = 30) -> Path:

@@ -409,3 +409,43 @@ def test_a_slow_subscriber_loses_the_oldest_events_marked(acd: Acd) -> None:
     got = [events.get_nowait() for _ in range(SUBSCRIBER_QUEUE_SIZE)]
     assert got[0]["seq"] == 5  # four dropped
     assert "missed" not in got[-5] and got[-1]["missed"] == 4
+
+
+async def test_agent_state_follows_the_phones_registration(acd: Acd) -> None:
+    acd.set_registered({"a", "b"})  # "c" has no phone at the front
+    acd.login("c")
+    status = acd.agent("c")
+    assert (status.state, status.pause_reason, status.registered) == (AgentState.PAUSED, "not_registered", False)
+    with pytest.raises(ValueError, match="no phone registered"):
+        acd.set_ready("c")
+    acd.set_registered({"a", "b", "c"})  # its phone registers: ready by itself
+    assert acd.agent("c").state is AgentState.READY
+
+    acd.login("a")
+    acd.set_registered({"b", "c"})  # a's phone stops answering the front's probes
+    assert (acd.agent("a").state, acd.agent("a").pause_reason) == (AgentState.PAUSED, "not_registered")
+    entry = acd.join("k1", CALLER)
+    assert (await take(acd, entry)).id == "c"  # never offered to the unreachable agent
+
+
+async def test_a_phone_lost_during_a_call_pauses_the_agent_after_it(acd: Acd) -> None:
+    acd.set_registered({"a"})
+    acd.login("a")
+    entry = acd.join("k1", CALLER)
+    await take(acd, entry)
+    acd.connected(entry, "a")
+    acd.set_registered(set())
+    assert (acd.agent("a").state, acd.agent("a").pause_requested) == (AgentState.ON_CALL, "not_registered")
+    acd.call_ended("a")
+    assert (acd.agent("a").state, acd.agent("a").pause_reason) == (AgentState.PAUSED, "not_registered")
+    acd.logout("a")  # nothing holds it
+    assert acd.agent("a").state is AgentState.LOGGED_OUT
+
+
+def test_a_manual_pause_outlasts_a_phone_that_comes_back(acd: Acd) -> None:
+    acd.set_registered({"a"})
+    acd.login("a")
+    acd.pause("a", "break")
+    acd.set_registered(set())
+    acd.set_registered({"a"})
+    assert (acd.agent("a").state, acd.agent("a").pause_reason) == (AgentState.PAUSED, "break")
