@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ivr.channel import CallChannel, CallEnded, LiveChannel, RecordingResult
+from ivr.channel import ANY_KEY, CallChannel, CallEnded, LiveChannel, RecordingResult
 from ivr.identify import SpeechDigits, Whose, ask_about_whom, identify
 from ivr.follow_up import FailureThrottle, FollowUpCases, follow_up
 from ivr.live import LiveCall, LiveService
@@ -145,13 +145,12 @@ class CallFlow:
         match state:
             case IvrState.GREETING:
                 s.path.append("greeting")
-                await self.channel.play([self.prompts.path("greeting")], barge_in=True)
+                await self.channel.play([self.prompts.path("greeting")], interrupt=ANY_KEY)
             case IvrState.CALLER_ID:
                 # Digits keyed during the greeting already count: they are the ID.
                 found = await identify(self.channel, self.prompts, self.cases, self.cfg, self.recognizer,
-                                       Whose.CALLER)
+                                       Whose.CALLER, s.path)
                 s.caller = found.person
-                s.path += [f"national_id:{step}" for step in found.path]
             case IvrState.MENU:
                 s.mode = await self._menu()
                 s.path.append(f"menu:{s.mode}")
@@ -169,9 +168,8 @@ class CallFlow:
                 return "other" if other else "self"
             case IvrState.SUBJECT_ID:
                 found = await identify(self.channel, self.prompts, self.cases, self.cfg, self.recognizer,
-                                       Whose.SUBJECT)
+                                       Whose.SUBJECT, s.path)
                 s.subject = found.person
-                s.path += [f"subject_id:{step}" for step in found.path]
             case IvrState.ROUTE:
                 return s.mode
             case IvrState.QUEUE:
@@ -235,7 +233,7 @@ class CallFlow:
             return "message"
         menu = "menu_main" if "1" in keys else "menu_main_closed"
         if notice:
-            await self.channel.play(notice, barge_in=True)
+            await self.channel.play(notice, interrupt=ANY_KEY)
         choice = await choose(self.channel, self.prompts, [self.prompts.path(menu)], "".join(keys), self.cfg,
                               default="2")
         return keys.get(choice or "2", "message")

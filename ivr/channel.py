@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 
+# Keys that may cut a prompt short (``CallChannel.play``'s ``interrupt``).
+ANY_KEY = "0123456789*#"
+
+
 class CallEnded(Exception):
     """The caller hung up, or the media serving the call was lost."""
 
@@ -42,7 +46,13 @@ class CallChannel(Protocol):
     @property
     def ended(self) -> bool: ...
 
-    async def play(self, files: Sequence[Path], *, barge_in: bool = False) -> None: ...
+    async def play(self, files: Sequence[Path], *, interrupt: str = "") -> None:
+        """Play the files in turn; a key in ``interrupt`` (pressed now or ahead) cuts them short.
+
+        The key stays in the channel's buffer for the step to read; keys not in
+        ``interrupt`` stay too, and do not stop the prompt.
+        """
+        ...
 
     async def record(self, kind: str, *, max_s: float, silence_s: float, no_input_s: float,
                      stop_digits: str = "#") -> RecordingResult: ...

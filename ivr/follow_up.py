@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ivr.channel import CallChannel
+from ivr.channel import ANY_KEY, CallChannel
 from ivr.menu import INTER_DIGIT_TIMEOUT_S, collect_keys
 from softswitch.config import FollowUpConfig, IvrConfig
 from storage.tracking_code import TRACKING_CODE_LENGTH, is_tracking_code
@@ -104,7 +104,7 @@ async def follow_up(channel: CallChannel, prompts: Prompts, cases: FollowUpCases
         return "throttled"
     for _ in range(cfg.code_attempts):
         channel.clear_digits()
-        await channel.play([prompts.path("follow_up_ask_code")], barge_in=True)
+        await channel.play([prompts.path("follow_up_ask_code")], interrupt=ANY_KEY)
         code = await collect_keys(channel, TRACKING_CODE_LENGTH, ivr.menu_timeout_s, INTER_DIGIT_TIMEOUT_S)
         if not code:
             continue

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ivr.channel import CallChannel, CallEnded, RecordingResult
+from ivr.channel import ANY_KEY, CallChannel, CallEnded, RecordingResult
 from ivr.menu import INTER_DIGIT_TIMEOUT_S, choose
 from ivr.national_id import normalize_digits, parse_national_id
 from softswitch.config import IvrConfig
@@ -47,10 +47,11 @@ class SpeechDigits(Protocol):
 class Whose(enum.Enum):
     """Whose ID is asked for: the caller's own, or the person the request concerns."""
 
-    CALLER = ("ask_national_id", "your_national_id_is", "national_id_utterance")
-    SUBJECT = ("ask_subject_national_id", "subject_national_id_is", "subject_id_utterance")
+    CALLER = ("national_id", "ask_national_id", "your_national_id_is", "national_id_utterance")
+    SUBJECT = ("subject_id", "ask_subject_national_id", "subject_national_id_is", "subject_id_utterance")
 
-    def __init__(self, ask: str, read_back: str, recording_kind: str) -> None:
+    def __init__(self, step: str, ask: str, read_back: str, recording_kind: str) -> None:
+        self.step = step  # the step's name in the call's IVR path
         self.ask = ask
         self.read_back = read_back
         self.recording_kind = recording_kind
@@ -65,8 +66,12 @@ class NationalIdCapture:
 @dataclass
 class Identification:
     person: PersonId
-    # One entry per attempt, e.g. "keypad:invalid", "speech:verified"; never the digits.
+    # One entry per attempt, e.g. "national_id:keypad:invalid"; never the digits. It may be
+    # the call's own IVR path, so that a call ending mid-step keeps the attempts it made.
     path: list[str] = field(default_factory=list)
+
+    def step(self, whose: Whose, outcome: str) -> None:
+        self.path.append(f"{whose.step}:{outcome}")
 
 
 async def capture_national_id(channel: CallChannel, cfg: IvrConfig, kind: str) -> NationalIdCapture:
@@ -116,7 +121,7 @@ async def confirm(channel: CallChannel, prompts: Prompts, whose: Whose, national
     # short; a "1" pressed ahead of the read-back is the answer, and stays.
     channel.clear_digits(only="#")
     await channel.play([prompts.path(whose.read_back), *prompts.number(national_id),
-                        prompts.path("confirm_national_id")], barge_in=True)
+                        prompts.path("confirm_national_id")], interrupt="12")
     while (digit := await channel.next_digit(timeout_s)) is not None:
         if digit in ("1", "2"):
             return digit
@@ -124,14 +129,15 @@ async def confirm(channel: CallChannel, prompts: Prompts, whose: Whose, national
 
 
 async def identify(channel: CallChannel, prompts: Prompts, sink: RecordingSink, cfg: IvrConfig,
-                   recognizer: SpeechDigits | None, whose: Whose) -> Identification:
-    result = Identification(PersonId(None, "none", "none"))
+                   recognizer: SpeechDigits | None, whose: Whose, path: list[str] | None = None) -> Identification:
+    """Ask for an ID, up to cfg.id_attempts times; each attempt's outcome is appended to ``path`` as it happens."""
+    result = Identification(PersonId(None, "none", "none"), path if path is not None else [])
     unverified: PersonId | None = None
     heard_speech = False
     for attempt in range(1, cfg.id_attempts + 1):
         ask = [prompts.path(whose.ask)] if attempt == 1 else [prompts.path("national_id_again"),
                                                              prompts.path(whose.ask)]
-        await channel.play(ask, barge_in=True)
+        await channel.play(ask, interrupt=ANY_KEY)
         capture = await capture_national_id(channel, cfg, whose.recording_kind)
         await sink.keep_recording(capture.utterance)
         if channel.ended:
@@ -143,15 +149,15 @@ async def identify(channel: CallChannel, prompts: Prompts, sink: RecordingSink, 
             source, raw = "speech", (await recognizer.recognize_wav(capture.utterance.path)).digits
         elif capture.utterance.heard_speech:
             # No recogniser configured: the tape is the ID, for the back office.
-            result.path.append("speech:to_transcribe")
+            result.step(whose, "speech:to_transcribe")
             result.person = PersonId(None, "speech", "to_transcribe")
             return result
         else:
-            result.path.append("no_input")
+            result.step(whose, "no_input")
             continue
         national_id = parse_national_id(raw)
         if national_id is None:
-            result.path.append(f"{source}:invalid")
+            result.step(whose, f"{source}:invalid")
             digits = normalize_digits(raw)
             if digits.isascii() and digits.isdigit() and 8 <= len(digits) <= 10:
                 unverified = PersonId(digits.zfill(10), source, "unverified")
@@ -159,16 +165,16 @@ async def identify(channel: CallChannel, prompts: Prompts, sink: RecordingSink, 
             continue
         unverified = PersonId(national_id, source, "unverified")
         if await confirm(channel, prompts, whose, national_id, cfg.confirm_timeout_s) == "1":
-            result.path.append(f"{source}:verified")
+            result.step(whose, f"{source}:verified")
             result.person = PersonId(national_id, source, "verified")
             return result
-        result.path.append(f"{source}:not_confirmed")
+        result.step(whose, f"{source}:not_confirmed")
     # Out of attempts: go on rather than drop the caller; what we have is kept.
     if unverified is not None:
         result.person = unverified
     elif heard_speech:
         result.person = PersonId(None, "speech", "to_transcribe")
-    result.path.append(result.person.status)
+    result.step(whose, result.person.status)
     return result
 
 

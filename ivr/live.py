@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,11 @@ log = logging.getLogger("ivr.live")
 CONVERSATION_MAX_S = 4 * 3600.0  # a bound for the tape, far beyond any conversation
 # How a leg's end says its far end was lost (no RTP, a session refresh unanswered).
 LEG_LOST = 408
+
+
+def _now() -> float:
+    """The event loop's clock: time.monotonic in service, virtual time in the dialogue tests."""
+    return asyncio.get_running_loop().time()
 
 
 class Prompts(Protocol):
@@ -164,7 +168,7 @@ class LiveCall:
             while True:
                 if agent_task is None:
                     agent_task = asyncio.ensure_future(acd.next_agent(entry))
-                now = time.monotonic()
+                now = _now()
                 if not agent_task.done() and now >= next_announce:
                     next_announce = now + cfg.announce_every_s
                     files = wait_prompts(self.prompts, acd.position(entry), acd.estimated_wait_s(entry),
@@ -172,7 +176,7 @@ class LiveCall:
                     await self.player.play_until(files, agent_task, timeout_s=None)
                 elif not agent_task.done():
                     await self.player.play_until([self.prompts.path("hold_music")], agent_task,
-                                                 timeout_s=max(0.1, next_announce - time.monotonic()))
+                                                 timeout_s=max(0.1, next_announce - _now()))
                 if self.player.take_digit() == cfg.overflow_key:
                     log.info("%s: left the queue for a recorded message", self.key)
                     self._leave("to_message")
@@ -190,7 +194,7 @@ class LiveCall:
     async def _ring(self, entry: QueueEntry, agent: AgentStatus) -> LiveResult | None:
         """Ring one agent while the caller hears hold music; None when the agent was not reached."""
         live = self.live
-        await live.desk.offer(self.key, agent.id, time.monotonic() - entry.joined)
+        await live.desk.offer(self.key, agent.id, _now() - entry.joined)
         leg = self.channel.dial(live.agent_uri(agent.id))
         answered = asyncio.ensure_future(leg.wait_answered(live.ring_timeout_s))
         try:

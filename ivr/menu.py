@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ivr.channel import CallChannel
+from ivr.channel import ANY_KEY, CallChannel
 from softswitch.config import IvrConfig
 
 INTER_DIGIT_TIMEOUT_S = 4.0  # a caller still keying has this long for the next key
@@ -23,7 +23,7 @@ async def choose(channel: CallChannel, prompts: Prompts, menu: Sequence[Path], k
     A wrong key hears "invalid choice"; no key re-prompts; both count as attempts.
     """
     for _ in range(cfg.menu_attempts):
-        await channel.play(menu, barge_in=True)
+        await channel.play(menu, interrupt=ANY_KEY)
         digit = await channel.next_digit(cfg.menu_timeout_s)
         if digit is not None and digit in keys:
             return digit

@@ -66,24 +66,28 @@ class ControlCall:
     def ended(self) -> bool:
         return self.end_reason is not None
 
-    async def play(self, files: Sequence[Path], *, barge_in: bool = False) -> None:
+    async def play(self, files: Sequence[Path], *, interrupt: str = "") -> None:
         self._check()
-        if barge_in and self._digits:
+        if self._interrupting(interrupt):
             return
         play_id = str(next(self._ids))
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._plays[play_id] = done
         self.link.send("play", call=self.handle, play_id=play_id, files=[str(f) for f in files])
-        if barge_in:
+        while interrupt and not done.done():
             self._digit_arrived.clear()
             digit: asyncio.Future[Any] = asyncio.ensure_future(self._digit_arrived.wait())
             try:
                 await asyncio.wait([done, digit], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 digit.cancel()
-            if not done.done():
+            if not done.done() and self._interrupting(interrupt):
                 self.link.send("stop_play", call=self.handle)
+                break
         await done
+
+    def _interrupting(self, keys: str) -> bool:
+        return any(d in keys for d in self._digits)
 
     async def record(self, kind: str, *, max_s: float, silence_s: float, no_input_s: float,
                      stop_digits: str = "#", peer: ControlCall | None = None) -> RecordingResult:

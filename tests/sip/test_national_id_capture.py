@@ -1,4 +1,7 @@
-"""National-ID capture over real SIP and RTP: keyed, retried, spoken, and on behalf of someone else."""
+"""National-ID capture over real SIP and RTP: keyed, spoken, and on behalf of someone else.
+
+Retries, rejections and key timing are dialogue logic: tests/unit/test_dialogue.py.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,6 @@ import pytest
 from tests.sip.conftest import NATIONAL_ID, SUBJECT_ID, CallerScript, RunningSoftswitch, espeak_wav
 
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(180)]
-
-WRONG_CHECK_DIGIT = NATIONAL_ID[:9] + str((int(NATIONAL_ID[9]) + 1) % 10)
 
 
 @pytest.fixture(scope="session")
@@ -28,32 +29,6 @@ def test_keyed_id_is_confirmed_and_stored_masked(softswitch: RunningSoftswitch, 
     assert "national_id:keypad:verified" in body["call"]["ivr_path"]
     assert (case["id_status"], case["id_source"]) == ("verified", "keypad")
     assert case["national_id"] == "********99"
-
-
-def test_invalid_keyed_id_is_asked_again(softswitch: RunningSoftswitch, speech: Path, tmp_path: Path) -> None:
-    pcap = CallerScript().keys(WRONG_CHECK_DIGIT).keys(NATIONAL_ID, pause_s=1.2).keys("1").keys("2").keys("1") \
-        .message(speech).write(tmp_path / "c.pcap")
-    result, call_id = softswitch.call("id-retry", pcap)
-    assert result.returncode == 0, result.stderr + result.stdout[-2000:]
-    body, case = softswitch.case_of(call_id)
-    path = body["call"]["ivr_path"]
-    assert path[1:3] == ["national_id:keypad:invalid", "national_id:keypad:verified"]
-    assert case["id_status"] == "verified"
-    utterances = [r for r in body["recordings"] if r["kind"] == "national_id_utterance"]
-    assert len(utterances) == 2, "each attempt keeps its own tape"
-
-
-def test_caller_who_rejects_every_readback_goes_on_unverified(softswitch: RunningSoftswitch, speech: Path,
-                                                              tmp_path: Path) -> None:
-    script = CallerScript()
-    for attempt in range(3):
-        script.keys(NATIONAL_ID, pause_s=1.2 if attempt else 0).keys("2")
-    pcap = script.keys("2").keys("1").message(speech).write(tmp_path / "c.pcap")
-    result, call_id = softswitch.call("id-unverified", pcap)
-    assert result.returncode == 0, result.stderr + result.stdout[-2000:]
-    body, case = softswitch.case_of(call_id)
-    assert body["call"]["ivr_path"].count("national_id:keypad:not_confirmed") == 3
-    assert (case["id_status"], case["national_id"]) == ("unverified", "********99")
 
 
 def test_spoken_id_is_kept_as_its_own_recording(softswitch: RunningSoftswitch, speech: Path, spoken_id: Path,

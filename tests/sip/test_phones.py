@@ -21,7 +21,8 @@ from media.wavfile import read_pcm
 from tests.sip.conftest import NATIONAL_ID, RunningSoftswitch, agent_accounts, running_softswitch
 from tests.sip.console_client import ConsoleClient
 from tests.sip.softphones import Phones, Softphone
-from tests.sip.test_live import AGENT_TONE_HZ, ALWAYS_OPEN, CALLER_TONE_HZ, dominant_hz, tone_share, tone_wav
+from tests.sip.test_live import (AGENT_TONE_HZ, ALWAYS_OPEN, CALLER_TONE_HZ, caller_through_ivr, dominant_hz,
+                                 tone_share, tone_wav)
 
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(180)]
 
@@ -72,28 +73,9 @@ def logged_in_and_reachable(switch: RunningSoftswitch, agent_id: str) -> None:
                     and agent_states(switch)[agent_id]["state"] == "ready", 10, f"agent {agent_id} ready")
 
 
-def through_the_ivr(caller: Softphone, key: Any = None) -> str:
-    """Dial 111, key and confirm the ID, choose 1 (an agent), say it is about oneself.
-
-    ``key`` sends one key (RFC 4733 by default); a test may send them otherwise.
-    """
-    send = key or (lambda call, digits: caller.dtmf(call, digits))
-    call = caller.dial(f"sip:111@127.0.0.1:{SIP_PORT}")
-    caller.wait_for("state", call=call, state="CONFIRMED", timeout_s=10)
-    time.sleep(1.0)
-    for digit in NATIONAL_ID:
-        send(call, digit)
-        time.sleep(0.25)
-    time.sleep(3.0)  # the read-back of the ID
-    for digit in "111":  # confirm, agent, about myself
-        send(call, digit)
-        time.sleep(1.0)
-    return call
-
-
 def connected(caller: Softphone, agent: Softphone, tmp_path: Path) -> tuple[str, str]:
     """Caller through the IVR to this agent, both playing their tone and recording what they hear."""
-    call = through_the_ivr(caller)
+    call = caller_through_ivr(caller, SIP_PORT)
     caller.play(call, tone_wav(tmp_path / "caller-tone.wav", CALLER_TONE_HZ, seconds=60))
     leg = agent.wait_for("incoming", timeout_s=20)["call"]
     agent.wait_for("state", call=leg, state="CONFIRMED", timeout_s=5)
@@ -230,7 +212,7 @@ def test_two_phones_of_one_agent_both_ring_and_the_first_to_answer_takes_the_cal
     mobile = phones.agent("2006", answer_after_s=None, name="agent2006-mobile")
     logged_in_and_reachable(switch, "2006")
     caller = phones.new("caller-fork")
-    call = through_the_ivr(caller)
+    call = caller_through_ivr(caller, SIP_PORT)
     ringing_desk = desk.wait_for("incoming", timeout_s=20)["call"]
     ringing_mobile = mobile.wait_for("incoming", timeout_s=5)["call"]
     mobile.answer(ringing_mobile)
@@ -243,7 +225,7 @@ def test_two_phones_of_one_agent_both_ring_and_the_first_to_answer_takes_the_cal
 
 def test_keys_sent_as_sip_info_application_dtmf_are_taken(switch: RunningSoftswitch, phones: Phones) -> None:
     caller = phones.new("caller-info")
-    call = through_the_ivr(caller, key=lambda call, digit: caller.info(call, "application/dtmf", digit))
+    call = caller_through_ivr(caller, SIP_PORT, send=lambda call, digit: caller.info(call, "application/dtmf", digit))
     time.sleep(1.0)
     caller.hangup(call)
     body = switch.call_record(call)
@@ -262,3 +244,25 @@ def test_a_call_refused_for_its_codecs_still_leaves_a_cdr(switch: RunningSoftswi
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
     body = switch.call_record("g729-only@test")
     assert body["call"]["disposition"] == "rejected_488"
+
+
+def test_an_id_ended_with_hash_is_confirmed_after_the_whole_read_back(switch: RunningSoftswitch,
+                                                                       phones: Phones) -> None:
+    # The "#" the prompt allows after the ID arrives once the ten digits ended the
+    # capture; it must neither cut the read-back short nor spoil the "1" after it.
+    caller = phones.new("caller-hash")
+    call = caller.dial(f"sip:111@127.0.0.1:{SIP_PORT}")
+    caller.wait_for("state", call=call, state="CONFIRMED", timeout_s=10)
+    time.sleep(1.0)
+    for digit in NATIONAL_ID + "#":
+        caller.dtmf(call, digit)
+        time.sleep(0.25)
+    # The caller waits for the whole read-back (12 prompts of 0.3 s here) and answers
+    # well inside the 6 s confirmation time after it; a read-back cut short by the
+    # "#" would have run that time out 6.25 s after the "#".
+    time.sleep(7.5)
+    caller.dtmf(call, "1")
+    time.sleep(1.5)
+    caller.hangup(call)
+    path = switch.call_record(call)["call"]["ivr_path"]
+    assert "national_id:keypad:verified" in path and "national_id:keypad:not_confirmed" not in path

@@ -493,7 +493,7 @@ class SpokenCodes:
     def number(self, digits: str) -> list[Path]:
         return [Path(f"digit_{d}") for d in digits]
 
-    async def play(self, files: list[Path], barge_in: bool = False) -> None:
+    async def play(self, files: list[Path], interrupt: str = "") -> None:
         self.played.append(files)
 
 

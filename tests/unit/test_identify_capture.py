@@ -32,7 +32,7 @@ class ScriptedChannel:
         self._digits.extend(digits)
         self._arrived.set()
 
-    async def play(self, files: Sequence[Path], *, barge_in: bool = False) -> None:
+    async def play(self, files: Sequence[Path], *, interrupt: str = "") -> None:
         pass
 
     async def record(self, kind: str, *, max_s: float, silence_s: float, no_input_s: float,

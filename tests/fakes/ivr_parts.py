@@ -1,0 +1,103 @@
+"""Fakes of what a call flow is given besides its channel: prompts, the case store, a recogniser.
+
+In memory, named as fakes; the real ones (``media/prompts.py``, ``storage/``,
+``media/recognizer.py``) have tests of their own against real files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ivr.channel import RecordingResult
+from ivr.follow_up import CaseStatus
+from storage.models import PersonId
+from storage.tracking_code import verhoeff_check_digit
+
+
+class FakePrompts:
+    """Prompt names as files; numbers read digit by digit, as the real prompts do for IDs and codes."""
+
+    def path(self, name: str) -> Path:
+        return Path(f"/prompts/{name}.wav")
+
+    def number(self, digits: str) -> list[Path]:
+        return [self.path(f"digit_{d}") for d in digits]
+
+    def cardinal(self, value: int) -> list[Path]:
+        return [self.path(f"cardinal_{value}")]
+
+
+@dataclass
+class FakeCase:
+    tracking_code: str
+    subject: PersonId
+    caller: PersonId | None
+    complete: bool
+
+
+@dataclass
+class FakeCases:
+    """The case sink: keeps what the flow files, hands out tracking codes in order."""
+
+    recordings: list[RecordingResult] = field(default_factory=list)
+    cases: list[FakeCase] = field(default_factory=list)
+
+    async def keep_recording(self, result: RecordingResult) -> None:
+        self.recordings.append(result)
+
+    async def open_case(self, subject: PersonId, caller: PersonId | None, complete: bool) -> str:
+        serial = f"{len(self.cases) + 1:08d}"
+        code = serial + verhoeff_check_digit(serial)
+        self.cases.append(FakeCase(code, subject, caller, complete))
+        return code
+
+
+@dataclass
+class FakeRecognition:
+    digits: str
+
+
+@dataclass
+class FakeRecognizer:
+    """Hears in every utterance the digits it is told to, in turn."""
+
+    heard: list[str]
+
+    async def recognize_wav(self, path: Path) -> FakeRecognition:
+        return FakeRecognition(self.heard.pop(0) if self.heard else "")
+
+
+@dataclass
+class FakeFollowUpCases:
+    """Cases a follow-up may ask about: code -> (the IDs allowed to hear it, its status)."""
+
+    known: dict[str, tuple[set[str], CaseStatus]] = field(default_factory=dict)
+    asked: list[str] = field(default_factory=list)
+
+    async def status_for(self, tracking_code: str, national_id: str) -> CaseStatus | None:
+        self.asked.append(tracking_code)
+        entry = self.known.get(tracking_code)
+        return entry[1] if entry is not None and national_id in entry[0] else None
+
+
+@dataclass
+class FakeDesk:
+    """The agents' side of live mode (softswitch/desk.py in service): what it was told, in order."""
+
+    events: list[tuple[str, ...]] = field(default_factory=list)
+    conversations: list[RecordingResult | None] = field(default_factory=list)
+
+    async def offer(self, key: str, agent_id: str, queued_s: float) -> None:
+        self.events.append(("offer", agent_id))
+
+    def withdraw(self, key: str, agent_id: str) -> None:
+        self.events.append(("withdraw", agent_id))
+
+    def connected(self, key: str, agent_id: str, channel: object) -> None:
+        self.events.append(("connected", agent_id))
+
+    async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> str | None:
+        self.events.append(("finished", agent_id))
+        self.conversations.append(conversation)
+        return "100000009"

@@ -1,0 +1,283 @@
+"""A media worker played by a script, on virtual time: the IVR's calls without SIP or audio.
+
+``ScriptedWorker`` stands where a worker's control link stands: the IVR's
+real ``softswitch.calls.ControlCall`` sends it commands, and it answers with
+the events a worker would send (``play_done``, ``dtmf``, ``record_done``,
+``ringing``, ``answered``, ``hangup``) at the virtual times a real call would
+bring them: a prompt lasts as long as the fake prompts say, a recording ends
+by the same rules as ``media/tape.py`` (no input, silence after speech,
+maximum, a stop key, a hang-up), keys arrive when the caller's ``Script``
+presses them, and agents' phones answer (or not) as their ``AgentPhone``
+says. Everything it saw is kept for the test to assert on.
+
+Run it on ``tests.fakes.virtual_time.run_virtual``: the IVR's real timers
+apply, and a call of minutes takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from softswitch.calls import ControlCall
+
+DIGIT_GAP_S = 0.25  # between keys of one burst, as a person keys them
+
+
+@dataclass
+class Script:
+    """What the caller does, in seconds from the answer."""
+
+    keys: list[tuple[float, str]] = field(default_factory=list)
+    speech: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each utterance
+    hangup_at: float | None = None
+
+    def key(self, at: float, digits: str, gap_s: float = DIGIT_GAP_S) -> Script:
+        self.keys += [(at + i * gap_s, d) for i, d in enumerate(digits)]
+        return self
+
+    def say(self, at: float, seconds: float) -> Script:
+        self.speech.append((at, at + seconds))
+        return self
+
+    def hang_up(self, at: float) -> Script:
+        self.hangup_at = at
+        return self
+
+
+@dataclass
+class AgentPhone:
+    """An agent's phone: rings, answers after answer_after_s (None: never), hangs up talk_s after."""
+
+    answer_after_s: float | None = 1.0
+    talk_s: float | None = None  # None: the agent never hangs up first
+    ends_with: int = 200  # how the leg ends after talk_s: 200 a hang-up, 408 a phone found dead
+    fail_with: int | None = None  # a final refusal instead of ringing (e.g. 480)
+
+
+@dataclass
+class Played:
+    files: list[str]
+    start: float
+    end: float | None = None
+    completed: bool | None = None
+
+
+@dataclass
+class _Recording:
+    handle: str
+    rec_id: str
+    kind: str
+    path: str
+    start: float
+    stop_digits: str
+    timer: asyncio.TimerHandle | None = None
+
+
+class ScriptedWorker:
+    """The fake side of one worker link: one caller's call, and any agent legs dialled from it."""
+
+    def __init__(self, script: Script, prompt_seconds: dict[str, float] | None = None,
+                 agents: dict[str, AgentPhone] | None = None, default_prompt_s: float = 1.0) -> None:
+        self.script = script
+        self.prompt_seconds = prompt_seconds or {}
+        self.default_prompt_s = default_prompt_s
+        self.agents = agents or {}
+        # What softswitch.calls.WorkerLink offers a ControlCall.
+        self.calls: dict[str, ControlCall] = {}
+        self.connected = True
+        self.worker_id = 0
+        # What happened, for the test.
+        self.played: list[Played] = []
+        self.recordings: list[dict[str, Any]] = []
+        self.commands: list[dict[str, Any]] = []
+        self.dialled: list[str] = []
+        self.bridged: list[tuple[str, str]] = []
+        self._playing: dict[str, tuple[str, Played, asyncio.TimerHandle]] = {}
+        self._recording: dict[str, _Recording] = {}
+        self._ended: set[str] = set()
+        self._timers: dict[str, list[asyncio.TimerHandle]] = {}
+        self._seq = itertools.count(1)
+        self.call: ControlCall | None = None
+
+    # -- the caller's call -----------------------------------------------------
+    def answer(self, recordings_dir: Path = Path("/recordings")) -> ControlCall:
+        """The caller's call, answered now; the script's clock starts."""
+        loop = asyncio.get_running_loop()
+        call = ControlCall(self, "caller", 1, recordings_dir)  # type: ignore[arg-type]
+        self.calls[call.handle] = call
+        self.call = call
+        self.t0 = loop.time()
+        self._emit(call.handle, "answered")
+        timers = self._timers.setdefault(call.handle, [])
+        for at, digit in self.script.keys:
+            timers.append(loop.call_at(self.t0 + at, self._key, call.handle, digit))
+        if self.script.hangup_at is not None:
+            timers.append(loop.call_at(self.t0 + self.script.hangup_at, self._far_end_hangs_up, call.handle, 200))
+        return call
+
+    def now(self) -> float:
+        """Seconds since the answer."""
+        return asyncio.get_running_loop().time() - self.t0
+
+    def prompts_heard(self, completed_only: bool = False) -> list[str]:
+        """Every prompt file name sent to the caller, in order."""
+        return [Path(f).stem for p in self.played for f in p.files if p.completed or not completed_only]
+
+    # -- the control link ------------------------------------------------------
+    def send(self, message_type: str, **fields: Any) -> None:
+        self.commands.append({"type": message_type, **fields})
+        handle = str(fields.get("call", ""))
+        if handle in self._ended:
+            return  # a command racing the hang-up: a worker ignores it too
+        match message_type:
+            case "play":
+                self._play(handle, str(fields["play_id"]), [str(f) for f in fields["files"]])
+            case "stop_play":
+                self._stop_play(handle, completed=False)
+            case "record":
+                self._record(handle, fields)
+            case "stop_record":
+                rec = self._recording.get(handle)
+                if rec is not None and rec.rec_id == str(fields["rec_id"]):
+                    self._end_recording(handle, "stopped")
+            case "hangup":
+                self._end(handle, 200)
+            case "dial":
+                self._dial(handle, str(fields["uri"]))
+            case "bridge":
+                self.bridged.append((handle, str(fields["peer"])))
+            case _:
+                raise AssertionError(f"the scripted worker does not know {message_type!r}")
+
+    # -- playback ----------------------------------------------------------------
+    def _duration(self, file: str) -> float:
+        return self.prompt_seconds.get(Path(file).stem, self.default_prompt_s)
+
+    def _play(self, handle: str, play_id: str, files: list[str]) -> None:
+        self._stop_play(handle, completed=False)  # a new prompt replaces the one playing
+        loop = asyncio.get_running_loop()
+        played = Played(files, self._at())
+        if handle == "caller":
+            self.played.append(played)
+        seconds = sum(self._duration(f) for f in files)
+        timer = loop.call_later(seconds, self._play_ended, handle, play_id)
+        self._playing[handle] = (play_id, played, timer)
+
+    def _play_ended(self, handle: str, play_id: str) -> None:
+        current = self._playing.get(handle)
+        if current is not None and current[0] == play_id:
+            self._stop_play(handle, completed=True)
+
+    def _stop_play(self, handle: str, completed: bool) -> None:
+        current = self._playing.pop(handle, None)
+        if current is None:
+            return
+        play_id, played, timer = current
+        timer.cancel()
+        played.end, played.completed = self._at(), completed
+        self._emit(handle, "play_done", play_id=play_id, completed=completed)
+
+    # -- recording -----------------------------------------------------------------
+    def _record(self, handle: str, cmd: dict[str, Any]) -> None:
+        if handle in self._recording:
+            self._end_recording(handle, "stopped")
+        rec = _Recording(handle, str(cmd["rec_id"]), Path(str(cmd["path"])).stem.rsplit("-", 1)[-1],
+                         str(cmd["path"]), self._at(), str(cmd.get("stop_digits", "")))
+        self._recording[handle] = rec
+        end_at, reason = self._end_point(rec.start, float(cmd["max_s"]), float(cmd["silence_s"]),
+                                         float(cmd["no_input_s"]), conversation="peer" in cmd)
+        rec.timer = asyncio.get_running_loop().call_later(end_at - rec.start, self._end_recording, handle, reason)
+
+    def _end_point(self, start: float, max_s: float, silence_s: float, no_input_s: float,
+                   conversation: bool) -> tuple[float, str]:
+        """When and why media/tape.py would end a recording started at start (script time)."""
+        if conversation:
+            return start + max_s, "max"
+        speech = sorted((s, e) for s, e in self.script.speech if e > start)
+        heard_until: float | None = None
+        for s, e in speech:
+            s = max(s, start)
+            if heard_until is None:
+                if s - start >= no_input_s:
+                    break
+            elif s - heard_until >= silence_s:
+                break
+            heard_until = max(e, heard_until or e)
+        if heard_until is None:
+            end, reason = start + no_input_s, "no_input"
+        else:
+            end, reason = heard_until + silence_s, "silence"
+        return (start + max_s, "max") if end > start + max_s else (end, reason)
+
+    def _speech_within(self, start: float, end: float) -> float:
+        return sum(max(0.0, min(e, end) - max(s, start)) for s, e in self.script.speech)
+
+    def _end_recording(self, handle: str, reason: str) -> None:
+        rec = self._recording.pop(handle, None)
+        if rec is None:
+            return
+        if rec.timer is not None:
+            rec.timer.cancel()
+        end = self._at()
+        done = {"rec_id": rec.rec_id, "path": rec.path, "duration_s": round(end - rec.start, 3),
+                "sha256": f"{len(self.recordings):064x}", "reason": reason,
+                "speech_s": round(self._speech_within(rec.start, end), 3), "complete": True}
+        self.recordings.append({"kind": rec.kind, "start": rec.start, "end": end, **done})
+        self._emit(handle, "record_done", **done)
+
+    # -- keys and hang-ups -------------------------------------------------------------
+    def _key(self, handle: str, digit: str) -> None:
+        if handle in self._ended:
+            return
+        self._emit(handle, "dtmf", digit=digit)
+        rec = self._recording.get(handle)
+        if rec is not None and digit in rec.stop_digits:
+            self._end_recording(handle, "digit")
+
+    def _far_end_hangs_up(self, handle: str, status: int) -> None:
+        self._end(handle, status)
+
+    def _end(self, handle: str, status: int) -> None:
+        if handle in self._ended:
+            return
+        self._ended.add(handle)
+        for timer in self._timers.pop(handle, []):
+            timer.cancel()
+        self._stop_play(handle, completed=False)
+        self._end_recording(handle, "hangup")  # reported before the hang-up, as a worker does
+        self._emit(handle, "hangup", status_code=status, reason="")
+
+    # -- agents' legs -------------------------------------------------------------------
+    def _dial(self, handle: str, uri: str) -> None:
+        self.dialled.append(uri)
+        agent_id = uri.removeprefix("sip:").split("@", 1)[0]
+        phone = self.agents.get(agent_id, AgentPhone(answer_after_s=None))
+        loop = asyncio.get_running_loop()
+        timers = self._timers.setdefault(handle, [])
+        if phone.fail_with is not None:
+            timers.append(loop.call_later(0.1, self._end, handle, phone.fail_with))
+            return
+        timers.append(loop.call_later(0.1, self._emit, handle, "ringing"))
+        if phone.answer_after_s is not None:
+            timers.append(loop.call_later(phone.answer_after_s, self._emit, handle, "answered"))
+            if phone.talk_s is not None:
+                timers.append(loop.call_later(phone.answer_after_s + phone.talk_s, self._end, handle,
+                                              phone.ends_with))
+
+    # -- helpers ------------------------------------------------------------------------
+    def _at(self) -> float:
+        return asyncio.get_running_loop().time() - self.t0
+
+    def _emit(self, handle: str, kind: str, **fields: Any) -> None:
+        """Deliver an event as the link would: soon, in order."""
+        event = {"type": kind, "call": handle, **fields}
+        asyncio.get_running_loop().call_soon(self._deliver, event)
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        call = self.calls.get(str(event["call"]))
+        if call is not None:
+            call.on_event(event)

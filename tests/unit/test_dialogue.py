@@ -1,0 +1,462 @@
+"""Every dialogue path of the IVR, through its real channel code and a scripted worker, on virtual time.
+
+The flow (``ivr/call_flow.py`` and the steps it calls) talks to a real
+``softswitch.calls.ControlCall``; a ``tests.fakes.scripted_worker`` plays the
+media worker and the caller: prompts last as long as they would, keys arrive
+when the caller presses them, recordings end by the tape's rules. The IVR's
+real timers apply (6 s menu timeouts, 15 s of no input), at no wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ivr.acd import Acd
+from ivr.call_flow import CallFlow, FollowUp, Live, Session
+from ivr.follow_up import CaseStatus, FailureThrottle
+from ivr.live import LiveService
+from ivr.office_hours import OfficeHours
+from ivr.national_id import is_valid_national_id
+from softswitch.config import (AgentAccount, AgentsConfig, FollowUpConfig, IvrConfig, OfficeHoursConfig,
+                               QueueConfig)
+from storage.tracking_code import is_tracking_code, verhoeff_check_digit
+from tests.fakes.ivr_parts import FakeCases, FakeDesk, FakeFollowUpCases, FakePrompts, FakeRecognizer
+from tests.fakes.scripted_worker import AgentPhone, Played, Script, ScriptedWorker
+from tests.fakes.virtual_time import run_virtual
+
+pytestmark = pytest.mark.unit
+
+NATIONAL_ID = "0499370899"
+OTHER_ID = "0067749828"  # the person a caller calls about
+BAD_ID = "0499370898"  # wrong check digit
+# How long the fake prompts last (seconds); any other prompt lasts 1 s, a digit 1 s.
+PROMPTS = {"greeting": 4.0, "ask_national_id": 3.0, "your_national_id_is": 1.5, "confirm_national_id": 2.0,
+           "menu_main_closed": 3.0, "ask_about_whom": 3.0, "record_after_tone": 2.0, "beep": 0.5}
+READ_BACK_S = 1.5 + 10 + 2.0  # "your ID is", ten digits, "1 to confirm, 2 to re-enter"
+
+
+def test_ids_are_what_the_tests_say() -> None:
+    assert is_valid_national_id(NATIONAL_ID) and is_valid_national_id(OTHER_ID)
+    assert not is_valid_national_id(BAD_ID)
+
+
+def call(script: Script, recognizer: FakeRecognizer | None = None, *, known: FakeFollowUpCases | None = None,
+         throttle: FailureThrottle | None = None, caller_number: str = "02188776655", **ivr: Any
+         ) -> tuple[Session, ScriptedWorker, FakeCases]:
+    """One call through the flow: out of office hours (menu: 2 a message, 3 follow-up)."""
+    worker = ScriptedWorker(script, PROMPTS)
+    cases = FakeCases()
+    follow = FollowUp(known or FakeFollowUpCases(), FollowUpConfig(),
+                      throttle or FailureThrottle(5, 3600.0, clock=lambda: asyncio.get_running_loop().time()))
+
+    async def run() -> Session:
+        channel = worker.answer()
+        flow = CallFlow(channel, FakePrompts(), cases, IvrConfig(**ivr), "test-call", recognizer=recognizer,
+                        caller_number=caller_number, follow_up=follow)
+        return await flow.run()
+    return run_virtual(run()), worker, cases
+
+
+def read_back(worker: ScriptedWorker) -> Played:
+    """The first read-back of an ID the caller was played."""
+    return next(p for p in worker.played if any("your_national_id_is" in f for f in p.files))
+
+
+def after_ask() -> float:
+    """When the first ID prompt has ended (greeting, ask), if the caller keyed nothing before it."""
+    return 4.0 + 3.0
+
+
+def test_keyed_id_confirmed_then_a_message_becomes_a_case() -> None:
+    t = after_ask() + 1.0
+    script = (Script().key(t, NATIONAL_ID)
+              .key(t + 2.5 + READ_BACK_S + 0.5, "1")       # confirms after the read-back
+              .key(t + 2.5 + READ_BACK_S + 5.0, "2")       # menu: a recorded message
+              .key(t + 2.5 + READ_BACK_S + 9.0, "1")       # about me
+              .say(t + 2.5 + READ_BACK_S + 14.0, 6.0))     # the message after the tone
+    session, worker, cases = call(script)
+    assert session.path == ["greeting", "national_id:keypad:verified", "menu:message", "about:self",
+                            "message:silence", "tracking_code", "goodbye"]
+    assert [c.subject.national_id for c in cases.cases] == [NATIONAL_ID]
+    assert cases.cases[0].complete and cases.cases[0].subject.status == "verified"
+    message = [r for r in cases.recordings if r.kind == "message"]
+    assert len(message) == 1 and message[0].reason == "silence" and message[0].speech_s == pytest.approx(6.0)
+    # The code is read back twice, digit by digit, then goodbye, then the IVR hangs up.
+    heard = worker.prompts_heard()
+    code_digits = [f"digit_{d}" for d in cases.cases[0].tracking_code]
+    at = heard.index("tracking_code_intro")
+    assert heard[at + 1:at + 1 + len(code_digits)] == code_digits and heard[-1] == "goodbye"
+    assert worker.commands[-1]["type"] == "hangup"
+
+
+def test_an_id_keyed_during_the_greeting_barges_in_and_counts() -> None:
+    script = Script().key(1.0, NATIONAL_ID).key(1.0 + 2.5 + READ_BACK_S + 0.5, "1").hang_up(40.0)
+    session, worker, _ = call(script)
+    assert session.path[:2] == ["greeting", "national_id:keypad:verified"]
+    greeting = worker.played[0]
+    assert greeting.completed is False and greeting.end == pytest.approx(1.0)  # cut at the first key
+    assert "ask_national_id" not in worker.prompts_heard()  # typed ahead: never asked
+
+
+@pytest.mark.parametrize("stray_key, after_ten_digits_s", [
+    # The prompt allows "#" after the ID; it lands once the ten digits ended the
+    # capture, as the read-back starts (the case a caller found: the read-back
+    # was cut, the confirmation timed out while they waited, their "1" began a new ID).
+    ("#", 0.25),
+    ("5", 3.0),  # a key that is no answer, mid-read-back
+])
+def test_a_key_that_may_not_cut_the_read_back_waits_and_the_1_after_it_confirms(
+        stray_key: str, after_ten_digits_s: float) -> None:
+    t = after_ask() + 1.0
+    end_of_keys = t + 9 * 0.25
+    script = (Script().key(t, NATIONAL_ID).key(end_of_keys + after_ten_digits_s, stray_key)
+              .key(end_of_keys + 0.25 + READ_BACK_S + 0.5, "1").hang_up(60.0))
+    session, worker, _ = call(script)
+    assert session.path[1] == "national_id:keypad:verified"
+    assert read_back(worker).completed is True
+
+
+def test_a_confirmation_keyed_ahead_of_the_read_back_is_the_answer() -> None:
+    t = after_ask() + 1.0
+    script = Script().key(t, NATIONAL_ID + "1").hang_up(40.0)
+    session, _, _ = call(script)
+    assert session.path[1] == "national_id:keypad:verified"
+
+
+def test_an_invalid_id_is_asked_again_and_a_valid_one_then_taken() -> None:
+    t = after_ask() + 1.0
+    second = t + 2.5 + 1.0 + 3.0 + 3.0 + 1.0  # "invalid", "again", the ask, then keys
+    script = (Script().key(t, BAD_ID).key(second, NATIONAL_ID)
+              .key(second + 2.5 + READ_BACK_S + 0.5, "1").hang_up(second + 30))
+    session, worker, cases = call(script)
+    assert session.path[1:3] == ["national_id:keypad:invalid", "national_id:keypad:verified"]
+    assert "national_id_invalid" in worker.prompts_heard()
+    assert [r.kind for r in cases.recordings] == ["national_id_utterance"] * 2  # each attempt its own tape
+
+
+def test_three_rejected_read_backs_go_on_unverified() -> None:
+    script = Script()
+    t = after_ask() + 1.0
+    for _ in range(3):
+        script.key(t, NATIONAL_ID).key(t + 2.5 + READ_BACK_S + 0.5, "2")
+        t += 2.5 + READ_BACK_S + 0.5 + 0.3 + 1.0 + 3.0 + 1.0  # "again", the ask
+    script.hang_up(t + 5)
+    session, _, _ = call(script)
+    assert session.path[1:5] == ["national_id:keypad:not_confirmed"] * 3 + ["national_id:unverified"]
+    assert session.caller is not None and (session.caller.national_id, session.caller.status) == (
+        NATIONAL_ID, "unverified")
+
+
+def test_no_answer_to_the_read_back_asks_again() -> None:
+    t = after_ask() + 1.0
+    script = Script().key(t, NATIONAL_ID).hang_up(t + 2.5 + READ_BACK_S + 6.0 + 3.0)
+    session, _, _ = call(script)
+    assert session.path[1] == "national_id:keypad:not_confirmed"  # 6 s of silence after the read-back
+
+
+def test_a_spoken_id_is_recognised_and_confirmed() -> None:
+    t = after_ask() + 0.5
+    script = Script().say(t, 4.0).key(t + 4.0 + 1.5 + READ_BACK_S + 0.5, "1").hang_up(60.0)
+    session, worker, cases = call(script, recognizer=FakeRecognizer([NATIONAL_ID]))
+    assert session.path[1] == "national_id:speech:verified"
+    utterance = [r for r in cases.recordings if r.kind == "national_id_utterance"]
+    assert len(utterance) == 1 and utterance[0].reason == "silence" and utterance[0].speech_s == pytest.approx(4.0)
+
+
+def test_a_spoken_id_without_a_recogniser_is_kept_for_the_back_office() -> None:
+    script = Script().say(after_ask() + 0.5, 4.0).hang_up(30.0)
+    session, _, cases = call(script)
+    assert session.path[1] == "national_id:speech:to_transcribe"
+    assert session.caller is not None and session.caller.status == "to_transcribe"
+    assert [r.kind for r in cases.recordings] == ["national_id_utterance"]
+
+
+def test_silence_three_times_goes_on_without_an_id() -> None:
+    session, _, _ = call(Script().hang_up(200.0))
+    assert session.path[1:5] == ["national_id:no_input"] * 3 + ["national_id:none"]
+    assert "menu:message" in session.path  # the caller is never dropped for it
+
+
+def test_the_menu_reprompts_on_a_wrong_key_and_defaults_to_a_message() -> None:
+    t = after_ask() + 1.0
+    menu_at = t + 2.5 + READ_BACK_S + 0.5
+    script = (Script().key(t, NATIONAL_ID).key(menu_at, "1")
+              .key(menu_at + 4.0, "9")                      # not an option here
+              .hang_up(menu_at + 60))
+    session, worker, _ = call(script)
+    heard = worker.prompts_heard()
+    assert "invalid_choice" in heard and heard.count("menu_main_closed") == 3
+    assert "menu:message" in session.path  # three attempts, then the default
+
+
+def test_a_request_about_someone_else_is_filed_under_them() -> None:
+    t = after_ask() + 1.0
+    t2 = t + 2.5 + READ_BACK_S + 0.5
+    script = (Script().key(t, NATIONAL_ID).key(t2, "1")
+              .key(t2 + 4.0, "2")                    # menu: a message
+              .key(t2 + 8.0, "2")                    # about someone else
+              .key(t2 + 12.0, OTHER_ID).key(t2 + 12.0 + 2.5 + READ_BACK_S + 0.5, "1")
+              .say(t2 + 40.0, 5.0))
+    session, _, cases = call(script)
+    assert "about:other" in session.path and "subject_id:keypad:verified" in session.path
+    (case,) = cases.cases
+    assert case.subject.national_id == OTHER_ID
+    assert case.caller is not None and case.caller.national_id == NATIONAL_ID
+
+
+def test_a_caller_who_hangs_up_mid_message_still_gets_a_case() -> None:
+    t = after_ask() + 1.0
+    t2 = t + 2.5 + READ_BACK_S + 0.5
+    script = (Script().key(t, NATIONAL_ID).key(t2, "1").key(t2 + 4.0, "2").key(t2 + 8.0, "1")
+              .say(t2 + 14.0, 20.0).hang_up(t2 + 24.0))
+    session, _, cases = call(script)
+    assert session.path[-2:] == ["message:hangup", "ended:message"]
+    (case,) = cases.cases
+    assert not case.complete  # a partial message, filed as such
+    message = [r for r in cases.recordings if r.kind == "message"]
+    assert message[0].reason == "hangup" and message[0].speech_s == pytest.approx(10.0, abs=1.0)
+
+
+def test_hash_ends_the_message_early() -> None:
+    t = after_ask() + 1.0
+    t2 = t + 2.5 + READ_BACK_S + 0.5
+    script = (Script().key(t, NATIONAL_ID).key(t2, "1").key(t2 + 4.0, "2").key(t2 + 8.0, "1")
+              .say(t2 + 14.0, 20.0).key(t2 + 20.0, "#"))
+    session, _, cases = call(script)
+    assert "message:digit" in session.path and "tracking_code" in session.path
+    assert cases.cases[0].complete
+
+
+def test_a_silent_message_makes_no_case_and_says_so() -> None:
+    t = after_ask() + 1.0
+    t2 = t + 2.5 + READ_BACK_S + 0.5
+    script = Script().key(t, NATIONAL_ID).key(t2, "1").key(t2 + 4.0, "2").key(t2 + 8.0, "1")
+    session, worker, cases = call(script)
+    assert "message:no_input" in session.path and "no_message" in session.path
+    assert cases.cases == [] and "no_message" in worker.prompts_heard()
+
+
+def test_hanging_up_during_the_greeting_leaves_nothing_half_done() -> None:
+    session, worker, cases = call(Script().hang_up(2.0))
+    assert session.path == ["greeting", "ended:national_id"] and cases.cases == []
+    assert session.ended_by == "caller hung up"
+
+
+# -- keys at step boundaries ------------------------------------------------------------------
+
+
+def test_keys_typed_ahead_through_the_confirmation_reach_the_menu_and_about_whom() -> None:
+    # ID, "1" (confirm), "2" (a message), "1" (about me), all in one burst during the ask.
+    t = 4.0 + 0.5
+    script = Script().key(t, NATIONAL_ID + "121").say(t + 20.0, 5.0)
+    session, worker, cases = call(script)
+    assert session.path[:4] == ["greeting", "national_id:keypad:verified", "menu:message", "about:self"]
+    assert cases.cases and "menu_main_closed" not in worker.prompts_heard(completed_only=True)
+
+
+def test_an_answer_keyed_during_the_read_back_cuts_it_short() -> None:
+    t = after_ask() + 1.0
+    script = Script().key(t, NATIONAL_ID).key(t + 2.5 + 4.0, "1").hang_up(60.0)
+    session, worker, _ = call(script)
+    assert session.path[1] == "national_id:keypad:verified"
+    cut = read_back(worker)
+    assert cut.completed is False and cut.end == pytest.approx(t + 2.5 + 4.0 - 0.25, abs=0.3)
+
+
+# -- follow-up (menu option 3) -------------------------------------------------------------------
+
+KNOWN_CODE = "12345678" + verhoeff_check_digit("12345678")
+UNKNOWN_CODE = "98765432" + verhoeff_check_digit("98765432")
+
+
+def known_cases() -> FakeFollowUpCases:
+    return FakeFollowUpCases({KNOWN_CODE: ({NATIONAL_ID}, CaseStatus("referred", "tax", None))})
+
+
+def follow_up_script(code: str, national_id: str = NATIONAL_ID) -> Script:
+    t = after_ask() + 1.0
+    t2 = t + 2.5 + READ_BACK_S + 0.5
+    return (Script().key(t, national_id).key(t2, "1")
+            .key(t2 + 4.0, "3")                 # menu: follow up on a case
+            .key(t2 + 7.0, code))
+
+
+def test_follow_up_with_the_right_code_and_id_hears_the_status() -> None:
+    assert is_tracking_code(KNOWN_CODE)
+    session, worker, _ = call(follow_up_script(KNOWN_CODE), known=known_cases())
+    assert session.path[-3:] == ["menu:follow_up", "follow_up:told:referred", "goodbye"]
+    heard = worker.prompts_heard()
+    assert heard[heard.index("follow_up_status_referred") + 1] == "agency_tax"
+
+
+def test_follow_up_with_someone_elses_id_hears_what_an_unknown_code_hears() -> None:
+    other, unknown = call(follow_up_script(KNOWN_CODE, OTHER_ID), known=known_cases()), call(
+        follow_up_script(UNKNOWN_CODE), known=known_cases())
+    for session, worker, _ in (other, unknown):
+        assert session.path[-2:] == ["follow_up:not_found", "goodbye"]
+        assert worker.prompts_heard().count("follow_up_not_found") == 1  # then two attempts without a key
+        assert "follow_up_status_referred" not in worker.prompts_heard()
+
+
+def test_a_mistyped_code_is_caught_by_its_check_digit_before_any_lookup() -> None:
+    known = known_cases()
+    session, worker, _ = call(follow_up_script("123456789"), known=known)
+    assert "follow_up_code_invalid" in worker.prompts_heard() and known.asked == []
+
+
+def test_wrong_codes_from_one_number_are_throttled_across_calls() -> None:
+    throttle = FailureThrottle(2, 3600.0, clock=lambda: 0.0)
+    first, _, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle)
+    assert first.path[-2:] == ["follow_up:not_found", "goodbye"]  # one failure
+    second, worker, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle)
+    assert second.path[-2:] == ["follow_up:throttled", "goodbye"]  # the second blocks the number
+    assert worker.prompts_heard()[-2:] == ["follow_up_blocked", "goodbye"]
+    third, _, _ = call(follow_up_script(KNOWN_CODE), known=known_cases(), throttle=throttle)
+    assert "follow_up:throttled" in third.path  # even the right code, until the window passes
+    other_number, _, _ = call(follow_up_script(KNOWN_CODE), known=known_cases(), throttle=throttle,
+                              caller_number="09120000000")
+    assert "follow_up:told:referred" in other_number.path
+
+
+def test_follow_up_without_a_confirmed_id_is_refused() -> None:
+    # Silence through the ID step (three attempts of 3 s ask + 10 s no input), then "3" at the menu.
+    script = Script().key(4.0 + 3 * 13.0 + 2 * 2.0 + 1.0, "3")
+    session, worker, _ = call(script, known=known_cases())
+    assert "national_id:none" in session.path
+    assert session.path[-2:] == ["follow_up:no_id", "goodbye"]
+    assert "follow_up_need_id" in worker.prompts_heard()
+
+
+# -- live mode: the queue and agents -------------------------------------------------------------
+
+ALWAYS_OPEN = {day: ("00:00-24:00",) for day in
+               ("saturday", "sunday", "monday", "tuesday", "wednesday", "thursday", "friday")}
+
+
+@dataclass
+class LiveRun:
+    session: Session
+    worker: ScriptedWorker
+    cases: FakeCases
+    desk: FakeDesk
+    acd: dict[str, Any]  # the ACD's snapshot after the call
+    agent_states: dict[str, str]
+
+
+def live_call(script: Script, agents: dict[str, AgentPhone], *, busy: int = 0,
+              weekly: Mapping[str, tuple[str, ...]] = ALWAYS_OPEN, **queue: Any) -> LiveRun:
+    """One call with the given agents logged in (``busy`` of them on other calls first); open all week."""
+    worker = ScriptedWorker(script, PROMPTS, agents=agents)
+    cases, desk = FakeCases(), FakeDesk()
+    accounts = tuple(AgentAccount(id=a, name=f"Agent {a}", sip_ha1="0" * 32, console_password="scrypt$x")
+                     for a in agents)
+    outcome: dict[str, Any] = {}
+
+    async def run() -> Session:
+        loop = asyncio.get_running_loop()
+        acd = Acd(AgentsConfig(accounts=accounts, wrap_up_s=10.0), QueueConfig(**queue), clock=loop.time)
+        for agent_id in agents:
+            acd.login(agent_id)
+        for n in range(busy):  # other callers already talking to the first agents
+            entry = acd.join(f"other{n}", "09000000000")
+            acd.connected(entry, (await acd.next_agent(entry)).id)
+        service = LiveService(acd, desk, QueueConfig(**queue), ring_timeout_s=15.0,
+                              agent_uri=lambda a: f"sip:{a}@front")
+        live = Live(service, OfficeHours.from_config(OfficeHoursConfig(weekly=dict(weekly), holidays=())))
+        flow = CallFlow(worker.answer(), FakePrompts(), cases, IvrConfig(), "test-call", live=live,
+                        caller_number="02188776655")
+        session = await flow.run()
+        outcome["acd"] = acd.snapshot()
+        outcome["states"] = {a["id"]: a["state"] for a in outcome["acd"]["agents"]}
+        acd.close()
+        return session
+    session = run_virtual(run())
+    return LiveRun(session, worker, cases, desk, outcome["acd"], outcome["states"])
+
+
+def to_the_queue(t: float = after_ask() + 1.0) -> tuple[Script, float]:
+    """Keys the ID, confirms, 1 (an agent), 1 (about me); returns the script and when the queue starts."""
+    t2 = t + 2.5 + READ_BACK_S + 0.5
+    return Script().key(t, NATIONAL_ID).key(t2, "1").key(t2 + 4.0, "1").key(t2 + 8.0, "1"), t2 + 9.0
+
+
+def test_a_caller_reaches_a_free_agent_and_the_conversation_is_taped() -> None:
+    script, queued = to_the_queue()
+    script.hang_up(queued + 60.0)
+    run = live_call(script, {"1001": AgentPhone(answer_after_s=3.0)})
+    assert run.session.path[-1] == "queue:handled"
+    assert run.worker.dialled == ["sip:1001@front"]
+    (leg,) = [c["call"] for c in run.worker.commands if c["type"] == "dial"]
+    assert run.worker.bridged == [("caller", leg)]
+    assert [e[0] for e in run.desk.events] == ["offer", "connected", "finished"]
+    (tape,) = [r for r in run.worker.recordings if r["kind"] == "conversation"]
+    assert tape["reason"] == "hangup" and tape["duration_s"] > 40
+    assert run.desk.conversations[0] is not None and run.desk.conversations[0].reason == "hangup"
+    assert run.agent_states["1001"] == "wrap_up" and run.acd["today"]["answered"] == 1
+
+
+def test_a_waiting_caller_hears_their_position_and_hold_music() -> None:
+    script, queued = to_the_queue()
+    script.hang_up(queued + 100.0)
+    run = live_call(script, {"1001": AgentPhone()}, busy=1, announce_every_s=30.0)
+    heard = run.worker.prompts_heard()
+    announcements = heard.count("queue_position")
+    assert 3 <= announcements <= 4  # every 30 s over 100 s
+    at = heard.index("queue_position")
+    assert heard[at + 1:at + 3] == ["cardinal_1", "queue_in_line"] and "hold_music" in heard
+    assert run.session.path[-1] == "ended:queue" and run.acd["today"]["abandoned"] == 1
+
+
+def test_a_long_wait_offers_a_message_and_2_takes_it_with_the_id_kept() -> None:
+    script, queued = to_the_queue()
+    script.key(queued + 45.0, "2").say(queued + 52.0, 5.0)
+    run = live_call(script, {"1001": AgentPhone()}, busy=1, announce_every_s=30.0, max_wait_s=20.0)
+    assert "queue_offer_message" in run.worker.prompts_heard()
+    assert "queue:to_message" in run.session.path and "message:silence" in run.session.path
+    (case,) = run.cases.cases
+    assert case.subject.national_id == NATIONAL_ID and run.acd["today"]["to_message"] == 1
+
+
+def test_an_agent_who_does_not_answer_is_paused_and_the_next_one_is_rung() -> None:
+    script, queued = to_the_queue()
+    script.hang_up(queued + 60.0)
+    run = live_call(script, {"1001": AgentPhone(answer_after_s=None), "1002": AgentPhone(answer_after_s=2.0)})
+    assert run.worker.dialled == ["sip:1001@front", "sip:1002@front"]
+    assert ("withdraw", "1001") in run.desk.events and ("connected", "1002") in run.desk.events
+    assert run.agent_states["1001"] == "paused"
+
+
+def test_a_caller_who_hangs_up_while_the_agent_rings_frees_the_agent() -> None:
+    script, queued = to_the_queue()
+    script.hang_up(queued + 5.0)
+    run = live_call(script, {"1001": AgentPhone(answer_after_s=None)})
+    assert run.session.path[-1] == "ended:queue"
+    leg = next(c["call"] for c in run.worker.commands if c["type"] == "dial")
+    assert {"type": "hangup", "call": leg} in run.worker.commands  # the agent's phone stops ringing
+    assert run.agent_states["1001"] == "ready" and run.acd["today"]["abandoned"] == 1
+    assert run.desk.events == [("offer", "1001"), ("withdraw", "1001")]
+
+
+def test_an_agent_lost_mid_call_leaves_the_caller_with_the_case_code() -> None:
+    script, queued = to_the_queue()
+    run = live_call(script, {"1001": AgentPhone(answer_after_s=1.0, talk_s=20.0, ends_with=408)})
+    assert "queue:agent_lost" in run.session.path and run.session.path[-2:] == ["tracking_code", "goodbye"]
+    heard = run.worker.prompts_heard()
+    assert heard.index("agent_lost") < heard.index("tracking_code_intro")
+    assert run.agent_states["1001"] == "paused"
+
+
+def test_out_of_hours_the_caller_hears_when_service_resumes_and_no_agent_is_rung() -> None:
+    t = after_ask() + 1.0
+    t2 = t + 2.5 + READ_BACK_S + 0.5
+    script = Script().key(t, NATIONAL_ID).key(t2, "1").key(t2 + 12.0, "1").hang_up(t2 + 30.0)
+    run = live_call(script, {"1001": AgentPhone()}, weekly={"saturday": ("08:00-16:00",)})
+    heard = run.worker.prompts_heard()
+    assert heard[heard.index("live_closed") + 1] == "live_resumes" and "live_resumes_end" in heard
+    assert "menu_main" not in heard  # option 1 is never offered (with no other option, no menu at all)
+    assert "menu:message" in run.session.path and run.worker.dialled == []
