@@ -31,11 +31,11 @@ class WorkerLink:
         self.calls: dict[str, ControlCall] = {}
         self.connected = True
 
-    def send(self, message_type: str, **fields: Any) -> None:
+    def send(self, command: protocol.Command) -> None:
         if not self.connected:
             return
         try:
-            self.writer.write(protocol.encode(message_type, **fields))
+            self.writer.write(protocol.encode(command))
         except (ConnectionError, RuntimeError) as exc:
             log.warning("worker %s: send failed: %s", self.worker_id, exc)
 
@@ -73,7 +73,7 @@ class ControlCall:
         play_id = str(next(self._ids))
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._plays[play_id] = done
-        self.link.send("play", call=self.handle, play_id=play_id, files=[str(f) for f in files])
+        self.link.send(protocol.Play(self.handle, play_id, tuple(str(f) for f in files)))
         while interrupt and not done.done():
             self._digit_arrived.clear()
             digit: asyncio.Future[Any] = asyncio.ensure_future(self._digit_arrived.wait())
@@ -82,7 +82,7 @@ class ControlCall:
             finally:
                 digit.cancel()
             if not done.done() and self._interrupting(interrupt):
-                self.link.send("stop_play", call=self.handle)
+                self.link.send(protocol.StopPlay(self.handle))
                 break
         await done
 
@@ -97,9 +97,9 @@ class ControlCall:
         path = self.recordings_dir / day / f"call{self.call_id}-{rec_id}-{kind}.wav"
         result: asyncio.Future[RecordingResult] = asyncio.get_running_loop().create_future()
         self._records[rec_id] = (kind, path, result)
-        extra = {"peer": peer.handle} if peer is not None else {}
-        self.link.send("record", call=self.handle, rec_id=rec_id, path=str(path), max_s=max_s,
-                       silence_s=silence_s, no_input_s=no_input_s, stop_digits=stop_digits, **extra)
+        self.link.send(protocol.Record(self.handle, rec_id, str(path), max_s=max_s, silence_s=silence_s,
+                                       no_input_s=no_input_s, stop_digits=stop_digits,
+                                       peer=peer.handle if peer is not None else None))
         return await result
 
     # -- LiveChannel and Leg ---------------------------------------------
@@ -107,16 +107,16 @@ class ControlCall:
         """A new outgoing leg from this call's worker; its events arrive like any call's."""
         leg = ControlCall(self.link, f"{self.handle}-leg{next(self._ids)}", self.call_id, self.recordings_dir)
         self.link.calls[leg.handle] = leg
-        self.link.send("dial", call=leg.handle, uri=uri)
+        self.link.send(protocol.Dial(leg.handle, uri))
         return leg
 
     def bridge(self, leg: Any) -> None:
         self._check()
-        self.link.send("bridge", call=self.handle, peer=leg.handle)
+        self.link.send(protocol.Bridge(self.handle, leg.handle))
 
     async def stop_play(self) -> None:
         if self._plays:
-            self.link.send("stop_play", call=self.handle)
+            self.link.send(protocol.StopPlay(self.handle))
 
     async def record_conversation(self, leg: Any, max_s: float) -> RecordingResult:
         return await self.record("conversation", max_s=max_s, silence_s=max_s, no_input_s=max_s, stop_digits="",
@@ -132,7 +132,7 @@ class ControlCall:
 
     async def stop_record(self) -> None:
         for rec_id in list(self._records):
-            self.link.send("stop_record", call=self.handle, rec_id=rec_id)
+            self.link.send(protocol.StopRecord(self.handle, rec_id))
 
     async def next_digit(self, timeout_s: float | None = None) -> str | None:
         while not self._digits:
@@ -153,7 +153,7 @@ class ControlCall:
     async def hangup(self) -> None:
         if self.ended:
             return
-        self.link.send("hangup", call=self.handle)
+        self.link.send(protocol.HangupCall(self.handle))
         try:
             await asyncio.wait_for(self.ended_event.wait(), HANGUP_CONFIRM_TIMEOUT_S)
         except asyncio.TimeoutError:
@@ -161,31 +161,30 @@ class ControlCall:
             self.on_ended("hangup unconfirmed")
 
     # -- events from the worker ------------------------------------------
-    def on_event(self, event: dict[str, Any]) -> None:
-        kind = event["type"]
-        if kind == "answered":
-            self.answered.set()
-        elif kind == "ringing":
-            self.ringing.set()
-        elif kind == "dtmf":
-            self._digits.append(str(event["digit"]))
-            self._digit_arrived.set()
-        elif kind == "play_done":
-            future = self._plays.pop(str(event["play_id"]), None)
-            if future is not None and not future.done():
-                future.set_result(bool(event["completed"]))
-        elif kind == "record_done":
-            entry = self._records.pop(str(event["rec_id"]), None)
-            if entry is not None and not entry[2].done():
-                entry[2].set_result(RecordingResult(
-                    kind=entry[0], path=Path(event["path"]), duration_s=float(event["duration_s"]),
-                    sha256=str(event["sha256"]), reason=str(event["reason"]),
-                    speech_s=float(event["speech_s"]), complete=bool(event["complete"])))
-        elif kind == "hangup":
-            self.end_status = int(event.get("status_code") or 0)
-            self.on_ended("caller hung up" if self.answered.is_set() else f"failed: {event.get('reason')}")
-        elif kind == "error":
-            log.error("%s: worker reported: %s", self.handle, event.get("detail"))
+    def on_event(self, event: protocol.Event) -> None:
+        match event:
+            case protocol.Answered():
+                self.answered.set()
+            case protocol.Ringing():
+                self.ringing.set()
+            case protocol.Dtmf(digit=digit):
+                self._digits.append(digit)
+                self._digit_arrived.set()
+            case protocol.PlayDone(play_id=play_id, completed=completed):
+                future = self._plays.pop(play_id, None)
+                if future is not None and not future.done():
+                    future.set_result(completed)
+            case protocol.RecordDone():
+                entry = self._records.pop(event.rec_id, None)
+                if entry is not None and not entry[2].done():
+                    entry[2].set_result(RecordingResult(
+                        kind=entry[0], path=Path(event.path), duration_s=event.duration_s, sha256=event.sha256,
+                        reason=event.reason, speech_s=event.speech_s, complete=event.complete))
+            case protocol.Hangup(status_code=status_code, reason=reason):
+                self.end_status = status_code
+                self.on_ended("caller hung up" if self.answered.is_set() else f"failed: {reason}")
+            case protocol.Error(detail=detail):
+                log.error("%s: worker reported: %s", self.handle, detail)
 
     def on_ended(self, reason: str) -> None:
         """The call is gone; settle whatever the IVR still waits for."""

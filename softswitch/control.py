@@ -8,6 +8,7 @@ import functools
 import logging
 import signal
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -172,12 +173,12 @@ class Softswitch:
         self.supervisor.hold()
         log.info("draining: %d calls running", len(self.flows))
         for link in self.links:
-            link.send("drain")
+            link.send(protocol.Drain())
         if self.flows:
             _, pending = await asyncio.wait(self.flows, timeout=self.config.drain_timeout_s)
             for link in self.links:
                 for call in list(link.calls.values()):
-                    link.send("hangup", call=call.handle)
+                    link.send(protocol.HangupCall(call.handle))
             if pending:
                 await asyncio.wait(pending, timeout=10)
         await self.supervisor.stop()
@@ -195,7 +196,7 @@ class Softswitch:
         try:
             while line := await reader.readline():
                 try:
-                    event = protocol.decode(line, protocol.EVENT_TYPES)
+                    event = protocol.decode_event(line)
                 except ValueError as exc:
                     log.error("worker %s sent a bad event: %s", link.worker_id, exc)
                     continue
@@ -233,59 +234,56 @@ class Softswitch:
         except sipfront.FrontRpcError as exc:
             log.warning("could not take worker %d out of the front: %s", worker_id, exc)
 
-    def _on_event(self, link: WorkerLink, event: dict[str, Any]) -> None:
-        kind = event["type"]
-        if kind == "hello":
-            link.worker_id, link.pid, link.max_calls = event["worker_id"], event["pid"], event["max_calls"]
-            self.greeted.add(int(event["worker_id"]))
-            if self.draining:
-                link.send("drain")
-            return
-        if kind == "capacity":
-            link.max_calls = int(event["max_calls"])
-            log.info("worker %s holds at most %d calls", link.worker_id, link.max_calls)
-            return
-        if kind == "incoming":
-            task = asyncio.create_task(self._handle_call(link, event))
-            self.flows.add(task)
-            task.add_done_callback(self.flows.discard)
-            return
-        if kind == "refused":
-            task = asyncio.create_task(self._record_refused(link, event))
-            self.flows.add(task)
-            task.add_done_callback(self.flows.discard)
-            return
-        call = link.calls.get(str(event.get("call")))
-        if call is not None:
-            call.on_event(event)
-            if kind == "hangup":
-                link.calls.pop(call.handle, None)
+    def _on_event(self, link: WorkerLink, event: protocol.Event) -> None:
+        match event:
+            case protocol.Hello(worker_id=worker_id, pid=pid, max_calls=max_calls):
+                link.worker_id, link.pid, link.max_calls = worker_id, pid, max_calls
+                self.greeted.add(worker_id)
+                if self.draining:
+                    link.send(protocol.Drain())
+            case protocol.Capacity(max_calls=max_calls):
+                link.max_calls = max_calls
+                log.info("worker %s holds at most %d calls", link.worker_id, max_calls)
+            case protocol.Incoming():
+                self._flow(self._handle_call(link, event))
+            case protocol.Refused():
+                self._flow(self._record_refused(link, event))
+            case _:
+                call = link.calls.get(getattr(event, "call", ""))
+                if call is not None:
+                    call.on_event(event)
+                    if isinstance(event, protocol.Hangup):
+                        link.calls.pop(call.handle, None)
 
-    async def _record_refused(self, link: WorkerLink, event: dict[str, Any]) -> None:
+    def _flow(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.flows.add(task)
+        task.add_done_callback(self.flows.discard)
+
+    async def _record_refused(self, link: WorkerLink, event: protocol.Refused) -> None:
         """Every INVITE leaves a CDR row, also one the worker's library refused (e.g. 488, no common codec)."""
         now = time.time()
         try:
-            call_id = await self.store.add_call(str(event["sip_call_id"]), str(event["from_uri"]),
-                                                str(event["to_uri"]), str(event["source"]), link.worker_id, now)
-            await self.store.end_call(call_id, now, f"rejected_{int(event['status_code'])}", [])
+            call_id = await self.store.add_call(event.sip_call_id, event.from_uri, event.to_uri, event.source,
+                                                link.worker_id, now)
+            await self.store.end_call(call_id, now, f"rejected_{event.status_code}", [])
         except Exception:
-            log.exception("cannot record the refused call %s", event.get("sip_call_id"))
+            log.exception("cannot record the refused call %s", event.sip_call_id)
 
-    async def _handle_call(self, link: WorkerLink, event: dict[str, Any]) -> None:
-        handle = str(event["call"])
-        facts = CallFacts(to_uri=str(event.get("request_uri") or event["to_uri"]),
-                          from_uri=str(event["from_uri"]), source=str(event["source"]))
-        call_id = await self.store.add_call(str(event["sip_call_id"]), facts.from_uri, str(event["to_uri"]),
-                                            facts.source, link.worker_id, time.time())
+    async def _handle_call(self, link: WorkerLink, event: protocol.Incoming) -> None:
+        handle = event.call
+        facts = CallFacts(to_uri=event.request_uri or event.to_uri, from_uri=event.from_uri, source=event.source)
+        call_id = await self.store.add_call(event.sip_call_id, facts.from_uri, event.to_uri, facts.source,
+                                            link.worker_id, time.time())
         call = ControlCall(link, handle, call_id, self.config.recordings_path)
         link.calls[handle] = call
         destination = route(facts, self.config.sip.service_number, self.config.sip.trunk_allow)
         if not isinstance(destination, Accept):
-            link.send("reject", call=handle, status_code=destination.status_code)
+            link.send(protocol.Reject(handle, destination.status_code))
             await call.ended_event.wait()
             await self.store.end_call(call_id, time.time(), f"rejected_{destination.status_code}", [])
             return
-        link.send("answer", call=handle)
+        link.send(protocol.Answer(handle))
         session = Session()
         try:
             if await call.wait_answered(self.config.ivr.answer_timeout_s):

@@ -137,7 +137,7 @@ class Recording:
     finish_by: float = 0.0  # when the engine should have finished the header
     # Events held back until this recording is reported: the call's hang-up must
     # reach the control process after the recording, never before it.
-    then: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    then: list[protocol.Event] = field(default_factory=list)
 
 
 class Player(pj.AudioMediaPlayer):
@@ -186,7 +186,7 @@ class Leg:
     media_ready: bool = False
     player: Player | None = None
     recording: Recording | None = None
-    pending_record: dict[str, Any] | None = None  # asked for before the audio was up
+    pending_record: protocol.Record | None = None  # asked for before the audio was up
     bridged_to: str | None = None  # the leg this one talks with
     end_reason: str | None = None  # why this worker ended the call, when it did
     rx_packets: int = -1  # RTP received by the last check
@@ -242,9 +242,9 @@ class WorkerEndpoint(pj.Endpoint):
         if prm.statusCode in FRONT_RETRIES:
             return  # the front offers the call to another worker: not the caller's answer yet
         invite = describe_invite(prm.rdata.wholeMsg, prm.rdata.srcAddress, prm.localInfo)
-        self.worker.post(functools.partial(
-            self.worker.send, "refused", sip_call_id=invite.call_id, from_uri=prm.remoteInfo, to_uri=prm.localInfo,
-            request_uri=invite.request_uri, source=invite.source, status_code=int(prm.statusCode), reason=str(prm.reason)))
+        self.worker.post(functools.partial(self.worker.send, protocol.Refused(
+            sip_call_id=invite.call_id, from_uri=prm.remoteInfo, to_uri=prm.localInfo, request_uri=invite.request_uri,
+            source=invite.source, status_code=int(prm.statusCode), reason=str(prm.reason))))
 
 
 @dataclass(frozen=True)
@@ -338,8 +338,8 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_signal)
         log.info("worker %d: pjsua2 %s, %s call slots, %d file descriptors", self.settings.worker_id,
                  self.ep.libVersion().full, self.max_calls, files)
-        self.send("hello", worker_id=self.settings.worker_id, pid=os.getpid(),
-                  sip_port=self.settings.sip_port, max_calls=self.max_calls)
+        self.send(protocol.Hello(worker_id=self.settings.worker_id, pid=os.getpid(),
+                                 sip_port=self.settings.sip_port, max_calls=self.max_calls))
         self._flush()
         threading.Thread(target=self._watch_control, name="control-watch", daemon=True).start()
         try:
@@ -431,7 +431,7 @@ class Worker:
         cap = sum(1 for c in self.calls.values() if c.state is not LegState.ENDED)
         if cap and cap != self.max_calls:
             self.max_calls = cap
-            self.send("capacity", max_calls=cap)
+            self.send(protocol.Capacity(cap))
 
     def _shutdown(self) -> None:
         for leg in list(self.calls.values()):
@@ -482,9 +482,9 @@ class Worker:
         self.sock.setblocking(False)
         self.inbox = bytearray()
 
-    def send(self, message_type: str, **fields: Any) -> None:
+    def send(self, event: protocol.Event) -> None:
         """Queue an event; the loop sends what queued up once per turn, in order."""
-        self.outbox += protocol.encode(message_type, **fields)
+        self.outbox += protocol.encode(event)
 
     def _flush(self) -> None:
         if not self.outbox:
@@ -521,47 +521,48 @@ class Worker:
             line = bytes(self.inbox[:newline])
             del self.inbox[: newline + 1]
             try:
-                self._handle(protocol.decode(line, protocol.COMMAND_TYPES))
+                self._handle(protocol.decode_command(line))
             except ValueError as exc:
                 log.error("bad command: %s", exc)
             except pj.Error as exc:
                 log.error("command failed: %s", exc.info())
 
-    def _handle(self, cmd: dict[str, Any]) -> None:
-        kind = cmd["type"]
-        if kind == "drain":
-            self.draining = True
-            return
-        if kind == "dial":
-            self._dial(str(cmd["call"]), str(cmd["uri"]))
-            return
-        leg = self.calls.get(cmd.get("call", ""))
+    def _handle(self, cmd: protocol.Command) -> None:
+        match cmd:
+            case protocol.Drain():
+                self.draining = True
+                return
+            case protocol.Dial(call=handle, uri=uri):
+                self._dial(handle, uri)
+                return
+        leg = self.calls.get(getattr(cmd, "call", ""))
         if leg is None or leg.state is LegState.ENDED:
             return  # the call ended while the command was on its way
-        if kind == "answer":
-            prm = pj.CallOpParam()
-            prm.statusCode = 200
-            leg.call.answer(prm)
-        elif kind == "reject":
-            prm = pj.CallOpParam()
-            prm.statusCode = int(cmd["status_code"])
-            leg.call.hangup(prm)
-        elif kind == "play":
-            self._start_play(leg, str(cmd["play_id"]), [str(f) for f in cmd["files"]])
-        elif kind == "stop_play":
-            self._stop_play(leg, completed=False)
-        elif kind == "record":
-            if leg.media_ready:
-                self._start_record(leg, cmd)
-            else:
-                leg.pending_record = cmd
-        elif kind == "stop_record":
-            if leg.recording is not None:
-                self._end_recording(leg, "stopped")
-        elif kind == "hangup":
-            self._hangup(leg)
-        elif kind == "bridge":
-            self._bridge(leg, self.calls.get(str(cmd["peer"])))
+        match cmd:
+            case protocol.Answer():
+                prm = pj.CallOpParam()
+                prm.statusCode = 200
+                leg.call.answer(prm)
+            case protocol.Reject(status_code=status_code):
+                prm = pj.CallOpParam()
+                prm.statusCode = status_code
+                leg.call.hangup(prm)
+            case protocol.Play(play_id=play_id, files=files):
+                self._start_play(leg, play_id, list(files))
+            case protocol.StopPlay():
+                self._stop_play(leg, completed=False)
+            case protocol.Record():
+                if leg.media_ready:
+                    self._start_record(leg, cmd)
+                else:
+                    leg.pending_record = cmd
+            case protocol.StopRecord():
+                if leg.recording is not None:
+                    self._end_recording(leg, "stopped")
+            case protocol.HangupCall():
+                self._hangup(leg)
+            case protocol.Bridge(peer=peer):
+                self._bridge(leg, self.calls.get(peer))
 
     # -- calls -------------------------------------------------------------
     def on_incoming(self, account: pj.Account, prm: pj.OnIncomingCallParam) -> None:
@@ -583,8 +584,8 @@ class Worker:
         self.calls[handle] = Leg(call=call, handle=handle, state=LegState.OFFERED)
         info = call.getInfo()
         invite = describe_invite(prm.rdata.wholeMsg, prm.rdata.srcAddress, info.localUri)
-        self.send("incoming", call=handle, sip_call_id=info.callIdString, from_uri=info.remoteUri,
-                  to_uri=info.localUri, request_uri=invite.request_uri, source=invite.source)
+        self.send(protocol.Incoming(call=handle, sip_call_id=info.callIdString, from_uri=info.remoteUri,
+                                    to_uri=info.localUri, request_uri=invite.request_uri, source=invite.source))
 
     def _set_state(self, leg: Leg, new: LegState) -> None:
         """The one place a leg's state changes, and the events each change sends."""
@@ -593,9 +594,9 @@ class Worker:
         log.debug("%s: %s -> %s", leg.handle, leg.state.value, new.value)
         leg.state = new
         if new is LegState.RINGING:
-            self.send("ringing", call=leg.handle)
+            self.send(protocol.Ringing(leg.handle))
         elif new is LegState.CONFIRMED:
-            self.send("answered", call=leg.handle)
+            self.send(protocol.Answered(leg.handle))
 
     def on_call_state(self, call: WorkerCall) -> None:
         leg = self.calls.get(call.handle)
@@ -659,7 +660,7 @@ class Worker:
         leg = self.calls.get(handle)
         if leg is None or leg.state is LegState.ENDED:
             return
-        self.send("dtmf", call=leg.handle, digit=digit)
+        self.send(protocol.Dtmf(leg.handle, digit))
         rec = leg.recording
         if rec is not None and digit in rec.stop_digits:
             self._end_recording(leg, "digit")
@@ -667,7 +668,7 @@ class Worker:
     def _dial(self, handle: str, uri: str) -> None:
         """An outgoing leg (to an agent's softphone, through the SIP front)."""
         if handle in self.calls:
-            self.send("error", call=handle, detail="handle in use")
+            self.send(protocol.Error(handle, "handle in use"))
             return
         call = WorkerCall(self, self.account)
         call.handle = handle
@@ -679,12 +680,12 @@ class Worker:
             # Typically the engine's call cap: this worker has no slot for the leg.
             log.warning("dial %s failed: %s", handle, exc.info())
             del self.calls[handle]
-            self.send("hangup", call=handle, status_code=503, reason=f"cannot dial: {exc.reason}")
+            self.send(protocol.Hangup(handle, 503, f"cannot dial: {exc.reason}"))
 
     def _bridge(self, leg: Leg, peer: Leg | None) -> None:
         """Two-way audio between two calls of this worker (caller and agent)."""
         if peer is None or peer.state is LegState.ENDED:
-            self.send("error", call=leg.handle, detail="bridge peer is gone")
+            self.send(protocol.Error(leg.handle, "bridge peer is gone"))
             return
         self._stop_play(leg, completed=False)
         self._stop_play(peer, completed=False)
@@ -693,7 +694,7 @@ class Worker:
             ours.startTransmit(theirs)
             theirs.startTransmit(ours)
         except pj.Error as exc:
-            self.send("error", call=leg.handle, detail=f"cannot bridge: {exc.reason}")
+            self.send(protocol.Error(leg.handle, f"cannot bridge: {exc.reason}"))
             return
         leg.bridged_to, peer.bridged_to = peer.handle, leg.handle
 
@@ -742,12 +743,11 @@ class Worker:
         leg.state = LegState.ENDED
         self._stop_play(leg, completed=False)
         # A far end this worker found dead is reported as lost (408), whatever the BYE got back.
-        hangup = {"call": leg.handle, "status_code": 408 if leg.end_reason else status_code,
-                  "reason": leg.end_reason or reason}
+        hangup = protocol.Hangup(leg.handle, 408 if leg.end_reason else status_code, leg.end_reason or reason)
         if leg.recording is not None:
-            self._end_recording(leg, "hangup").then.append(("hangup", hangup))
+            self._end_recording(leg, "hangup").then.append(hangup)
         else:
-            self.send("hangup", **hangup)
+            self.send(hangup)
 
     # -- playback ----------------------------------------------------------
     def _start_play(self, leg: Leg, play_id: str, files: list[str]) -> None:
@@ -766,11 +766,11 @@ class Worker:
                                                      next(_play_seq), leg.handle, player.play_id, player.index))
                 return
             except pj.Error as exc:
-                self.send("error", call=leg.handle, detail=f"cannot play {name}: {exc.reason}")
+                self.send(protocol.Error(leg.handle, f"cannot play {name}: {exc.reason}"))
                 self.retired.append((time.monotonic() + PLAYER_GRACE_S, player))
                 player = player.following()
         leg.player = None
-        self.send("play_done", call=leg.handle, play_id=player.play_id, completed=True)
+        self.send(protocol.PlayDone(leg.handle, player.play_id, completed=True))
 
     def _overdue_plays(self, now: float) -> None:
         while self.play_deadlines and self.play_deadlines[0][0] <= now:
@@ -794,7 +794,7 @@ class Worker:
             return
         leg.player = None
         self._retire(leg, player)
-        self.send("play_done", call=leg.handle, play_id=player.play_id, completed=completed)
+        self.send(protocol.PlayDone(leg.handle, player.play_id, completed))
 
     def _retire(self, leg: Leg, player: Player) -> None:
         # Disconnected now, destroyed later: the clock thread may be inside this
@@ -815,11 +815,11 @@ class Worker:
             self.deferred.popleft()()
 
     # -- recording ---------------------------------------------------------
-    def _start_record(self, leg: Leg, cmd: dict[str, Any]) -> None:
+    def _start_record(self, leg: Leg, cmd: protocol.Record) -> None:
         if leg.recording is not None:
             self._end_recording(leg, "stopped")
-        rec_id, path = str(cmd["rec_id"]), Path(cmd["path"])
-        peer = self.calls.get(str(cmd["peer"])) if cmd.get("peer") else None
+        rec_id, path = cmd.rec_id, Path(cmd.path)
+        peer = self.calls.get(cmd.peer) if cmd.peer else None
         recorder = pj.AudioMediaRecorder()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -832,21 +832,21 @@ class Worker:
                 # The bridge mixes every source sent to a port: both parties on one tape.
                 sources.append(peer.call.getAudioMedia(-1))
                 source_legs.append(peer.handle)
-            tape = TapeFollower(path, max_s=float(cmd["max_s"]), no_input_s=float(cmd["no_input_s"]),
+            tape = TapeFollower(path, max_s=cmd.max_s, no_input_s=cmd.no_input_s,
                                 now=time.monotonic(),
                                 # A conversation is not end-pointed: only max_s or a command ends it.
-                                endpointer=None if peer is not None else Endpointer(silence_s=float(cmd["silence_s"])))
+                                endpointer=None if peer is not None else Endpointer(silence_s=cmd.silence_s))
         except (OSError, pj.Error) as exc:
             detail = exc.info() if isinstance(exc, pj.Error) else str(exc)
             log.error("%s: cannot record %s: %s", leg.handle, path, detail)
             with contextlib.suppress(OSError):
                 if path.stat().st_size == 0:  # claimed, but nothing was ever written
                     path.unlink()
-            self.send("record_done", call=leg.handle, rec_id=rec_id, path=str(path), duration_s=0.0,
-                      sha256="", reason="error", speech_s=0.0, complete=False, detail=detail)
+            self.send(protocol.RecordDone(leg.handle, rec_id, str(path), duration_s=0.0, sha256="", reason="error",
+                                          speech_s=0.0, complete=False, detail=detail))
             return
         rec = Recording(handle=leg.handle, rec_id=rec_id, path=path, recorder=recorder,
-                        tape=tape, stop_digits=str(cmd.get("stop_digits", "")), sources=tuple(source_legs))
+                        tape=tape, stop_digits=cmd.stop_digits, sources=tuple(source_legs))
         try:
             for audio in sources:
                 audio.startTransmit(recorder)
@@ -900,15 +900,15 @@ class Worker:
         except (OSError, ValueError) as exc:
             # The samples already written stay on disk; the control process repairs the header.
             log.error("closing %s failed: %s", rec.path, exc)
-            self.send("record_done", call=rec.handle, rec_id=rec.rec_id, path=str(rec.path),
-                      duration_s=rec.tape.duration_s, sha256="", reason="error", speech_s=rec.tape.speech_s,
-                      complete=False, detail=str(exc))
+            self.send(protocol.RecordDone(
+                rec.handle, rec.rec_id, str(rec.path), duration_s=rec.tape.duration_s, sha256="", reason="error",
+                speech_s=rec.tape.speech_s, complete=False, detail=str(exc)))
         else:
-            self.send("record_done", call=rec.handle, rec_id=rec.rec_id, path=str(info.path),
-                      duration_s=info.duration_s, sha256=info.sha256, reason=rec.reason or "stopped",
-                      speech_s=rec.tape.speech_s, complete=rec.reason != "error")
-        for message_type, fields in rec.then:
-            self.send(message_type, **fields)
+            self.send(protocol.RecordDone(
+                rec.handle, rec.rec_id, str(info.path), duration_s=info.duration_s, sha256=info.sha256,
+                reason=rec.reason or "stopped", speech_s=rec.tape.speech_s, complete=rec.reason != "error"))
+        for event in rec.then:
+            self.send(event)
 
 
 def run_worker(settings: WorkerSettings) -> None:

@@ -20,8 +20,8 @@ import asyncio
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from softswitch import protocol
 from softswitch.calls import ControlCall
 
 DIGIT_GAP_S = 0.25  # between keys of one burst, as a person keys them
@@ -66,6 +66,14 @@ class Played:
     completed: bool | None = None
 
 
+@dataclass(frozen=True)
+class ScriptedRecording:
+    kind: str
+    start: float
+    end: float
+    done: protocol.RecordDone  # what was reported
+
+
 @dataclass
 class _Recording:
     handle: str
@@ -92,8 +100,8 @@ class ScriptedWorker:
         self.worker_id = 0
         # What happened, for the test.
         self.played: list[Played] = []
-        self.recordings: list[dict[str, Any]] = []
-        self.commands: list[dict[str, Any]] = []
+        self.recordings: list[ScriptedRecording] = []
+        self.commands: list[protocol.Command] = []
         self.dialled: list[str] = []
         self.bridged: list[tuple[str, str]] = []
         self._playing: dict[str, tuple[str, Played, asyncio.TimerHandle]] = {}
@@ -111,7 +119,7 @@ class ScriptedWorker:
         self.calls[call.handle] = call
         self.call = call
         self.t0 = loop.time()
-        self._emit(call.handle, "answered")
+        self._emit(protocol.Answered(call.handle))
         timers = self._timers.setdefault(call.handle, [])
         for at, digit in self.script.keys:
             timers.append(loop.call_at(self.t0 + at, self._key, call.handle, digit))
@@ -128,30 +136,31 @@ class ScriptedWorker:
         return [Path(f).stem for p in self.played for f in p.files if p.completed or not completed_only]
 
     # -- the control link ------------------------------------------------------
-    def send(self, message_type: str, **fields: Any) -> None:
-        self.commands.append({"type": message_type, **fields})
-        handle = str(fields.get("call", ""))
-        if handle in self._ended:
+    def send(self, command: protocol.Command) -> None:
+        # Through its line, as a worker would read it: what the IVR sends must encode and decode.
+        command = protocol.decode_command(protocol.encode(command))
+        self.commands.append(command)
+        if getattr(command, "call", None) in self._ended:
             return  # a command racing the hang-up: a worker ignores it too
-        match message_type:
-            case "play":
-                self._play(handle, str(fields["play_id"]), [str(f) for f in fields["files"]])
-            case "stop_play":
+        match command:
+            case protocol.Play(call=handle, play_id=play_id, files=files):
+                self._play(handle, play_id, list(files))
+            case protocol.StopPlay(call=handle):
                 self._stop_play(handle, completed=False)
-            case "record":
-                self._record(handle, fields)
-            case "stop_record":
+            case protocol.Record():
+                self._record(command)
+            case protocol.StopRecord(call=handle, rec_id=rec_id):
                 rec = self._recording.get(handle)
-                if rec is not None and rec.rec_id == str(fields["rec_id"]):
+                if rec is not None and rec.rec_id == rec_id:
                     self._end_recording(handle, "stopped")
-            case "hangup":
+            case protocol.HangupCall(call=handle):
                 self._end(handle, 200)
-            case "dial":
-                self._dial(handle, str(fields["uri"]))
-            case "bridge":
-                self.bridged.append((handle, str(fields["peer"])))
+            case protocol.Dial(call=handle, uri=uri):
+                self._dial(handle, uri)
+            case protocol.Bridge(call=handle, peer=peer):
+                self.bridged.append((handle, peer))
             case _:
-                raise AssertionError(f"the scripted worker does not know {message_type!r}")
+                raise AssertionError(f"the scripted worker does not expect {command!r}")
 
     # -- playback ----------------------------------------------------------------
     def _duration(self, file: str) -> float:
@@ -179,17 +188,18 @@ class ScriptedWorker:
         play_id, played, timer = current
         timer.cancel()
         played.end, played.completed = self._at(), completed
-        self._emit(handle, "play_done", play_id=play_id, completed=completed)
+        self._emit(protocol.PlayDone(handle, play_id, completed))
 
     # -- recording -----------------------------------------------------------------
-    def _record(self, handle: str, cmd: dict[str, Any]) -> None:
+    def _record(self, cmd: protocol.Record) -> None:
+        handle = cmd.call
         if handle in self._recording:
             self._end_recording(handle, "stopped")
-        rec = _Recording(handle, str(cmd["rec_id"]), Path(str(cmd["path"])).stem.rsplit("-", 1)[-1],
-                         str(cmd["path"]), self._at(), str(cmd.get("stop_digits", "")))
+        rec = _Recording(handle, cmd.rec_id, Path(cmd.path).stem.rsplit("-", 1)[-1], cmd.path, self._at(),
+                         cmd.stop_digits)
         self._recording[handle] = rec
-        end_at, reason = self._end_point(rec.start, float(cmd["max_s"]), float(cmd["silence_s"]),
-                                         float(cmd["no_input_s"]), conversation="peer" in cmd)
+        end_at, reason = self._end_point(rec.start, cmd.max_s, cmd.silence_s, cmd.no_input_s,
+                                         conversation=cmd.peer is not None)
         rec.timer = asyncio.get_running_loop().call_later(end_at - rec.start, self._end_recording, handle, reason)
 
     def _end_point(self, start: float, max_s: float, silence_s: float, no_input_s: float,
@@ -223,17 +233,17 @@ class ScriptedWorker:
         if rec.timer is not None:
             rec.timer.cancel()
         end = self._at()
-        done = {"rec_id": rec.rec_id, "path": rec.path, "duration_s": round(end - rec.start, 3),
-                "sha256": f"{len(self.recordings):064x}", "reason": reason,
-                "speech_s": round(self._speech_within(rec.start, end), 3), "complete": True}
-        self.recordings.append({"kind": rec.kind, "start": rec.start, "end": end, **done})
-        self._emit(handle, "record_done", **done)
+        done = protocol.RecordDone(handle, rec.rec_id, rec.path, duration_s=round(end - rec.start, 3),
+                                   sha256=f"{len(self.recordings):064x}", reason=reason,
+                                   speech_s=round(self._speech_within(rec.start, end), 3), complete=True)
+        self.recordings.append(ScriptedRecording(rec.kind, rec.start, end, done))
+        self._emit(done)
 
     # -- keys and hang-ups -------------------------------------------------------------
     def _key(self, handle: str, digit: str) -> None:
         if handle in self._ended:
             return
-        self._emit(handle, "dtmf", digit=digit)
+        self._emit(protocol.Dtmf(handle, digit))
         rec = self._recording.get(handle)
         if rec is not None and digit in rec.stop_digits:
             self._end_recording(handle, "digit")
@@ -249,7 +259,7 @@ class ScriptedWorker:
             timer.cancel()
         self._stop_play(handle, completed=False)
         self._end_recording(handle, "hangup")  # reported before the hang-up, as a worker does
-        self._emit(handle, "hangup", status_code=status, reason="")
+        self._emit(protocol.Hangup(handle, status, ""))
 
     # -- agents' legs -------------------------------------------------------------------
     def _dial(self, handle: str, uri: str) -> None:
@@ -261,9 +271,9 @@ class ScriptedWorker:
         if phone.fail_with is not None:
             timers.append(loop.call_later(0.1, self._end, handle, phone.fail_with))
             return
-        timers.append(loop.call_later(0.1, self._emit, handle, "ringing"))
+        timers.append(loop.call_later(0.1, self._emit, protocol.Ringing(handle)))
         if phone.answer_after_s is not None:
-            timers.append(loop.call_later(phone.answer_after_s, self._emit, handle, "answered"))
+            timers.append(loop.call_later(phone.answer_after_s, self._emit, protocol.Answered(handle)))
             if phone.talk_s is not None:
                 timers.append(loop.call_later(phone.answer_after_s + phone.talk_s, self._end, handle,
                                               phone.ends_with))
@@ -272,12 +282,11 @@ class ScriptedWorker:
     def _at(self) -> float:
         return asyncio.get_running_loop().time() - self.t0
 
-    def _emit(self, handle: str, kind: str, **fields: Any) -> None:
-        """Deliver an event as the link would: soon, in order."""
-        event = {"type": kind, "call": handle, **fields}
-        asyncio.get_running_loop().call_soon(self._deliver, event)
+    def _emit(self, event: protocol.Event) -> None:
+        """Deliver an event as the link would: through its line, soon, in order."""
+        asyncio.get_running_loop().call_soon(self._deliver, protocol.decode_event(protocol.encode(event)))
 
-    def _deliver(self, event: dict[str, Any]) -> None:
-        call = self.calls.get(str(event["call"]))
+    def _deliver(self, event: protocol.Event) -> None:
+        call = self.calls.get(getattr(event, "call", ""))
         if call is not None:
             call.on_event(event)

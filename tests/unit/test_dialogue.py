@@ -22,6 +22,7 @@ from ivr.follow_up import CaseStatus, FailureThrottle
 from ivr.live import LiveService
 from ivr.office_hours import OfficeHours
 from ivr.national_id import is_valid_national_id
+from softswitch import protocol
 from softswitch.config import (AgentAccount, AgentsConfig, FollowUpConfig, IvrConfig, OfficeHoursConfig,
                                QueueConfig)
 from storage.tracking_code import is_tracking_code, verhoeff_check_digit
@@ -91,7 +92,7 @@ def test_keyed_id_confirmed_then_a_message_becomes_a_case() -> None:
     code_digits = [f"digit_{d}" for d in cases.cases[0].tracking_code]
     at = heard.index("tracking_code_intro")
     assert heard[at + 1:at + 1 + len(code_digits)] == code_digits and heard[-1] == "goodbye"
-    assert worker.commands[-1]["type"] == "hangup"
+    assert isinstance(worker.commands[-1], protocol.HangupCall)
 
 
 def test_an_id_keyed_during_the_greeting_barges_in_and_counts() -> None:
@@ -391,11 +392,11 @@ def test_a_caller_reaches_a_free_agent_and_the_conversation_is_taped() -> None:
     run = live_call(script, {"1001": AgentPhone(answer_after_s=3.0)})
     assert run.session.path[-1] == "queue:handled"
     assert run.worker.dialled == ["sip:1001@front"]
-    (leg,) = [c["call"] for c in run.worker.commands if c["type"] == "dial"]
+    (leg,) = [c.call for c in run.worker.commands if isinstance(c, protocol.Dial)]
     assert run.worker.bridged == [("caller", leg)]
     assert [e[0] for e in run.desk.events] == ["offer", "connected", "finished"]
-    (tape,) = [r for r in run.worker.recordings if r["kind"] == "conversation"]
-    assert tape["reason"] == "hangup" and tape["duration_s"] > 40
+    (tape,) = [r.done for r in run.worker.recordings if r.kind == "conversation"]
+    assert tape.reason == "hangup" and tape.duration_s > 40
     assert run.desk.conversations[0] is not None and run.desk.conversations[0].reason == "hangup"
     assert run.agent_states["1001"] == "wrap_up" and run.acd["today"]["answered"] == 1
 
@@ -436,8 +437,8 @@ def test_a_caller_who_hangs_up_while_the_agent_rings_frees_the_agent() -> None:
     script.hang_up(queued + 5.0)
     run = live_call(script, {"1001": AgentPhone(answer_after_s=None)})
     assert run.session.path[-1] == "ended:queue"
-    leg = next(c["call"] for c in run.worker.commands if c["type"] == "dial")
-    assert {"type": "hangup", "call": leg} in run.worker.commands  # the agent's phone stops ringing
+    leg = next(c.call for c in run.worker.commands if isinstance(c, protocol.Dial))
+    assert protocol.HangupCall(leg) in run.worker.commands  # the agent's phone stops ringing
     assert run.agent_states["1001"] == "ready" and run.acd["today"]["abandoned"] == 1
     assert run.desk.events == [("offer", "1001"), ("withdraw", "1001")]
 

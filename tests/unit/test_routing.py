@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from softswitch import protocol
 from softswitch.config import ConfigError, load_config
 from softswitch.routing import Accept, CallFacts, Reject, dialled_number, route
 
@@ -63,21 +62,6 @@ def test_bad_config_names_the_field(tmp_path: Path, body: str, fragment: str) ->
     path.write_text(body)
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
         load_config(path)
-
-
-def test_protocol_round_trip_and_errors() -> None:
-    line = protocol.encode("record", call="w1-2-3", rec_id="1", max_s=2.5)
-    assert line.endswith(b"\n")
-    assert protocol.decode(line, protocol.COMMAND_TYPES) == {"type": "record", "call": "w1-2-3", "rec_id": "1",
-                                                            "max_s": 2.5}
-    with pytest.raises(ValueError, match="unexpected message type"):
-        protocol.decode(line, protocol.EVENT_TYPES)
-    with pytest.raises(ValueError, match="not JSON"):
-        protocol.decode(b"{oops\n", protocol.EVENT_TYPES)
-    with pytest.raises(ValueError, match="not a JSON object"):
-        protocol.decode(b"[1]\n", protocol.EVENT_TYPES)
-    with pytest.raises(ValueError, match="unknown message type"):
-        protocol.encode("explode")
 
 
 def test_softswitch_refuses_to_start_with_a_missing_speech_model(tmp_path: Path) -> None:
