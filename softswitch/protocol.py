@@ -282,8 +282,7 @@ def _shape(kind: type) -> tuple[tuple[str, Callable[[Any], Any], bool], ...]:
         hints = typing.get_type_hints(kind)
         shape = tuple((f.name, _checker(hints[f.name]), f.default is dataclasses.MISSING)
                       for f in dataclasses.fields(kind))
-        for f in dataclasses.fields(kind):
-            _HINT_NAMES[kind, f.name] = str(hints[f.name]).replace("<class '", "").replace("'>", "")
+        _HINT_NAMES.update({(kind, name): getattr(hints[name], "__name__", str(hints[name])) for name, _, _ in shape})
         _SHAPES[kind] = shape
     return shape
 

@@ -638,10 +638,11 @@ class Worker:
             audio = leg.call.getAudioMedia(-1)
             if leg.player is not None:
                 leg.player.startTransmit(audio)
-            for rec in self.recordings.values():
-                if leg.handle in rec.sources and rec.recorder is not None:
-                    audio.startTransmit(rec.recorder)
             peer = self.calls.get(leg.bridged_to) if leg.bridged_to else None
+            # A conversation's tape is the caller's leg's recording, fed by both legs.
+            for rec in (leg.recording, peer.recording if peer is not None else None):
+                if rec is not None and leg.handle in rec.sources and rec.recorder is not None:
+                    audio.startTransmit(rec.recorder)
             if peer is not None and peer.state is not LegState.ENDED:
                 theirs = peer.call.getAudioMedia(-1)
                 audio.startTransmit(theirs)

@@ -96,8 +96,6 @@ class ScriptedWorker:
         self.agents = agents or {}
         # What softswitch.calls.WorkerLink offers a ControlCall.
         self.calls: dict[str, ControlCall] = {}
-        self.connected = True
-        self.worker_id = 0
         # What happened, for the test.
         self.played: list[Played] = []
         self.recordings: list[ScriptedRecording] = []
@@ -124,7 +122,7 @@ class ScriptedWorker:
         for at, digit in self.script.keys:
             timers.append(loop.call_at(self.t0 + at, self._key, call.handle, digit))
         if self.script.hangup_at is not None:
-            timers.append(loop.call_at(self.t0 + self.script.hangup_at, self._far_end_hangs_up, call.handle, 200))
+            timers.append(loop.call_at(self.t0 + self.script.hangup_at, self._end, call.handle, 200))
         return call
 
     def now(self) -> float:
@@ -247,9 +245,6 @@ class ScriptedWorker:
         rec = self._recording.get(handle)
         if rec is not None and digit in rec.stop_digits:
             self._end_recording(handle, "digit")
-
-    def _far_end_hangs_up(self, handle: str, status: int) -> None:
-        self._end(handle, status)
 
     def _end(self, handle: str, status: int) -> None:
         if handle in self._ended:

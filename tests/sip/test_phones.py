@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import pytest
 
@@ -73,14 +73,25 @@ def logged_in_and_reachable(switch: RunningSoftswitch, agent_id: str) -> None:
                     and agent_states(switch)[agent_id]["state"] == "ready", 10, f"agent {agent_id} ready")
 
 
-def connected(caller: Softphone, agent: Softphone, tmp_path: Path) -> tuple[str, str]:
-    """Caller through the IVR to this agent, both playing their tone and recording what they hear."""
+class LiveCall(NamedTuple):
+    agent: Softphone
+    caller: Softphone
+    call: str  # the caller's call
+    leg: str  # the agent's
+
+
+def on_a_call(switch: RunningSoftswitch, phones: Phones, agent_id: str, tmp_path: Path,
+              nat_host: str | None = None) -> LiveCall:
+    """A registered, logged-in agent talking to a caller who came through the IVR; each plays a tone."""
+    agent = phones.agent(agent_id, 0.3, nat_host=nat_host)
+    logged_in_and_reachable(switch, agent_id)
+    caller = phones.new(f"caller-of-{agent_id}")
     call = caller_through_ivr(caller, SIP_PORT)
     caller.play(call, tone_wav(tmp_path / "caller-tone.wav", CALLER_TONE_HZ, seconds=60))
     leg = agent.wait_for("incoming", timeout_s=20)["call"]
     agent.wait_for("state", call=leg, state="CONFIRMED", timeout_s=5)
     agent.play(leg, tone_wav(tmp_path / "agent-tone.wav", AGENT_TONE_HZ, seconds=60))
-    return call, leg
+    return LiveCall(agent, caller, call, leg)
 
 
 def last_seconds(pcm: bytes, seconds: float, skip_end_s: float = 0.3) -> bytes:
@@ -101,10 +112,7 @@ def each_hears_the_other(caller: Softphone, call: str, agent: Softphone, leg: st
 
 def test_hold_and_resume_by_the_agent_keep_the_bridge_and_the_tape(switch: RunningSoftswitch, phones: Phones,
                                                                     tmp_path: Path) -> None:
-    agent = phones.agent("2001", 0.3)
-    logged_in_and_reachable(switch, "2001")
-    caller = phones.new("caller-hold")
-    call, leg = connected(caller, agent, tmp_path)
+    agent, caller, call, leg = on_a_call(switch, phones, "2001", tmp_path)
     time.sleep(1.5)
     agent.hold(leg)
     time.sleep(1.5)
@@ -153,11 +161,8 @@ def test_caller_hold_and_resume_in_the_ivr_lets_the_dialogue_go_on(switch: Runni
 
 def test_a_transfer_from_the_agents_phone_is_refused_and_the_call_goes_on(switch: RunningSoftswitch,
                                                                          phones: Phones, tmp_path: Path) -> None:
-    agent = phones.agent("2002", 0.3)
-    logged_in_and_reachable(switch, "2002")
     workers_before = {w["id"]: w["pid"] for w in switch.get("/api/health")[1]["workers"]}
-    caller = phones.new("caller-refer")
-    call, leg = connected(caller, agent, tmp_path)
+    agent, caller, call, leg = on_a_call(switch, phones, "2002", tmp_path)
     time.sleep(1.0)
     agent.transfer(leg, f"sip:2003@127.0.0.1:{SIP_PORT}")
     status = agent.wait_for("transfer_status", call=leg, timeout_s=10)
@@ -173,10 +178,7 @@ def test_a_transfer_from_the_agents_phone_is_refused_and_the_call_goes_on(switch
 
 def test_an_agents_phone_that_dies_mid_call_is_noticed(switch: RunningSoftswitch, phones: Phones,
                                                        tmp_path: Path) -> None:
-    agent = phones.agent("2004", 0.3)
-    logged_in_and_reachable(switch, "2004")
-    caller = phones.new("caller-dead-agent")
-    call, leg = connected(caller, agent, tmp_path)
+    agent, caller, call, leg = on_a_call(switch, phones, "2004", tmp_path)
     time.sleep(1.5)
     agent.kill()  # no BYE, no more RTP, no unregistration
     killed = time.monotonic()
@@ -196,10 +198,7 @@ def test_an_agents_phone_that_dies_mid_call_is_noticed(switch: RunningSoftswitch
 def test_an_agent_behind_nat_is_rung_at_its_source_and_heard(switch: RunningSoftswitch, phones: Phones,
                                                               tmp_path: Path) -> None:
     # Its Contact and SDP name 127.0.0.9 and a port nothing listens on; its packets come from 127.0.0.1.
-    agent = phones.agent("2005", 0.3, nat_host="127.0.0.9")
-    logged_in_and_reachable(switch, "2005")
-    caller = phones.new("caller-nat")
-    call, leg = connected(caller, agent, tmp_path)
+    agent, caller, call, leg = on_a_call(switch, phones, "2005", tmp_path, nat_host="127.0.0.9")
     each_hears_the_other(caller, call, agent, leg, tmp_path)
     # The caller's hang-up reaches the agent's phone: in-dialog requests go to the source too.
     caller.hangup(call)
