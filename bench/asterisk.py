@@ -182,7 +182,7 @@ class AsteriskPeer:
         self._install_prompts(self.work_dir / "data" / "sounds" / "fa")
 
     def _install_prompts(self, sounds: Path) -> None:
-        # The library is built as softswitch/control.py builds it (texts, voice,
+        # The library is built as softswitch/control/process.py builds it (texts, voice,
         # recorded overrides, the same cache), so both sides play the same files.
         cfg = self.config
         library = PromptLibrary(load_prompt_texts(cfg.prompts.texts), cfg.prompt_cache, cfg.prompts.override_dir,

@@ -31,9 +31,9 @@ from typing import Protocol
 
 import yaml
 
-from bench.sipp import SippRun, caller_scenario, read_stats
-from media.rtp_pcap import CallerTimeline
 from softswitch.config import PROJECT_ROOT
+from tests.support.rtp_pcap import CallerTimeline
+from tests.support.sipp import SippRun, caller_scenario, read_stats
 
 SIP_PORT = 25060
 HTTP_PORT = 28111

@@ -21,14 +21,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ivr.announcements import resume_prompts
 from ivr.channel import ANY_KEY, CallChannel, CallEnded, LiveChannel, RecordingResult
-from ivr.identify import SpeechDigits, Whose, ask_about_whom, identify
 from ivr.follow_up import FailureThrottle, FollowUpCases, follow_up
+from ivr.identify import SpeechDigits, Whose, ask_about_whom, identify
 from ivr.live import LiveCall, LiveService
 from ivr.menu import choose
-from ivr.office_hours import OfficeHours, resume_prompts
 from ivr.recorded_message import CaseSink, read_tracking_code, record_message
 from softswitch.config import FollowUpConfig, IvrConfig
+from softswitch.domain.office_hours import OfficeHours
 from storage.models import PersonId
 
 log = logging.getLogger("ivr.call_flow")

@@ -22,7 +22,7 @@ from typing import Protocol
 from ivr.channel import ANY_KEY, CallChannel
 from ivr.menu import INTER_DIGIT_TIMEOUT_S, collect_keys
 from softswitch.config import FollowUpConfig, IvrConfig
-from storage.tracking_code import TRACKING_CODE_LENGTH, is_tracking_code
+from softswitch.domain.tracking_code import TRACKING_CODE_LENGTH, is_tracking_code
 
 log = logging.getLogger("ivr.follow_up")
 

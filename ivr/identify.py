@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 from ivr.channel import ANY_KEY, CallChannel, CallEnded, RecordingResult
 from ivr.menu import INTER_DIGIT_TIMEOUT_S, choose
-from ivr.national_id import normalize_digits, parse_national_id
 from softswitch.config import IvrConfig
+from softswitch.domain.national_id import normalize_digits, parse_national_id
 from storage.models import PersonId
 
 

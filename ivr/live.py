@@ -1,7 +1,7 @@
 """IVR layer: live mode: wait in the queue (hold music, position, estimated wait), ring an agent, bridge.
 
 The queue itself (who is next, which agent, the rules for offering a recorded
-message instead) is ``ivr.acd.Acd``, shared by every call of every media worker;
+message instead) is ``softswitch.domain.acd.Acd``, shared by every call of every media worker;
 this module is one caller's side of it. The caller hears hold music and, every
 ``announce_every_s``, their position and estimated wait. When the queue is
 busy (estimated wait too long, or waited past the maximum) the announcement
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ivr.acd import Acd, AgentStatus, QueueEntry
 from ivr.channel import CallEnded, Leg, LiveChannel, RecordingResult
 from softswitch.config import QueueConfig
+from softswitch.domain.acd import Acd, AgentStatus, QueueEntry
 
 log = logging.getLogger("ivr.live")
 

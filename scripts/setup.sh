@@ -54,4 +54,4 @@ fi
 spec=.
 [ ${#extras[@]} -gt 0 ] && spec=".[$(IFS=,; echo "${extras[*]}")]"
 "$venv/bin/python" -m pip install -q -e "$spec"
-echo "setup: done ($("$venv/bin/python" -m softswitch.engine 2>/dev/null | tail -n1))"
+echo "setup: done ($("$venv/bin/python" -m softswitch.worker.engine 2>/dev/null | tail -n1))"

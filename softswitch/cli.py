@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from media.prompts import PromptError
     from media.recognizer import ModelError
-    from softswitch.control import serve
+    from softswitch.control.process import serve
 
     try:
         serve(config)
@@ -78,7 +78,7 @@ def _password(args: argparse.Namespace, who: str) -> str | None:
 def _agent_credentials(args: argparse.Namespace, realm: str) -> int:
     import yaml
 
-    from softswitch.credentials import hash_password, sip_ha1
+    from softswitch.web.credentials import hash_password, sip_ha1
 
     password = _password(args, "agent")
     if password is None:
@@ -93,7 +93,7 @@ def _agency_user(args: argparse.Namespace, agency_ids: set[str]) -> int:
     """An entry for the users of one of the configured agencies: the scrypt hash only, no password is kept."""
     import yaml
 
-    from softswitch.credentials import hash_password
+    from softswitch.web.credentials import hash_password
 
     if args.agency not in agency_ids:
         print(f"softswitch: no agency {args.agency!r} in the configuration (there are: "
@@ -115,7 +115,7 @@ def _api_token(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from softswitch.config import ApiToken
-    from softswitch.intake_api import token_sha256
+    from softswitch.web.intake import token_sha256
 
     if args.channel is None and not args.reports:
         print("softswitch: give the token --channel, --reports or both", file=sys.stderr)

@@ -10,6 +10,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from softswitch.domain.office_hours import OfficeHours
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
 
@@ -146,9 +148,6 @@ class KamailioConfig(_Section):
     _template_in_project = field_validator("template")(_in_project)
 
 
-WEEKDAYS = ("saturday", "sunday", "monday", "tuesday", "wednesday", "thursday", "friday")
-
-
 class OfficeHoursConfig(_Section):
     """When live agents answer, in local time: a weekly schedule and holidays.
 
@@ -172,8 +171,6 @@ class OfficeHoursConfig(_Section):
 
     @model_validator(mode="after")
     def _parses(self) -> OfficeHoursConfig:
-        from ivr.office_hours import OfficeHours  # ivr imports this module
-
         OfficeHours.from_config(self)
         return self
 

@@ -12,16 +12,14 @@ from typing import Any
 
 import aiosqlite
 
+from softswitch.domain.cases import CASE_STATUSES, ID_STATUSES, arrival_status
+from softswitch.domain.tracking_code import new_tracking_code
 from storage.crypto import IdProtector
 from storage.errors import Conflict, NotFound, StorageFull, StoreError
 from storage.migrations import migrate
 from storage.models import CallRecord, Case, CaseEvent, IntakeResult, PersonId, Recording
-from storage.tracking_code import new_tracking_code
 
 ID_SOURCES = frozenset({"keypad", "speech", "none"})
-ID_STATUSES = frozenset({"verified", "unverified", "to_transcribe", "none"})
-# A case is open until it is closed; only open cases can be duplicated.
-CASE_STATUSES = ("received", "received_incomplete", "referred", "answered", "closed")
 BUSY_TIMEOUT_MS = 5000
 # With 9 * 10^7 possible codes a collision is rare; several in a row means
 # something other than bad luck (for example a broken random source), so stop.
@@ -232,6 +230,15 @@ class Store:
             f"SELECT {_CALL_COLUMNS} FROM calls WHERE ended_at IS NULL ORDER BY id"
         )
         return [_call_from_row(row) for row in rows]
+
+    async def open_call_case(self, call_id: int, subject: PersonId, caller: PersonId | None = None, *,
+                             complete: bool = True, actor: str = "ivr") -> Case:
+        """A call's case, under its subject's ID (and the caller's, who asked for someone else).
+
+        ``complete`` False: the caller's message was cut short (received_incomplete).
+        """
+        return await self.create_case(call_id, arrival_status(complete), subject.national_id, subject.source,
+                                      id_status=subject.status, caller=caller, actor=actor)
 
     async def create_case(
         self, call_id: int | None, status: str, national_id: str | None, id_source: str,

@@ -13,7 +13,7 @@
 #define PJ_IOQUEUE_HAS_SAFE_UNREG       1
 
 #define PJSUA_MAX_CALLS                 1000
-/* A stopped player is destroyed a moment later (see softswitch/worker.py), so
+/* A stopped player is destroyed a moment later (see softswitch/worker/process.py), so
  * two can exist for one call briefly. */
 #define PJSUA_MAX_PLAYERS               2000
 #define PJSUA_MAX_RECORDERS             1000

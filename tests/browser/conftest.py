@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from softswitch.console import add_console_routes
+from softswitch.web.console import add_console_routes
 from tests.browser.driver import CHROMEDRIVER, CHROMIUM, start_chromium
-from tests.browser.fake_desk import FakeDesk, fake_account
+from tests.fakes.desk import FakeDesk, fake_account
 
 T = TypeVar("T")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ivr.acd import AgentState
-from storage.tracking_code import verhoeff_check_digit
-from tests.browser.fake_desk import FakeDesk, fake_account
+from softswitch.domain.acd import AgentState
+from softswitch.domain.tracking_code import verhoeff_check_digit
+from tests.fakes.desk import FakeDesk, fake_account
 
 TEHRAN = ZoneInfo("Asia/Tehran")
 NATIONAL_ID = "0499370899"  # valid check digit

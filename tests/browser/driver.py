@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
@@ -19,7 +20,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from softswitch.config import PROJECT_ROOT
 
@@ -70,17 +71,28 @@ def attribute_is(browser: WebDriver, css: str, name: str, value: str, timeout: f
     return wait_until(browser, matches, timeout, f"{css}[{name}] never became {value!r}")  # type: ignore[return-value]
 
 
-def login(browser: WebDriver, base_url: str, agent_id: str, password: str) -> None:
-    """Log in through the form (any earlier session cookie dropped) and wait for the landing page's live stream."""
-    browser.get(base_url + "/console/login")
+def submit_login(browser: WebDriver, login_url: str, fields: dict[str, str], password: str,
+                 choices: dict[str, str] | None = None) -> None:
+    """Log in through a login form, any earlier session cookie dropped: ``fields`` typed into inputs by
+    element id, ``choices`` picked in selects by value. AssertionError with the page's error if refused."""
+    path = urlsplit(login_url).path
+    browser.get(login_url)
     browser.delete_all_cookies()
-    browser.get(base_url + "/console/login")
-    browser.find_element(By.ID, "agent-id").send_keys(agent_id)
+    browser.get(login_url)
+    for element_id, value in (choices or {}).items():
+        Select(browser.find_element(By.ID, element_id)).select_by_value(value)
+    for element_id, value in fields.items():
+        browser.find_element(By.ID, element_id).send_keys(value)
     browser.find_element(By.ID, "password").send_keys(password)
     browser.find_element(By.ID, "login-submit").click()
-    wait_until(browser, lambda d: "/console/login" not in d.current_url or d.find_elements(By.ID, "login-error"))
-    if "/console/login" in browser.current_url:
-        raise AssertionError(f"login as {agent_id!r} refused: {browser.find_element(By.ID, 'login-error').text}")
+    wait_until(browser, lambda d: path not in d.current_url or d.find_elements(By.ID, "login-error"))
+    if path in browser.current_url:
+        raise AssertionError(f"login at {path} refused: {browser.find_element(By.ID, 'login-error').text}")
+
+
+def login(browser: WebDriver, base_url: str, agent_id: str, password: str) -> None:
+    """Log in to the console and wait for the landing page's live stream."""
+    submit_login(browser, base_url + "/console/login", {"agent-id": agent_id}, password)
     # The server sends the full state first on every stream, so once "open" no event can be missed.
     attribute_is(browser, "#connection", "data-state", "open")
 

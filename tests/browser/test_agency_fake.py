@@ -15,21 +15,20 @@ from aiohttp.test_utils import TestServer
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import Select
 
 from media.synth import EspeakSynthesizer
 from media.wavfile import is_silence, read_format
-from softswitch.agency import AgencyServices, add_agency_routes
 from softswitch.config import Agency, AgencyUser
-from ivr.office_hours import persian_digits
-from softswitch.console import add_console_routes
-from softswitch.credentials import hash_password
+from softswitch.domain.persian import persian_digits
+from softswitch.web.agency import AgencyServices, add_agency_routes
+from softswitch.web.console import add_console_routes
+from softswitch.web.credentials import hash_password
 from storage.crypto import IdProtector
 from storage.models import Case, PersonId
 from storage.store import open_store
 from tests.browser.conftest import ConsoleServer, make_desk
 from tests.browser.demo import write_wav
-from tests.browser.driver import attribute_is, screenshot, visible, wait_until
+from tests.browser.driver import attribute_is, screenshot, submit_login, visible, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120),
               # aiohttp-session 2.12 keys the request with plain strings
@@ -106,17 +105,8 @@ def agency_server(tmp_path: Path) -> Iterator[AgencyServer]:
 
 
 def agency_login(browser: WebDriver, base_url: str, agency_id: str, user_id: str, password: str) -> None:
-    """Log in through the agency form, any earlier session cookie dropped, and wait for the cases list."""
-    browser.get(base_url + "/agency/login")
-    browser.delete_all_cookies()
-    browser.get(base_url + "/agency/login")
-    Select(browser.find_element(By.ID, "agency-id")).select_by_value(agency_id)
-    browser.find_element(By.ID, "user-id").send_keys(user_id)
-    browser.find_element(By.ID, "password").send_keys(password)
-    browser.find_element(By.ID, "login-submit").click()
-    wait_until(browser, lambda d: "/agency/login" not in d.current_url or d.find_elements(By.ID, "login-error"))
-    if "/agency/login" in browser.current_url:
-        raise AssertionError(f"login refused: {browser.find_element(By.ID, 'login-error').text}")
+    """Log in through the agency form and land on the cases list."""
+    submit_login(browser, base_url + "/agency/login", {"user-id": user_id}, password, {"agency-id": agency_id})
 
 
 def status_becomes(browser: WebDriver, status: str, timeout: float = 30.0) -> None:

@@ -14,12 +14,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from ivr.office_hours import persian_digits
+from softswitch.domain.persian import persian_digits
 from tests.browser.conftest import AGENT, SUPERVISOR, ConsoleServer, make_desk
 from tests.browser.demo import (CALL_KEY, NATIONAL_ID, SUBJECT_ID, add_history_cases, demo_desk, populate_morning,
                                 screen_pop, write_wav)
 from tests.browser.driver import attribute_is, login, screenshot, visible, wait_until
-from tests.browser.fake_desk import FakeDesk
+from tests.fakes.desk import FakeDesk
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120),
               # aiohttp-session 2.12 keys the request with plain strings

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ivr.channel import RecordingResult
 from ivr.follow_up import CaseStatus
+from softswitch.domain.tracking_code import verhoeff_check_digit
 from storage.models import PersonId
-from storage.tracking_code import verhoeff_check_digit
 
 
 class FakePrompts:
@@ -83,7 +83,7 @@ class FakeFollowUpCases:
 
 @dataclass
 class FakeDesk:
-    """The agents' side of live mode (softswitch/desk.py in service): what it was told, in order."""
+    """The agents' side of live mode (softswitch/control/desk.py in service): what it was told, in order."""
 
     events: list[tuple[str, ...]] = field(default_factory=list)
     conversations: list[RecordingResult | None] = field(default_factory=list)

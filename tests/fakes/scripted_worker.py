@@ -1,7 +1,7 @@
 """A media worker played by a script, on virtual time: the IVR's calls without SIP or audio.
 
 ``ScriptedWorker`` stands where a worker's control link stands: the IVR's
-real ``softswitch.calls.ControlCall`` sends it commands, and it answers with
+real ``softswitch.control.calls.ControlCall`` sends it commands, and it answers with
 the events a worker would send (``play_done``, ``dtmf``, ``record_done``,
 ``ringing``, ``answered``, ``hangup``) at the virtual times a real call would
 bring them: a prompt lasts as long as the fake prompts say, a recording ends
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from softswitch import protocol
-from softswitch.calls import ControlCall
+from softswitch.control.calls import ControlCall
 
 DIGIT_GAP_S = 0.25  # between keys of one burst, as a person keys them
 
@@ -94,7 +94,7 @@ class ScriptedWorker:
         self.prompt_seconds = prompt_seconds or {}
         self.default_prompt_s = default_prompt_s
         self.agents = agents or {}
-        # What softswitch.calls.WorkerLink offers a ControlCall.
+        # What softswitch.control.calls.WorkerLink offers a ControlCall.
         self.calls: dict[str, ControlCall] = {}
         # What happened, for the test.
         self.played: list[Played] = []

@@ -21,11 +21,11 @@ from typing import Any, Iterator, Sequence
 import pytest
 import yaml
 
-from bench.sipp import SippResult, SippRun, caller_scenario, refused_scenario
-from media.rtp_pcap import CallerTimeline
 from media.wavfile import wav_info
 from softswitch.config import CONFIG_DIR, PROJECT_ROOT, AgentsConfig, load_prompt_texts
-from softswitch.credentials import hash_password, sip_ha1
+from softswitch.web.credentials import hash_password, sip_ha1
+from tests.support.rtp_pcap import CallerTimeline
+from tests.support.sipp import SippResult, SippRun, caller_scenario, refused_scenario
 
 SIP_PORT = 15060
 HTTP_PORT = 18111
@@ -77,6 +77,13 @@ class CallerScript:
 
     def message(self, wav: Path, then_pound: bool = True) -> CallerScript:
         return self.say(wav, then_pound, lead_s=MESSAGE_LEAD_S)
+
+    @classmethod
+    def for_family_member(cls, wav: Path) -> CallerScript:
+        """Keys their own ID, confirms it, picks the message, says it is for someone else, keys and confirms
+        that person's ID, then leaves ``wav`` as the message."""
+        return cls().keys(NATIONAL_ID).keys("1").keys("2").keys("2").keys(SUBJECT_ID, pause_s=0.6).keys("1") \
+            .message(wav)
 
     def write(self, pcap: Path, tail_s: float = 0.5) -> Path:
         self.timeline.silence(tail_s)

@@ -6,7 +6,7 @@ reports what happens as JSON lines on stdout. The wrapper the tests use is
 ``tests/sip/softphones.py``; the protocol is in its docstring.
 
 Run: ``python -m tests.sip.softphone --sip-port 16200 --rtp-port 26400``.
-One thread owns the library (``threadCnt = 0``, polled as in softswitch/worker.py);
+One thread owns the library (``threadCnt = 0``, set up as the media worker is, softswitch/worker/pjsip.py);
 a reader thread only queues stdin lines for it.
 """
 
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
 import pjsua2 as pj
+
+from softswitch.worker import pjsip
 
 T = TypeVar("T")
 POLL_MS = 10
@@ -171,46 +173,21 @@ class Softphone:
         a = self.args
         self.ep = pj.Endpoint()
         self.ep.libCreate()
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.userAgent = "softswitch-111-test-softphone"
-        cfg.medConfig.clockRate = 8000
-        cfg.medConfig.sndClockRate = 8000
-        cfg.medConfig.channelCount = 1
-        cfg.medConfig.noVad = True
-        cfg.medConfig.ecTailLen = 0
-        cfg.logConfig.level = 5 if a.sip_trace else a.log_level
-        cfg.logConfig.consoleLevel = 5 if a.sip_trace else a.log_level
-        cfg.logConfig.msgLogging = 1 if a.sip_trace else 0
-        self.ep.libInit(cfg)
-        self.ep.audDevManager().setNullDev()
-        tcfg = pj.TransportConfig()
-        tcfg.port = a.sip_port
-        tcfg.boundAddress = a.host
-        tcfg.publicAddress = a.host
-        self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
-        self.ep.libStart()
-        for codec in self.ep.codecEnum2():
-            name = codec.codecId.split("/")[0]
-            self.ep.codecSetPriority(codec.codecId, {"PCMA": 200, "PCMU": 150}.get(name, 0))
+        level = 5 if a.sip_trace else a.log_level
+        cfg = pjsip.endpoint_config("softswitch-111-test-softphone", level, msg_logging=a.sip_trace,
+                                    main_thread_only=True)
+        pjsip.start(self.ep, cfg, a.host, a.sip_port)
         self.account = PhoneAccount(self)
         self.account.create(self._account_config(None), True)
 
     def _account_config(self, registration: dict[str, Any] | None) -> pj.AccountConfig:
         a = self.args
-        acfg = pj.AccountConfig()
-        acfg.idUri = f"sip:{a.user}@{a.host}:{a.sip_port}"
-        acfg.mediaConfig.transportConfig.port = a.rtp_port
-        acfg.mediaConfig.transportConfig.portRange = a.rtp_port_range
-        acfg.mediaConfig.transportConfig.boundAddress = a.host
         # --nat-host: a phone behind NAT names an address in its Contact and SDP that
         # is not where its packets come from (a loopback one here: nothing leaves the machine).
-        acfg.mediaConfig.transportConfig.publicAddress = a.nat_host or a.host
+        acfg = pjsip.account_config(f"sip:{a.user}@{a.host}:{a.sip_port}", a.host, a.rtp_port, a.rtp_port_range,
+                                    public_host=a.nat_host)
         if a.nat_host:
             acfg.sipConfig.contactForced = f"<sip:{a.user}@{a.nat_host}:{a.sip_port + 1000}>"
-        acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_DISABLED
-        acfg.natConfig.iceEnabled = False
         acfg.natConfig.sipOutboundUse = 0  # a plain Contact: no ;ob, reg-id or instance id
         acfg.natConfig.contactRewriteUse = 0
         acfg.natConfig.viaRewriteUse = 0

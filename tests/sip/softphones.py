@@ -258,6 +258,13 @@ class Softphone:
             return ""
 
 
+@contextlib.contextmanager
+def phones_at(front_port: int, directory: Path, **kwargs: Any) -> Iterator[Phones]:
+    """Phones registering at the front on 127.0.0.1:``front_port``, all stopped when the block ends."""
+    with contextlib.ExitStack() as stack:
+        yield Phones(directory, stack, front=f"127.0.0.1:{front_port}", **kwargs)
+
+
 class Phones:
     """Softphones on ports of their own, all stopped (by PID) when the stack closes.
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.sipp import refused_scenario
-from softswitch import sipfront
-from softswitch.capacity import plan_workers
-from softswitch.engine import EngineInfo
 from softswitch.config import AgentsConfig, load_config
+from softswitch.control import sipfront
+from softswitch.control.capacity import plan_workers
+from softswitch.worker.engine import EngineInfo
 from tests.sip.conftest import RunningSoftswitch, agent_accounts, running_softswitch
 from tests.sip.softphones import Softphone
+from tests.support.sipp import refused_scenario
 
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(180)]
 

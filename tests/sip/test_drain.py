@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.sipp import caller_scenario, refused_scenario
 from storage.crypto import IdProtector
 from storage.store import open_store
 from tests.sip.conftest import NATIONAL_ID, CallerScript, running_softswitch
+from tests.support.sipp import caller_scenario, refused_scenario
 
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(240)]
 

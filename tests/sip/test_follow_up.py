@@ -22,13 +22,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from media.wavfile import read_pcm
+from softswitch.web.credentials import hash_password
 from tests.browser.driver import visible
 from tests.browser.test_agency_fake import agency_login
 from tests.sip.conftest import NATIONAL_ID, SUBJECT_ID, RunningSoftswitch, agent_accounts, running_softswitch
 from tests.sip.console_client import ConsoleClient
 from tests.sip.softphones import Softphone
 from tests.sip.test_live import ALWAYS_OPEN, tone_share, tone_wav
-from softswitch.credentials import hash_password
 
 pytestmark = pytest.mark.sip
 

@@ -18,7 +18,7 @@ import pytest
 from media.wavfile import read_pcm
 from tests.sip.conftest import NATIONAL_ID, RunningSoftswitch, agent_accounts, running_softswitch
 from tests.sip.console_client import ConsoleClient
-from tests.sip.softphones import Phones, Softphone
+from tests.sip.softphones import Phones, Softphone, phones_at
 
 pytestmark = pytest.mark.sip
 
@@ -49,9 +49,9 @@ def live_softswitch(tmp_path: Path, **overrides: Any) -> Iterator[RunningSoftswi
 
 @pytest.fixture
 def phones(tmp_path: Path) -> Iterator[Phones]:
-    with contextlib.ExitStack() as stack:
-        yield Phones(tmp_path / "phones", stack, front=f"127.0.0.1:{SIP_PORT}", password=PASSWORD,
-                     sip_port=PHONE_PORT, rtp_port=PHONE_RTP)
+    with phones_at(SIP_PORT, tmp_path / "phones", password=PASSWORD, sip_port=PHONE_PORT,
+                   rtp_port=PHONE_RTP) as phones:
+        yield phones
 
 
 def tone_wav(path: Path, hz: float, seconds: float = 30) -> Path:

@@ -49,8 +49,7 @@ def test_spoken_id_is_kept_as_its_own_recording(softswitch: RunningSoftswitch, s
 
 def test_request_for_a_family_member_is_filed_under_them(softswitch: RunningSoftswitch, speech: Path,
                                                          tmp_path: Path) -> None:
-    pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("2").keys("2").keys(SUBJECT_ID, pause_s=0.6).keys("1") \
-        .message(speech).write(tmp_path / "c.pcap")
+    pcap = CallerScript.for_family_member(speech).write(tmp_path / "c.pcap")
     result, call_id = softswitch.call("id-family", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
     body, case = softswitch.case_of(call_id)

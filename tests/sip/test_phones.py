@@ -8,7 +8,6 @@ asserted by tone markers.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
 from pathlib import Path
@@ -16,13 +15,13 @@ from typing import Any, Iterator, NamedTuple
 
 import pytest
 
-from bench.sipp import refused_scenario
 from media.wavfile import read_pcm
 from tests.sip.conftest import NATIONAL_ID, RunningSoftswitch, agent_accounts, running_softswitch
 from tests.sip.console_client import ConsoleClient
-from tests.sip.softphones import Phones, Softphone
+from tests.sip.softphones import Phones, Softphone, phones_at
 from tests.sip.test_live import (AGENT_TONE_HZ, ALWAYS_OPEN, CALLER_TONE_HZ, caller_through_ivr, dominant_hz,
                                  tone_share, tone_wav)
+from tests.support.sipp import refused_scenario
 
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(180)]
 
@@ -55,9 +54,9 @@ def switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSoftswit
 
 @pytest.fixture
 def phones(tmp_path: Path) -> Iterator[Phones]:
-    with contextlib.ExitStack() as stack:
-        yield Phones(tmp_path / "phones", stack, front=f"127.0.0.1:{SIP_PORT}", password=PASSWORD,
-                     sip_port=PHONE_PORT, rtp_port=PHONE_RTP, numbers=PHONE_NUMBERS)
+    with phones_at(SIP_PORT, tmp_path / "phones", password=PASSWORD, sip_port=PHONE_PORT, rtp_port=PHONE_RTP,
+                   numbers=PHONE_NUMBERS) as phones:
+        yield phones
 
 
 def agent_states(switch: RunningSoftswitch) -> dict[str, dict[str, Any]]:

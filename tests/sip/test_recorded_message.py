@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.sipp import caller_scenario
 from media.wavfile import is_silence, read_pcm
-from tests.sip.conftest import DISALLOWED_SOURCE, NATIONAL_ID, CallerScript, RunningSoftswitch
+from tests.sip.conftest import DISALLOWED_SOURCE, NATIONAL_ID, SUBJECT_ID, CallerScript, RunningSoftswitch
+from tests.support.sipp import caller_scenario
 
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(180)]
 
@@ -148,10 +148,7 @@ def test_worker_killed_mid_call_spares_other_calls(softswitch: RunningSoftswitch
 def test_national_ids_never_reach_logs_or_sip_traces(softswitch: RunningSoftswitch, speech: Path,
                                                      tmp_path: Path) -> None:
     """After full calls (own ID, and on behalf of someone else) no ID appears in any log or trace."""
-    from tests.sip.conftest import SUBJECT_ID
-
-    pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("2").keys("2").keys(SUBJECT_ID, pause_s=0.6).keys("1") \
-        .message(speech).write(tmp_path / "family.pcap")
+    pcap = CallerScript.for_family_member(speech).write(tmp_path / "family.pcap")
     result, call_id = softswitch.call("privacy", pcap)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
     assert softswitch.call_record(call_id)["call"]["disposition"] == "completed"

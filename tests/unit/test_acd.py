@@ -1,4 +1,4 @@
-"""The live queue and agent states (ivr/acd.py), with injected clocks and no I/O."""
+"""The live queue and agent states (softswitch/domain/acd.py), with injected clocks and no I/O."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from ivr.acd import SUBSCRIBER_QUEUE_SIZE, TEHRAN, Acd, AgentState, AgentStatus, NotQueued, QueueEntry
 from softswitch.config import AgentAccount, AgentsConfig, QueueConfig
+from softswitch.domain.acd import SUBSCRIBER_QUEUE_SIZE, TEHRAN, Acd, AgentState, AgentStatus, NotQueued, QueueEntry
 
 pytestmark = pytest.mark.unit
 

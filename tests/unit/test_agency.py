@@ -1,4 +1,4 @@
-"""Unit tests for the agencies' page (softswitch.agency): aiohttp's test server over a real SQLite store in tmp."""
+"""Unit tests for the agencies' page (softswitch.web.agency): aiohttp's test server over a real SQLite store in tmp."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from media.synth import EspeakSynthesizer
 from media.wavfile import is_silence, read_format
-from softswitch import agency as agency_module
-from softswitch.agency import AGENCY_ERRORS, AgencyServices, add_agency_routes
 from softswitch.config import Agency, AgencyUser
-from softswitch.console import ERRORS, add_console_routes
-from softswitch.credentials import hash_password
+from softswitch.web import agency as agency_module
+from softswitch.web.agency import AGENCY_ERRORS, AgencyServices, add_agency_routes
+from softswitch.web.console import ERRORS, add_console_routes
+from softswitch.web.credentials import hash_password
 from storage.crypto import IdProtector
 from storage.models import Case, PersonId
 from storage.store import Store, open_store
 from tests.browser.demo import write_wav
-from tests.browser.fake_desk import FakeDesk, fake_account
+from tests.fakes.desk import FakeDesk, fake_account
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60),
               # aiohttp-session 2.12 keys the request with plain strings

@@ -1,5 +1,5 @@
-"""Unit tests for the web console (softswitch.console) over aiohttp's test client and a FakeDesk,
-and for the desk behind it (softswitch.desk.ControlDesk) over a real store."""
+"""Unit tests for the web console (softswitch.web.console) over aiohttp's test client and a FakeDesk,
+and for the desk behind it (softswitch.control.desk.ControlDesk) over a real store."""
 
 from __future__ import annotations
 
@@ -14,17 +14,19 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from ivr.acd import Acd
 from ivr.call_flow import Session
 from softswitch.config import AgentsConfig, Config
-from ivr.office_hours import jalali_datetime
-from softswitch.console import ERRORS, FiledCase, LoginThrottle, add_console_routes, jalali_date_text
-from softswitch.desk import ControlDesk
+from softswitch.control.desk import ControlDesk
+from softswitch.domain.acd import Acd
+from softswitch.domain.cases import FiledCase
+from softswitch.domain.persian import jalali_datetime
+from softswitch.web.console import ERRORS, add_console_routes
+from softswitch.web.sessions import LoginThrottle, jalali_date_text
 from storage.crypto import IdProtector
 from storage.models import PersonId
 from storage.store import Store, open_store
 from tests.browser.demo import CALL_KEY, NATIONAL_ID, SUBJECT_ID, add_history_cases, screen_pop, write_wav
-from tests.browser.fake_desk import FakeDesk, fake_account
+from tests.fakes.desk import FakeDesk, fake_account
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30),
               # aiohttp-session 2.12 keys the request with plain strings

@@ -1,7 +1,7 @@
 """Every dialogue path of the IVR, through its real channel code and a scripted worker, on virtual time.
 
 The flow (``ivr/call_flow.py`` and the steps it calls) talks to a real
-``softswitch.calls.ControlCall``; a ``tests.fakes.scripted_worker`` plays the
+``softswitch.control.calls.ControlCall``; a ``tests.fakes.scripted_worker`` plays the
 media worker and the caller: prompts last as long as they would, keys arrive
 when the caller presses them, recordings end by the tape's rules. The IVR's
 real timers apply (6 s menu timeouts, 15 s of no input), at no wall time.
@@ -16,16 +16,16 @@ from typing import Any
 
 import pytest
 
-from ivr.acd import Acd
 from ivr.call_flow import CallFlow, FollowUp, Live, Session
 from ivr.follow_up import CaseStatus, FailureThrottle
 from ivr.live import LiveService
-from ivr.office_hours import OfficeHours
-from ivr.national_id import is_valid_national_id
 from softswitch import protocol
 from softswitch.config import (AgentAccount, AgentsConfig, FollowUpConfig, IvrConfig, OfficeHoursConfig,
                                QueueConfig)
-from storage.tracking_code import is_tracking_code, verhoeff_check_digit
+from softswitch.domain.acd import Acd
+from softswitch.domain.national_id import is_valid_national_id
+from softswitch.domain.office_hours import OfficeHours
+from softswitch.domain.tracking_code import is_tracking_code, verhoeff_check_digit
 from tests.fakes.ivr_parts import FakeCases, FakeDesk, FakeFollowUpCases, FakePrompts, FakeRecognizer
 from tests.fakes.scripted_worker import AgentPhone, Played, Script, ScriptedWorker
 from tests.fakes.virtual_time import run_virtual

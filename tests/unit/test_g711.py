@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from media.g711 import (
+from tests.support.g711 import (
     ALAW_SILENCE,
     ULAW_SILENCE,
     alaw_decode,

@@ -1,4 +1,4 @@
-"""Unit tests for the intake and reporting API (softswitch.intake_api) over aiohttp's test client and a real store."""
+"""Unit tests for the intake and reporting API (softswitch.web.intake) over aiohttp's test client and a real store."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from softswitch.config import ApiToken, Config
 from media.synth import EspeakSynthesizer
-from softswitch.http_api import build_app
-from softswitch.intake_api import OPENAPI_DOCUMENT, add_intake_routes, token_sha256
+from softswitch.config import ApiToken, Config
+from softswitch.web.app import build_app
+from softswitch.web.intake import OPENAPI_DOCUMENT, add_intake_routes, token_sha256
 from storage.crypto import IdProtector
 from storage.store import Store, open_store
-from tests.browser.fake_desk import FakeDesk
+from tests.fakes.desk import FakeDesk
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 

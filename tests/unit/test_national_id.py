@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ivr.national_id import check_digit, is_valid_national_id, normalize_digits, parse_national_id
+from softswitch.domain.national_id import check_digit, is_valid_national_id, normalize_digits, parse_national_id
 
 pytestmark = pytest.mark.unit
 

@@ -10,18 +10,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ivr.office_hours import (
-    LOOKAHEAD_DAYS,
-    OfficeHours,
-    iran_weekday,
-    jalali_date,
-    jalali_datetime,
-    persian_digits,
-    persian_weekday,
-    resume_prompts,
-)
+from ivr.announcements import resume_prompts
 from media.prompts import cardinal_prompt_names
 from softswitch.config import CONFIG_DIR, ConfigError, load_config, load_prompt_texts
+from softswitch.domain.office_hours import LOOKAHEAD_DAYS, OfficeHours
+from softswitch.domain.persian import iran_weekday, jalali_date, jalali_datetime, persian_digits, persian_weekday
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from softswitch.config import ConfigError, load_config
-from softswitch.routing import Accept, CallFacts, Reject, dialled_number, route
+from softswitch.control.routing import Accept, CallFacts, Reject, dialled_number, route
 
 pytestmark = pytest.mark.unit
 

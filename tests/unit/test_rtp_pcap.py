@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from media.g711 import alaw_decode
-from media.rtp_pcap import CallerTimeline, Segment, SegmentKind
 from media.wavfile import WavWriter
+from tests.support.g711 import alaw_decode
+from tests.support.rtp_pcap import CallerTimeline, Segment, SegmentKind
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from softswitch import sipfront
 from softswitch.config import ConfigError, load_config
-from softswitch.capacity import plan_workers
-from softswitch.engine import EngineInfo
+from softswitch.control import sipfront
+from softswitch.control.capacity import plan_workers
+from softswitch.worker.engine import EngineInfo
 
 pytestmark = pytest.mark.unit
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-import storage.store
+from softswitch.domain.tracking_code import is_tracking_code
 from storage.crypto import IdProtector
 from storage.errors import Conflict, NotFound, StorageFull, StoreError
 from storage.models import CallRecord, Case, IntakeResult, PersonId
 from storage.store import CASE_STATUSES, Store, open_store
-from storage.tracking_code import is_tracking_code
+import storage.store
 
 pytestmark = pytest.mark.unit
 

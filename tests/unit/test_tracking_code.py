@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from storage.tracking_code import (
+from softswitch.domain.tracking_code import (
     TRACKING_CODE_LENGTH,
     is_tracking_code,
     new_tracking_code,

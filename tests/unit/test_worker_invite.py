@@ -1,10 +1,10 @@
-"""What a worker reads off an INVITE itself (softswitch/worker.py describe_invite)."""
+"""What a worker reads off an INVITE itself (softswitch/worker/invite.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from softswitch.worker import describe_invite
+from softswitch.worker.invite import describe_invite
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from softswitch.config import ConfigError, WorkersConfig, port_conflict
-from softswitch.engine import EngineInfo
+from softswitch.worker.engine import EngineInfo
 
 # A server build holds hundreds of calls per process: one worker per core keeps
 # the bridge clocks on separate cores and a crash costs a core's share of the

@@ -1,6 +1,6 @@
 """Test fakes for the web console: a FakeDesk around the real ACD, with scripted calls and cases.
 
-The ACD (``ivr.acd.Acd``) is the real one: it is pure logic without I/O, so
+The ACD (``softswitch.domain.acd.Acd``) is the real one: it is pure logic without I/O, so
 the console is tested against the agent states and snapshots it will really
 get. What the control process would do around it (calls ringing agents,
 screen-pops, the case store) is scripted here. Call everything from the event
@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ivr.acd import Acd, QueueEntry
 from softswitch.config import Agency, AgentAccount, AgentsConfig, Config, QueueConfig
-from softswitch.console import FiledCase
-from storage.tracking_code import new_tracking_code
+from softswitch.domain.acd import Acd, QueueEntry
+from softswitch.domain.cases import FiledCase
+from softswitch.domain.fanout import Fanout
+from softswitch.domain.tracking_code import new_tracking_code
 
 DEFAULTS = Config()
 
@@ -32,7 +33,7 @@ def fake_account(agent_id: str, name: str, supervisor: bool = False) -> AgentAcc
 
 
 class FakeDesk:
-    """Implements softswitch.console.Desk over a real Acd; ``calls`` lists what the console asked for."""
+    """Implements softswitch.web.console.Desk over a real Acd; ``calls`` lists what the console asked for."""
 
     def __init__(self, accounts: Sequence[tuple[AgentAccount, str]], *,
                  agencies: Sequence[Agency] = DEFAULTS.agencies, categories: Sequence[str] = DEFAULTS.categories,
@@ -51,7 +52,7 @@ class FakeDesk:
         self.linked: set[str] = set()  # call keys linked to an earlier case as duplicates
         self.recordings: dict[int, Path] = {}
         self.queued: dict[str, tuple[QueueEntry, str]] = {}  # call key -> (entry, agent rung)
-        self.subscribers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self.subscribers: dict[str, Fanout] = {}
         self._forwarder: asyncio.Task[None] | None = None
 
     # -- the Desk protocol -------------------------------------------------------------
@@ -74,12 +75,11 @@ class FakeDesk:
     def subscribe(self, agent_id: str) -> asyncio.Queue[dict[str, Any]]:
         if self._forwarder is None:
             self._forwarder = asyncio.ensure_future(self._forward_agent_events())
-        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.subscribers.setdefault(agent_id, set()).add(events)
-        return events
+        return self.subscribers.setdefault(agent_id, Fanout(1000)).subscribe()
 
     def unsubscribe(self, agent_id: str, q: asyncio.Queue[dict[str, Any]]) -> None:
-        self.subscribers.get(agent_id, set()).discard(q)
+        if agent_id in self.subscribers:
+            self.subscribers[agent_id].unsubscribe(q)
 
     async def file_case(self, agent_id: str, call_key: str, agency_id: str, category: str, summary: str,
                         override_reason: str | None = None) -> FiledCase:
@@ -158,8 +158,8 @@ class FakeDesk:
     # -- scripting the calls -----------------------------------------------------------
 
     def publish(self, agent_id: str, event: dict[str, Any]) -> None:
-        for events in self.subscribers.get(agent_id, ()):
-            events.put_nowait(event)
+        if agent_id in self.subscribers:
+            self.subscribers[agent_id].publish(event)
 
     def offer(self, agent_id: str, pop: dict[str, Any]) -> None:
         """Show a screen-pop to an agent, without the ACD (whatever the agent's state)."""

@@ -1,4 +1,4 @@
-"""IVR layer: the live queue and agent states (ACD), pure asyncio logic without I/O.
+"""The live queue and agent states (ACD): pure asyncio logic without I/O.
 
 The live flow joins callers to one FIFO queue and asks ``next_agent`` for an
 agent to ring; the console logs agents in, pauses them and watches
@@ -40,10 +40,54 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from softswitch.config import AgentsConfig, QueueConfig
+from softswitch.domain.fanout import Fanout
+
+
+
+class AgentEntry(Protocol):
+    """One configured agent (softswitch.config.AgentAccount)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+class AgentsSettings(Protocol):
+    """What the ACD reads of the agents' settings (softswitch.config.AgentsConfig)."""
+
+    @property
+    def accounts(self) -> Sequence[AgentEntry]: ...
+
+    @property
+    def wrap_up_s(self) -> float: ...
+
+
+class QueueSettings(Protocol):
+    """What the ACD reads of the queue's settings (softswitch.config.QueueConfig)."""
+
+    @property
+    def max_length(self) -> int: ...
+
+    @property
+    def max_wait_s(self) -> float: ...
+
+    @property
+    def max_estimated_wait_s(self) -> float: ...
+
+    @property
+    def handle_time_samples(self) -> int: ...
+
+    @property
+    def default_handle_time_s(self) -> float: ...
+
+    @property
+    def service_level_s(self) -> float: ...
 
 log = logging.getLogger("ivr.acd")
 
@@ -146,7 +190,7 @@ def mask_number(number: str) -> str:
 class Acd:
     """One queue and its agents. Single-threaded: call it from the event loop only."""
 
-    def __init__(self, agents: AgentsConfig, queue: QueueConfig, *,
+    def __init__(self, agents: AgentsSettings, queue: QueueSettings, *,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  tz: tzinfo = TEHRAN, dial_retry_s: float = 5.0) -> None:
         self._agents_cfg = agents
@@ -162,7 +206,7 @@ class Acd:
         self._queue: list[QueueEntry] = []
         self._handle_times: deque[float] = deque(maxlen=queue.handle_time_samples)
         self._day = _Day(self._local_day(now_wall))
-        self._subscribers: dict[asyncio.Queue[dict[str, Any]], int] = {}  # queue -> events dropped
+        self._events = Fanout(SUBSCRIBER_QUEUE_SIZE)
         self._seq = 0
         self._change: asyncio.Future[None] | None = None
 
@@ -409,12 +453,10 @@ class Acd:
         event put in its place carries "missed": events dropped so far for that
         subscriber, which should then take a fresh ``snapshot()``.
         """
-        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
-        self._subscribers[events] = 0
-        return events
+        return self._events.subscribe()
 
     def unsubscribe(self, events: asyncio.Queue[dict[str, Any]]) -> None:
-        self._subscribers.pop(events, None)
+        self._events.unsubscribe(events)
 
     def snapshot(self) -> dict[str, Any]:
         """The queue, the agents and today's figures, JSON-serialisable."""
@@ -526,14 +568,7 @@ class Acd:
     def _publish(self, event: dict[str, Any]) -> None:
         self._seq += 1
         event["seq"] = self._seq
-        for events, missed in self._subscribers.items():
-            if events.full():
-                events.get_nowait()
-                missed += 1
-                self._subscribers[events] = missed
-                events.put_nowait({**event, "missed": missed})
-            else:
-                events.put_nowait(event)
+        self._events.publish(event)
         # Every change may let a waiting caller take an agent.
         if self._change is not None:
             self._change.set_result(None)

@@ -2,7 +2,7 @@
 
 Live mode tells the desk when an agent is offered a call, connected, and done
 (``ivr.live.LiveDesk``); the console asks it for the screen-pop and files cases
-through it (``softswitch.console.Desk``). It keeps, per agent, the call they are
+through it (``softswitch.web.console.Desk``). It keeps, per agent, the call they are
 handling (and, through wrap-up, the one they just handled) so that only that
 agent sees the caller's full national ID and spoken-ID audio.
 """
@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ivr.acd import Acd
 from ivr.call_flow import Session
 from ivr.channel import LiveChannel, RecordingResult
 from ivr.recorded_message import read_tracking_code
 from softswitch.config import Agency, AgentAccount, Config
-from softswitch.console import FiledCase
-from softswitch.credentials import verify_password
+from softswitch.domain.acd import Acd
+from softswitch.domain.cases import UNFILED_STATUSES, FiledCase, duplicate_window_s
+from softswitch.domain.fanout import Fanout
+from softswitch.web.credentials import verify_password
 from storage.errors import NotFound
 from storage.models import Case, PersonId
 from storage.store import Store
@@ -74,7 +75,7 @@ class ControlDesk:
         self._accounts = {a.id: a for a in config.agents.accounts}
         self._calls: dict[str, DeskCall] = {}
         self._by_agent: dict[str, DeskCall] = {}
-        self._subscribers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._listeners: dict[str, Fanout] = {}
         self._acd_events = acd.subscribe()
         self._forwarder = asyncio.ensure_future(self._forward_agent_events())
 
@@ -134,7 +135,7 @@ class ControlDesk:
                                  "tracking_code": call.case.tracking_code})
         return call.case.tracking_code
 
-    # -- softswitch.console.Desk ---------------------------------------------
+    # -- softswitch.web.console.Desk -----------------------------------------
     def verify_agent(self, agent_id: str, password: str) -> bool:
         account = self._accounts.get(agent_id)
         return account is not None and verify_password(password, account.console_password)
@@ -147,12 +148,14 @@ class ControlDesk:
         return None if call is None else call.current_pop()
 
     def subscribe(self, agent_id: str) -> asyncio.Queue[dict[str, Any]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_QUEUE)
-        self._subscribers.setdefault(agent_id, set()).add(queue)
-        return queue
+        return self._listeners.setdefault(agent_id, Fanout(SUBSCRIBER_QUEUE)).subscribe()
 
     def unsubscribe(self, agent_id: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        self._subscribers.get(agent_id, set()).discard(queue)
+        listeners = self._listeners.get(agent_id)
+        if listeners is not None:
+            listeners.unsubscribe(queue)
+            if not listeners:
+                del self._listeners[agent_id]
 
     async def file_case(self, agent_id: str, call_key: str, agency_id: str, category: str, summary: str,
                         override_reason: str | None = None) -> FiledCase:
@@ -177,7 +180,7 @@ class ControlDesk:
         actor = f"agent:{agent_id}"
         if call.case is not None and not call.linked:
             case = await self.store.file_case(call.case.id, agency_id, category, summary, actor)
-            if case.status in ("received", "received_incomplete"):
+            if case.status in UNFILED_STATUSES:
                 case = await self.store.set_case_status(case.id, "referred", actor)
             call.case = case
         elif call.case is not None and reason is None and (call.case.agency, call.case.category) == (
@@ -187,7 +190,7 @@ class ControlDesk:
             subject, submitter = call.session.parties()
             result = await self.store.intake(
                 subject, channel="phone", agency=agency_id, category=category, summary=summary, actor=actor,
-                window_s=self.config.cases.duplicate_window_days * 86400, submitter=submitter,
+                window_s=duplicate_window_s(self.config.cases.duplicate_window_days), submitter=submitter,
                 call_id=call.call_id, override_reason=reason)
             call.case, call.linked = result.case, result.duplicate
             if not result.duplicate:
@@ -289,8 +292,7 @@ class ControlDesk:
 
     async def _new_case(self, call: DeskCall, actor: str) -> Case:
         subject, on_behalf_of = call.session.parties()
-        return await self.store.create_case(call.call_id, "received", subject.national_id, subject.source,
-                                            id_status=subject.status, caller=on_behalf_of, actor=actor)
+        return await self.store.open_call_case(call.call_id, subject, on_behalf_of, actor=actor)
 
     async def screen_pop(self, call: DeskCall) -> dict[str, Any]:
         s = call.session
@@ -321,11 +323,9 @@ class ControlDesk:
                 for c in reversed(await self.store.cases_for_national_id(person.national_id))]
 
     def _publish(self, agent_id: str, event: dict[str, Any]) -> None:
-        for queue in self._subscribers.get(agent_id, ()):
-            if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-            queue.put_nowait(event)
+        listeners = self._listeners.get(agent_id)
+        if listeners is not None:
+            listeners.publish(event)
 
     async def _forward_agent_events(self) -> None:
         """The ACD's agent-state changes reach that agent's console too."""

@@ -1,15 +1,8 @@
-"""IVR layer: pure parsing and validation of Iranian national IDs (کد ملی)."""
+"""Iranian national IDs (کد ملی): parsing and the check digit."""
 
 from __future__ import annotations
 
-# Persian (U+06F0..) and Arabic-Indic (U+0660..) digits are what Persian keyboards
-# and forms produce; both mean the same digits.
-_DIGITS = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "01234567890123456789")
-
-
-def normalize_digits(text: str) -> str:
-    """ASCII digits for any Persian or Arabic-Indic digits; other characters unchanged."""
-    return text.translate(_DIGITS)
+from softswitch.domain.persian import normalize_digits
 
 
 def check_digit(first_nine: str) -> str:

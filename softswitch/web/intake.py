@@ -1,11 +1,10 @@
-"""Control process: the HTTP API for other channels (case intake) and for reporting (lists, CSV, OpenAPI)."""
+"""The HTTP API for other channels (case intake) and for reporting (a call, a case, lists, CSV, OpenAPI)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,12 +15,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from ivr.national_id import parse_national_id
 from softswitch.config import CHANNELS, CONFIG_DIR, ApiToken, Config
-from softswitch.http_api import REPORTS_AUTH, _case
-from storage.models import PersonId
+from softswitch.domain.cases import CASE_STATUSES, duplicate_window_s
+from softswitch.domain.national_id import parse_national_id
+from softswitch.web.responses import json_error
+from storage.errors import NotFound
+from storage.models import CallRecord, Case, PersonId, Recording
 from storage.reports import calls_csv, cases_csv
-from storage.store import CASE_STATUSES, Store
+from storage.store import Store
 
 OPENAPI_DOCUMENT = CONFIG_DIR / "openapi.yaml"
 SECONDS_PER_DAY = 86_400.0
@@ -30,11 +31,6 @@ MAX_LIST = 1000
 # IDs that came as typed digits (a form, an SMS, a letter keyed in) are "keypad"
 # IDs, like keyed ones on the phone; the check digit is their verification.
 TYPED_ID = "keypad"
-
-
-def duplicate_window_s(config: Config) -> float:
-    """The ``window_s`` of Store.intake for every channel (the agents' console too)."""
-    return config.cases.duplicate_window_days * SECONDS_PER_DAY
 
 
 def token_sha256(token: str) -> str:
@@ -105,20 +101,41 @@ class CaseFilter(SinceFilter):
         return None if value is None else _one_of(value, CASE_STATUSES, "status")
 
 
+def _recording(rec: Recording) -> dict[str, Any]:
+    return {"kind": rec.kind, "duration_s": round(rec.duration_s, 3), "sha256": rec.sha256,
+            "complete": rec.complete}
+
+
+def _call(call: CallRecord) -> dict[str, Any]:
+    return {"sip_call_id": call.sip_call_id, "from": call.from_uri, "to": call.to_uri, "source": call.source,
+            "worker_id": call.worker_id, "arrived_at": call.arrived_at, "answered_at": call.answered_at,
+            "ended_at": call.ended_at, "disposition": call.disposition, "ivr_path": list(call.ivr_path),
+            "agent_id": call.agent_id}
+
+
+def _case(case: Case) -> dict[str, Any]:
+    """A case with IDs masked; roles that may see an ID in full come with the agent console."""
+    body: dict[str, Any] = {
+        "tracking_code": case.tracking_code, "status": case.status, "created_at": case.created_at,
+        "national_id": case.national_id_masked, "id_source": case.id_source, "id_status": case.id_status,
+        "on_behalf_of_other": not case.subject_is_caller, "caller": None, "channel": case.channel,
+        "agency": case.agency, "category": case.category, "summary": case.summary, "filed_by": case.filed_by,
+    }
+    if not case.subject_is_caller:
+        body["caller"] = {"national_id": case.caller_national_id_masked, "id_source": case.caller_id_source,
+                          "id_status": case.caller_id_status}
+    return body
+
+
 _Filter = TypeVar("_Filter", bound=SinceFilter)
-
-
-def _json_error(error: type[web.HTTPError], message: str, headers: dict[str, str] | None = None,
-                **extra: Any) -> web.HTTPError:
-    return error(text=json.dumps({"error": message, **extra}, ensure_ascii=False), content_type="application/json",
-                 headers=headers)
+_T = TypeVar("_T")
 
 
 def _field_errors(exc: ValidationError) -> web.HTTPError:
     # loc and msg only: pydantic's "input" would echo national IDs.
     fields = [{"field": ".".join(str(part) for part in err["loc"]) or "body", "message": err["msg"]}
               for err in exc.errors()]
-    return _json_error(web.HTTPUnprocessableEntity, "invalid request", fields=fields)
+    return json_error(web.HTTPUnprocessableEntity, "invalid request", fields=fields)
 
 
 class IntakeApi:
@@ -130,7 +147,7 @@ class IntakeApi:
         self.agency_names = {agency.id: agency.name for agency in config.agencies}
         self.agencies = frozenset(self.agency_names)
         self.categories = frozenset(config.categories)
-        self.window_s = duplicate_window_s(config)
+        self.window_s = duplicate_window_s(config.cases.duplicate_window_days)
         self.tz = ZoneInfo(config.office_hours.timezone)
         self.openapi_document = openapi
 
@@ -143,14 +160,14 @@ class IntakeApi:
             if hmac.compare_digest(token.sha256, digest):
                 found = token
         if scheme.lower() != "bearer" or not presented.strip() or found is None:
-            raise _json_error(web.HTTPUnauthorized, "a valid bearer token is required",
-                              headers={"WWW-Authenticate": 'Bearer realm="softswitch-111"'})
+            raise json_error(web.HTTPUnauthorized, "a valid bearer token is required",
+                             headers={"WWW-Authenticate": 'Bearer realm="softswitch-111"'})
         return found
 
     def reporter(self, request: web.Request) -> ApiToken:
         token = self.authenticate(request)
         if not token.reports:
-            raise _json_error(web.HTTPForbidden, "this token may not read reports")
+            raise json_error(web.HTTPForbidden, "this token may not read reports")
         return token
 
     def _query(self, request: web.Request, model: type[_Filter]) -> tuple[_Filter, float | None]:
@@ -160,8 +177,8 @@ class IntakeApi:
         except ValidationError as exc:
             raise _field_errors(exc) from None
         if isinstance(query, CaseFilter) and query.agency is not None and query.agency not in self.agencies:
-            raise _json_error(web.HTTPUnprocessableEntity, "invalid request",
-                              fields=[{"field": "agency", "message": "unknown agency"}])
+            raise json_error(web.HTTPUnprocessableEntity, "invalid request",
+                             fields=[{"field": "agency", "message": "unknown agency"}])
         since = query.since
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=self.tz)
@@ -170,18 +187,18 @@ class IntakeApi:
     async def submit_case(self, request: web.Request) -> web.Response:
         token = self.authenticate(request)
         if token.channel is None:
-            raise _json_error(web.HTTPForbidden, "this token may not submit cases")
+            raise json_error(web.HTTPForbidden, "this token may not submit cases")
         try:
             body = await request.json()
         except ValueError:
-            raise _json_error(web.HTTPBadRequest, "the body must be a JSON object") from None
+            raise json_error(web.HTTPBadRequest, "the body must be a JSON object") from None
         try:
             submission = CaseSubmission.model_validate(
                 body, context={"agency": self.agencies, "category": self.categories})
         except ValidationError as exc:
             raise _field_errors(exc) from None
         if submission.channel != token.channel:
-            raise _json_error(web.HTTPForbidden, f"this token submits for the {token.channel} channel only")
+            raise json_error(web.HTTPForbidden, f"this token submits for the {token.channel} channel only")
         submitter = submission.submitter_national_id
         result = await self.store.intake(
             PersonId(submission.subject_national_id, TYPED_ID, "verified"),
@@ -217,6 +234,37 @@ class IntakeApi:
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.openapi_document)
 
+    async def get_call(self, request: web.Request) -> web.Response:
+        self.reporter(request)
+        call = await _found(self.store.get_call_by_sip_id(request.match_info["sip_call_id"]), "call")
+        case = await self.store.case_for_call(call.id)
+        recordings = await self.store.recordings_for_call(call.id)
+        return web.json_response({
+            "call": _call(call),
+            "case": _case(case) if case else None,
+            "tracking_code": case.tracking_code if case else None,
+            "recordings": [_recording(r) for r in recordings],
+        })
+
+    async def get_case(self, request: web.Request) -> web.Response:
+        self.reporter(request)
+        case = await _found(self.store.get_case(request.match_info["tracking_code"]), "case")
+        body = _case(case)
+        body["recordings"] = [_recording(r) for r in await self.store.recordings_for_case(case.id)]
+        body["history"] = [{"at": e.at, "actor": e.actor, "kind": e.kind}
+                           for e in await self.store.case_events(case.id)]
+        if case.call_id is not None:
+            body["call"] = _call(await self.store.get_call(case.call_id))
+        return web.json_response(body)
+
+
+async def _found(lookup: Awaitable[_T], what: str) -> _T:
+    """What the store found, or 404 ``no such <what>``."""
+    try:
+        return await lookup
+    except NotFound:
+        raise json_error(web.HTTPNotFound, f"no such {what}") from None
+
 
 def _csv_response(filename: str, text: str) -> web.Response:
     return web.Response(body=text.encode("utf-8"), content_type="text/csv", charset="utf-8",
@@ -231,11 +279,12 @@ def load_openapi(path: Path = OPENAPI_DOCUMENT) -> dict[str, Any]:
 
 
 def add_intake_routes(app: web.Application, store: Store, config: Config) -> None:
-    """POST/GET /api/cases, the CSV reports and /api/openapi.json."""
+    """POST/GET /api/cases, a call or a case by its id, the CSV reports and /api/openapi.json."""
     api = IntakeApi(store, config, load_openapi())
-    app[REPORTS_AUTH] = api.reporter
     app.router.add_post("/api/cases", api.submit_case)
     app.router.add_get("/api/cases", api.list_cases)
     app.router.add_get("/api/reports/cases.csv", api.cases_csv)
     app.router.add_get("/api/reports/calls.csv", api.calls_csv)
     app.router.add_get("/api/openapi.json", api.openapi)
+    app.router.add_get("/api/calls/{sip_call_id}", api.get_call)
+    app.router.add_get("/api/cases/{tracking_code}", api.get_case)

@@ -1,4 +1,4 @@
-"""Control process: starts the SIP front and media workers, restarts any that die, stops them on drain."""
+"""Starts the SIP front and the media workers, restarts any that die, stops them on drain (process supervision)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
-from softswitch.worker_settings import WorkerSettings
+from softswitch.worker.settings import WorkerSettings
 
-log = logging.getLogger("softswitch.supervisor")
+log = logging.getLogger("softswitch.processes")
 
 
 class Child(Protocol):
@@ -72,7 +72,7 @@ class Supervised:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class Supervisor:
+class ProcessSupervisor:
     def __init__(self, restart_backoff_s: float) -> None:
         self.restart_backoff_s = restart_backoff_s
         self.children: dict[str, Supervised] = {}

@@ -13,19 +13,14 @@ Threads, and what runs on each:
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
-import ctypes
 import enum
 import errno
-import faulthandler
-import functools
 import heapq
 import itertools
 import logging
 import os
-import re
 import resource
 import select
 import signal
@@ -42,13 +37,14 @@ from media.tape import TapeFollower
 from media.vad import Endpointer
 from media.wavfile import header_finished, read_format, repair_wav, wav_info
 from softswitch import protocol
-from softswitch.engine import library_call_cap
-from softswitch.worker_settings import WorkerSettings
+from softswitch.worker import pjsip
+from softswitch.worker.callbacks import CapWatcher, Player, WorkerAccount, WorkerCall, WorkerEndpoint
+from softswitch.worker.engine import library_call_cap
+from softswitch.worker.invite import describe_invite
+from softswitch.worker.settings import WorkerSettings
 
 log = logging.getLogger("softswitch.worker")
 
-SOURCE_HEADER = re.compile(rb"^X-111-Source:\s*(\S+)\s*$", re.IGNORECASE | re.MULTILINE)
-CALL_ID_HEADER = re.compile(rb"^(?:Call-ID|i):\s*(\S+)\s*$", re.IGNORECASE | re.MULTILINE)
 KEEPALIVE = b"\r\n\r\n"  # RFC 5626 keep-alive: PJSIP drops it without a log line
 PLAYER_GRACE_S = 0.2  # a stopped player outlives any bridge tick that was using it
 # Recordings are read this often while any is in progress: the end of speech is
@@ -60,8 +56,6 @@ FINISH_TIMEOUT_S = 2.0
 # A prompt file whose end the engine did not report this long after its length
 # is taken as played: a lost end-of-file event must never leave a call waiting.
 PROMPT_LATE_S = 1.0
-# Answers on which the SIP front offers the call to the next worker (configs/kamailio.cfg.j2).
-FRONT_RETRIES = frozenset({486, 503, 408, 500})
 # How often the calls' received RTP is counted, for the RTP timeout.
 RTP_CHECK_S = 2.0
 
@@ -90,36 +84,7 @@ class Waker:
         self._sock.close()
 
 
-_callback_thread = threading.local()
 _play_seq = itertools.count()
-
-
-def _keep_thread_state() -> None:
-    """Keep this PJSIP thread's Python thread state alive between callbacks.
-
-    SWIG enters each callback with PyGILState_Ensure and leaves with Release; on a
-    thread Python did not start, Release destroys the thread state, so the next
-    callback builds a new one and maps a fresh frame stack (measured as a fifth
-    of a busy worker's CPU when frames came through Python). One unmatched
-    Ensure keeps the state for the thread's life.
-    """
-    if not getattr(_callback_thread, "pinned", False):
-        ctypes.pythonapi.PyGILState_Ensure()
-        _callback_thread.pinned = True
-
-
-def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
-    """A Python exception must not unwind into PJSIP's C++ (it would abort every call of the worker)."""
-
-    @functools.wraps(callback)
-    def run(*args: Any) -> None:
-        try:
-            callback(*args)
-        except pj.Error as exc:
-            log.error("%s failed: %s", callback.__name__, exc.info())
-        except Exception:
-            log.exception("%s failed", callback.__name__)
-    return run
 
 
 @dataclass
@@ -139,33 +104,6 @@ class Recording:
     # reach the control process after the recording, never before it.
     then: list[protocol.Event] = field(default_factory=list)
 
-
-class Player(pj.AudioMediaPlayer):
-    """Plays one file of a prompt sequence; its end is handed to the library thread.
-
-    One file at a time, not a playlist: a playlist opens all its files at once,
-    and with hundreds of calls the thousands of open stdio streams made every
-    fclose (glibc walks the list of open streams) a measurable part of the
-    bridge clock thread.
-    """
-
-    def __init__(self, worker: Worker, handle: str, play_id: str, files: list[str], index: int = 0) -> None:
-        super().__init__()
-        self.worker = worker
-        self.handle = handle
-        self.play_id = play_id
-        self.files = files
-        self.index = index
-
-    def following(self) -> Player:
-        """A fresh player for the next file: a pjsua2 player opens one file, once."""
-        return Player(self.worker, self.handle, self.play_id, self.files, self.index + 1)
-
-    @_guarded
-    def onEof2(self) -> None:  # noqa: N802 (pjsua2 API)
-        _keep_thread_state()
-        # Destroying a player inside its own EOF callback is not allowed: defer.
-        self.worker.post(functools.partial(self.worker.play_finished, self))
 
 
 class LegState(enum.Enum):
@@ -193,100 +131,6 @@ class Leg:
     rx_seen_at: float = 0.0  # when RTP was last seen arriving
 
 
-class WorkerCall(pj.Call):
-    """Thin pjsua2 Call: callbacks only forward to the worker."""
-
-    def __init__(self, worker: Worker, account: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
-        super().__init__(account, call_id)
-        self.worker = worker
-        self.handle = ""
-
-    @_guarded
-    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802
-        self.worker.on_call_state(self)
-
-    @_guarded
-    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
-        self.worker.on_media_state(self)
-
-    @_guarded
-    def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:  # noqa: N802
-        # The library would dial the target itself and drop this call: a leg the
-        # control process never sees. Transfers are refused (403) until the
-        # contact centre carries them out with the case and its recording.
-        prm.statusCode = 403
-        log.warning("%s: REFER to another party refused", self.handle)
-
-    @_guarded
-    def onCallReplaceRequest(self, prm: pj.OnCallReplaceRequestParam) -> None:  # noqa: N802
-        prm.statusCode = 403
-        log.warning("%s: INVITE with Replaces refused", self.handle)
-
-    @_guarded
-    def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
-        # On PJSIP's media thread (RFC 4733 arrives with the RTP): hand it over.
-        _keep_thread_state()
-        self.worker.post(functools.partial(self.worker.on_dtmf, self.handle, prm.digit))
-
-
-class WorkerEndpoint(pj.Endpoint):
-    """The library's refusals of an INVITE (no common codec, no call slot) still reach the control process."""
-
-    def __init__(self, worker: Worker) -> None:
-        super().__init__()
-        self.worker = worker
-
-    @_guarded
-    def onRejectedIncomingCall(self, prm: pj.OnRejectedIncomingCallParam) -> None:  # noqa: N802
-        _keep_thread_state()
-        if prm.statusCode in FRONT_RETRIES:
-            return  # the front offers the call to another worker: not the caller's answer yet
-        invite = describe_invite(prm.rdata.wholeMsg, prm.rdata.srcAddress, prm.localInfo)
-        self.worker.post(functools.partial(self.worker.send, protocol.Refused(
-            sip_call_id=invite.call_id, from_uri=prm.remoteInfo, to_uri=prm.localInfo, request_uri=invite.request_uri,
-            source=invite.source, status_code=int(prm.statusCode), reason=str(prm.reason))))
-
-
-@dataclass(frozen=True)
-class InviteFacts:
-    source: str  # the trunk it came from (the front's X-111-Source stamp), else the sender's address
-    request_uri: str
-    call_id: str  # its SIP Call-ID
-
-
-def describe_invite(whole_message: str, source_address: str, local_uri: str) -> InviteFacts:
-    """Where an INVITE came from, what it asked for and its Call-ID, read off the message itself."""
-    message = whole_message.encode("utf-8", "replace")
-    match = SOURCE_HEADER.search(message)
-    source = match.group(1).decode() if match else source_address
-    request_line = message.split(b"\r\n", 1)[0].split(b" ")
-    request_uri = request_line[1].decode("utf-8", "replace") if len(request_line) == 3 else local_uri
-    call_id = CALL_ID_HEADER.search(message)
-    return InviteFacts(source, request_uri, call_id.group(1).decode("utf-8", "replace") if call_id else "")
-
-
-class WorkerAccount(pj.Account):
-    def __init__(self, worker: Worker) -> None:
-        super().__init__()
-        self.worker = worker
-
-    @_guarded
-    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
-        self.worker.on_incoming(self, prm)
-
-
-class CapWatcher(pj.LogWriter):
-    """Learns the call cap from the library's refusal, for a library that does not say it up front."""
-
-    def __init__(self, worker: Worker) -> None:
-        super().__init__()
-        self.worker = worker
-
-    def write(self, entry: pj.LogEntry) -> None:
-        if "too many calls" in entry.msg:
-            self.worker.cap_hit = True
-        if entry.level <= 2:
-            log.warning("pjsua: %s", entry.msg.strip())
 
 
 def _playing_time_s(path: str) -> float:
@@ -372,49 +216,21 @@ class Worker:
         s = self.settings
         self.ep = WorkerEndpoint(self)
         self.ep.libCreate()
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
         # SIP is polled on this thread only (threadCnt 0), so its callbacks run
         # here; the rest (DTMF on the media thread, a player's end) hand
         # themselves over with post(). pjsua2's own hand-over (mainThreadOnly)
         # queues them until the next poll and drops the newest beyond 1,024:
         # digits were lost when hundreds of callers keyed at once.
-        cfg.uaConfig.mainThreadOnly = False
-        cfg.uaConfig.maxCalls = s.max_calls
-        cfg.uaConfig.userAgent = "softswitch-111"
-        cfg.medConfig.clockRate = 8000
-        cfg.medConfig.sndClockRate = 8000
-        cfg.medConfig.channelCount = 1
+        # SIP traces stay off (msg_logging): keyed digits never reach a log.
+        # Media ports: a call's stream, its prompt player, its recorder, a conversation's peer.
+        cfg = pjsip.endpoint_config("softswitch-111", s.pjsua_log_level, max_calls=s.max_calls,
+                                    max_media_ports=4 * s.max_calls + 8)
         cfg.medConfig.threadCnt = 1
-        cfg.medConfig.noVad = True
-        cfg.medConfig.ecTailLen = 0  # no sound device, so nothing to cancel echo of
-        # A call's stream, its prompt player, its recorder, a conversation's peer.
-        cfg.medConfig.maxMediaPorts = 4 * s.max_calls + 8
-        cfg.logConfig.level = s.pjsua_log_level
-        cfg.logConfig.consoleLevel = s.pjsua_log_level
-        cfg.logConfig.msgLogging = 0  # SIP traces stay off: keyed digits never reach a log
         self.cap_watcher = CapWatcher(self)
         cfg.logConfig.writer = self.cap_watcher
         cfg.logConfig.decor = 0
-        self.ep.libInit(cfg)
-        self.ep.audDevManager().setNullDev()
-        tcfg = pj.TransportConfig()
-        tcfg.port = s.sip_port
-        tcfg.boundAddress = s.sip_host
-        tcfg.publicAddress = s.sip_host
-        self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
-        self.ep.libStart()
-        for codec in self.ep.codecEnum2():
-            keep = codec.codecId.split("/")[0] in ("PCMA", "PCMU")
-            self.ep.codecSetPriority(codec.codecId, 200 if codec.codecId.startswith("PCMA") else 150 if keep else 0)
-        acfg = pj.AccountConfig()
-        acfg.idUri = f"sip:111@{s.sip_host}:{s.sip_port}"
-        acfg.mediaConfig.transportConfig.port = s.rtp_port
-        acfg.mediaConfig.transportConfig.portRange = s.rtp_port_range
-        acfg.mediaConfig.transportConfig.boundAddress = s.sip_host
-        acfg.mediaConfig.transportConfig.publicAddress = s.sip_host
-        acfg.natConfig.iceEnabled = False
-        acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_DISABLED
+        pjsip.start(self.ep, cfg, s.sip_host, s.sip_port)
+        acfg = pjsip.account_config(f"sip:111@{s.sip_host}:{s.sip_port}", s.sip_host, s.rtp_port, s.rtp_port_range)
         # RFC 4028 session timers, when the far end supports them: a dialog whose
         # refresh fails is ended by the library.
         if s.session_expires_s:
@@ -912,38 +728,3 @@ class Worker:
             self.send(event)
 
 
-def run_worker(settings: WorkerSettings) -> None:
-    """Entry point of a worker process, which the supervisor starts as `python -m softswitch.worker`."""
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s worker{settings.worker_id} %(levelname)s %(message)s")
-    # A crash inside the library leaves the Python stacks of every thread in the log.
-    faulthandler.enable(all_threads=True)
-    Worker(settings).run()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="softswitch media worker (one PJSUA2 endpoint)")
-    parser.add_argument("--id", type=int, required=True)
-    parser.add_argument("--sip-host", default="127.0.0.1")
-    parser.add_argument("--sip-port", type=int, required=True)
-    parser.add_argument("--rtp-port", type=int, required=True)
-    parser.add_argument("--rtp-port-range", type=int, default=2016)
-    parser.add_argument("--control-socket", type=Path, required=True)
-    parser.add_argument("--poll-ms", type=int, default=200)
-    parser.add_argument("--max-calls", type=int, default=1000)
-    parser.add_argument("--recycle-after-calls", type=int, default=0)
-    parser.add_argument("--pjsua-log-level", type=int, default=2)
-    parser.add_argument("--rtp-timeout-s", type=float, default=60.0)
-    parser.add_argument("--session-expires-s", type=int, default=1800)
-    args = parser.parse_args(argv)
-    run_worker(WorkerSettings(
-        worker_id=args.id, sip_host=args.sip_host, sip_port=args.sip_port, rtp_port=args.rtp_port,
-        rtp_port_range=args.rtp_port_range, control_socket=args.control_socket, poll_ms=args.poll_ms,
-        max_calls=args.max_calls, recycle_after_calls=args.recycle_after_calls,
-        pjsua_log_level=args.pjsua_log_level,
-        rtp_timeout_s=args.rtp_timeout_s, session_expires_s=args.session_expires_s,
-    ))
-
-
-if __name__ == "__main__":
-    main()

@@ -14,24 +14,25 @@ from typing import Any
 
 from aiohttp import web
 
-from ivr.acd import Acd
 from ivr.call_flow import CallFlow, FollowUp, Live, Session
-from ivr.follow_up import CaseStatus, FailureThrottle, agency_prompt
 from ivr.channel import RecordingResult
+from ivr.follow_up import CaseStatus, FailureThrottle, agency_prompt
 from ivr.live import LiveService
-from ivr.office_hours import OfficeHours
 from media.prompts import PromptLibrary
 from media.recognizer import AsyncRecognizer, load_recognizer
 from media.synth import load_synthesizer
-from softswitch import protocol, sipfront
-from softswitch.calls import ControlCall, WorkerLink
+from softswitch import protocol
 from softswitch.config import Config, load_prompt_texts
-from softswitch.desk import ControlDesk
-from softswitch.capacity import WorkerPlan, plan_workers
-from softswitch.engine import EngineInfo, probe
-from softswitch.routing import Accept, CallFacts, caller_number, route
-from softswitch.supervisor import ExecChild, Supervisor, worker_command
-from softswitch.worker_settings import WorkerSettings
+from softswitch.control import sipfront
+from softswitch.control.calls import ControlCall, WorkerLink
+from softswitch.control.capacity import WorkerPlan, plan_workers
+from softswitch.control.desk import ControlDesk
+from softswitch.control.processes import ExecChild, ProcessSupervisor, worker_command
+from softswitch.control.routing import Accept, CallFacts, caller_number, route
+from softswitch.domain.acd import Acd
+from softswitch.domain.office_hours import OfficeHours
+from softswitch.worker.engine import EngineInfo, probe
+from softswitch.worker.settings import WorkerSettings
 from storage.crypto import IdProtector
 from storage.errors import NotFound
 from storage.models import PersonId
@@ -52,9 +53,7 @@ class StoreCaseSink:
                                        result.sha256, result.complete)
 
     async def open_case(self, subject: PersonId, caller: PersonId | None, complete: bool) -> str:
-        case = await self.store.create_case(self.call_id, "received" if complete else "received_incomplete",
-                                            subject.national_id, subject.source, id_status=subject.status,
-                                            caller=caller)
+        case = await self.store.open_call_case(self.call_id, subject, caller, complete=complete)
         await self.store.attach_recordings(self.call_id, case.id)
         return case.tracking_code
 
@@ -80,7 +79,7 @@ class Softswitch:
         self.config = config
         self.links: list[WorkerLink] = []
         self.flows: set[asyncio.Task[None]] = set()
-        self.supervisor = Supervisor(config.workers.restart_backoff_s)
+        self.children = ProcessSupervisor(config.workers.restart_backoff_s)
         self.draining = False
         # Workers that have said hello at least once, and whether the front has had
         # them all in service once: until then the switch is starting.
@@ -156,21 +155,21 @@ class Softswitch:
         w = cfg.workers
         kamailio_dir = self.run_dir / "kamailio"
         argv = sipfront.command(cfg, sipfront.render(cfg, plan, kamailio_dir), kamailio_dir)
-        self.supervisor.add("kamailio", lambda: ExecChild.start(argv))
+        self.children.add("kamailio", lambda: ExecChild.start(argv))
         for i, port in enumerate(sipfront.worker_sip_ports(cfg, plan)):
             settings = WorkerSettings(
                 worker_id=i, sip_host=w.host, sip_port=port, rtp_port=w.rtp_base_port + i * plan.rtp_ports_per_worker,
                 rtp_port_range=plan.rtp_ports_per_worker, control_socket=cfg.control_socket, poll_ms=w.poll_ms,
                 max_calls=plan.max_calls, recycle_after_calls=plan.recycle_after_calls,
                 rtp_timeout_s=cfg.sip.rtp_timeout_s, session_expires_s=cfg.sip.session_expires_s)
-            self.supervisor.add(f"worker{i}", functools.partial(ExecChild.start, worker_command(settings)))
+            self.children.add(f"worker{i}", functools.partial(ExecChild.start, worker_command(settings)))
 
     async def drain(self) -> None:
         """Stop taking calls, let running ones finish (bounded), keep every recording, then stop."""
         if self.draining:
             return
         self.draining = True
-        self.supervisor.hold()
+        self.children.hold()
         log.info("draining: %d calls running", len(self.flows))
         for link in self.links:
             link.send(protocol.Drain())
@@ -181,7 +180,7 @@ class Softswitch:
                     link.send(protocol.HangupCall(call.handle))
             if pending:
                 await asyncio.wait(pending, timeout=10)
-        await self.supervisor.stop()
+        await self.children.stop()
         self.stopped.set()
 
     async def _close_orphaned_calls(self) -> None:
@@ -305,7 +304,7 @@ class Softswitch:
             await self.store.end_call(call_id, time.time(), _disposition(call, session), session.path)
 
     async def _start_http(self) -> web.AppRunner:
-        from softswitch.http_api import build_app
+        from softswitch.web.app import build_app
 
         runner = web.AppRunner(build_app(self), access_log=None)
         await runner.setup()
@@ -344,7 +343,7 @@ class Softswitch:
                 "id": worker_id, "pid": link.pid, "max_calls": link.max_calls, "calls": len(link.calls),
                 "in_service": worker_id in serving,
             } for worker_id, link in sorted(workers.items())],
-            "restarts": self.supervisor.restarts(),
+            "restarts": self.children.restarts(),
         }
 
 

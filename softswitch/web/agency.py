@@ -1,7 +1,7 @@
-"""Control process: the agencies' page, where an agency's users answer the cases referred to it (aiohttp, Jinja2).
+"""The agencies' page, where an agency's users answer the cases referred to it (aiohttp, Jinja2).
 
 An agency user logs in on the console's session cookie under a role of its own
-(``softswitch.console.SessionPages``), so an agency user cannot open the console
+(``softswitch.web.sessions.SessionPages``), so an agency user cannot open the console
 and an agent cannot open this page. A user sees only the cases of their own
 agency (any other tracking code is 404), with the subject's national ID masked,
 their history and the caller's recordings; writes an answer (synthesised to
@@ -27,15 +27,17 @@ from zoneinfo import ZoneInfo
 from aiohttp import BodyPartReader, web
 from aiohttp_session import Session
 
-from ivr.office_hours import jalali_datetime, persian_digits
 from media.synth import AudioTooLong, SynthesisError, Synthesizer, convert_to_telephone_wav
 from softswitch.config import Agency, AgencyUser
-from softswitch.console import ERRORS, SECURITY_HEADERS, STATIC_DIR, SessionPages, install_sessions, json_error
-from softswitch.credentials import verify_password
+from softswitch.domain.cases import AGENCY_STATUSES, STATUS_LABELS, STATUS_ORDER
+from softswitch.domain.persian import jalali_datetime, persian_digits
+from softswitch.domain.tracking_code import is_tracking_code
+from softswitch.web.credentials import verify_password
+from softswitch.web.responses import SECURITY_HEADERS
+from softswitch.web.sessions import PAGE_ERRORS, STATIC_DIR, SessionPages, install_sessions, page_error
 from storage.errors import NotFound
 from storage.models import Case, CaseEvent, Recording
 from storage.store import Store
-from storage.tracking_code import is_tracking_code
 
 log = logging.getLogger("softswitch.agency")
 
@@ -48,8 +50,6 @@ LIST_LIMIT = 1000
 # left out: they say the national ID in full, and an agency sees it only masked.
 LISTENABLE_KINDS = ("message", "conversation")
 # Cases only move forward; an agency may set the last two steps.
-STATUS_ORDER = {"received": 0, "received_incomplete": 0, "referred": 1, "answered": 2, "closed": 3}
-AGENCY_STATUSES = ("answered", "closed")
 
 
 class AgencyDeps(Protocol):
@@ -81,10 +81,6 @@ class AgencyServices:
 
 # -- what the agency user reads ------------------------------------------------------
 
-STATUS_LABELS = {
-    "received": "دریافت‌شده", "received_incomplete": "ناقص دریافت‌شده", "referred": "ارجاع‌شده",
-    "answered": "پاسخ‌داده‌شده", "closed": "بسته‌شده",
-}
 STATUS_ACTIONS = {"answered": "اعلام پاسخ‌داده‌شده", "closed": "بستن پرونده"}
 CHANNEL_LABELS = {"phone": "تلفن ۱۱۱", "sms": "پیامک", "letter": "نامه", "web": "وب‌گاه"}
 EVENT_LABELS = {
@@ -96,6 +92,7 @@ RECORDING_LABELS = {"message": "پیام تماس‌گیرنده", "conversation
 ID_STATUS_LABELS = {"verified": "تأییدشده", "unverified": "تأییدنشده", "to_transcribe": "فقط صدا", "none": "اعلام نشده"}
 
 AGENCY_ERRORS = {
+    **PAGE_ERRORS,
     "no_such_case": "پرونده‌ای با این کد پیگیری در کارتابل شما نیست.",
     "case_closed": "این پرونده بسته شده است.",
     "empty_answer": "متن پاسخ را بنویسید.",
@@ -111,12 +108,8 @@ AGENCY_ERRORS = {
 }
 MESSAGES = {
     "answer_saved": "پاسخ ثبت شد.", "status_saved": "وضعیت پرونده تغییر کرد.", "sending": "در حال ارسال…",
-    "network": "ارتباط با سرور برقرار نشد.", "not_logged_in": ERRORS["not_logged_in"],
+    "network": "ارتباط با سرور برقرار نشد.", "not_logged_in": PAGE_ERRORS["not_logged_in"],
 }
-
-
-def _error(error: type[web.HTTPError], key: str, **init: Any) -> web.HTTPError:
-    return json_error(error, key, AGENCY_ERRORS.get(key), **init)
 
 
 # -- the page ------------------------------------------------------------------------------
@@ -186,7 +179,7 @@ class _AgencyPages(SessionPages):
         login_id, session = await self.signed_in(request)
         found = None if login_id is None else self.find(login_id)
         if found is None:
-            raise json_error(web.HTTPUnauthorized, "not_logged_in")
+            raise page_error(web.HTTPUnauthorized, "not_logged_in")
         self.check_csrf(request, session)
         return found
 
@@ -202,7 +195,7 @@ class _AgencyPages(SessionPages):
                 html = self.templates.get_template("agency_message.html").render(
                     **self.page_context(user, page), title="پرونده پیدا نشد", message=AGENCY_ERRORS["no_such_case"])
                 raise web.HTTPNotFound(text=html, content_type="text/html", headers=SECURITY_HEADERS)
-            raise _error(web.HTTPNotFound, "no_such_case")
+            raise page_error(web.HTTPNotFound, "no_such_case", AGENCY_ERRORS)
         return case
 
     # -- views -----------------------------------------------------------------------
@@ -345,7 +338,7 @@ class _AgencyPages(SessionPages):
         user = await self.api_user(request)
         case = await self.own_case(user, request.match_info["tracking_code"])
         if case.status == "closed":
-            raise _error(web.HTTPConflict, "case_closed")
+            raise page_error(web.HTTPConflict, "case_closed", AGENCY_ERRORS)
         folder = self.deps.answers_dir / case.tracking_code
         folder.mkdir(parents=True, exist_ok=True)
         # The time in the name keeps every answer's audio: a new answer never overwrites an earlier one.
@@ -355,26 +348,26 @@ class _AgencyPages(SessionPages):
             mode, text = await self.read_answer_form(request, upload)
             if mode == "text":
                 if not text:
-                    raise _error(web.HTTPBadRequest, "empty_answer")
+                    raise page_error(web.HTTPBadRequest, "empty_answer", AGENCY_ERRORS)
                 out = folder / f"{stamp}-text.wav"
                 try:
                     await asyncio.to_thread(self.deps.synthesizer.synthesize, text, out)
                 except (SynthesisError, ValueError, OSError) as exc:
                     log.error("agency: synthesis of the answer to %s failed: %s", case.tracking_code, exc)
-                    raise _error(web.HTTPBadGateway, "synthesis_failed") from None
+                    raise page_error(web.HTTPBadGateway, "synthesis_failed", AGENCY_ERRORS) from None
                 answer_text: str | None = text
             else:
                 if not upload.exists() or upload.stat().st_size == 0:
-                    raise _error(web.HTTPBadRequest, "no_audio")
+                    raise page_error(web.HTTPBadRequest, "no_audio", AGENCY_ERRORS)
                 out = folder / f"{stamp}-recorded.wav"
                 try:
                     await asyncio.to_thread(convert_to_telephone_wav, upload, out, max_s=ANSWER_MAX_S,
                                             timeout_s=CONVERT_TIMEOUT_S)
                 except AudioTooLong:
-                    raise _error(web.HTTPBadRequest, "audio_too_long") from None
+                    raise page_error(web.HTTPBadRequest, "audio_too_long", AGENCY_ERRORS) from None
                 except SynthesisError as exc:
                     log.info("agency: an uploaded answer to %s was refused: %s", case.tracking_code, exc)
-                    raise _error(web.HTTPBadRequest, "bad_audio") from None
+                    raise page_error(web.HTTPBadRequest, "bad_audio", AGENCY_ERRORS) from None
                 answer_text = None
         finally:
             upload.unlink(missing_ok=True)
@@ -390,10 +383,10 @@ class _AgencyPages(SessionPages):
         try:
             reader = await request.multipart()
         except (AssertionError, ValueError, KeyError):
-            raise _error(web.HTTPBadRequest, "bad_request") from None
+            raise page_error(web.HTTPBadRequest, "bad_request", AGENCY_ERRORS) from None
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
-                raise _error(web.HTTPBadRequest, "bad_request")
+                raise page_error(web.HTTPBadRequest, "bad_request", AGENCY_ERRORS)
             match part.name:
                 case "mode":
                     mode = (await _read_text(part, 16)).strip()
@@ -401,13 +394,13 @@ class _AgencyPages(SessionPages):
                     raw = await _read_text(part, ANSWER_TEXT_MAX_CHARS * 4 + 64)
                     text = raw.replace("\r\n", "\n").strip()
                     if len(text) > ANSWER_TEXT_MAX_CHARS:
-                        raise _error(web.HTTPBadRequest, "answer_too_long")
+                        raise page_error(web.HTTPBadRequest, "answer_too_long", AGENCY_ERRORS)
                 case "audio":
                     await _save_upload(part, upload)
                 case _:
                     await part.release()
         if mode not in ("text", "audio"):
-            raise _error(web.HTTPBadRequest, "bad_request")
+            raise page_error(web.HTTPBadRequest, "bad_request", AGENCY_ERRORS)
         return mode, text
 
     async def post_status(self, request: web.Request) -> web.Response:
@@ -415,11 +408,11 @@ class _AgencyPages(SessionPages):
         case = await self.own_case(user, request.match_info["tracking_code"])
         status = self.text_field(await self.json_body(request), "status", 32)
         if status not in AGENCY_STATUSES:
-            raise _error(web.HTTPBadRequest, "bad_status")
+            raise page_error(web.HTTPBadRequest, "bad_status", AGENCY_ERRORS)
         if STATUS_ORDER[status] <= STATUS_ORDER.get(case.status, 0):
-            raise _error(web.HTTPConflict, "status_backward")
+            raise page_error(web.HTTPConflict, "status_backward", AGENCY_ERRORS)
         if status == "answered" and not _has_answer(case):
-            raise _error(web.HTTPConflict, "no_answer_yet")
+            raise page_error(web.HTTPConflict, "no_answer_yet", AGENCY_ERRORS)
         case = await self.deps.store.set_case_status(case.id, status, user.actor)
         log.info("agency: %s set %s to %s", user.actor, case.tracking_code, status)
         return web.json_response({"status": case.status, "message": MESSAGES["status_saved"]})
@@ -446,11 +439,11 @@ async def _read_text(part: BodyPartReader, max_bytes: int) -> str:
     while chunk := await part.read_chunk():
         data += chunk
         if len(data) > max_bytes:
-            raise _error(web.HTTPBadRequest, "answer_too_long")
+            raise page_error(web.HTTPBadRequest, "answer_too_long", AGENCY_ERRORS)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise _error(web.HTTPBadRequest, "bad_request") from None
+        raise page_error(web.HTTPBadRequest, "bad_request", AGENCY_ERRORS) from None
 
 
 async def _save_upload(part: BodyPartReader, path: Path) -> None:
@@ -459,8 +452,8 @@ async def _save_upload(part: BodyPartReader, path: Path) -> None:
         while chunk := await part.read_chunk(256 * 1024):
             size += len(chunk)
             if size > UPLOAD_MAX_BYTES:
-                raise _error(web.HTTPRequestEntityTooLarge, "upload_too_large", max_size=UPLOAD_MAX_BYTES,
-                             actual_size=size)
+                raise page_error(web.HTTPRequestEntityTooLarge, "upload_too_large", AGENCY_ERRORS,
+                                 max_size=UPLOAD_MAX_BYTES, actual_size=size)
             out.write(chunk)
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from media.g711 import ALAW_SILENCE, alaw_encode
 from media.wavfile import read_pcm
+from tests.support.g711 import ALAW_SILENCE, alaw_encode
 
 PCMA_PAYLOAD_TYPE = 8
 DEFAULT_DTMF_PAYLOAD_TYPE = 101

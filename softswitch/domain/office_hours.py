@@ -1,20 +1,18 @@
-"""IVR layer: office hours of live service (weekly schedule in local time, holidays)."""
+"""Office hours of live service: a weekly schedule in local time, and holidays (Gregorian or Jalali)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, tzinfo
-from pathlib import Path
-from typing import Any, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import jdatetime
 
-# The Iranian week starts on Saturday; index 0 below is Saturday.
-WEEKDAYS = ("saturday", "sunday", "monday", "tuesday", "wednesday", "thursday", "friday")
-PERSIAN_WEEKDAYS = ("شنبه", "یکشنبه", "دوشنبه", "سه‌شنبه", "چهارشنبه", "پنج‌شنبه", "جمعه")
+from softswitch.domain.persian import WEEKDAYS, iran_weekday, time_zone
+
 # How far next_opening() and closes_at() look; longer than any run of holidays (Nowruz).
 LOOKAHEAD_DAYS = 60
 # A year below this is a Jalali year (the Jalali year is ~621 behind the Gregorian).
@@ -22,15 +20,6 @@ _JALALI_BEFORE_YEAR = 1700
 _DAY_MINUTES = 24 * 60
 _RANGE = re.compile(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*")
 _DATE = re.compile(r"\s*(\d{4})-(\d{1,2})-(\d{1,2})\s*")
-_PERSIAN_DIGITS = str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")
-
-
-class SpokenPrompts(Protocol):
-    """The prompt library as the announcements use it (media.prompts.PromptLibrary)."""
-
-    def path(self, name: str) -> Path: ...
-
-    def cardinal(self, n: int) -> list[Path]: ...
 
 
 @dataclass(frozen=True, order=True)
@@ -183,74 +172,6 @@ def _parse_holiday(entry: Any) -> date:
         raise ValueError(f"holidays: {entry!r} is not a valid {calendar} date: {error}") from None
 
 
-def time_zone(name: str, where: str = "time zone") -> ZoneInfo:
-    """The IANA time zone ``name`` (e.g. Asia/Tehran); ValueError if there is none."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(f"{where}: unknown time zone {name!r} (an IANA name such as Asia/Tehran)") from None
-
-
 def _require_aware(moment: datetime, what: str) -> None:
     if moment.utcoffset() is None:
         raise ValueError(f"{what} must be a datetime with a time zone, got {moment!r}")
-
-
-def iran_weekday(day: date) -> int:
-    """Index of the day in the Iranian week, Saturday 0 to Friday 6 (as WEEKDAYS)."""
-    return (day.weekday() + 2) % 7
-
-
-def persian_weekday(day: date) -> str:
-    """The Persian name of the day's weekday, e.g. شنبه."""
-    return PERSIAN_WEEKDAYS[iran_weekday(day)]
-
-
-def persian_digits(text: object) -> str:
-    """text (or a number) with ASCII digits written as Persian digits (۰..۹)."""
-    return str(text).translate(_PERSIAN_DIGITS)
-
-
-def jalali_date(ts: float, tz: tzinfo | str) -> str:
-    """The Jalali date of the Unix time ts in tz, in Persian digits, e.g. ۱۴۰۵/۰۹/۰۷."""
-    return _jalali(ts, tz, "%Y/%m/%d")
-
-
-def jalali_datetime(ts: float, tz: tzinfo | str) -> str:
-    """The Jalali date and the time of ts in tz, in Persian digits, e.g. ۱۴۰۵/۰۹/۰۷ ۱۴:۳۰."""
-    return _jalali(ts, tz, "%Y/%m/%d %H:%M")
-
-
-def _jalali(ts: float, tz: tzinfo | str, layout: str) -> str:
-    zone = time_zone(tz) if isinstance(tz, str) else tz
-    moment = jdatetime.datetime.fromgregorian(datetime=datetime.fromtimestamp(ts, zone))
-    return persian_digits(moment.strftime(layout))
-
-
-def resume_prompts(prompts: SpokenPrompts, now: datetime, opening: datetime | None) -> list[Path]:
-    """What a caller hears while live service is closed: that it is, and when it resumes.
-
-    ``opening`` is OfficeHours.next_opening(now); days are counted in its time
-    zone. The day is said as today, tomorrow or the weekday, then the hour and,
-    if not on the hour, the minutes: "... tomorrow at eight and thirty minutes
-    resumes". An opening a week or more away is not said (a weekday name would
-    be ambiguous), nor a missing one.
-    """
-    files = [prompts.path("live_closed")]
-    if opening is None:
-        return files
-    _require_aware(now, "now")
-    _require_aware(opening, "opening")
-    days = (opening.date() - now.astimezone(opening.tzinfo).date()).days
-    if not 0 <= days < 7:
-        return files
-    if days < 2:
-        day = ("day_today", "day_tomorrow")[days]
-    else:
-        day = f"weekday_{WEEKDAYS[iran_weekday(opening.date())]}"
-    files += [prompts.path("live_resumes"), prompts.path(day), prompts.path("at_hour")]
-    files += prompts.cardinal(opening.hour)
-    if opening.minute:
-        files += [prompts.path("and"), *prompts.cardinal(opening.minute), prompts.path("minutes")]
-    files.append(prompts.path("live_resumes_end"))
-    return files

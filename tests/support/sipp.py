@@ -190,7 +190,7 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--pcap", type=Path, help="RTP to play as the caller (see media/rtp_pcap.py)")
+    parser.add_argument("--pcap", type=Path, help="RTP to play as the caller (see tests/support/rtp_pcap.py)")
     parser.add_argument("--hangup-after-s", type=float, help="hang up after this many seconds")
     args = parser.parse_args()
     hangup_ms = int(args.hangup_after_s * 1000) if args.hangup_after_s is not None else None

@@ -13,7 +13,7 @@ from typing import Any
 import jinja2
 
 from softswitch.config import Config
-from softswitch.capacity import WorkerPlan
+from softswitch.control.capacity import WorkerPlan
 
 # A worker enters the dispatcher set inactive and probed: it takes calls only
 # once it has answered Kamailio's OPTIONS, so a starting softswitch answers

@@ -63,7 +63,7 @@ def _probe_here() -> EngineInfo:
 
 def probe(timeout_s: float = 30.0) -> EngineInfo:
     """Ask a short-lived child process what the installed engine holds."""
-    result = subprocess.run([sys.executable, "-m", "softswitch.engine"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "softswitch.worker.engine"], capture_output=True, text=True,
                             timeout=timeout_s, check=False)
     if result.returncode != 0:
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]

@@ -3,59 +3,36 @@
 The console reaches the rest of the control process only through a ``Desk``.
 Everything the agent reads is Persian, right to left, with Jalali dates and
 Persian digits; the national ID is shown in full only on the agent's own
-screen-pop (never on the supervisor view, never in a log).
-
-Sessions are aiohttp-session cookies encrypted with a key made at start-up
-(a restart logs everyone out), SameSite=Strict, HttpOnly, and Secure when the
-console is served over HTTPS. State-changing JSON calls also carry the
-session's CSRF token in the ``X-CSRF-Token`` header.
+screen-pop (never on the supervisor view, never in a log). Logins, sessions and
+CSRF are ``softswitch.web.sessions``'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
-import os
-import secrets
 import time
-from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
-import jdatetime
-import jinja2
 from aiohttp import web
-from aiohttp_session import Session, get_session, new_session, session_middleware
-from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from aiohttp_session import Session
 
-from ivr.acd import Acd
-from ivr.national_id import normalize_digits
-from ivr.office_hours import jalali_datetime, persian_digits
 from softswitch.config import Agency, AgentAccount
-from storage.tracking_code import is_tracking_code
+from softswitch.domain.acd import Acd
+from softswitch.domain.cases import STATUS_LABELS, FiledCase
+from softswitch.domain.persian import jalali_datetime, normalize_digits
+from softswitch.domain.tracking_code import is_tracking_code
+from softswitch.web.responses import json_error
+from softswitch.web.sessions import PAGE_ERRORS, STATIC_DIR, SessionPages, install_sessions, page_error
 
 log = logging.getLogger("softswitch.console")
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-SESSION_COOKIE = "softswitch_console"
-SESSIONS_INSTALLED = web.AppKey("sessions_installed", bool)
-# The session key under which each role keeps who is logged in, and that role's home page. One key
-# per role keeps the roles apart on the one cookie: an agent's session opens nothing of the agency
-# page, an agency user's session nothing of the console.
-ROLE_HOMES = {"agent_id": "/console", "agency_user": "/agency"}
-SESSION_MAX_AGE_S = 12 * 3600  # one shift; the cookie cannot be replayed after that
-CSRF_HEADER = "X-CSRF-Token"
-LOGIN_FAILURES_ALLOWED = 5
-LOGIN_WINDOW_S = 300.0
 SUPERVISOR_COALESCE_S = 0.25  # a burst of ACD events becomes one snapshot
 SUMMARY_MAX_CHARS = 4000
 OVERRIDE_REASON_MAX_CHARS = 500
@@ -63,15 +40,6 @@ AGENT_FIELDS = ("id", "name", "state", "seconds_in_state", "pause_reason", "paus
                 "registered")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class FiledCase:
-    """What filing came to: the case's tracking code; ``duplicate`` when an open case of the same subject,
-    agency and category was there already and the call was linked to it instead of opening another."""
-
-    tracking_code: str
-    duplicate: bool = False
 
 
 class Desk(Protocol):
@@ -134,8 +102,7 @@ LABELS: dict[str, Any] = {
         "verified": "تأییدشده", "unverified": "تأییدنشده", "to_transcribe": "فقط صدا؛ شماره شناخته نشد",
         "none": "اعلام نشده",
     },
-    "case_status": {"received": "دریافت‌شده", "received_incomplete": "ناقص دریافت‌شده", "referred": "ارجاع‌شده",
-                    "answered": "پاسخ‌داده‌شده", "closed": "بسته‌شده"},
+    "case_status": STATUS_LABELS,
     "call_state": {"ringing": "در حال زنگ", "connected": "در مکالمه", "ended": "پایان یافته"},
     "ready_button": {"paused": "پایان استراحت", "wrap_up": "آماده", "ringing": "لغو مکث", "on_call": "لغو مکث"},
     "pause_button": {"ringing": "مکث پس از تماس", "on_call": "مکث پس از تماس"},
@@ -154,12 +121,7 @@ LABELS: dict[str, Any] = {
 PAUSE_CHOICES = ("break", "prayer", "training", "admin")
 
 ERRORS = {
-    "login_failed": "شناسه یا گذرواژه نادرست است.",
-    "login_throttled": "تلاش‌های ناموفق زیاد بود. چند دقیقه دیگر دوباره تلاش کنید.",
-    "login_expired": "صفحه ورود منقضی شده بود. دوباره تلاش کنید.",
-    "not_logged_in": "نشست شما پایان یافته است. دوباره وارد شوید.",
-    "csrf": "درخواست نامعتبر است. صفحه را دوباره بارگذاری کنید.",
-    "bad_request": "درخواست نامعتبر است.",
+    **PAGE_ERRORS,
     "not_supervisor": "این صفحه فقط برای سرپرستان است.",
     "unknown_agent": "این کارشناس در سامانه توزیع تماس تعریف نشده است.",
     "transition": "این تغییر وضعیت اکنون ممکن نیست.",
@@ -172,216 +134,6 @@ ERRORS = {
     "empty_reason": "دلیل ثبت جداگانه را بنویسید.",
     "not_your_case": "این پرونده در میز شما نیست.",
 }
-
-def jalali_date_text(ts: float, tz: ZoneInfo) -> str:
-    """'شنبه ۷ آذر ۱۴۰۵': the page header's date, with Persian weekday and month names."""
-    day = jdatetime.datetime.fromgregorian(datetime=datetime.fromtimestamp(ts, tz), locale="fa_IR")
-    return persian_digits(f"{day.strftime('%A')} {day.day} {day.strftime('%B')} {day.year}")
-
-
-# -- login throttling ------------------------------------------------------------
-
-
-class LoginThrottle:
-    """At most ``allowed`` failed logins per agent id in ``window_s``; the same for ids that do not exist."""
-
-    MAX_TRACKED_IDS = 10_000
-
-    def __init__(self, allowed: int = LOGIN_FAILURES_ALLOWED, window_s: float = LOGIN_WINDOW_S) -> None:
-        self.allowed = allowed
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}
-
-    def blocked(self, agent_id: str, now: float) -> bool:
-        failures = self._failures.get(agent_id.casefold())
-        if failures is None:
-            return False
-        while failures and now - failures[0] > self.window_s:
-            failures.popleft()
-        return len(failures) >= self.allowed
-
-    def failed(self, agent_id: str, now: float) -> None:
-        if len(self._failures) >= self.MAX_TRACKED_IDS:
-            self._failures = {k: v for k, v in self._failures.items() if v and now - v[-1] <= self.window_s}
-        self._failures.setdefault(agent_id.casefold(), deque(maxlen=self.allowed)).append(now)
-
-    def succeeded(self, agent_id: str) -> None:
-        self._failures.pop(agent_id.casefold(), None)
-
-
-# -- helpers -----------------------------------------------------------------------
-
-
-def json_error(error: type[web.HTTPError], key: str, message: str | None = None, **init: Any) -> web.HTTPError:
-    """A Persian error as JSON: the ERRORS entry for key, or the message given; ``init`` as the error class needs."""
-    body = json.dumps({"error": message or ERRORS[key], "code": key}, ensure_ascii=False)
-    return error(text=body, content_type="application/json", **init)
-
-
-SECURITY_HEADERS = {
-    "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                                "media-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'"),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-
-
-def install_sessions(app: web.Application, *, secure_cookies: bool = False) -> None:
-    """The one encrypted session cookie of the console and the agency page; installed once per application."""
-    if app.get(SESSIONS_INSTALLED):
-        return
-    storage = EncryptedCookieStorage(
-        os.urandom(32), cookie_name=SESSION_COOKIE, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="Strict",
-        secure=secure_cookies, path="/")
-    app.middlewares.append(session_middleware(storage))
-    app[SESSIONS_INSTALLED] = True
-
-
-class SessionPages:
-    """Pages behind a login on the shared session cookie: templates, the login form and its throttle, CSRF.
-
-    A subclass is one role: it names the session key that holds who is logged in
-    (``ROLE_HOMES``), its login page and template, and how a login id is read from
-    the form and checked. A login starts a fresh session (no fixation of a
-    pre-login cookie), so one browser holds one role at a time.
-    """
-
-    session_key = ""
-    login_path = ""
-    login_template = ""
-    role = ""  # as the logs name it
-
-    def __init__(self, tz: ZoneInfo) -> None:
-        self.tz = tz
-        self.throttle = LoginThrottle()
-        self.templates = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=jinja2.select_autoescape(["html"]),
-            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-
-    # -- what each role defines ------------------------------------------------------
-
-    def login_id(self, form: Mapping[str, Any]) -> str:
-        """Who is logging in, as the form says it (the throttle counts failures per login id)."""
-        raise NotImplementedError
-
-    def login_fields(self, login_id: str) -> dict[str, Any]:
-        """What the login form shows again after a failure."""
-        raise NotImplementedError
-
-    def verify(self, login_id: str, password: str) -> bool:
-        """Runs in a thread: scrypt takes tens of milliseconds."""
-        raise NotImplementedError
-
-    def known(self, login_id: str) -> bool:
-        raise NotImplementedError
-
-    def landing(self, login_id: str) -> str:
-        raise NotImplementedError
-
-    async def logged_out(self, login_id: str) -> None:
-        """Called when the user logs out, before the session ends."""
-
-    # -- rendering and sessions --------------------------------------------------
-
-    def render(self, name: str, status: int = 200, **context: Any) -> web.Response:
-        html = self.templates.get_template(name).render(**context)
-        return web.Response(text=html, status=status, content_type="text/html", headers=SECURITY_HEADERS)
-
-    def today(self) -> str:
-        return jalali_date_text(time.time(), self.tz)
-
-    async def signed_in(self, request: web.Request) -> tuple[str | None, Session]:
-        """The login id this role keeps in the session, if any."""
-        session = await get_session(request)
-        login_id = session.get(self.session_key)
-        return (login_id if isinstance(login_id, str) else None), session
-
-    def not_signed_in(self, session: Session) -> web.HTTPSeeOther:
-        """Where a page sends a visitor who is not logged in as this role: the home page of the role the
-        session does hold, else this role's login form."""
-        for key, home in ROLE_HOMES.items():
-            if key != self.session_key and isinstance(session.get(key), str):
-                return web.HTTPSeeOther(home)
-        return web.HTTPSeeOther(self.login_path)
-
-    @staticmethod
-    def check_csrf(request: web.Request, session: Session) -> None:
-        """State-changing calls carry the session's CSRF token in a header that a cross-site form cannot set."""
-        token = request.headers.get(CSRF_HEADER, "")
-        expected = session.get("csrf")
-        if not isinstance(expected, str) or not hmac.compare_digest(token, expected):
-            raise json_error(web.HTTPForbidden, "csrf")
-
-    @staticmethod
-    async def json_body(request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise json_error(web.HTTPBadRequest, "bad_request") from None
-        if not isinstance(body, dict):
-            raise json_error(web.HTTPBadRequest, "bad_request")
-        return body
-
-    @staticmethod
-    def text_field(body: Mapping[str, Any], name: str, max_chars: int = 200) -> str:
-        value = body.get(name)
-        if not isinstance(value, str) or len(value) > max_chars:
-            raise json_error(web.HTTPBadRequest, "bad_request")
-        return value.strip()
-
-    # -- login -----------------------------------------------------------------------
-
-    async def login_page(self, request: web.Request) -> web.Response:
-        login_id, session = await self.signed_in(request)
-        if login_id is not None and self.known(login_id):
-            raise web.HTTPSeeOther(self.landing(login_id))
-        return self.login_form(session)
-
-    def login_form(self, session: Session, status: int = 200, error: str | None = None,
-                   login_id: str = "") -> web.Response:
-        token = secrets.token_urlsafe(32)
-        session["login_csrf"] = token
-        return self.render(self.login_template, status=status, csrf=token, error=error,
-                           **self.login_fields(login_id))
-
-    async def login(self, request: web.Request) -> web.Response:
-        session = await get_session(request)
-        form = await request.post()
-        login_id = self.login_id(form)
-        password = str(form.get("password", ""))[:256]
-        expected = session.get("login_csrf")
-        if not isinstance(expected, str) or not hmac.compare_digest(str(form.get("csrf", "")), expected):
-            return self.login_form(session, 400, ERRORS["login_expired"], login_id)
-        now = time.monotonic()
-        # Only known ids are logged: people type passwords into the id field too.
-        shown = repr(login_id) if self.known(login_id) else "an unknown id"
-        if self.throttle.blocked(login_id, now):
-            log.warning("%s login throttled for %s", self.role, shown)
-            return self.login_form(session, 429, ERRORS["login_throttled"], login_id)
-        # scrypt takes tens of milliseconds: keep it off the event loop.
-        verified = bool(login_id) and await asyncio.to_thread(self.verify, login_id, password)
-        if not verified:
-            self.throttle.failed(login_id, now)
-            log.info("%s login failed for %s", self.role, shown)
-            return self.login_form(session, 401, ERRORS["login_failed"], login_id)
-        self.throttle.succeeded(login_id)
-        session = await new_session(request)  # a fresh session: no fixation of a pre-login cookie
-        session[self.session_key] = login_id
-        session["csrf"] = secrets.token_urlsafe(32)
-        log.info("%s login: %s", self.role, login_id)
-        raise web.HTTPSeeOther(self.landing(login_id))
-
-    async def logout(self, request: web.Request) -> web.Response:
-        login_id, session = await self.signed_in(request)
-        form = await request.post()
-        expected = session.get("csrf")
-        if login_id is not None and isinstance(expected, str) and hmac.compare_digest(str(form.get("csrf", "")),
-                                                                                     expected):
-            await self.logged_out(login_id)
-            log.info("%s logout: %s", self.role, login_id)
-            session.invalidate()
-        raise web.HTTPSeeOther(self.login_path)
 
 
 class _Console(SessionPages):
@@ -432,7 +184,7 @@ class _Console(SessionPages):
     async def api_account(self, request: web.Request, *, writes: bool) -> AgentAccount:
         account, session = await self.account(request)
         if account is None:
-            raise json_error(web.HTTPUnauthorized, "not_logged_in")
+            raise page_error(web.HTTPUnauthorized, "not_logged_in", ERRORS)
         if writes:
             self.check_csrf(request, session)
         return account
@@ -440,7 +192,7 @@ class _Console(SessionPages):
     async def supervisor_api(self, request: web.Request) -> AgentAccount:
         account = await self.api_account(request, writes=False)
         if not account.supervisor:
-            raise json_error(web.HTTPForbidden, "not_supervisor")
+            raise page_error(web.HTTPForbidden, "not_supervisor", ERRORS)
         return account
 
     # -- views ---------------------------------------------------------------------
@@ -533,14 +285,14 @@ class _Console(SessionPages):
                 case "pause":
                     reason = body.get("reason", "break")
                     if reason not in PAUSE_CHOICES:
-                        raise json_error(web.HTTPBadRequest, "pause_reason")
+                        raise page_error(web.HTTPBadRequest, "pause_reason", ERRORS)
                     acd.pause(account.id, reason)
                 case _:
-                    raise json_error(web.HTTPNotFound, "bad_request")
+                    raise page_error(web.HTTPNotFound, "bad_request", ERRORS)
         except KeyError:
-            raise json_error(web.HTTPNotFound, "unknown_agent") from None
+            raise page_error(web.HTTPNotFound, "unknown_agent", ERRORS) from None
         except ValueError:
-            raise json_error(web.HTTPConflict, "transition") from None
+            raise page_error(web.HTTPConflict, "transition", ERRORS) from None
         log.info("console: %s %s", account.id, action)
         return web.json_response({"agent": self.agent_view(account.id)})
 
@@ -552,12 +304,12 @@ class _Console(SessionPages):
         category = self.text_field(body, "category")
         summary = self.text_field(body, "summary", SUMMARY_MAX_CHARS)
         if not summary:
-            raise json_error(web.HTTPBadRequest, "empty_summary")
+            raise page_error(web.HTTPBadRequest, "empty_summary", ERRORS)
         override_reason = None
         if body.get("override_reason") is not None:
             override_reason = self.text_field(body, "override_reason", OVERRIDE_REASON_MAX_CHARS)
             if not override_reason:
-                raise json_error(web.HTTPBadRequest, "empty_reason")
+                raise page_error(web.HTTPBadRequest, "empty_reason", ERRORS)
         filed = await self.desk_result(
             self.desk.file_case(account.id, call_key, agency_id, category, summary, override_reason),
             (web.HTTPNotFound, "bad_request"), desk_messages=True)
@@ -570,7 +322,7 @@ class _Console(SessionPages):
         """A tracking code as typed: Persian digits, spaces and dashes allowed; its check digit verified."""
         code = normalize_digits(cls.text_field(body, "tracking_code", 40)).replace(" ", "").replace("-", "")
         if not is_tracking_code(code):
-            raise json_error(web.HTTPBadRequest, "bad_tracking_code")
+            raise page_error(web.HTTPBadRequest, "bad_tracking_code", ERRORS)
         return code
 
     async def attach_case(self, request: web.Request) -> web.Response:
@@ -613,11 +365,12 @@ class _Console(SessionPages):
         try:
             return await desk_call
         except PermissionError:
-            raise json_error(web.HTTPForbidden, forbidden) from None
+            raise page_error(web.HTTPForbidden, forbidden, ERRORS) from None
         except LookupError:
-            raise json_error(*not_found) from None
+            raise page_error(*not_found, ERRORS) from None
         except ValueError as exc:
-            raise json_error(web.HTTPBadRequest, "bad_request", str(exc) if desk_messages else None) from None
+            message = str(exc) if desk_messages else ERRORS["bad_request"]
+            raise json_error(web.HTTPBadRequest, message, code="bad_request") from None
 
     async def recording(self, request: web.Request) -> web.StreamResponse:
         account = await self.api_account(request, writes=False)

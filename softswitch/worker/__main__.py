@@ -1,0 +1,48 @@
+"""A media worker process: ``python -m softswitch.worker --id N ...`` (started by the control process)."""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import logging
+from pathlib import Path
+
+from softswitch.worker.process import Worker
+from softswitch.worker.settings import WorkerSettings
+
+
+def run_worker(settings: WorkerSettings) -> None:
+    """Run one worker until it is told to stop."""
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s worker{settings.worker_id} %(levelname)s %(message)s")
+    # A crash inside the library leaves the Python stacks of every thread in the log.
+    faulthandler.enable(all_threads=True)
+    Worker(settings).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="softswitch media worker (one PJSUA2 endpoint)")
+    parser.add_argument("--id", type=int, required=True)
+    parser.add_argument("--sip-host", default="127.0.0.1")
+    parser.add_argument("--sip-port", type=int, required=True)
+    parser.add_argument("--rtp-port", type=int, required=True)
+    parser.add_argument("--rtp-port-range", type=int, default=2016)
+    parser.add_argument("--control-socket", type=Path, required=True)
+    parser.add_argument("--poll-ms", type=int, default=200)
+    parser.add_argument("--max-calls", type=int, default=1000)
+    parser.add_argument("--recycle-after-calls", type=int, default=0)
+    parser.add_argument("--pjsua-log-level", type=int, default=2)
+    parser.add_argument("--rtp-timeout-s", type=float, default=60.0)
+    parser.add_argument("--session-expires-s", type=int, default=1800)
+    args = parser.parse_args(argv)
+    run_worker(WorkerSettings(
+        worker_id=args.id, sip_host=args.sip_host, sip_port=args.sip_port, rtp_port=args.rtp_port,
+        rtp_port_range=args.rtp_port_range, control_socket=args.control_socket, poll_ms=args.poll_ms,
+        max_calls=args.max_calls, recycle_after_calls=args.recycle_after_calls,
+        pjsua_log_level=args.pjsua_log_level,
+        rtp_timeout_s=args.rtp_timeout_s, session_expires_s=args.session_expires_s,
+    ))
+
+
+if __name__ == "__main__":
+    main()
