@@ -5,14 +5,15 @@ the case's status is told only to its subject or the person who raised it,
 recognised by the national ID confirmed at the start of the call (asked again
 here if it was not confirmed then). An unknown code and a code of someone
 else's case get the same answer, so nothing is disclosed; repeated wrong tries
-from one number are throttled. The answer is played as the agency left it: a
-recorded answer as is, a written one as synthesised speech.
+are throttled per calling number, per trunk source and per tracking code tried.
+The answer is played as the agency left it: a recorded answer as is, a written
+one as synthesised speech.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from ivr.channel import ANY_KEY, CallChannel
 from ivr.menu import INTER_DIGIT_TIMEOUT_S, collect_keys
 from softswitch.config import FollowUpConfig, IvrConfig
 from softswitch.domain.tracking_code import TRACKING_CODE_LENGTH, is_tracking_code
+from storage.errors import StoreError
+from storage.models import CallRecord
 
 log = logging.getLogger("ivr.follow_up")
 
@@ -48,29 +51,70 @@ class FollowUpCases(Protocol):
         ...
 
 
-class FailureThrottle:
-    """Wrong codes or IDs per calling number in a sliding window; in memory, shared by all calls."""
+# A trunk carries many callers, so its source may fail this many times more than one number
+# (or one case) before its follow-ups are refused.
+SOURCE_FAILURE_FACTOR = 10
+# A case's code is refused after this many times as many misses as one number may make: a stranger
+# who has the code (and is throttled after max_failures) must not lock its owner out, while
+# guessing the owner's ID for one code from many numbers is still cut short.
+CASE_FAILURE_FACTOR = 3
 
-    def __init__(self, max_failures: int, window_s: float, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+
+class FailureThrottle:
+    """Wrong codes or IDs in a sliding window; in memory, shared by all calls.
+
+    Counted per calling number, per trunk source and per tracking code tried. The From user
+    is the caller's to choose (or to leave empty), so alone it bounds nothing: the source
+    the call came from (its CDR's, as the control process saw it; ``cdr_of``) is counted
+    too, an empty From user by its source only, and a case's code is counted whoever tries
+    it, so one case cannot be guessed at from many numbers and trunks.
+    """
+
+    def __init__(self, max_failures: int, window_s: float, clock: Callable[[], float] = time.monotonic, *,
+                 cdr_of: Callable[[CallChannel], Awaitable[CallRecord]] | None = None,
+                 source_max_failures: int | None = None) -> None:
         self.max_failures = max_failures
+        self.source_max_failures = (max_failures * SOURCE_FAILURE_FACTOR if source_max_failures is None
+                                    else source_max_failures)
         self.window_s = window_s
         self.clock = clock
+        self.cdr_of = cdr_of
         self._failures: dict[str, collections.deque[float]] = {}
 
-    def _recent(self, number: str) -> collections.deque[float]:
-        times = self._failures.setdefault(number, collections.deque())
+    async def source(self, channel: CallChannel) -> str:
+        """Where the call came from, or "" when that is not known."""
+        if self.cdr_of is None:
+            return ""
+        try:
+            return (await self.cdr_of(channel)).source
+        except StoreError as exc:
+            log.warning("follow-up: the call's source is not known, counted without it: %s", exc)
+            return ""
+
+    def _recent(self, key: str) -> collections.deque[float]:
+        times = self._failures.setdefault(key, collections.deque())
         while times and self.clock() - times[0] > self.window_s:
             times.popleft()
         if not times:
-            del self._failures[number]
+            del self._failures[key]
         return times
 
-    def blocked(self, number: str) -> bool:
-        return len(self._recent(number)) >= self.max_failures
+    def _keys(self, number: str, source: str, code: str | None) -> list[tuple[str, int]]:
+        keys = [(f"number:{number}", self.max_failures)] if number else []
+        if source:
+            keys.append((f"source:{source}", self.source_max_failures))
+        if code:
+            keys.append((f"case:{code}", self.max_failures * CASE_FAILURE_FACTOR))
+        return keys
 
-    def failed(self, number: str) -> None:
-        self._failures.setdefault(number, collections.deque()).append(self.clock())
+    def blocked(self, number: str, source: str = "", code: str | None = None) -> bool:
+        """Whether the number, the source or the code has failed too often in the window."""
+        return any(len(self._recent(key)) >= limit for key, limit in self._keys(number, source, code))
+
+    def failed(self, number: str, source: str = "", code: str | None = None) -> None:
+        now = self.clock()
+        for key, _ in self._keys(number, source, code):
+            self._failures.setdefault(key, collections.deque()).append(now)
 
 
 def status_prompts(prompts: Prompts, case: CaseStatus) -> list[Path]:
@@ -99,7 +143,8 @@ async def follow_up(channel: CallChannel, prompts: Prompts, cases: FollowUpCases
     if national_id is None:
         await channel.play([prompts.path("follow_up_need_id")])
         return "no_id"
-    if caller_number and throttle.blocked(caller_number):
+    source = await throttle.source(channel)
+    if throttle.blocked(caller_number, source):
         await channel.play([prompts.path("follow_up_blocked")])
         return "throttled"
     for _ in range(cfg.code_attempts):
@@ -111,12 +156,18 @@ async def follow_up(channel: CallChannel, prompts: Prompts, cases: FollowUpCases
         if not is_tracking_code(code):
             await channel.play([prompts.path("follow_up_code_invalid")])
             continue
+        if throttle.blocked(caller_number, source, code):
+            # This code has been tried too often (from anywhere): not even looked up, so a
+            # case's ID cannot be guessed at call by call. Any code counts, known or not,
+            # so being refused here says nothing of whether the case exists.
+            await channel.play([prompts.path("follow_up_blocked")])
+            return "throttled"
         case = await cases.status_for(code, national_id)
         if case is None:
             # Unknown code or someone else's case: the same words either way.
-            throttle.failed(caller_number)
+            throttle.failed(caller_number, source, code)
             await channel.play([prompts.path("follow_up_not_found")])
-            if caller_number and throttle.blocked(caller_number):
+            if throttle.blocked(caller_number, source):
                 await channel.play([prompts.path("follow_up_blocked")])
                 return "throttled"
             continue

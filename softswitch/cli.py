@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     creds = sub.add_parser("agent-credentials", help="print an agents.accounts entry for a new agent")
     creds.add_argument("--id", required=True, help="SIP user name and console login, e.g. 1001")
     creds.add_argument("--name", required=True, help="the agent's name as supervisors see it")
-    creds.add_argument("--password", help="read from the terminal when omitted")
+    creds.add_argument("--password", help="the console password; read from the terminal when omitted")
+    creds.add_argument("--sip-password", help="the phone's SIP password (another secret than the console's); "
+                                              "generated and printed once when omitted")
     token = sub.add_parser("api-token", help="print a new HTTP API bearer token and its api_tokens entry")
     token.add_argument("--name", required=True, help="who uses it, e.g. sms-gateway (actor api:<name>)")
     token.add_argument("--channel", choices=CHANNELS, help="may submit cases for this channel (POST /api/cases)")
@@ -54,13 +56,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from media.prompts import PromptError
     from media.recognizer import ModelError
-    from softswitch.control.process import serve
+    from softswitch.control.process import StartRefused, serve
+
+    from storage.errors import StoreDamaged
 
     try:
         serve(config)
-    except (ModelError, PromptError) as exc:
+    except (ModelError, PromptError, StartRefused) as exc:
         print(f"softswitch: cannot start: {exc}", file=sys.stderr)
         return 2
+    except StoreDamaged as exc:
+        print(f"softswitch: cannot start: the case store is damaged ({exc}). Restore the last backup of "
+              f"{config.database_path} (with its -wal file, if any), or move the file aside to keep it for "
+              "recovery and start again with an empty store.", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -76,6 +85,14 @@ def _password(args: argparse.Namespace, who: str) -> str | None:
 
 
 def _agent_credentials(args: argparse.Namespace, realm: str) -> int:
+    """The console password is the agent's; the SIP password is the phone's, a separate secret.
+
+    The phone's is kept in the phone's settings in the clear, and its HA1 in the
+    front's config authenticates as well as it does: one cracked or copied must
+    not open the console (and the other way round).
+    """
+    import secrets
+
     import yaml
 
     from softswitch.web.credentials import hash_password, sip_ha1
@@ -83,8 +100,18 @@ def _agent_credentials(args: argparse.Namespace, realm: str) -> int:
     password = _password(args, "agent")
     if password is None:
         return 2
-    entry = {"id": args.id, "name": args.name, "sip_ha1": sip_ha1(args.id, realm, password),
+    sip_password: str = args.sip_password or secrets.token_urlsafe(12)
+    if len(sip_password) < 8:
+        print("softswitch: a SIP password needs at least 8 characters", file=sys.stderr)
+        return 2
+    if sip_password == password:
+        print("softswitch: the SIP password must not be the console password", file=sys.stderr)
+        return 2
+    entry = {"id": args.id, "name": args.name, "sip_ha1": sip_ha1(args.id, realm, sip_password),
              "console_password": hash_password(password)}
+    if not args.sip_password:
+        print("# The phone's SIP password, shown only now (the config keeps its digest HA1):")
+        print(f"# {sip_password}")
     print(yaml.safe_dump([entry], allow_unicode=True, sort_keys=False), end="")
     return 0
 

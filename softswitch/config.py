@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,43 @@ def port_conflict(sip_port: int, w: WorkersConfig, count: int, rtp_ports_per_wor
 class HttpConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8111, ge=0, le=65535)
+    # HTTPS: a PEM certificate (chain) and its key; relative paths are taken from the working directory.
+    # With them the softswitch serves HTTPS only, and the session cookie is Secure.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Behind a reverse proxy that terminates TLS, the cookie must still be Secure: say so here.
+    secure_cookies: bool = False
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        # Loaded once here so that a missing file or a key that does not match the certificate is one line
+        # of "bad configuration" (also from check-config), not a traceback when the site starts.
+        try:
+            self.ssl_context()
+        except OSError as exc:  # ssl.SSLError is an OSError
+            raise ValueError(f"cannot serve HTTPS with tls_cert_file and tls_key_file: {exc}") from None
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @property
+    def cookies_secure(self) -> bool:
+        """Session cookies carry Secure whenever browsers reach the pages over HTTPS, here or at a proxy."""
+        return self.tls or self.secure_cookies
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (TLS 1.2 or later), or None for plain HTTP; a certificate or key that
+        cannot be read, or that do not match, raises OSError or ssl.SSLError naming the problem."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        return context
 
 
 class IvrConfig(_Section):
@@ -144,6 +182,19 @@ class KamailioConfig(_Section):
     # the next: a dead worker is also noticed by the 1 s probes, and a busy one
     # answering late must not have its call offered to a second worker as well.
     failover_timeout_ms: int = Field(3000, ge=100)
+    # Floods: a source sending more than flood_requests requests (REGISTERs aside)
+    # in flood_window_s is dropped for flood_block_s. Media workers are never
+    # counted; trunks (sip.trunk_allow) count against trunk_flood_requests, 0 for
+    # no limit: a trunk carries every caller, and call slots bound what it takes.
+    flood_window_s: int = Field(2, ge=1)
+    flood_requests: int = Field(50, ge=1)
+    trunk_flood_requests: int = Field(0, ge=0)
+    flood_block_s: int = Field(60, ge=1)
+    # REGISTER guessing: this many failed authentications from one source, none
+    # further apart than register_failure_window_s, drop its REGISTERs for register_block_s.
+    register_failures: int = Field(10, ge=1)
+    register_failure_window_s: int = Field(300, ge=1)
+    register_block_s: int = Field(300, ge=1)
 
     _template_in_project = field_validator("template")(_in_project)
 
@@ -274,6 +325,16 @@ class SecurityConfig(_Section):
     id_key_file: Path = Path("keys/national_id.json")
 
 
+class HealthConfig(_Section):
+    """When the switch stops taking new calls because it could not keep them: the trunks get 503 and
+    fail over, calls in progress go on. Checked every ``check_interval_s``."""
+
+    # Free space under the data and recordings directories below this: a new call's message
+    # and case might not be written. Recordings in progress keep the rest.
+    min_free_mb: float = Field(256.0, ge=0)
+    check_interval_s: float = Field(2.0, gt=0)
+
+
 class Config(_Section):
     data_dir: Path = Path("var")
     database: Path = Path("softswitch.db")
@@ -287,6 +348,7 @@ class Config(_Section):
     recognizer: RecognizerConfig = RecognizerConfig()
     kamailio: KamailioConfig = KamailioConfig()
     security: SecurityConfig = SecurityConfig()
+    health: HealthConfig = HealthConfig()
     office_hours: OfficeHoursConfig = OfficeHoursConfig()
     agents: AgentsConfig = AgentsConfig()
     queue: QueueConfig = QueueConfig()

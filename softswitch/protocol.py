@@ -216,10 +216,18 @@ class Drain(Command):
     TYPE = "drain"
 
 
+@dataclass(frozen=True)
+class Admit(Command):
+    """Take new calls (``accept``) or refuse them with 503 until told again: the control process's
+    answer to a full disk or a failing store, so that trunks fail over. Calls in progress go on."""
+    TYPE = "admit"
+    accept: bool
+
+
 EVENTS: dict[str, type[Event]] = {c.TYPE: c for c in (
     Hello, Capacity, Incoming, Refused, Ringing, Answered, Dtmf, PlayDone, RecordDone, Hangup, Error)}
 COMMANDS: dict[str, type[Command]] = {c.TYPE: c for c in (
-    Answer, Reject, Play, StopPlay, Record, StopRecord, HangupCall, Dial, Bridge, Drain)}
+    Answer, Reject, Play, StopPlay, Record, StopRecord, HangupCall, Dial, Bridge, Drain, Admit)}
 
 M = TypeVar("M", bound=Message)
 

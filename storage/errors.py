@@ -15,3 +15,7 @@ class Conflict(StoreError):
 
 class StorageFull(StoreError):
     """SQLite reported that the database or the disk is full; the cause is chained."""
+
+
+class StoreDamaged(StoreError):
+    """The database file is not a database, or SQLite's integrity check found damage."""

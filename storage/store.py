@@ -3,10 +3,11 @@
 import asyncio
 import hmac
 import json
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import aiosqlite
 from softswitch.domain.cases import CASE_STATUSES, ID_STATUSES, arrival_status
 from softswitch.domain.tracking_code import new_tracking_code
 from storage.crypto import IdProtector
-from storage.errors import Conflict, NotFound, StorageFull, StoreError
+from storage.errors import Conflict, NotFound, StorageFull, StoreDamaged, StoreError
 from storage.migrations import migrate
 from storage.models import CallRecord, Case, CaseEvent, IntakeResult, PersonId, Recording
 
@@ -230,6 +231,12 @@ class Store:
             f"SELECT {_CALL_COLUMNS} FROM calls WHERE ended_at IS NULL ORDER BY id"
         )
         return [_call_from_row(row) for row in rows]
+
+    async def probe(self) -> None:
+        """A read of the newest row: raises (StoreError or sqlite3.Error) when the database cannot be read."""
+        with _translate_errors():
+            async with self._db.execute("SELECT id FROM calls ORDER BY id DESC LIMIT 1") as cursor:
+                await cursor.fetchall()
 
     async def open_call_case(self, call_id: int, subject: PersonId, caller: PersonId | None = None, *,
                              complete: bool = True, actor: str = "ivr") -> Case:
@@ -585,15 +592,45 @@ async def open_store(path: Path, protector: IdProtector) -> AsyncIterator[Store]
     # migrations can manage their own BEGIN IMMEDIATE transactions. In WAL mode
     # synchronous=NORMAL survives a process crash; a power cut may lose the
     # last commits.
+    _private_files(path)
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
         db.row_factory = sqlite3.Row
-        with _translate_errors():
-            await _configure(db)
-            await migrate(db)
+        try:
+            with _translate_errors():
+                await _configure(db)
+                await _check_integrity(db, path)
+                await migrate(db)
+        except sqlite3.DatabaseError as exc:
+            # "file is not a database", "database disk image is malformed": say which file.
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise StoreDamaged(f"{path}: {exc}") from exc
+            raise
+        _private_files(path)
         yield Store(db, protector)
     finally:
         await db.close()
+
+
+def _private_files(path: Path) -> None:
+    """The database and its WAL and shared-memory files are the operator's only (0600): they hold
+    encrypted IDs, hashes and everyone's cases. Created so when missing, tightened when found open."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file == path and not file.exists():
+            os.close(os.open(file, os.O_CREAT | os.O_WRONLY, 0o600))
+        with suppress(FileNotFoundError):
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+
+
+async def _check_integrity(db: aiosqlite.Connection, path: Path) -> None:
+    """SQLite's quick check of every page at start: a damaged store is refused before it takes calls,
+    not found out when a case cannot be written. Linear in the file's size (~1 s per GB)."""
+    async with db.execute("PRAGMA quick_check") as cursor:
+        problems = [str(row[0]) for row in await cursor.fetchall()]
+    if problems != ["ok"]:
+        raise StoreDamaged(f"{path}: integrity check failed: {'; '.join(problems[:3])}")
 
 
 def _default_status(national_id: str | None, id_source: str) -> str:

@@ -24,6 +24,8 @@ from softswitch.config import Agency, AgentAccount, Config
 from softswitch.domain.acd import Acd
 from softswitch.domain.cases import UNFILED_STATUSES, FiledCase, duplicate_window_s
 from softswitch.domain.fanout import Fanout
+from softswitch.domain.text import clean_text
+from softswitch.web.console import ReasonRequired
 from softswitch.web.credentials import verify_password
 from storage.errors import NotFound
 from storage.models import Case, PersonId
@@ -171,10 +173,11 @@ class ControlDesk:
         self._check_agency(agency_id)
         if category not in self.categories:
             raise ValueError("دسته‌بندی معتبر نیست.")
-        summary = summary.strip()
+        # What the agent types is kept and shown to others: no bidi or other control characters.
+        summary = clean_text(summary).strip()
         if not summary:
             raise ValueError("خلاصه درخواست را بنویسید.")
-        reason = None if override_reason is None else override_reason.strip()
+        reason = None if override_reason is None else clean_text(override_reason).strip()
         if reason == "":
             raise ValueError("دلیل ثبت جداگانه را بنویسید.")
         actor = f"agent:{agent_id}"
@@ -221,17 +224,32 @@ class ControlDesk:
         self._publish(agent_id, {"type": "case_referred", "tracking_code": case.tracking_code, "agency": agency_id})
         return case.tracking_code
 
-    async def attach_case(self, agent_id: str, call_key: str, tracking_code: str) -> str:
+    async def attach_case(self, agent_id: str, call_key: str, tracking_code: str, reason: str | None = None) -> str:
+        """Attach the call to a case of the caller's or the subject's; any other case only with ``reason``.
+
+        A code alone would let an agent put a call (and its recordings) into any citizen's
+        case and then refer it, so a case neither person owns (``Store.person_matches``)
+        needs a reason, kept in its history as ``attach_override``; without one, ReasonRequired.
+        """
         call = self._agents_call(agent_id, call_key)
         if call.case is not None:
             raise ValueError("برای این تماس پرونده ثبت شده است.")
+        reason = clean_text(reason).strip() if reason is not None else ""
         try:
             case = await self.store.get_case(tracking_code.strip())
         except NotFound:
             raise LookupError("پرونده‌ای با این کد پیگیری نیست.") from None
+        owned = await self._owned_by_the_call(call, case)
+        if not owned and not reason:
+            raise ReasonRequired("این پرونده به تماس‌گیرنده یا شخص موضوع درخواست تعلق ندارد؛ دلیل پیوست را بنویسید.")
+        actor = f"agent:{agent_id}"
         call.case = case
         await self.store.attach_recordings(call.call_id, case.id)
-        await self.store.add_case_event(case.id, f"agent:{agent_id}", "contact", call_id=call.call_id)
+        await self.store.add_case_event(case.id, actor, "contact", call_id=call.call_id)
+        if not owned:
+            await self.store.add_case_event(case.id, actor, "attach_override", call_id=call.call_id, reason=reason)
+            log.info("desk: %s attached call %s to case %s of another person, with a reason",
+                     agent_id, call.call_id, case.tracking_code)
         self._publish(agent_id, {"type": "case_filed", "call_key": call_key, "tracking_code": case.tracking_code})
         return case.tracking_code
 
@@ -269,6 +287,14 @@ class ControlDesk:
         if call is None or call.key != call_key:
             raise PermissionError("این تماس به شما واگذار نشده است.")
         return call
+
+    async def _owned_by_the_call(self, call: DeskCall, case: Case) -> bool:
+        """Whether the call's caller or subject is the case's subject or the one who asked for them."""
+        for person in (call.session.caller, call.session.subject):
+            if person is not None and person.national_id and await self.store.person_matches(case.id,
+                                                                                            person.national_id):
+                return True
+        return False
 
     def _check_agency(self, agency_id: str) -> None:
         if agency_id not in {a.id for a in self.agencies}:

@@ -6,7 +6,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import shutil
 import signal
+import socket
+import sqlite3
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -21,20 +25,21 @@ from ivr.live import LiveService
 from media.prompts import PromptLibrary
 from media.recognizer import AsyncRecognizer, load_recognizer
 from media.synth import load_synthesizer
+from media.wavfile import repair_wav
 from softswitch import protocol
 from softswitch.config import Config, load_prompt_texts
 from softswitch.control import sipfront
 from softswitch.control.calls import ControlCall, WorkerLink
 from softswitch.control.capacity import WorkerPlan, plan_workers
 from softswitch.control.desk import ControlDesk
-from softswitch.control.processes import ExecChild, ProcessSupervisor, worker_command
-from softswitch.control.routing import Accept, CallFacts, caller_number, route
+from softswitch.control.processes import ExecChild, ProcessSupervisor, stop_leftovers, worker_command
+from softswitch.control.routing import Accept, CallFacts, Reject, caller_number, route
 from softswitch.domain.acd import Acd
 from softswitch.domain.office_hours import OfficeHours
 from softswitch.worker.engine import EngineInfo, probe
 from softswitch.worker.settings import WorkerSettings
 from storage.crypto import IdProtector
-from storage.errors import NotFound
+from storage.errors import NotFound, StoreError
 from storage.models import PersonId
 from storage.store import Store, open_store
 
@@ -79,17 +84,20 @@ class Softswitch:
         self.config = config
         self.links: list[WorkerLink] = []
         self.flows: set[asyncio.Task[None]] = set()
-        self.children = ProcessSupervisor(config.workers.restart_backoff_s)
         self.draining = False
         # Workers that have said hello at least once, and whether the front has had
         # them all in service once: until then the switch is starting.
         self.greeted: set[int] = set()
         self.started = False
+        # What keeps the switch from keeping a new call (a full disk, a failing store): while
+        # there is any, workers refuse new calls with 503 and health says degraded.
+        self.troubles: list[str] = []
         # Known once the engine has been asked what it holds (the first thing run() does).
         self.engine: EngineInfo | None = None
         self.plan: WorkerPlan | None = None
         self.stopped = asyncio.Event()
         self.run_dir = config.under_data(Path("run"))
+        self.children = ProcessSupervisor(config.workers.restart_backoff_s, pid_dir=self.run_dir)
         self.front = sipfront.FrontRpc(self.run_dir / "kamailio")
         self.recognizer: AsyncRecognizer | None = None
         # Agencies are named in follow-up answers: their names are prompts too.
@@ -104,6 +112,11 @@ class Softswitch:
         for directory in (cfg.data_dir, cfg.recordings_path, self.run_dir):
             directory.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
+        # A crashed run's front and workers are still running (own sessions) and hold the ports.
+        await loop.run_in_executor(None, stop_leftovers, self.run_dir)
+        _require_free_udp_port(cfg.sip.listen, cfg.sip.port)
+        _require_short_socket_paths(cfg.control_socket.absolute(),
+                                    sipfront.rpc_socket(self.run_dir / "kamailio").absolute())
         self.engine = engine = await loop.run_in_executor(None, probe)
         self.plan = plan = plan_workers(cfg.workers, engine, sip_port=cfg.sip.port, agents=len(cfg.agents.accounts))
         log.info("engine pjsua2 %s holds %d calls per process: %d workers x %d calls, the front sends each %d",
@@ -119,8 +132,10 @@ class Softswitch:
             self.acd = Acd(cfg.agents, cfg.queue)
             self.desk = ControlDesk(cfg, store, self.acd, self.prompts)
             self.live = self._live_mode()
-            self.follow_up = FollowUp(StoreFollowUp(store), cfg.follow_up,
-                                      FailureThrottle(cfg.follow_up.max_failures, cfg.follow_up.failure_window_s))
+            # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.
+            self.follow_up = FollowUp(StoreFollowUp(store), cfg.follow_up, FailureThrottle(
+                cfg.follow_up.max_failures, cfg.follow_up.failure_window_s,
+                cdr_of=lambda channel: store.get_call(channel.call_id if isinstance(channel, ControlCall) else 0)))
             socket_path = cfg.control_socket
             socket_path.unlink(missing_ok=True)
             server = await asyncio.start_unix_server(self._serve_worker, path=str(socket_path))
@@ -129,10 +144,12 @@ class Softswitch:
                 loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.drain()))
             self._start_children(plan)
             watch = asyncio.create_task(self._watch_registrations()) if cfg.agents.accounts else None
+            health_watch = asyncio.create_task(self._watch_health())
             log.info("softswitch up: SIP %s:%d, HTTP %s:%d, %d workers", cfg.sip.listen, cfg.sip.port,
                      cfg.http.host, runner.addresses[0][1] if runner.addresses else cfg.http.port,
                      plan.count)
             await self.stopped.wait()
+            health_watch.cancel()
             if watch is not None:
                 watch.cancel()
             server.close()
@@ -155,14 +172,16 @@ class Softswitch:
         w = cfg.workers
         kamailio_dir = self.run_dir / "kamailio"
         argv = sipfront.command(cfg, sipfront.render(cfg, plan, kamailio_dir), kamailio_dir)
-        self.children.add("kamailio", lambda: ExecChild.start(argv))
+        self.children.add("kamailio", lambda: ExecChild.start(argv), marker=str(kamailio_dir))
         for i, port in enumerate(sipfront.worker_sip_ports(cfg, plan)):
             settings = WorkerSettings(
                 worker_id=i, sip_host=w.host, sip_port=port, rtp_port=w.rtp_base_port + i * plan.rtp_ports_per_worker,
                 rtp_port_range=plan.rtp_ports_per_worker, control_socket=cfg.control_socket, poll_ms=w.poll_ms,
                 max_calls=plan.max_calls, recycle_after_calls=plan.recycle_after_calls,
-                rtp_timeout_s=cfg.sip.rtp_timeout_s, session_expires_s=cfg.sip.session_expires_s)
-            self.children.add(f"worker{i}", functools.partial(ExecChild.start, worker_command(settings)))
+                rtp_timeout_s=cfg.sip.rtp_timeout_s, session_expires_s=cfg.sip.session_expires_s,
+                front=sip_address(cfg.sip.listen, cfg.sip.port))
+            self.children.add(f"worker{i}", functools.partial(ExecChild.start, worker_command(settings)),
+                              marker=f"--control-socket {cfg.control_socket} ")
 
     async def drain(self) -> None:
         """Stop taking calls, let running ones finish (bounded), keep every recording, then stop."""
@@ -184,8 +203,33 @@ class Softswitch:
         self.stopped.set()
 
     async def _close_orphaned_calls(self) -> None:
-        """Calls left open by a previous crash of the control process: close their CDRs."""
+        """Calls left open by a crash of the control process. Their workers ended them, but the tapes are
+        on disk: each is finished and kept with its CDR, a message cut short becomes a case (without an
+        ID: that was in the lost process's memory; a spoken ID's tape goes with it), as after a worker
+        loss, and the CDR is closed as interrupted."""
+        loop = asyncio.get_running_loop()
         for call in await self.store.unfinished_calls():
+            stored = {r.path for r in await self.store.recordings_for_call(call.id)}
+            kinds = set()
+            # ControlCall names them recordings/<yyyy/mm/dd>/call<CDR id>-<recording>-<kind>.wav.
+            for path in sorted(self.config.recordings_path.glob(f"**/call{call.id}-*-*.wav")):
+                kind = path.stem.split("-", 2)[2]
+                kinds.add(kind)
+                if str(path) in stored:
+                    continue
+                try:
+                    info = await loop.run_in_executor(None, repair_wav, path)
+                except (OSError, ValueError) as exc:
+                    log.error("call %d: recording %s cannot be read: %s", call.id, path, exc)
+                    continue
+                await self.store.add_recording(call.id, None, kind, str(path), info.duration_s, info.sha256,
+                                               complete=False)
+            if "message" in kinds and await self.store.case_for_call(call.id) is None:
+                spoken = "national_id_utterance" in kinds
+                subject = PersonId(None, "speech" if spoken else "none", "to_transcribe" if spoken else "none")
+                case = await self.store.open_call_case(call.id, subject, complete=False, actor="recovery")
+                await self.store.attach_recordings(call.id, case.id)
+                log.warning("call %d: its message, cut by a crash, is case ...%s", call.id, case.tracking_code[-3:])
             await self.store.end_call(call.id, time.time(), "interrupted", call.ivr_path)
 
     # -- workers -----------------------------------------------------------
@@ -227,6 +271,41 @@ class Softswitch:
                 failing = True
             await asyncio.sleep(self.config.agents.registration_poll_s)
 
+    async def _watch_health(self) -> None:
+        """Stop taking calls the switch could not keep, loudly; take them again once it can."""
+        cfg = self.config.health
+        while True:
+            troubles = await self._check_resources()
+            if troubles != self.troubles:
+                if troubles:
+                    log.error("not taking new calls (503 to the trunks): %s", "; ".join(troubles))
+                else:
+                    log.warning("taking new calls again")
+                if bool(troubles) != bool(self.troubles):
+                    for link in self.links:
+                        if link.worker_id is not None:
+                            link.send(protocol.Admit(accept=not troubles))
+                self.troubles = troubles
+            await asyncio.sleep(cfg.check_interval_s)
+
+    async def _check_resources(self) -> list[str]:
+        cfg = self.config
+        troubles = []
+        for what, directory in (("data", cfg.data_dir), ("recordings", cfg.recordings_path)):
+            try:
+                free_mb = shutil.disk_usage(directory).free / 2**20
+            except OSError as exc:
+                troubles.append(f"{what} directory {directory}: {exc.strerror}")
+                continue
+            if free_mb < cfg.health.min_free_mb:
+                troubles.append(f"{what} directory {directory}: {free_mb:.0f} MiB free, "
+                                f"below health.min_free_mb {cfg.health.min_free_mb:g}")
+        try:
+            await self.store.probe()
+        except (StoreError, sqlite3.Error) as exc:
+            troubles.append(f"case store: {exc}")
+        return sorted(set(troubles))
+
     async def _take_out(self, worker_id: int) -> None:
         try:
             await self.front.take_out(sipfront.worker_uri(self.config, worker_id))
@@ -240,6 +319,8 @@ class Softswitch:
                 self.greeted.add(worker_id)
                 if self.draining:
                     link.send(protocol.Drain())
+                elif self.troubles:
+                    link.send(protocol.Admit(accept=False))
             case protocol.Capacity(max_calls=max_calls):
                 link.max_calls = max_calls
                 log.info("worker %s holds at most %d calls", link.worker_id, max_calls)
@@ -272,11 +353,19 @@ class Softswitch:
     async def _handle_call(self, link: WorkerLink, event: protocol.Incoming) -> None:
         handle = event.call
         facts = CallFacts(to_uri=event.request_uri or event.to_uri, from_uri=event.from_uri, source=event.source)
-        call_id = await self.store.add_call(event.sip_call_id, facts.from_uri, event.to_uri, facts.source,
-                                            link.worker_id, time.time())
+        try:
+            call_id = await self.store.add_call(event.sip_call_id, facts.from_uri, event.to_uri, facts.source,
+                                                link.worker_id, time.time())
+        except StoreError as exc:
+            # No CDR can be written, so neither could its case: the trunk tries elsewhere.
+            log.error("%s: refused 503, the store cannot take the call: %s", handle, exc)
+            link.send(protocol.Reject(handle, 503))
+            return
         call = ControlCall(link, handle, call_id, self.config.recordings_path)
         link.calls[handle] = call
         destination = route(facts, self.config.sip.service_number, self.config.sip.trunk_allow)
+        if self.troubles and isinstance(destination, Accept):
+            destination = Reject(503, "not taking calls")  # came in before the workers were told
         if not isinstance(destination, Accept):
             link.send(protocol.Reject(handle, destination.status_code))
             await call.ended_event.wait()
@@ -308,7 +397,9 @@ class Softswitch:
 
         runner = web.AppRunner(build_app(self), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.http.host, self.config.http.port)
+        # HTTPS when the config names a certificate (the cookies are then Secure, see build_app).
+        site = web.TCPSite(runner, self.config.http.host, self.config.http.port,
+                           ssl_context=self.config.http.ssl_context())
         await site.start()
         return runner
 
@@ -332,9 +423,10 @@ class Softswitch:
         elif not self.started:
             status = "starting"
         else:
-            status = "ok" if complete else "degraded"
+            status = "ok" if complete and not self.troubles else "degraded"
         return {
             "status": status,
+            "problems": list(self.troubles),
             "active_calls": sum(len(link.calls) for link in self.links),
             "engine": {"version": engine.version, "max_calls": engine.max_calls} if engine else None,
             "front": "up" if in_service is not None else "down",
@@ -357,7 +449,43 @@ def _disposition(call: ControlCall, session: Session) -> str:
     return "completed"
 
 
+def sip_address(host: str, port: int) -> str:
+    """host:port as PJSIP writes a packet's source (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class StartRefused(RuntimeError):
+    """Something the service needs at start is not there (a free SIP port, a usable socket path)."""
+
+
+# A Unix socket's path must fit sockaddr_un.sun_path (108 bytes on Linux, the NUL included).
+UNIX_PATH_MAX = 107
+
+
+def _require_short_socket_paths(*paths: Path) -> None:
+    """Kamailio cannot open its RPC socket on a longer path and would be restarted in a loop: say so."""
+    for path in paths:
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            raise StartRefused(f"the socket path {path} is {len(os.fsencode(path))} bytes, over the "
+                               f"{UNIX_PATH_MAX} a Unix socket may have: choose a shorter data_dir")
+
+
+def _require_free_udp_port(host: str, port: int) -> None:
+    """Kamailio binds with SO_REUSEADDR, so a second front (or another program) on the same UDP port would
+    start without an error and split the traffic: refuse to start instead, naming the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise StartRefused(f"the SIP port {host}:{port} is taken by another process ({exc.strerror}); "
+                            f"find it with `ss -ulpn 'sport = :{port}'`") from None
+
+
 def serve(config: Config) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s control %(levelname)s %(name)s: %(message)s")
+    # Everything this process and its children write (the store, recordings, the front's config,
+    # logs) is personal data or evidence: for the service's own user only.
+    os.umask(0o077)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(Softswitch(config).run())

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Awaitable, Callable, Protocol
 
 from softswitch.worker.settings import WorkerSettings
@@ -33,7 +38,7 @@ def worker_command(settings: WorkerSettings) -> list[str]:
             "--control-socket", str(settings.control_socket), "--poll-ms", str(settings.poll_ms),
             "--max-calls", str(settings.max_calls), "--recycle-after-calls", str(settings.recycle_after_calls),
             "--rtp-timeout-s", str(settings.rtp_timeout_s), "--session-expires-s", str(settings.session_expires_s),
-            "--pjsua-log-level", str(settings.pjsua_log_level)]
+            "--pjsua-log-level", str(settings.pjsua_log_level), "--front", settings.front]
 
 
 class ExecChild:
@@ -67,27 +72,37 @@ class ExecChild:
 class Supervised:
     name: str
     start: Callable[[], Awaitable[Child]]
+    marker: str = ""  # a word of its command line that only this run's child has (a path of its own)
     child: Child | None = None
     restarts: int = 0
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ProcessSupervisor:
-    def __init__(self, restart_backoff_s: float) -> None:
+    """Keeps the children running; each child's pid is kept in ``pid_dir/<name>.pid`` while it runs, so that
+    after a crash of this process the next start finds and stops them (``stop_leftovers``)."""
+
+    def __init__(self, restart_backoff_s: float, pid_dir: Path | None = None) -> None:
         self.restart_backoff_s = restart_backoff_s
+        self.pid_dir = pid_dir
         self.children: dict[str, Supervised] = {}
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
-    def add(self, name: str, start: Callable[[], Awaitable[Child]]) -> None:
-        supervised = Supervised(name, start)
+    def add(self, name: str, start: Callable[[], Awaitable[Child]], marker: str = "") -> None:
+        supervised = Supervised(name, start, marker)
         self.children[name] = supervised
         self._tasks.append(asyncio.create_task(self._keep_running(supervised)))
 
     async def _keep_running(self, supervised: Supervised) -> None:
         while not self.stopping:
             supervised.child = await supervised.start()
+            pid_file = self._pid_file(supervised.name)
+            if pid_file is not None and supervised.child.pid is not None:
+                pid_file.write_text(f"{supervised.child.pid}\n{supervised.marker}\n")
             code = await supervised.child.wait()
+            if pid_file is not None:
+                pid_file.unlink(missing_ok=True)
             if self.stopping:
                 break
             supervised.restarts += 1
@@ -115,5 +130,50 @@ class ProcessSupervisor:
         if late:
             await asyncio.wait(late)
 
+    def _pid_file(self, name: str) -> Path | None:
+        return None if self.pid_dir is None else self.pid_dir / f"{name}.pid"
+
     def restarts(self) -> dict[str, int]:
         return {name: s.restarts for name, s in self.children.items() if s.restarts}
+
+
+def stop_leftovers(pid_dir: Path, timeout_s: float = 10.0) -> list[int]:
+    """Stop the children a crashed run left behind (they run in sessions of their own and outlive it).
+
+    A pid file holds the pid and a marker (a path of that child's own); its process is stopped
+    only if its command line still holds the marker, so a pid reused since by another program is
+    left alone. SIGTERM, then SIGKILL after ``timeout_s``. Returns the pids stopped.
+    """
+    found = []
+    for pid_file in sorted(pid_dir.glob("*.pid")):
+        with contextlib.suppress(ValueError, IndexError, OSError):
+            pid_text, marker = pid_file.read_text().splitlines()[:2]
+            pid = int(pid_text)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if marker and marker in cmdline:
+                log.warning("stopping %s (pid %d) left running by an earlier run", pid_file.stem, pid)
+                os.kill(pid, signal.SIGTERM)
+                found.append(pid)
+        pid_file.unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout_s
+    for pid in found:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            log.error("pid %d did not stop in %.0fs; killing it", pid, timeout_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A child of ours that has exited but not been reaped is a zombie: gone for our purpose.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    return False

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import os
+import secrets
 import socket
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def render(config: Config, plan: WorkerPlan, run_dir: Path, debug: int = 1) -> P
     calls the front may send it (``plan.dispatch_limit``): Kamailio sends a new
     call to the least loaded worker and refuses it itself when all are full.
     The cfg holds the agents' HA1s (which authenticate as well as the password
-    does), so it is readable by its owner only.
+    does) and the key that signs its Record-Routes, so it is readable by its owner only.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     dispatcher_list = run_dir / "dispatcher.list"
@@ -55,11 +56,27 @@ def render(config: Config, plan: WorkerPlan, run_dir: Path, debug: int = 1) -> P
         realm=agents.realm, agents=agents.accounts, registration_expires_s=agents.registration_expires_s,
         min_expires_s=min(60, agents.registration_expires_s), retry_after_s=RETRY_AFTER_S,
         keepalive_interval_s=agents.keepalive_interval_s, keepalive_timeout_s=agents.keepalive_timeout_s,
+        limits=config.kamailio, trunks=",".join(config.sip.trunk_allow), rr_secret=route_key(run_dir),
+        # Unknown users are checked against this: no password has it, and it changes with every start.
+        unknown_ha1=secrets.token_hex(16),
         # Call-load slots: a few calls per slot for the most the workers can hold.
         load_hash_bits=max(4, (plan.count * plan.dispatch_limit // 8).bit_length()))
     cfg = run_dir / "kamailio.cfg"
     _write_private(cfg, text)
     return cfg
+
+
+def route_key(run_dir: Path) -> str:
+    """The key that signs the front's Record-Routes, kept in run_dir: a restarted front still relays its dialogs."""
+    path = run_dir / "route.key"
+    try:
+        key = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        key = ""
+    if len(key) != 32 or any(c not in "0123456789abcdef" for c in key):
+        key = secrets.token_hex(16)
+        _write_private(path, key + "\n")
+    return key
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -27,10 +27,12 @@ from zoneinfo import ZoneInfo
 from aiohttp import BodyPartReader, web
 from aiohttp_session import Session
 
-from media.synth import AudioTooLong, SynthesisError, Synthesizer, convert_to_telephone_wav
+from media.synth import (MAX_INPUT_CHANNELS, MAX_INPUT_RATE, MIN_INPUT_RATE, AudioTooLong, AudioUnsupported,
+                         SynthesisError, Synthesizer, convert_to_telephone_wav)
 from softswitch.config import Agency, AgencyUser
 from softswitch.domain.cases import AGENCY_STATUSES, STATUS_LABELS, STATUS_ORDER
 from softswitch.domain.persian import jalali_datetime, persian_digits
+from softswitch.domain.text import clean_text
 from softswitch.domain.tracking_code import is_tracking_code
 from softswitch.web.credentials import verify_password
 from softswitch.web.responses import SECURITY_HEADERS
@@ -101,6 +103,9 @@ AGENCY_ERRORS = {
     "upload_too_large": f"فایل صوتی حداکثر {persian_digits(UPLOAD_MAX_BYTES // (1024 * 1024))} مگابایت است.",
     "audio_too_long": f"پاسخ صوتی حداکثر {persian_digits(int(ANSWER_MAX_S // 60))} دقیقه است.",
     "bad_audio": "این فایل صوتی خوانده نشد. فایلی با قالب WAV، FLAC یا OGG بفرستید.",
+    "audio_format": (f"فایل صوتی باید نرخ نمونه‌برداری {persian_digits(MIN_INPUT_RATE // 1000)} تا "
+                     f"{persian_digits(MAX_INPUT_RATE // 1000)} کیلوهرتز و حداکثر "
+                     f"{persian_digits(MAX_INPUT_CHANNELS)} کانال داشته باشد."),
     "synthesis_failed": "تبدیل متن به گفتار انجام نشد. دوباره تلاش کنید.",
     "bad_status": "این وضعیت مجاز نیست.",
     "status_backward": "وضعیت پرونده فقط رو به جلو تغییر می‌کند.",
@@ -365,6 +370,9 @@ class _AgencyPages(SessionPages):
                                             timeout_s=CONVERT_TIMEOUT_S)
                 except AudioTooLong:
                     raise page_error(web.HTTPBadRequest, "audio_too_long", AGENCY_ERRORS) from None
+                except AudioUnsupported as exc:
+                    log.info("agency: an uploaded answer to %s was refused: %s", case.tracking_code, exc)
+                    raise page_error(web.HTTPBadRequest, "audio_format", AGENCY_ERRORS) from None
                 except SynthesisError as exc:
                     log.info("agency: an uploaded answer to %s was refused: %s", case.tracking_code, exc)
                     raise page_error(web.HTTPBadRequest, "bad_audio", AGENCY_ERRORS) from None
@@ -392,7 +400,8 @@ class _AgencyPages(SessionPages):
                     mode = (await _read_text(part, 16)).strip()
                 case "text":
                     raw = await _read_text(part, ANSWER_TEXT_MAX_CHARS * 4 + 64)
-                    text = raw.replace("\r\n", "\n").strip()
+                    # Kept and read back to the caller: no bidi or other control characters.
+                    text = clean_text(raw).strip()
                     if len(text) > ANSWER_TEXT_MAX_CHARS:
                         raise page_error(web.HTTPBadRequest, "answer_too_long", AGENCY_ERRORS)
                 case "audio":

@@ -7,6 +7,7 @@ serves is the store, the config, the agents' desk and the synthesiser.
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -16,6 +17,8 @@ from softswitch.config import Config
 from softswitch.web.agency import AgencyServices, add_agency_routes
 from softswitch.web.console import Desk, add_console_routes
 from softswitch.web.intake import add_intake_routes
+from softswitch.web.responses import json_error
+from storage.errors import StorageFull, StoreDamaged
 from storage.store import Store
 
 
@@ -38,22 +41,38 @@ class Service(Protocol):
 
 
 SERVICE = web.AppKey("service", Service)
+RETRY_AFTER_S = 30
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def build_app(service: Service) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[store_unavailable])
     app[SERVICE] = service
     app.router.add_get("/api/health", health)
     timezone = service.config.office_hours.timezone
-    add_console_routes(app, service.desk, timezone=timezone)
+    secure = service.config.http.cookies_secure  # served over HTTPS, here or by a TLS-terminating proxy
+    add_console_routes(app, service.desk, timezone=timezone, secure_cookies=secure)
     add_intake_routes(app, service.store, service.config)
     add_agency_routes(app, AgencyServices(service.store, service.config.agencies, service.synthesizer,
                                           service.config.under_data(Path("answers"))),
-                      timezone=timezone)
+                      timezone=timezone, secure_cookies=secure)
     return app
 
 
+@web.middleware
+async def store_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A full disk or a damaged store is the service's trouble, not a bug: 503 with Retry-After, so a
+    client tries again later or elsewhere, and nothing half-written is claimed as done."""
+    try:
+        return await handler(request)
+    except (StorageFull, StoreDamaged) as exc:
+        raise json_error(web.HTTPServiceUnavailable, f"the case store cannot take this now: {type(exc).__name__}",
+                         headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+
+
 async def health(request: web.Request) -> web.Response:
-    # A load balancer or a trunk's health check sends no traffic while starting or draining.
+    # A load balancer or a trunk's health check sends no traffic while starting, draining, or
+    # refusing calls for a problem it names (a full disk, a failing store).
     body = await request.app[SERVICE].health()
-    return web.json_response(body, status=503 if body["status"] in ("starting", "draining") else 200)
+    refusing = body["status"] in ("starting", "draining") or bool(body.get("problems"))
+    return web.json_response(body, status=503 if refusing else 200)

@@ -42,6 +42,10 @@ AGENT_FIELDS = ("id", "name", "state", "seconds_in_state", "pause_reason", "paus
 T = TypeVar("T")
 
 
+class ReasonRequired(PermissionError):
+    """The case is neither the caller's nor the subject's: attaching the call to it needs a reason."""
+
+
 class Desk(Protocol):
     """What the console needs from the control process; the control process implements it."""
 
@@ -76,8 +80,9 @@ class Desk(Protocol):
         """Refer again a case this agent can see (the current call's, or one of the screen-pop's history).
         PermissionError for any other case, LookupError if there is none, ValueError (Persian message)."""
 
-    async def attach_case(self, agent_id: str, call_key: str, tracking_code: str) -> str:
-        """Attach the call to an existing case; LookupError if there is no such case."""
+    async def attach_case(self, agent_id: str, call_key: str, tracking_code: str, reason: str | None = None) -> str:
+        """Attach the call to an existing case; LookupError if there is no such case. A case that neither
+        the caller nor the subject owns needs ``reason`` (kept in its history), else ReasonRequired."""
 
     async def give_tracking_code(self, agent_id: str, call_key: str) -> str:
         """The IVR reads the code to the caller; LookupError if no case is filed or attached yet."""
@@ -133,6 +138,7 @@ ERRORS = {
     "empty_summary": "خلاصه درخواست را بنویسید.",
     "empty_reason": "دلیل ثبت جداگانه را بنویسید.",
     "not_your_case": "این پرونده در میز شما نیست.",
+    "attach_reason": "این پرونده به تماس‌گیرنده یا شخص موضوع درخواست تعلق ندارد؛ برای پیوست، دلیل آن را بنویسید.",
 }
 
 
@@ -249,6 +255,7 @@ class _Console(SessionPages):
 
     async def agent_events(self, request: web.Request) -> web.StreamResponse:
         account = await self.api_account(request, writes=False)
+        live = await self.live_check(request)
         response = await self.open_stream(request)
         events = self.desk.subscribe(account.id)
         try:
@@ -259,6 +266,11 @@ class _Console(SessionPages):
                 try:
                     event = await asyncio.wait_for(events.get(), self.heartbeat_s)
                 except TimeoutError:
+                    event = None
+                # A logout in any browser, or the max age, ends the stream too: no screen-pop after it.
+                if not live():
+                    break
+                if event is None:
                     await response.write(b": heartbeat\n\n")
                     continue
                 await self.send(response, self.agent_event_view(account.id, event))
@@ -330,8 +342,18 @@ class _Console(SessionPages):
         body = await self.json_body(request)
         call_key = self.text_field(body, "call_key")
         code = self.tracking_code_field(body)
-        return await self.tracking_code_answer(self.desk.attach_case(account.id, call_key, code),
-                                               (web.HTTPNotFound, "no_such_case"))
+        reason = self.text_field(body, "reason", OVERRIDE_REASON_MAX_CHARS) if body.get("reason") is not None else ""
+
+        async def attach() -> str:
+            try:
+                return await self.desk.attach_case(account.id, call_key, code, reason or None)
+            except ReasonRequired:
+                # Its own code, so the console asks the agent for the reason and sends it again.
+                raise page_error(web.HTTPForbidden, "attach_reason", ERRORS) from None
+        response = await self.tracking_code_answer(attach(), (web.HTTPNotFound, "no_such_case"))
+        log.info("console: %s attached call %s to case %s%s", account.id, call_key, code,
+                 " (with a reason)" if reason else "")
+        return response
 
     async def refer_case(self, request: web.Request) -> web.Response:
         account = await self.api_account(request, writes=True)
@@ -396,11 +418,12 @@ class _Console(SessionPages):
 
     async def supervisor_events(self, request: web.Request) -> web.StreamResponse:
         await self.supervisor_api(request)
+        live = await self.live_check(request)
         acd = self.desk.acd
         response = await self.open_stream(request)
         events = acd.subscribe()
         try:
-            while True:
+            while live():  # a logout in any browser, or the max age, ends the stream too
                 await self.send(response, {"type": "snapshot", "snapshot": self.snapshot_view()})
                 # Every event, or the heartbeat, brings a fresh snapshot; a burst brings one.
                 with contextlib.suppress(TimeoutError):

@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from softswitch.config import CHANNELS, CONFIG_DIR, ApiToken, Config
 from softswitch.domain.cases import CASE_STATUSES, duplicate_window_s
 from softswitch.domain.national_id import parse_national_id
+from softswitch.domain.text import clean_text
 from softswitch.web.responses import json_error
 from storage.errors import NotFound
 from storage.models import CallRecord, Case, PersonId, Recording
@@ -72,6 +73,15 @@ class CaseSubmission(BaseModel):
     @classmethod
     def _channel(cls, value: str) -> str:
         return _one_of(value, CHANNELS, "channel")
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        # Bidi and other control characters never reach the store: they change how a case reads.
+        text = clean_text(value).strip()
+        if not text:
+            raise PydanticCustomError("empty_text", "text holds no readable characters")
+        return text
 
     @field_validator("agency", "category")
     @classmethod
@@ -189,9 +199,13 @@ class IntakeApi:
         if token.channel is None:
             raise json_error(web.HTTPForbidden, "this token may not submit cases")
         try:
+            # aiohttp caps the body at client_max_size (1 MiB, 413 beyond) before it is parsed.
             body = await request.json()
         except ValueError:
             raise json_error(web.HTTPBadRequest, "the body must be a JSON object") from None
+        except RecursionError:
+            # [[[[...]]]] a few thousand deep exhausts the parser's recursion limit: a bad request, not a crash.
+            raise json_error(web.HTTPBadRequest, "the body is nested too deeply") from None
         try:
             submission = CaseSubmission.model_validate(
                 body, context={"agency": self.agencies, "category": self.categories})

@@ -2,15 +2,21 @@
 
 Sessions are aiohttp-session cookies encrypted with a key made at start-up
 (a restart logs everyone out), SameSite=Strict, HttpOnly, and Secure when the
-pages are served over HTTPS. State-changing JSON calls also carry the
-session's CSRF token in the ``X-CSRF-Token`` header. One cookie holds one role
-(``ROLE_HOMES``): the agents' console and the agency page are two subclasses of
-``SessionPages``.
+pages are served over HTTPS (``http.tls_cert_file`` or ``http.secure_cookies``).
+The cookie names a random session id that must be live in the application's
+``SessionRegistry``: a logout ends the user's sessions everywhere (event
+streams included), and a saved cookie is worth nothing after it. Login
+attempts are throttled per source and per (login id, source)
+(``LoginThrottle``). State-changing JSON calls also carry the session's CSRF
+token in the ``X-CSRF-Token`` header. One cookie holds one role
+(``ROLE_HOMES``): the agents' console and the agency page are two subclasses
+of ``SessionPages``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -18,7 +24,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,8 +52,12 @@ SESSIONS_INSTALLED = web.AppKey("sessions_installed", bool)
 ROLE_HOMES = {"agent_id": "/console", "agency_user": "/agency"}
 SESSION_MAX_AGE_S = 12 * 3600  # one shift; the cookie cannot be replayed after that
 CSRF_HEADER = "X-CSRF-Token"
-LOGIN_FAILURES_ALLOWED = 5
+LOGIN_FAILURES_ALLOWED = 5  # per (login id, source) in the window
+LOGIN_FAILURES_PER_SOURCE = 30  # per source, at any ids: a whole office may be one address behind NAT
+LOGIN_FAILURES_PER_ID = 50  # per login id from all sources; past it only sources that have not failed there
 LOGIN_WINDOW_S = 300.0
+# JSON bodies of the console and the agency page are a few short fields.
+JSON_BODY_MAX_BYTES = 64 * 1024
 # What any login page may answer; each page adds its own.
 PAGE_ERRORS = {
     "login_failed": "شناسه یا گذرواژه نادرست است.",
@@ -56,6 +66,8 @@ PAGE_ERRORS = {
     "not_logged_in": "نشست شما پایان یافته است. دوباره وارد شوید.",
     "csrf": "درخواست نامعتبر است. صفحه را دوباره بارگذاری کنید.",
     "bad_request": "درخواست نامعتبر است.",
+    "too_deep": "درخواست نامعتبر است: ساختار آن بیش از حد تودرتو است.",
+    "too_large": "درخواست بیش از حد بزرگ است.",
 }
 
 
@@ -74,31 +86,141 @@ def jalali_date_text(ts: float, tz: ZoneInfo) -> str:
 # -- login throttling ------------------------------------------------------------
 
 
+class LoginAttempt:
+    """One login attempt, counted as a failure from the moment it starts (``LoginThrottle.begin``) until the
+    password check says otherwise: concurrent attempts cannot get past the limit while scrypt runs."""
+
+    def __init__(self, throttle: LoginThrottle, keys: tuple[tuple[str, ...], ...], at: float) -> None:
+        self._throttle = throttle
+        self._keys = keys
+        self._at = at
+
+    def succeeded(self) -> None:
+        """The right password: this attempt and the earlier failures of this id from this source are forgotten
+        (not the source's failures at other ids, which a source holding one account could otherwise reset)."""
+        self._throttle._forget(self._keys, self._at)
+
+    def failed(self) -> None:
+        """Nothing to do: the attempt was counted as a failure when it began."""
+
+
 class LoginThrottle:
-    """At most ``allowed`` failed logins per agent id in ``window_s``; the same for ids that do not exist."""
+    """Failed logins counted per source and per (login id, source), so a guesser is stopped without locking the
+    rightful user out of a login id from where they have not failed.
 
-    MAX_TRACKED_IDS = 10_000
+    In ``window_s``: a source with ``per_source`` failures (at any ids, unknown ones too) is blocked; a source
+    with ``per_id_source`` failures at one id is blocked for that id. Guessing one id from many sources is
+    capped by ``per_id``: past it, every source that has already failed at that id is blocked for it, so each
+    fresh source gets one guess while a source that has not failed keeps logging in. An attempt counts from
+    the moment it starts (``begin``), before the awaited password check. Ids are compared case-insensitively.
+    The counts are in memory, per process (a restart or a second host starts afresh: issue 13).
+    """
 
-    def __init__(self, allowed: int = LOGIN_FAILURES_ALLOWED, window_s: float = LOGIN_WINDOW_S) -> None:
-        self.allowed = allowed
+    MAX_TRACKED_KEYS = 20_000
+
+    def __init__(self, per_id_source: int = LOGIN_FAILURES_ALLOWED, window_s: float = LOGIN_WINDOW_S, *,
+                 per_source: int = LOGIN_FAILURES_PER_SOURCE, per_id: int = LOGIN_FAILURES_PER_ID) -> None:
+        self.per_id_source = per_id_source
+        self.per_source = per_source
+        self.per_id = per_id
         self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: dict[tuple[str, ...], deque[float]] = {}
 
-    def blocked(self, agent_id: str, now: float) -> bool:
-        failures = self._failures.get(agent_id.casefold())
+    def _count(self, key: tuple[str, ...], now: float) -> int:
+        failures = self._failures.get(key)
         if failures is None:
-            return False
+            return 0
         while failures and now - failures[0] > self.window_s:
             failures.popleft()
-        return len(failures) >= self.allowed
+        return len(failures)
 
-    def failed(self, agent_id: str, now: float) -> None:
-        if len(self._failures) >= self.MAX_TRACKED_IDS:
-            self._failures = {k: v for k, v in self._failures.items() if v and now - v[-1] <= self.window_s}
-        self._failures.setdefault(agent_id.casefold(), deque(maxlen=self.allowed)).append(now)
+    def blocked(self, login_id: str, source: str, now: float) -> bool:
+        login_id = login_id.casefold()
+        pair = self._count(("pair", login_id, source), now)
+        return (self._count(("source", source), now) >= self.per_source or pair >= self.per_id_source
+                or (pair > 0 and self._count(("id", login_id), now) >= self.per_id))
 
-    def succeeded(self, agent_id: str) -> None:
-        self._failures.pop(agent_id.casefold(), None)
+    def begin(self, login_id: str, source: str, now: float) -> LoginAttempt | None:
+        """None if the attempt is refused; else the attempt, already counted as a failure. Synchronous (no
+        await between the check and the count), so concurrent attempts see each other."""
+        if self.blocked(login_id, source, now):
+            return None
+        login_id = login_id.casefold()
+        keys = (("source", source), ("pair", login_id, source), ("id", login_id))
+        if len(self._failures) + len(keys) > self.MAX_TRACKED_KEYS:
+            self._prune(now)
+        for key in keys:
+            # An id's count from all sources is only ever compared with per_id: keep no more than that.
+            self._failures.setdefault(key, deque(maxlen=self.per_id if key[0] == "id" else None)).append(now)
+        return LoginAttempt(self, keys, now)
+
+    def _forget(self, keys: tuple[tuple[str, ...], ...], at: float) -> None:
+        for key in keys:
+            failures = self._failures.get(key)
+            if failures is None:
+                continue
+            if key[0] == "pair":
+                del self._failures[key]
+            else:
+                with contextlib.suppress(ValueError):
+                    failures.remove(at)
+
+    def _prune(self, now: float) -> None:
+        """Bound the memory a spray of made-up ids or sources can take: expired counts go first; if that is
+        not enough, the oldest half (a flood of fresh keys then costs the oldest counts, never a lock-out)."""
+        self._failures = {key: failures for key, failures in self._failures.items()
+                          if failures and now - failures[-1] <= self.window_s}
+        if len(self._failures) > self.MAX_TRACKED_KEYS // 2:
+            keys = sorted(self._failures, key=lambda key: self._failures[key][-1])
+            for key in keys[:len(keys) // 2]:
+                del self._failures[key]
+
+
+# -- server-side sessions --------------------------------------------------------
+
+
+class SessionRegistry:
+    """The live sessions of one application, by role and login id: the cookie only names a random session id,
+    and a session id that is not here is not signed in. So a cookie saved before a logout, or older than
+    ``max_age_s``, opens nothing even though it still decrypts; a logout ends all of that user's sessions, in
+    every browser. In memory, per process: a restart ends every session (as the new cookie key does anyway),
+    and two hosts behind one name would not share them (state across hosts is issue 13)."""
+
+    MAX_PER_USER = 20  # a user who never logs out keeps the newest this many
+
+    def __init__(self, max_age_s: float = SESSION_MAX_AGE_S) -> None:
+        self.max_age_s = max_age_s
+        self._live: dict[tuple[str, str], dict[str, float]] = {}  # (role key, login id) -> sid -> opened at
+
+    def open(self, role_key: str, login_id: str, now: float) -> str:
+        sessions = self._live.setdefault((role_key, login_id), {})
+        for sid, opened in list(sessions.items()):
+            if now - opened > self.max_age_s:
+                del sessions[sid]
+        while len(sessions) >= self.MAX_PER_USER:
+            del sessions[next(iter(sessions))]  # the oldest: dicts keep insertion order
+        sid = secrets.token_urlsafe(32)
+        sessions[sid] = now
+        return sid
+
+    def live(self, role_key: str, login_id: str, sid: object, now: float) -> bool:
+        sessions = self._live.get((role_key, login_id))
+        if sessions is None or not isinstance(sid, str):
+            return False
+        opened = sessions.get(sid)
+        if opened is None:
+            return False
+        if now - opened > self.max_age_s:
+            del sessions[sid]
+            return False
+        return True
+
+    def end_all(self, role_key: str, login_id: str) -> int:
+        """End every session of this user; how many there were."""
+        return len(self._live.pop((role_key, login_id), {}))
+
+
+SESSION_REGISTRY = web.AppKey("session_registry", SessionRegistry)
 
 
 def install_sessions(app: web.Application, *, secure_cookies: bool = False) -> None:
@@ -109,6 +231,7 @@ def install_sessions(app: web.Application, *, secure_cookies: bool = False) -> N
         os.urandom(32), cookie_name=SESSION_COOKIE, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="Strict",
         secure=secure_cookies, path="/")
     app.middlewares.append(session_middleware(storage))
+    app[SESSION_REGISTRY] = SessionRegistry()
     app[SESSIONS_INSTALLED] = True
 
 
@@ -166,14 +289,31 @@ class SessionPages:
         return jalali_date_text(time.time(), self.tz)
 
     async def signed_in(self, request: web.Request) -> tuple[str | None, Session]:
-        """The login id this role keeps in the session, if any."""
+        """The login id this role keeps in the session, if any and still live. A session that has ended (a
+        logout anywhere, max age, a restart) is emptied, whichever role it held, so the cookie is cleared too."""
         session = await get_session(request)
+        registry = request.app[SESSION_REGISTRY]
+        now = time.monotonic()
+        for key in ROLE_HOMES:
+            login_id = session.get(key)
+            if login_id is not None and not (isinstance(login_id, str)
+                                             and registry.live(key, login_id, session.get("sid"), now)):
+                session.clear()
+                break
         login_id = session.get(self.session_key)
         return (login_id if isinstance(login_id, str) else None), session
 
+    async def live_check(self, request: web.Request) -> Callable[[], bool]:
+        """For a response that lasts (an event stream): whether the session it was opened on is still live,
+        asked as it goes. It does not touch the session: an already sent response cannot carry a new cookie."""
+        session = await get_session(request)
+        login_id, sid = session.get(self.session_key), session.get("sid")
+        registry = request.app[SESSION_REGISTRY]
+        return lambda: isinstance(login_id, str) and registry.live(self.session_key, login_id, sid, time.monotonic())
+
     def not_signed_in(self, session: Session) -> web.HTTPSeeOther:
         """Where a page sends a visitor who is not logged in as this role: the home page of the role the
-        session does hold, else this role's login form."""
+        session does hold (live: ``signed_in`` empties an ended one), else this role's login form."""
         for key, home in ROLE_HOMES.items():
             if key != self.session_key and isinstance(session.get(key), str):
                 return web.HTTPSeeOther(home)
@@ -189,10 +329,20 @@ class SessionPages:
 
     @staticmethod
     async def json_body(request: web.Request) -> dict[str, Any]:
+        if request.content_length is not None and request.content_length > JSON_BODY_MAX_BYTES:
+            raise page_error(web.HTTPRequestEntityTooLarge, "too_large", max_size=JSON_BODY_MAX_BYTES,
+                             actual_size=request.content_length)
+        raw = await request.read()  # aiohttp caps it at client_max_size (1 MiB) whatever the header says
+        if len(raw) > JSON_BODY_MAX_BYTES:
+            raise page_error(web.HTTPRequestEntityTooLarge, "too_large", max_size=JSON_BODY_MAX_BYTES,
+                             actual_size=len(raw))
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
             raise page_error(web.HTTPBadRequest, "bad_request") from None
+        except RecursionError:
+            # [[[[...]]]] a few thousand deep exhausts the parser's recursion limit: the client's fault, not ours.
+            raise page_error(web.HTTPBadRequest, "too_deep") from None
         if not isinstance(body, dict):
             raise page_error(web.HTTPBadRequest, "bad_request")
         return body
@@ -228,23 +378,35 @@ class SessionPages:
         if not isinstance(expected, str) or not hmac.compare_digest(str(form.get("csrf", "")), expected):
             return self.login_form(session, 400, PAGE_ERRORS["login_expired"], login_id)
         now = time.monotonic()
-        # Only known ids are logged: people type passwords into the id field too.
+        source = self.source(request)
+        # Only known ids are logged (people type passwords into the id field too); never a password.
         shown = repr(login_id) if self.known(login_id) else "an unknown id"
-        if self.throttle.blocked(login_id, now):
-            log.warning("%s login throttled for %s", self.role, shown)
+        # Counted before the awaited password check, in the same step as the check of the limit: concurrent
+        # attempts each see the others, so no more than the limit are ever tried.
+        attempt = self.throttle.begin(login_id, source, now)
+        if attempt is None:
+            log.warning("%s login throttled for %s from %s", self.role, shown, source)
             return self.login_form(session, 429, PAGE_ERRORS["login_throttled"], login_id)
         # scrypt takes tens of milliseconds: keep it off the event loop.
         verified = bool(login_id) and await asyncio.to_thread(self.verify, login_id, password)
         if not verified:
-            self.throttle.failed(login_id, now)
-            log.info("%s login failed for %s", self.role, shown)
+            attempt.failed()
+            log.info("%s login failed for %s from %s", self.role, shown, source)
             return self.login_form(session, 401, PAGE_ERRORS["login_failed"], login_id)
-        self.throttle.succeeded(login_id)
+        attempt.succeeded()
         session = await new_session(request)  # a fresh session: no fixation of a pre-login cookie
         session[self.session_key] = login_id
+        session["sid"] = request.app[SESSION_REGISTRY].open(self.session_key, login_id, now)
         session["csrf"] = secrets.token_urlsafe(32)
-        log.info("%s login: %s", self.role, login_id)
+        log.info("%s login: %s from %s", self.role, login_id, source)
         raise web.HTTPSeeOther(self.landing(login_id))
+
+    @staticmethod
+    def source(request: web.Request) -> str:
+        """Where a login comes from, for the throttle: the peer address. Behind a reverse proxy that is the
+        proxy for everyone (so the per-source limit then counts all users together); X-Forwarded-For is not
+        read, as any client can write it."""
+        return request.remote or "unknown"
 
     async def logout(self, request: web.Request) -> web.Response:
         login_id, session = await self.signed_in(request)
@@ -253,6 +415,8 @@ class SessionPages:
         if login_id is not None and isinstance(expected, str) and hmac.compare_digest(str(form.get("csrf", "")),
                                                                                      expected):
             await self.logged_out(login_id)
-            log.info("%s logout: %s", self.role, login_id)
+            # Every session of this user ends, in every browser: a cookie copied before now opens nothing.
+            ended = request.app[SESSION_REGISTRY].end_all(self.session_key, login_id)
+            log.info("%s logout: %s (%d sessions ended)", self.role, login_id, ended)
             session.invalidate()
         raise web.HTTPSeeOther(self.login_path)

@@ -34,13 +34,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pjsua-log-level", type=int, default=2)
     parser.add_argument("--rtp-timeout-s", type=float, default=60.0)
     parser.add_argument("--session-expires-s", type=int, default=1800)
+    parser.add_argument("--front", default="", help="host:port of the SIP front; INVITEs only from there")
     args = parser.parse_args(argv)
     run_worker(WorkerSettings(
         worker_id=args.id, sip_host=args.sip_host, sip_port=args.sip_port, rtp_port=args.rtp_port,
         rtp_port_range=args.rtp_port_range, control_socket=args.control_socket, poll_ms=args.poll_ms,
         max_calls=args.max_calls, recycle_after_calls=args.recycle_after_calls,
         pjsua_log_level=args.pjsua_log_level,
-        rtp_timeout_s=args.rtp_timeout_s, session_expires_s=args.session_expires_s,
+        rtp_timeout_s=args.rtp_timeout_s, session_expires_s=args.session_expires_s, front=args.front,
     ))
 
 

@@ -163,6 +163,7 @@ class Worker:
     # (when, seq, handle, play_id, index): by when each prompt file must have ended.
     play_deadlines: list[tuple[float, int, str, str, int]] = field(default_factory=list)
     draining: bool = False
+    refusing: bool = False  # told to take no new calls for now (Admit)
     cap_hit: bool = False
     max_calls: int | None = None
     stopping: bool = False
@@ -347,6 +348,9 @@ class Worker:
         match cmd:
             case protocol.Drain():
                 self.draining = True
+            case protocol.Admit(accept=accept):
+                self.refusing = not accept
+                log.warning("worker %d: %s new calls", self.settings.worker_id, "taking" if accept else "refusing")
                 return
             case protocol.Dial(call=handle, uri=uri):
                 self._dial(handle, uri)
@@ -383,7 +387,16 @@ class Worker:
     # -- calls -------------------------------------------------------------
     def on_incoming(self, account: pj.Account, prm: pj.OnIncomingCallParam) -> None:
         call = WorkerCall(self, account, prm.callId)
-        if self.draining:
+        front = self.settings.front
+        if front and prm.rdata.srcAddress != front:
+            # Only the front routes calls here and stamps X-111-Source; anyone else could claim any source.
+            log.warning("worker %d: INVITE from %s, not the front: refused 403", self.settings.worker_id,
+                        prm.rdata.srcAddress)
+            op = pj.CallOpParam()
+            op.statusCode = 403
+            call.hangup(op)
+            return
+        if self.draining or self.refusing:
             op = pj.CallOpParam()
             op.statusCode = 503  # the front tries another worker
             call.hangup(op)

@@ -20,3 +20,6 @@ class WorkerSettings:
     rtp_timeout_s: float = 60.0  # 0: never
     session_expires_s: int = 1800  # RFC 4028; 0: no session timers
     pjsua_log_level: int = 2
+    # The SIP front's address (host:port as its packets come from): INVITEs from anywhere else are
+    # refused, whatever their X-111-Source says. Empty: not checked.
+    front: str = ""

@@ -22,6 +22,7 @@ from softswitch.domain.acd import Acd, QueueEntry
 from softswitch.domain.cases import FiledCase
 from softswitch.domain.fanout import Fanout
 from softswitch.domain.tracking_code import new_tracking_code
+from softswitch.web.console import ReasonRequired
 
 DEFAULTS = Config()
 
@@ -131,11 +132,21 @@ class FakeDesk:
         self.cases[tracking_code].update(agency=agency, agency_id=agency_id, status="referred")
         return tracking_code
 
-    async def attach_case(self, agent_id: str, call_key: str, tracking_code: str) -> str:
-        self.calls.append(("attach_case", agent_id, call_key, tracking_code))
+    async def attach_case(self, agent_id: str, call_key: str, tracking_code: str, reason: str | None = None) -> str:
+        self.calls.append(("attach_case", agent_id, call_key, tracking_code) + (() if reason is None else (reason,)))
         self._check_call(agent_id, call_key)
         if tracking_code not in self.cases:
             raise LookupError(tracking_code)
+        # Owned: one of the screen-pop's histories (the caller's and the subject's cases), or filed for either.
+        pop = self.offers[agent_id]
+        owners = {pop.get("national_id"), pop.get("subject_id")} - {None}
+        owned = (tracking_code in {case["tracking_code"] for case in [*pop.get("history", ()),
+                                                                       *pop.get("subject_history", ())]}
+                 or self.cases[tracking_code].get("subject") in owners)
+        if not owned and not (reason or "").strip():
+            raise ReasonRequired(tracking_code)
+        if not owned:
+            self.cases[tracking_code].setdefault("attach_reasons", []).append(reason)
         self.call_cases[call_key] = tracking_code
         self.publish(agent_id, {"type": "case_filed", "call_key": call_key, "tracking_code": tracking_code})
         return tracking_code

@@ -156,8 +156,11 @@ class RunningSoftswitch:
         return body, case
 
     def next_ports(self) -> tuple[int, int]:
+        """SIP and media ports for the next SIPp caller, from this softswitch's own SIP port: test modules
+        run side by side (pytest-xdist), and each softswitch's callers keep to ports of their own."""
         self._port_seq += 1
-        return 16000 + self._port_seq * 2, 26000 + self._port_seq * 10
+        sip_port = int(self.sip_target.rsplit(":", 1)[1])
+        return sip_port + 100 + self._port_seq * 2, 40000 + sip_port % 10000 + self._port_seq * 10
 
     def sipp(self, name: str, scenario_xml: str, *, call_id: str, local_ip: str = ALLOWED_SOURCE,
              service: str = "111", timeout_s: float = 60) -> SippRun:
@@ -267,7 +270,11 @@ def running_softswitch(base: Path, *, sip_port: int, http_port: int, workers: in
         # ok: every worker has said hello and the front has put each in service.
         return status == 200 and body["status"] == "ok" and len(body["workers"]) == workers
     try:
-        running.wait_for(ready, 90, "softswitch health with all workers in service")
+        try:
+            running.wait_for(ready, 90, "softswitch health with all workers in service")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last health: {running.get('/api/health')}\n"
+                                 f"{log_path.read_text(errors='replace')[-4000:]}") from None
         yield running
     finally:
         if process.poll() is None:

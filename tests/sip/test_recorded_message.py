@@ -106,6 +106,9 @@ def test_worker_killed_mid_call_spares_other_calls(softswitch: RunningSoftswitch
     victim_id = f"victim-{os.getpid()}@test"
     victim_run = softswitch.sipp("victim", caller_scenario(long_pcap), call_id=victim_id, timeout_s=40)
     victim = victim_run.start(softswitch.work / "victim")
+    # One INVITE at a time: the front's children pick the least loaded worker in parallel, so two
+    # INVITEs of the same moment may both see the same loads and go to one worker.
+    softswitch.wait_for(lambda: softswitch.get(f"/api/calls/{victim_id}")[0] == 200, 15, "the victim's call")
     survivor_id = f"survivor-{os.getpid()}@test"
     survivor_run = softswitch.sipp("survivor", caller_scenario(short_pcap), call_id=survivor_id, timeout_s=60)
     survivor = survivor_run.start(softswitch.work / "survivor")

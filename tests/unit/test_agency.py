@@ -25,6 +25,7 @@ from storage.models import Case, PersonId
 from storage.store import Store, open_store
 from tests.browser.demo import write_wav
 from tests.fakes.desk import FakeDesk, fake_account
+from tests.unit.test_synth import crafted_wav
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60),
               # aiohttp-session 2.12 keys the request with plain strings
@@ -328,6 +329,60 @@ async def test_changes_need_the_sessions_csrf_token(world: World, tmp_path: Path
 
 async def test_logout_ends_the_session(world: World) -> None:
     token = await _login(world.client)
+    saved = {cookie.key: cookie.value for cookie in world.client.session.cookie_jar}
     response = await world.client.post("/agency/logout", data={"csrf": token}, allow_redirects=False)
     assert (response.status, response.headers["Location"]) == (303, "/agency/login")
     assert (await world.client.get("/agency", allow_redirects=False)).status == 303
+    # Someone who copied the cookie before the logout replays it.
+    world.client.session.cookie_jar.update_cookies(saved)
+    page = await world.client.get("/agency", allow_redirects=False)
+    assert (page.status, page.headers["Location"]) == (303, "/agency/login")
+    world.client.session.cookie_jar.update_cookies(saved)
+    answer = await _set_status(world.client, world.health_case.tracking_code, token, "closed")
+    assert answer == (401, {"error": ERRORS["not_logged_in"], "code": "not_logged_in"})
+
+
+# -- uploads that would fill the disk, and text that would read differently -------------------------
+
+def _bytes_under(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+async def test_uploads_that_would_expand_are_refused_before_conversion_and_write_nothing(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_tmp))
+    token = await _login(world.client)
+    code = world.health_case.tracking_code
+    # 40 kB at 1 Hz (20,000 s: 320 MB at 8 kHz), and 2 kB whose header states 4 GB of audio.
+    one_hertz = crafted_wav(tmp_path / "one-hertz.wav", rate=1, samples=20_000)
+    huge = crafted_wav(tmp_path / "huge.wav", rate=8000, samples=1000, stated_bytes=0xFFFFFFF0)
+    for upload, key in ((one_hertz, "audio_format"), (huge, "audio_too_long")):
+        response = await _answer(world.client, code, token, mode="audio", audio=upload)
+        assert response.status == 400 and (await response.json())["error"] == AGENCY_ERRORS[key]
+        assert _bytes_under(world.answers_dir) == 0 and list(system_tmp.iterdir()) == []
+    assert "۸ تا ۴۸ کیلوهرتز" in AGENCY_ERRORS["audio_format"]
+    assert (await world.store.get_case(code)).answer_audio is None
+
+    # A file that passes: its result is bounded by the limit, and nothing else stays.
+    monkeypatch.setattr(agency_module, "ANSWER_MAX_S", 3.0)
+    fine = tmp_path / "fine.wav"
+    subprocess.run(["sox", "-n", "-r", "48000", "-c", "2", str(fine), "synth", "2.5", "sine", "500"], check=True,
+                   timeout=30)
+    response = await _answer(world.client, code, token, mode="audio", audio=fine)
+    assert response.status == 200, await response.text()
+    [kept] = (world.answers_dir / code).iterdir()
+    assert kept.stat().st_size <= 3 * 8000 * 2 + 4096 and list(system_tmp.iterdir()) == []
+
+
+async def test_bidi_and_control_characters_never_reach_the_store_from_an_answer(world: World) -> None:
+    token = await _login(world.client)
+    code = world.health_case.tracking_code
+    tricky = "\u202eپاسخ\u202c: \u2066نوبت\u2069 شنبه\u200f\x00\x1b[31m\r\nمراجعه کنید\u061c.\u0085"
+    response = await _answer(world.client, code, token, mode="text", text=tricky)
+    assert response.status == 200, await response.text()
+    case = await world.store.get_case(code)
+    assert case.answer_text == "پاسخ: نوبت شنبه[31m\nمراجعه کنید."
+    response = await _answer(world.client, code, token, mode="text", text="\u202e\u200f\u2066 ")
+    assert response.status == 400 and (await response.json())["error"] == AGENCY_ERRORS["empty_answer"]

@@ -20,8 +20,9 @@ from softswitch.control.desk import ControlDesk
 from softswitch.domain.acd import Acd
 from softswitch.domain.cases import FiledCase
 from softswitch.domain.persian import jalali_datetime
-from softswitch.web.console import ERRORS, add_console_routes
-from softswitch.web.sessions import LoginThrottle, jalali_date_text
+from softswitch.domain.tracking_code import verhoeff_check_digit
+from softswitch.web.console import ERRORS, ReasonRequired, add_console_routes
+from softswitch.web.sessions import jalali_date_text
 from storage.crypto import IdProtector
 from storage.models import PersonId
 from storage.store import Store, open_store
@@ -151,17 +152,6 @@ async def test_failed_logins_are_throttled_per_agent_id(client: TestClient[Any, 
     assert (await _post_login(client, OTHER, OTHER_PASSWORD)).status == 303  # other ids are not affected
 
 
-def test_throttle_forgets_failures_after_the_window() -> None:
-    throttle = LoginThrottle(allowed=2, window_s=10)
-    throttle.failed("a", 0.0)
-    throttle.failed("A", 1.0)  # ids are compared case-insensitively
-    assert throttle.blocked("a", 5.0)
-    assert not throttle.blocked("a", 11.5)
-    throttle.failed("a", 12.0)
-    throttle.succeeded("a")
-    assert not throttle.blocked("a", 12.0)
-
-
 async def test_login_form_needs_its_token(client: TestClient[Any, Any]) -> None:
     response = await client.post("/console/login", data={"agent_id": AGENT, "password": AGENT_PASSWORD},
                                  allow_redirects=False)
@@ -199,6 +189,26 @@ async def test_logout_ends_the_session_and_leaves_the_queue(client: TestClient[A
     assert (response.status, response.headers["Location"]) == (303, "/console/login")
     assert desk.acd.agent(AGENT).state.value == "logged_out"
     assert (await client.get("/console", allow_redirects=False)).status == 303
+
+
+async def test_a_cookie_saved_before_logout_opens_nothing_after_it(client: TestClient[Any, Any]) -> None:
+    token = await _login(client)
+    saved = {cookie.key: cookie.value for cookie in client.session.cookie_jar}
+    async with _second_client(client) as other:  # the same agent in another browser
+        other_token = await _login(other)
+        assert (await client.post("/console/logout", data={"csrf": token}, allow_redirects=False)).status == 303
+        # Logout ends the agent's sessions everywhere: the other browser is signed out too.
+        assert (await other.get("/console", allow_redirects=False)).status == 303
+        assert (await _api(other, "/console/api/agent/login", other_token))[0] == 401
+        # Someone who copied the cookie before the logout replays it.
+        client.session.cookie_jar.clear()
+        client.session.cookie_jar.update_cookies(saved)
+        page = await client.get("/console", allow_redirects=False)
+        assert (page.status, page.headers["Location"]) == (303, "/console/login")
+        client.session.cookie_jar.update_cookies(saved)
+        status, body = await _api(client, "/console/api/agent/login", token)
+        assert (status, body["error"]) == (401, ERRORS["not_logged_in"])
+        assert await _login(other)  # logging in again works
 
 
 # -- the agent's desk ----------------------------------------------------------------------------
@@ -591,3 +601,81 @@ async def test_control_desk_refers_again_only_cases_the_agent_sees(store: Store,
         await desk.refer_case(AGENT, stranger.tracking_code, "roads")
     with pytest.raises(PermissionError):
         await desk.refer_case(OTHER, earlier.tracking_code, "roads")
+
+
+# -- attaching a call to someone else's case needs a reason; typed text is cleaned ----------------
+
+STRANGERS_CODE = "10000000" + verhoeff_check_digit("10000000")  # a case of neither the caller nor the subject
+
+async def test_attaching_another_persons_case_asks_for_a_reason(client: TestClient[Any, Any],
+                                                                 desk: FakeDesk) -> None:
+    pop = screen_pop()
+    add_history_cases(desk, pop)
+    stranger = STRANGERS_CODE
+    desk.cases[stranger] = {"tracking_code": stranger, "status": "referred", "subject": "0084575948"}
+    desk.offer(AGENT, pop)
+    token = await _login(client)
+    for reason in (None, "", "   "):
+        body = {"call_key": CALL_KEY, "tracking_code": stranger} | ({} if reason is None else {"reason": reason})
+        status, answer = await _api(client, "/console/api/cases/attach", token, body)
+        assert (status, answer["code"], answer["error"]) == (403, "attach_reason", ERRORS["attach_reason"])
+    assert CALL_KEY not in desk.call_cases
+    status, answer = await _api(client, "/console/api/cases/attach", token,
+                                {"call_key": CALL_KEY, "tracking_code": stranger, "reason": 7})
+    assert status == 400
+    reason = "پدر تماس‌گیرنده است؛ کد ملی اشتباه ثبت شده بود."
+    status, answer = await _api(client, "/console/api/cases/attach", token,
+                                {"call_key": CALL_KEY, "tracking_code": stranger, "reason": f"  {reason} "})
+    assert (status, answer["tracking_code"]) == (200, stranger)
+    assert desk.calls[-1] == ("attach_case", AGENT, CALL_KEY, stranger, reason)
+    assert desk.cases[stranger]["attach_reasons"] == [reason]
+
+
+
+async def test_control_desk_attaches_only_the_callers_or_subjects_cases_without_a_reason(
+        store: Store, control_desk: ControlDesk, voice: SpokenCodes) -> None:
+    desk = control_desk
+    own = await store.create_case(None, "received", NATIONAL_ID, "keypad")
+    subjects = await store.create_case(None, "received", SUBJECT_ID, "keypad")
+    stranger = await store.create_case(None, "referred", "0084575948", "keypad", agency="health")
+    call_id = await _desk_call(desk, store, "mine", voice)
+    assert await desk.attach_case(AGENT, "mine", own.tracking_code) == own.tracking_code
+    assert [e.kind for e in await store.case_events(own.id)][-1] == "contact"
+
+    await _desk_call(desk, store, "about-father", voice, subject=PersonId(SUBJECT_ID, "keypad", "verified"))
+    assert await desk.attach_case(AGENT, "about-father", subjects.tracking_code) == subjects.tracking_code
+
+    other_call = await _desk_call(desk, store, "other", voice)
+    for reason in (None, "", " \u202e\u200f "):
+        with pytest.raises(ReasonRequired):
+            await desk.attach_case(AGENT, "other", stranger.tracking_code, reason)
+    assert all(e.kind != "contact" for e in await store.case_events(stranger.id))
+    assert await store.recordings_for_case(stranger.id) == []
+    # With a reason: attached, and the reason (cleaned) is in the case's history.
+    code = await desk.attach_case(AGENT, "other", stranger.tracking_code, "\u202eهمسر\u202c صاحب پرونده است\x07")
+    assert code == stranger.tracking_code
+    events = await store.case_events(stranger.id)
+    assert [(e.kind, e.actor) for e in events[-2:]] == [("contact", f"agent:{AGENT}"),
+                                                        ("attach_override", f"agent:{AGENT}")]
+    assert events[-1].detail == {"call_id": other_call, "reason": "همسر صاحب پرونده است"}
+    assert [r.call_id for r in await store.recordings_for_case(stranger.id)] == [other_call]
+    assert call_id != other_call
+
+
+async def test_control_desk_keeps_bidi_controls_out_of_summaries_and_reasons(
+        store: Store, control_desk: ControlDesk, voice: SpokenCodes) -> None:
+    desk = control_desk
+    await _desk_call(desk, store, "first", voice)
+    first = await desk.file_case(AGENT, "first", "health", "شکایت", "\u202eنوبت\u202c جراحی\u2067 عقب\u2069 افتاده\x1b")
+    await desk.finished("first", AGENT, None)
+    assert (await store.get_case(first.tracking_code)).summary == "نوبت جراحی عقب افتاده"
+    with pytest.raises(ValueError, match="خلاصه"):
+        await desk.file_case(AGENT, "first", "health", "شکایت", "\u202e\u200e\u061c")
+    await _desk_call(desk, store, "second", voice)
+    separate = await desk.file_case(AGENT, "second", "health", "شکایت", "جراحی دوم",
+                                    override_reason="\u2066بیمارستان\u2069 دیگر\u200f")
+    notes = [e.detail["reason"] for e in await store.case_events((await store.get_case(separate.tracking_code)).id)
+             if e.kind == "duplicate_override"]
+    assert notes == ["بیمارستان دیگر"]
+    with pytest.raises(ValueError, match="دلیل"):
+        await desk.file_case(AGENT, "second", "health", "شکایت", "x", override_reason="\u202a\u202c")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from ivr.call_flow import CallFlow, FollowUp, Live, Session
-from ivr.follow_up import CaseStatus, FailureThrottle
+from ivr.follow_up import CASE_FAILURE_FACTOR, CaseStatus, FailureThrottle
 from ivr.live import LiveService
 from softswitch import protocol
 from softswitch.config import (AgentAccount, AgentsConfig, FollowUpConfig, IvrConfig, OfficeHoursConfig,
@@ -26,6 +26,8 @@ from softswitch.domain.acd import Acd
 from softswitch.domain.national_id import is_valid_national_id
 from softswitch.domain.office_hours import OfficeHours
 from softswitch.domain.tracking_code import is_tracking_code, verhoeff_check_digit
+from storage.errors import NotFound
+from storage.models import CallRecord
 from tests.fakes.ivr_parts import FakeCases, FakeDesk, FakeFollowUpCases, FakePrompts, FakeRecognizer
 from tests.fakes.scripted_worker import AgentPhone, Played, Script, ScriptedWorker
 from tests.fakes.virtual_time import run_virtual
@@ -461,3 +463,82 @@ def test_out_of_hours_the_caller_hears_when_service_resumes_and_no_agent_is_rung
     assert heard[heard.index("live_closed") + 1] == "live_resumes" and "live_resumes_end" in heard
     assert "menu_main" not in heard  # option 1 is never offered (with no other option, no menu at all)
     assert "menu:message" in run.session.path and run.worker.dialled == []
+
+
+# -- the follow-up throttle counts by trunk source and by case, not only by the chosen From user --------
+
+class CallSources:
+    """The control process's view of each call's CDR: here, the source the next call comes from."""
+
+    def __init__(self, source: str = "192.0.2.10") -> None:
+        self.source = source
+
+    async def cdr_of(self, channel: object) -> CallRecord:
+        return CallRecord(1, "x@trunk", "sip:@trunk", "sip:111@sw", self.source, 0, 0.0, None, None, None, ())
+
+
+def test_an_empty_from_user_is_still_throttled_by_its_source() -> None:
+    sources = CallSources()
+    throttle = FailureThrottle(2, 3600.0, clock=lambda: 0.0, cdr_of=sources.cdr_of, source_max_failures=2)
+    first, _, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle, caller_number="")
+    assert first.path[-2:] == ["follow_up:not_found", "goodbye"]
+    second, worker, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle,
+                             caller_number="")
+    assert second.path[-2:] == ["follow_up:throttled", "goodbye"]
+    # A new From user on the same trunk source changes nothing; another source is not held up.
+    third, _, _ = call(follow_up_script(KNOWN_CODE), known=known_cases(), throttle=throttle,
+                       caller_number="09129999999")
+    assert "follow_up:throttled" in third.path
+    sources.source = "198.51.100.7"
+    other_trunk, _, _ = call(follow_up_script(KNOWN_CODE), known=known_cases(), throttle=throttle, caller_number="")
+    assert "follow_up:told:referred" in other_trunk.path
+
+
+def test_a_trunk_carries_more_failures_than_one_number_before_it_is_refused() -> None:
+    sources = CallSources()
+    throttle = FailureThrottle(2, 3600.0, clock=lambda: 0.0, cdr_of=sources.cdr_of)
+    assert throttle.source_max_failures == 2 * 10
+    codes = ["1111111" + f"{n:01d}" for n in range(10)]
+    for n, body in enumerate(codes):  # ten numbers, one wrong code each: no number, no case over its limit
+        session, _, _ = call(follow_up_script(body + verhoeff_check_digit(body)), known=known_cases(),
+                             throttle=throttle, caller_number=f"0912000000{n}")
+        assert session.path[-2:] == ["follow_up:not_found", "goodbye"], n
+    assert not throttle.blocked("09121111111", sources.source)
+    for n in range(10):
+        throttle.failed(f"0913000000{n}", sources.source)
+    assert throttle.blocked("09121111111", sources.source)  # the 20th failure from the trunk
+    assert not throttle.blocked("09121111111", "198.51.100.7")
+
+
+def test_one_case_is_not_guessed_at_from_many_numbers_and_sources() -> None:
+    sources = CallSources()
+    throttle = FailureThrottle(2, 3600.0, clock=lambda: 0.0, cdr_of=sources.cdr_of)
+    known = known_cases()
+    # Someone tries IDs against one code, each call from a new number and trunk: a few misses
+    # (a stranger who has the code) still leave it to its owner, more do not.
+    for n in range(2 * CASE_FAILURE_FACTOR):
+        sources.source = f"203.0.113.{n}"
+        session, _, _ = call(follow_up_script(KNOWN_CODE, OTHER_ID), known=known, throttle=throttle,
+                             caller_number=f"0912000000{n}")
+        assert session.path[-2:] == ["follow_up:not_found", "goodbye"]
+    asked = len(known.asked)
+    sources.source = "203.0.113.99"
+    session, worker, _ = call(follow_up_script(KNOWN_CODE, NATIONAL_ID), known=known, throttle=throttle,
+                              caller_number="09127777777")
+    assert session.path[-2:] == ["follow_up:throttled", "goodbye"]
+    assert len(known.asked) == asked  # the code was not even looked up
+    # Another code from that number and source is still answered.
+    other = "87654321" + verhoeff_check_digit("87654321")
+    known.known[other] = ({NATIONAL_ID}, CaseStatus("received", None, None))
+    session, _, _ = call(follow_up_script(other), known=known, throttle=throttle, caller_number="09127777777")
+    assert "follow_up:told:received" in session.path
+
+
+def test_an_unknown_source_is_counted_without_it() -> None:
+    async def no_cdr(channel: object) -> CallRecord:
+        raise NotFound("no call")
+    throttle = FailureThrottle(2, 3600.0, clock=lambda: 0.0, cdr_of=no_cdr)
+    first, _, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle)
+    assert first.path[-2:] == ["follow_up:not_found", "goodbye"]
+    second, _, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle)
+    assert second.path[-2:] == ["follow_up:throttled", "goodbye"]  # still by its number

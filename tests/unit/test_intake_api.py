@@ -122,6 +122,22 @@ async def test_a_body_that_is_not_json_gets_400(client: Client) -> None:
     assert response.status == 400
 
 
+async def test_a_body_nested_absurdly_deep_gets_400_not_500(client: Client) -> None:
+    depth = 100_000  # 200 kB: within the body limit, far past the JSON parser's recursion limit
+    deep = b"[" * depth + b"]" * depth
+    response = await client.post("/api/cases", data=deep, headers={**_bearer(SMS), "Content-Type": "application/json"})
+    assert response.status == 400
+    assert await response.json() == {"error": "the body is nested too deeply"}
+    deep_object = b'{"a":' * depth + b"1" + b"}" * depth
+    response = await client.post("/api/cases", data=deep_object, headers=_bearer(SMS))
+    assert response.status == 400
+
+
+async def test_a_body_beyond_the_size_limit_gets_413(client: Client) -> None:
+    response = await client.post("/api/cases", data=b" " * (2 * 1024 * 1024), headers=_bearer(SMS))
+    assert response.status == 413
+
+
 async def test_duplicates_from_every_channel_link_to_the_first_case(client: Client, store: Store) -> None:
     response = await client.post("/api/cases", json=_request(), headers=_bearer(SMS))
     assert response.status == 201

@@ -27,7 +27,7 @@ EXAMPLES: list[protocol.Message] = [
     protocol.Record("w1-1", "5", "/r/c.wav", max_s=60.0, silence_s=60.0, no_input_s=60.0, stop_digits="",
                     peer="w1-1-leg2"),
     protocol.StopRecord("w1-1", "4"), protocol.HangupCall("w1-1"), protocol.Dial("w1-1-leg2", "sip:1001@front"),
-    protocol.Bridge("w1-1", "w1-1-leg2"), protocol.Drain(),
+    protocol.Bridge("w1-1", "w1-1-leg2"), protocol.Drain(), protocol.Admit(False), protocol.Admit(True),
 ]
 
 

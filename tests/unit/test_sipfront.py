@@ -55,3 +55,16 @@ def test_plan_refuses_sizes_that_overflow_the_port_space() -> None:
     workers = load_config(overrides={"workers.count": 40}).workers
     with pytest.raises(ConfigError, match="overflow port 65535"):
         plan_workers(workers, BUILT, sip_port=5060, agents=0)
+
+
+def test_the_route_key_is_private_and_survives_a_rerender(tmp_path: Path) -> None:
+    config = load_config(overrides={"data_dir": str(tmp_path), "workers.count": 1,
+                                    "kamailio.flood_requests": 7, "sip.trunk_allow": ["10.1.0.0/16"]})
+    plan = plan_workers(config.workers, BUILT, sip_port=config.sip.port, agents=0)
+    text = sipfront.render(config, plan, tmp_path).read_text()
+    key = (tmp_path / "route.key").read_text().strip()
+    assert (tmp_path / "route.key").stat().st_mode & 0o777 == 0o600
+    assert f'"{key}" + $ci' in text  # Record-Routes are signed with it
+    assert "$var(limit) = 7;" in text and '"10.1.0.0/16"' in text
+    sipfront.render(config, plan, tmp_path)
+    assert (tmp_path / "route.key").read_text().strip() == key

@@ -156,6 +156,7 @@
     renderHistory("history-caller", pop.history);
     byId("case-form").reset();
     byId("attach-form").reset();
+    byId("attach-reason-row").hidden = true;
     byId("refer-form").reset();
     byId("override-form").reset();
     byId("override-form").hidden = true;
@@ -218,7 +219,7 @@
     button.disabled = false;
     if (!result.ok) {
       say("error", result.data.error || labels.messages.network);
-      return;
+      return result;
     }
     if (result.data.tracking_code && offer) {
       offer.case = {tracking_code: result.data.tracking_code, duplicate: Boolean(result.data.duplicate)};
@@ -226,6 +227,7 @@
     }
     if (result.data.duplicate) say("", "");  // the duplicate notice says it
     else say("ok", typeof okText === "function" ? okText() : okText);
+    return result;
   }
 
   function filing() {
@@ -266,10 +268,17 @@
     say("ok", labels.messages.case_referred.replace("{code}", fa(result.data.tracking_code))
       .replace("{agency}", agency.options[agency.selectedIndex].text));
   });
-  byId("attach-form").addEventListener("submit", (event) => {
+  byId("attach-form").addEventListener("submit", async (event) => {
     event.preventDefault();
-    caseCall("/console/api/cases/attach", {tracking_code: byId("attach-code").value}, byId("attach-submit"),
-             labels.messages.case_attached);
+    const body = {tracking_code: byId("attach-code").value};
+    if (!byId("attach-reason-row").hidden) body.reason = byId("attach-reason").value;
+    const result = await caseCall("/console/api/cases/attach", body, byId("attach-submit"),
+                                  labels.messages.case_attached);
+    // Another person's case: the server names the refusal; the agent gives a reason and sends again.
+    if (result && !result.ok && result.data.code === "attach_reason") {
+      byId("attach-reason-row").hidden = false;
+      byId("attach-reason").focus();
+    }
   });
   byId("btn-give-code").addEventListener("click", () => {
     offer.codeRead = false;
