@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from softswitch.config import CHANNELS, ConfigError, load_config, load_prompt_texts
+from softswitch.config import CHANNELS, Config, ConfigError, load_config, load_prompt_texts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     agency_user.add_argument("--id", required=True, help="the user's login on the agency page")
     agency_user.add_argument("--name", required=True, help="the user's name as shown in cases' histories")
     agency_user.add_argument("--password", help="read from the terminal when omitted")
+    backup = sub.add_parser("backup", help="copy the case store and its recordings into a new folder, while it runs")
+    backup.add_argument("directory", type=Path)
+    restore = sub.add_parser("restore", help="put a backup back into a data directory that has no store yet")
+    restore.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"softswitch: bad configuration: {exc}", file=sys.stderr)
         return 2
+    if args.command in ("backup", "restore"):
+        return _backup_or_restore(args.command, args.directory, config)
     if args.command == "check-config":
         print(config.model_dump_json(indent=2))
         return 0
@@ -70,6 +76,31 @@ def main(argv: list[str] | None = None) -> int:
               f"{config.database_path} (with its -wal file, if any), or move the file aside to keep it for "
               "recovery and start again with an empty store.", file=sys.stderr)
         return 3
+    return 0
+
+
+def _backup_or_restore(command: str, directory: Path, config: Config) -> int:
+    from storage.backup import BackupError, backup, restore
+    from storage.crypto import IdProtector
+
+    key_file = config.under_data(config.security.id_key_file)
+    try:
+        if command == "backup":
+            done = backup(config.database_path, config.data_dir, directory)
+            print(f"backup in {done.directory}: {done.cases} cases, {done.files} files; it needs the key "
+                  f"id(s) {', '.join(done.key_ids) or '(none)'} of {key_file}, which is not in it: keep a "
+                  "copy of that file apart from the backups")
+        else:
+            if not key_file.exists():
+                print(f"softswitch: put the national-ID key file at {key_file} first (it is not in backups)",
+                      file=sys.stderr)
+                return 2
+            done = restore(directory, config.database_path, config.data_dir,
+                           IdProtector.from_key_file(key_file).key_ids)
+            print(f"restored {done.cases} cases and {done.files} files into {config.data_dir}")
+    except (BackupError, OSError, ValueError) as exc:
+        print(f"softswitch: {command} failed: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -87,6 +87,10 @@ class IdProtector:
         _check_national_id(national_id)
         return "*" * (NATIONAL_ID_LENGTH - 2) + national_id[-2:]
 
+    @property
+    def key_ids(self) -> set[str]:
+        return set(self._ciphers)
+
     @classmethod
     def from_key_file(cls, path: Path) -> "IdProtector":
         """Load keys from a JSON key file, creating it with fresh random keys if absent."""

@@ -165,6 +165,7 @@ class Worker:
     draining: bool = False
     refusing: bool = False  # told to take no new calls for now (Admit)
     cap_hit: bool = False
+    cap_reported: bool = False  # the library told its call cap; none is learnt then
     max_calls: int | None = None
     stopping: bool = False
     retiring: bool = False
@@ -179,6 +180,7 @@ class Worker:
         files = _raise_file_limit()
         self._init_library()
         self.max_calls = library_call_cap(pj)
+        self.cap_reported = self.max_calls is not None
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         log.info("worker %d: pjsua2 %s, %s call slots, %d file descriptors", self.settings.worker_id,
@@ -245,6 +247,10 @@ class Worker:
 
     def _learn_cap(self) -> None:
         self.cap_hit = False
+        if self.cap_reported:
+            # The library said its cap at start: a refusal under a burst (a flood of INVITEs that
+            # end at once) must not be read as a smaller cap, or the front would send it one call.
+            return
         cap = sum(1 for c in self.calls.values() if c.state is not LegState.ENDED)
         if cap and cap != self.max_calls:
             self.max_calls = cap
