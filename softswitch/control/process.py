@@ -12,7 +12,7 @@ import signal
 import socket
 import sqlite3
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from softswitch.control import sipfront
 from softswitch.control.calls import ControlCall, WorkerLink
 from softswitch.control.capacity import WorkerPlan, plan_workers
 from softswitch.control.desk import ControlDesk
+from softswitch.control.metrics import Metrics
 from softswitch.control.processes import ExecChild, ProcessSupervisor, stop_leftovers, worker_command
 from softswitch.control.routing import Accept, CallFacts, Reject, caller_number, route
 from softswitch.domain.acd import Acd
@@ -49,13 +50,15 @@ log = logging.getLogger("softswitch.control")
 class StoreCaseSink:
     """The IVR's view of the store for one call."""
 
-    def __init__(self, store: Store, call_id: int) -> None:
+    def __init__(self, store: Store, call_id: int, metrics: Metrics) -> None:
         self.store = store
         self.call_id = call_id
+        self.metrics = metrics
 
     async def keep_recording(self, result: RecordingResult) -> None:
         await self.store.add_recording(self.call_id, None, result.kind, str(result.path), result.duration_s,
                                        result.sha256, result.complete)
+        self.metrics.recording_kept(result.kind, result.duration_s, result.complete)
 
     async def open_case(self, subject: PersonId, caller: PersonId | None, complete: bool) -> str:
         case = await self.store.open_call_case(self.call_id, subject, caller, complete=complete)
@@ -92,6 +95,7 @@ class Softswitch:
         # What keeps the switch from keeping a new call (a full disk, a failing store): while
         # there is any, workers refuse new calls with 503 and health says degraded.
         self.troubles: list[str] = []
+        self.metrics = Metrics(self._live_state)
         # Known once the engine has been asked what it holds (the first thing run() does).
         self.engine: EngineInfo | None = None
         self.plan: WorkerPlan | None = None
@@ -230,7 +234,7 @@ class Softswitch:
                 case = await self.store.open_call_case(call.id, subject, complete=False, actor="recovery")
                 await self.store.attach_recordings(call.id, case.id)
                 log.warning("call %d: its message, cut by a crash, is case ...%s", call.id, case.tracking_code[-3:])
-            await self.store.end_call(call.id, time.time(), "interrupted", call.ivr_path)
+            await self._end_call(call.id, "interrupted", call.ivr_path)
 
     # -- workers -----------------------------------------------------------
     async def _serve_worker(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -346,7 +350,7 @@ class Softswitch:
         try:
             call_id = await self.store.add_call(event.sip_call_id, event.from_uri, event.to_uri, event.source,
                                                 link.worker_id, now)
-            await self.store.end_call(call_id, now, f"rejected_{event.status_code}", [])
+            await self._end_call(call_id, f"rejected_{event.status_code}", [], at=now)
         except Exception:
             log.exception("cannot record the refused call %s", event.sip_call_id)
 
@@ -369,14 +373,14 @@ class Softswitch:
         if not isinstance(destination, Accept):
             link.send(protocol.Reject(handle, destination.status_code))
             await call.ended_event.wait()
-            await self.store.end_call(call_id, time.time(), f"rejected_{destination.status_code}", [])
+            await self._end_call(call_id, f"rejected_{destination.status_code}", [])
             return
         link.send(protocol.Answer(handle))
         session = Session()
         try:
             if await call.wait_answered(self.config.ivr.answer_timeout_s):
                 await self.store.answer_call(call_id, time.time())
-                flow = CallFlow(call, self.prompts, StoreCaseSink(self.store, call_id), self.config.ivr,
+                flow = CallFlow(call, self.prompts, StoreCaseSink(self.store, call_id, self.metrics), self.config.ivr,
                                 label=handle, recognizer=self.recognizer, live=self.live,
                                 caller_number=caller_number(facts.from_uri), follow_up=self.follow_up)
                 session = flow.session
@@ -390,7 +394,30 @@ class Softswitch:
             self.desk.untrack(handle)
             if not call.ended:
                 await call.hangup()
-            await self.store.end_call(call_id, time.time(), _disposition(call, session), session.path)
+            await self._end_call(call_id, _disposition(call, session), session.path)
+
+    async def _end_call(self, call_id: int, disposition: str, ivr_path: Sequence[str], at: float | None = None) -> None:
+        """The CDR closed, and the call counted."""
+        await self.store.end_call(call_id, time.time() if at is None else at, disposition, ivr_path)
+        self.metrics.call_ended(disposition, ivr_path)
+
+    def _live_state(self) -> dict[str, Any]:
+        """What /metrics reads off the running switch at each scrape."""
+        snapshot: dict[str, Any] = (self.acd.snapshot() if hasattr(self, "acd")
+                                    else {"queue": [], "longest_wait_s": 0.0, "agents": []})
+        agents: dict[str, int] = {}
+        for agent in snapshot["agents"]:
+            agents[agent["state"]] = agents.get(agent["state"], 0) + 1
+        return {
+            "calls_active": sum(len(link.calls) for link in self.links),
+            "queue_length": len(snapshot["queue"]), "longest_wait_s": snapshot["longest_wait_s"],
+            "agents": agents,
+            "workers": {link.worker_id: len(link.calls) for link in self.links if link.worker_id is not None},
+            "restarts": self.children.restarts(), "problems": len(self.troubles),
+        }
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.text()
 
     async def _start_http(self) -> web.AppRunner:
         from softswitch.web.app import build_app

@@ -39,6 +39,9 @@ class Service(Protocol):
 
     async def health(self) -> dict[str, Any]: ...
 
+    def metrics_text(self) -> bytes:
+        """Prometheus text format."""
+
 
 SERVICE = web.AppKey("service", Service)
 RETRY_AFTER_S = 30
@@ -49,6 +52,7 @@ def build_app(service: Service) -> web.Application:
     app = web.Application(middlewares=[store_unavailable])
     app[SERVICE] = service
     app.router.add_get("/api/health", health)
+    app.router.add_get("/metrics", metrics)
     timezone = service.config.office_hours.timezone
     secure = service.config.http.cookies_secure  # served over HTTPS, here or by a TLS-terminating proxy
     add_console_routes(app, service.desk, timezone=timezone, secure_cookies=secure)
@@ -68,6 +72,12 @@ async def store_unavailable(request: web.Request, handler: Handler) -> web.Strea
     except (StorageFull, StoreDamaged) as exc:
         raise json_error(web.HTTPServiceUnavailable, f"the case store cannot take this now: {type(exc).__name__}",
                          headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+
+
+async def metrics(request: web.Request) -> web.Response:
+    # For Prometheus on the operator's network: no personal data in any label (softswitch/control/metrics.py).
+    return web.Response(body=request.app[SERVICE].metrics_text(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def health(request: web.Request) -> web.Response:

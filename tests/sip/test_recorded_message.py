@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,35 @@ def test_malformed_sip_is_dropped_and_calls_go_on(softswitch: RunningSoftswitch)
     result, call_id = softswitch.refused("after-garbage", 404, service="999")
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
     assert softswitch.call_record(call_id)["call"]["disposition"] == "rejected_404"
+
+
+def _scrape(softswitch: RunningSoftswitch) -> dict[str, float]:
+    """``/metrics`` as {sample with labels: value}, read with Prometheus's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(softswitch.http + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {name + "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}": value
+            for family in text_string_to_metric_families(text) for name, labels, value, *_ in family.samples}
+
+
+def test_metrics_move_as_a_call_does_and_carry_no_personal_data(softswitch: RunningSoftswitch, speech: Path,
+                                                                 tmp_path: Path) -> None:
+    pcap = tmp_path / "caller.pcap"
+    keyed_id_then_message(speech, pcap)
+    before = _scrape(softswitch)
+    result, call_id = softswitch.call("metrics", pcap)
+    assert result.returncode == 0, result.stderr + result.stdout[-2000:]
+    record = softswitch.call_record(call_id)
+    after = _scrape(softswitch)
+
+    def moved(sample: str) -> float:
+        return after.get(sample, 0.0) - before.get(sample, 0.0)
+    assert moved("softswitch_calls_total{disposition=completed}") == 1
+    assert moved("softswitch_ivr_steps_total{outcome=keypad:verified,step=national_id}") == 1
+    assert moved("softswitch_ivr_steps_total{outcome=digit,step=message}") == 1
+    assert moved("softswitch_recordings_total{complete=true,kind=message}") == 1
+    message = next(r for r in record["recordings"] if r["kind"] == "message")
+    assert moved("softswitch_recorded_seconds_total{kind=message}") == pytest.approx(message["duration_s"], abs=0.01)
+    assert after["softswitch_workers_up{}"] == 3 and after["softswitch_health_problems{}"] == 0
+    scraped = "\n".join(after)
+    assert NATIONAL_ID not in scraped and record["tracking_code"] not in scraped
