@@ -166,9 +166,9 @@ class Softswitch:
         cfg = self.config
         if not cfg.agents.accounts:
             return None
-        front = f"[{cfg.sip.listen}]" if ":" in cfg.sip.listen else cfg.sip.listen
+        front = sip_address(cfg.sip.listen, cfg.sip.port)
         service = LiveService(self.acd, self.desk, cfg.queue, cfg.agents.ring_timeout_s,
-                              agent_uri=lambda agent_id: f"sip:{agent_id}@{front}:{cfg.sip.port}")
+                              agent_uri=lambda agent_id: f"sip:{agent_id}@{front}")
         return Live(service, OfficeHours.from_config(cfg.office_hours))
 
     def _start_children(self, plan: WorkerPlan) -> None:

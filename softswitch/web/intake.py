@@ -26,7 +26,6 @@ from storage.reports import calls_csv, cases_csv
 from storage.store import Store
 
 OPENAPI_DOCUMENT = CONFIG_DIR / "openapi.yaml"
-SECONDS_PER_DAY = 86_400.0
 MAX_TEXT_CHARS = 10_000
 MAX_LIST = 1000
 # IDs that came as typed digits (a form, an SMS, a letter keyed in) are "keypad"
