@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,8 +67,10 @@ class DeskCall:
 
 
 class ControlDesk:
-    def __init__(self, config: Config, store: Store, acd: Acd, prompts: Any) -> None:
+    def __init__(self, config: Config, store: Store, acd: Acd, prompts: Any,
+                 on_filed: Callable[[str, bool], None] = lambda channel, duplicate: None) -> None:
         self.config = config
+        self.on_filed = on_filed  # (channel, duplicate) of each filing through the duplicate rule, for the metrics
         self.store = store
         self.acd = acd
         self.prompts = prompts
@@ -196,6 +198,7 @@ class ControlDesk:
                 window_s=duplicate_window_s(self.config.cases.duplicate_window_days), submitter=submitter,
                 call_id=call.call_id, override_reason=reason)
             call.case, call.linked = result.case, result.duplicate
+            self.on_filed("phone", result.duplicate)
             if not result.duplicate:
                 await self.store.attach_recordings(call.call_id, result.case.id)
                 if reason is not None:

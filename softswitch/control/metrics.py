@@ -1,18 +1,25 @@
 """Prometheus metrics of the control process (``GET /metrics``, text format, prometheus_client).
 
-Counters move as calls end; gauges are read off the live state at each scrape.
+Counters move as calls end; gauges are read off the live state at each scrape,
+the SIP front's counters off Kamailio's own statistics at each scrape.
 No label carries personal data: dispositions, IVR step names and outcomes,
-recording kinds, agent states and worker ids only.
+recording kinds, agent states, channels, reply codes and worker ids only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+
+# The IVR path's ID steps (ivr.identify.Whose) and whose ID each asks for.
+_ID_STEPS = {"national_id": "caller", "subject_id": "subject"}
+# Recording ends that lost audio (ivr.channel.RecordingResult.reason).
+_FAILED_RECORDING = frozenset({"error", "lost"})
 
 
 def step_outcome(entry: str) -> tuple[str, str]:
@@ -21,11 +28,32 @@ def step_outcome(entry: str) -> tuple[str, str]:
     return step, outcome
 
 
+def id_capture(outcome: str) -> tuple[str, str]:
+    """An ID step's outcome as (source, result): ``keypad:verified`` -> (keypad, verified); an outcome
+    without a source (``no_input``, or the status the caller was left with after the last attempt) has
+    source ``none``."""
+    source, _, result = outcome.rpartition(":")
+    return source or "none", result
+
+
+def front_statistics(lines: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Kamailio's ``stats.get_statistics all`` (``"group:name = value"`` lines) as {group: {name: value}}."""
+    groups: dict[str, dict[str, float]] = {}
+    for line in lines:
+        key, _, value = line.partition(" = ")
+        group, _, name = key.partition(":")
+        try:
+            groups.setdefault(group, {})[name] = float(value)
+        except ValueError:
+            continue
+    return groups
+
+
 class _Live(Collector):
     def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
         self.read = read
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         state = self.read()
         yield GaugeMetricFamily("softswitch_calls_active", "Calls in progress on the media workers",
                                 value=state["calls_active"])
@@ -48,6 +76,53 @@ class _Live(Collector):
         yield restarts
         yield GaugeMetricFamily("softswitch_health_problems", "Problems that keep new calls out (0: taking calls)",
                                 value=state["problems"])
+        today = state["today"]
+        figures = GaugeMetricFamily("softswitch_queue_today", "Today's queue figures (local day, reset at midnight)",
+                                    labels=["figure"])
+        for name in ("offered", "answered", "answered_in_time", "abandoned", "to_message", "left_other", "recorded"):
+            figures.add_metric([name], today.get(name) or 0)
+        yield figures
+        if today.get("service_level") is not None:
+            yield GaugeMetricFamily("softswitch_queue_service_level_ratio",
+                                    "Today's answered calls answered within queue.service_level_s",
+                                    value=today["service_level"])
+        yield from _front(state.get("front") or {})
+
+
+def _counter(name: str, documentation: str, label: str,
+             values: Iterable[tuple[str, float]]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for label_value, value in values:
+        family.add_metric([label_value], value)
+    return family
+
+
+def _front(groups: Mapping[str, Mapping[str, float]]) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """The SIP front's received messages, replies by code, transactions and registrations (Kamailio's
+    core, sl, tmx, registrar and usrloc statistics); nothing when the front is down."""
+    if not groups:
+        return
+    core, sl, tmx, registrar = (groups.get(group, {}) for group in ("core", "sl", "tmx", "registrar"))
+    yield _counter("softswitch_front_received", "SIP messages the front received", "kind",
+                   ((kind, core.get(f"rcv_{kind}", 0)) for kind in ("requests", "replies")))
+    yield CounterMetricFamily("softswitch_front_dropped_requests", "Requests the front dropped (floods, bad routes)",
+                              value=core.get("drop_requests", 0))
+    yield _counter("softswitch_front_replies", "Replies the front sent itself (stateless: refusals, 503 when no "
+                   "worker can), by code", "code",
+                   ((name.removesuffix("_replies"), value) for name, value in sorted(sl.items())
+                    if name.endswith("_replies") and name[0].isdigit()))
+    yield _counter("softswitch_front_transactions_finished", "Transactions the front relayed, by the class of "
+                   "their final reply", "class",
+                   ((name.removesuffix("_transactions"), value) for name, value in sorted(tmx.items())
+                    if name.endswith("xx_transactions")))
+    yield _counter("softswitch_front_transactions", "Transactions the front created", "side",
+                   (("uas", tmx.get("UAS_transactions", 0)), ("uac", tmx.get("UAC_transactions", 0))))
+    yield GaugeMetricFamily("softswitch_front_transactions_active", "Transactions the front holds now",
+                            value=tmx.get("active_transactions", 0))
+    yield _counter("softswitch_front_registrations", "REGISTERs the front accepted or refused", "result",
+                   (("accepted", registrar.get("accepted_regs", 0)), ("rejected", registrar.get("rejected_regs", 0))))
+    yield GaugeMetricFamily("softswitch_front_registered_contacts", "Phones registered at the front",
+                            value=groups.get("usrloc", {}).get("location_contacts", 0))
 
 
 class Metrics:
@@ -61,16 +136,39 @@ class Metrics:
                                   ["kind", "complete"], registry=self.registry)
         self.recorded_seconds = Counter("softswitch_recorded_seconds", "Audio kept in recordings", ["kind"],
                                         registry=self.registry)
+        self.recorded_bytes = Counter("softswitch_recorded_bytes", "Bytes of recordings kept", ["kind"],
+                                      registry=self.registry)
+        self.recording_failures = Counter("softswitch_recording_failures", "Recordings that lost audio "
+                                          "(the media failed or was lost; what was taped is kept)",
+                                          ["kind", "reason"], registry=self.registry)
+        self.id_captures = Counter("softswitch_id_captures", "National ID attempts, by whose ID, source and result",
+                                   ["whose", "source", "result"], registry=self.registry)
+        self.follow_ups = Counter("softswitch_follow_ups", "Follow-up calls by outcome", ["outcome"],
+                                  registry=self.registry)
+        self.intake = Counter("softswitch_intake_requests", "Requests filed through the one duplicate rule, by "
+                              "channel and whether they were linked to an existing case", ["channel", "duplicate"],
+                              registry=self.registry)
         self.registry.register(_Live(read_live))
 
     def call_ended(self, disposition: str, ivr_path: Sequence[str]) -> None:
         self.calls.labels(disposition).inc()
         for entry in ivr_path:
-            self.steps.labels(*step_outcome(entry)).inc()
+            step, outcome = step_outcome(entry)
+            self.steps.labels(step, outcome).inc()
+            if step in _ID_STEPS:
+                self.id_captures.labels(_ID_STEPS[step], *id_capture(outcome)).inc()
+            elif step == "follow_up":
+                self.follow_ups.labels(outcome).inc()
 
-    def recording_kept(self, kind: str, duration_s: float, complete: bool) -> None:
+    def recording_kept(self, kind: str, duration_s: float, complete: bool, size: int, reason: str) -> None:
         self.recordings.labels(kind, str(complete).lower()).inc()
         self.recorded_seconds.labels(kind).inc(duration_s)
+        self.recorded_bytes.labels(kind).inc(size)
+        if reason in _FAILED_RECORDING:
+            self.recording_failures.labels(kind, reason).inc()
+
+    def intake_filed(self, channel: str, duplicate: bool) -> None:
+        self.intake.labels(channel, str(duplicate).lower()).inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

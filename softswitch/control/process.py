@@ -32,7 +32,7 @@ from softswitch.control import sipfront
 from softswitch.control.calls import ControlCall, WorkerLink
 from softswitch.control.capacity import WorkerPlan, plan_workers
 from softswitch.control.desk import ControlDesk
-from softswitch.control.metrics import Metrics
+from softswitch.control.metrics import Metrics, front_statistics
 from softswitch.control.processes import ExecChild, ProcessSupervisor, stop_leftovers, worker_command
 from softswitch.control.routing import Accept, CallFacts, Reject, caller_number, route
 from softswitch.domain.acd import Acd
@@ -58,7 +58,8 @@ class StoreCaseSink:
     async def keep_recording(self, result: RecordingResult) -> None:
         await self.store.add_recording(self.call_id, None, result.kind, str(result.path), result.duration_s,
                                        result.sha256, result.complete)
-        self.metrics.recording_kept(result.kind, result.duration_s, result.complete)
+        size = await asyncio.to_thread(_file_size, result.path)
+        self.metrics.recording_kept(result.kind, result.duration_s, result.complete, size, result.reason)
 
     async def open_case(self, subject: PersonId, caller: PersonId | None, complete: bool) -> str:
         case = await self.store.open_call_case(self.call_id, subject, caller, complete=complete)
@@ -96,6 +97,7 @@ class Softswitch:
         # there is any, workers refuse new calls with 503 and health says degraded.
         self.troubles: list[str] = []
         self.metrics = Metrics(self._live_state)
+        self.front_statistics: dict[str, dict[str, float]] = {}  # Kamailio's, as of the last scrape
         # Known once the engine has been asked what it holds (the first thing run() does).
         self.engine: EngineInfo | None = None
         self.plan: WorkerPlan | None = None
@@ -134,7 +136,7 @@ class Softswitch:
             self.store = store
             await self._close_orphaned_calls()
             self.acd = Acd(cfg.agents, cfg.queue)
-            self.desk = ControlDesk(cfg, store, self.acd, self.prompts)
+            self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed)
             self.live = self._live_mode()
             # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.
             self.follow_up = FollowUp(StoreFollowUp(store), cfg.follow_up, FailureThrottle(
@@ -414,10 +416,18 @@ class Softswitch:
             "agents": agents,
             "workers": {link.worker_id: len(link.calls) for link in self.links if link.worker_id is not None},
             "restarts": self.children.restarts(), "problems": len(self.troubles),
+            "today": snapshot.get("today", {}), "front": self.front_statistics,
         }
 
-    def metrics_text(self) -> bytes:
+    async def metrics_text(self) -> bytes:
+        try:
+            self.front_statistics = front_statistics(await self.front.call("stats.get_statistics", "all"))
+        except sipfront.FrontRpcError:
+            self.front_statistics = {}  # the front is down: its counters are absent, softswitch_workers_up says more
         return self.metrics.text()
+
+    def intake_filed(self, channel: str, duplicate: bool) -> None:
+        self.metrics.intake_filed(channel, duplicate)
 
     async def _start_http(self) -> web.AppRunner:
         from softswitch.web.app import build_app
@@ -474,6 +484,13 @@ def _disposition(call: ControlCall, session: Session) -> str:
     if session.ended_by is not None:
         return "caller_hangup"
     return "completed"
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # a tape the worker never created (its media failed): counted as a failure by its reason
 
 
 def sip_address(host: str, port: int) -> str:

@@ -39,8 +39,11 @@ class Service(Protocol):
 
     async def health(self) -> dict[str, Any]: ...
 
-    def metrics_text(self) -> bytes:
+    async def metrics_text(self) -> bytes:
         """Prometheus text format."""
+
+    def intake_filed(self, channel: str, duplicate: bool) -> None:
+        """A request went through the duplicate rule (counted in the metrics)."""
 
 
 SERVICE = web.AppKey("service", Service)
@@ -56,7 +59,7 @@ def build_app(service: Service) -> web.Application:
     timezone = service.config.office_hours.timezone
     secure = service.config.http.cookies_secure  # served over HTTPS, here or by a TLS-terminating proxy
     add_console_routes(app, service.desk, timezone=timezone, secure_cookies=secure)
-    add_intake_routes(app, service.store, service.config)
+    add_intake_routes(app, service.store, service.config, service.intake_filed)
     add_agency_routes(app, AgencyServices(service.store, service.config.agencies, service.synthesizer,
                                           service.config.under_data(Path("answers"))),
                       timezone=timezone, secure_cookies=secure)
@@ -76,7 +79,7 @@ async def store_unavailable(request: web.Request, handler: Handler) -> web.Strea
 
 async def metrics(request: web.Request) -> web.Response:
     # For Prometheus on the operator's network: no personal data in any label (softswitch/control/metrics.py).
-    return web.Response(body=request.app[SERVICE].metrics_text(),
+    return web.Response(body=await request.app[SERVICE].metrics_text(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -150,8 +150,10 @@ def _field_errors(exc: ValidationError) -> web.HTTPError:
 class IntakeApi:
     """The handlers; tokens are recognised by the SHA-256 kept in ``api_tokens``."""
 
-    def __init__(self, store: Store, config: Config, openapi: dict[str, Any]) -> None:
+    def __init__(self, store: Store, config: Config, openapi: dict[str, Any],
+                 on_filed: Callable[[str, bool], None]) -> None:
         self.store = store
+        self.on_filed = on_filed  # (channel, duplicate), for the metrics
         self.tokens = config.api_tokens
         self.agency_names = {agency.id: agency.name for agency in config.agencies}
         self.agencies = frozenset(self.agency_names)
@@ -218,6 +220,7 @@ class IntakeApi:
             submitter=None if submitter is None else PersonId(submitter, TYPED_ID, "verified"),
             channel=submission.channel, agency=submission.agency, category=submission.category,
             summary=submission.text, actor=f"api:{token.name}", window_s=self.window_s)
+        self.on_filed(submission.channel, result.duplicate)
         code = result.case.tracking_code
         if result.duplicate:
             return web.json_response({"tracking_code": code, "duplicate": True})
@@ -291,9 +294,11 @@ def load_openapi(path: Path = OPENAPI_DOCUMENT) -> dict[str, Any]:
     return document
 
 
-def add_intake_routes(app: web.Application, store: Store, config: Config) -> None:
-    """POST/GET /api/cases, a call or a case by its id, the CSV reports and /api/openapi.json."""
-    api = IntakeApi(store, config, load_openapi())
+def add_intake_routes(app: web.Application, store: Store, config: Config,
+                      on_filed: Callable[[str, bool], None]) -> None:
+    """POST/GET /api/cases, a call or a case by its id, the CSV reports and /api/openapi.json.
+    ``on_filed(channel, duplicate)`` is told of each request that went through the duplicate rule."""
+    api = IntakeApi(store, config, load_openapi(), on_filed)
     app.router.add_post("/api/cases", api.submit_case)
     app.router.add_get("/api/cases", api.list_cases)
     app.router.add_get("/api/reports/cases.csv", api.cases_csv)

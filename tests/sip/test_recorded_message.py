@@ -216,6 +216,14 @@ def test_metrics_move_as_a_call_does_and_carry_no_personal_data(softswitch: Runn
     assert moved("softswitch_recordings_total{complete=true,kind=message}") == 1
     message = next(r for r in record["recordings"] if r["kind"] == "message")
     assert moved("softswitch_recorded_seconds_total{kind=message}") == pytest.approx(message["duration_s"], abs=0.01)
+    # 8 kHz 16-bit mono WAV: 16,000 bytes a second after its header.
+    assert moved("softswitch_recorded_bytes_total{kind=message}") == pytest.approx(
+        44 + 16000 * message["duration_s"], rel=0.01)
+    assert moved("softswitch_id_captures_total{result=verified,source=keypad,whose=caller}") == 1
+    # The front's own counters: INVITE, ACK and BYE came in through it; it relayed the worker's 200s.
+    assert moved("softswitch_front_received_total{kind=requests}") >= 3
+    assert moved("softswitch_front_transactions_total{side=uas}") >= 2
+    assert moved("softswitch_front_transactions_finished_total{class=2xx}") >= 2
     assert after["softswitch_workers_up{}"] == 3 and after["softswitch_health_problems{}"] == 0
     scraped = "\n".join(after)
     assert NATIONAL_ID not in scraped and record["tracking_code"] not in scraped

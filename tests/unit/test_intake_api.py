@@ -53,9 +53,15 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def client(store: Store, config: Config) -> AsyncIterator[Client]:
+def filed() -> list[tuple[str, bool]]:
+    """(channel, duplicate) of each request the API told the metrics of."""
+    return []
+
+
+@pytest.fixture
+async def client(store: Store, config: Config, filed: list[tuple[str, bool]]) -> AsyncIterator[Client]:
     app = web.Application()
-    add_intake_routes(app, store, config)
+    add_intake_routes(app, store, config, lambda channel, duplicate: filed.append((channel, duplicate)))
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
 
@@ -138,7 +144,8 @@ async def test_a_body_beyond_the_size_limit_gets_413(client: Client) -> None:
     assert response.status == 413
 
 
-async def test_duplicates_from_every_channel_link_to_the_first_case(client: Client, store: Store) -> None:
+async def test_duplicates_from_every_channel_link_to_the_first_case(client: Client, store: Store,
+                                                                    filed: list[tuple[str, bool]]) -> None:
     response = await client.post("/api/cases", json=_request(), headers=_bearer(SMS))
     assert response.status == 201
     first = await response.json()
@@ -153,6 +160,7 @@ async def test_duplicates_from_every_channel_link_to_the_first_case(client: Clie
     assert await _submit(client, SMS, _request(subject_national_id=SUBJECT_IN_PERSIAN)) == (
         200, {"tracking_code": first["tracking_code"], "duplicate": True})
     assert len(await store.list_cases()) == 1
+    assert filed == [("sms", False), ("letter", True), ("sms", True)]
 
     events = await store.case_events(case.id)
     assert [(e.actor, e.kind) for e in events] == [
@@ -264,7 +272,8 @@ async def test_openapi_document_is_served_as_json(client: Client) -> None:
 async def test_openapi_describes_every_api_route(store: Store, config: Config) -> None:
     desk = FakeDesk([])
     try:
-        switch = SimpleNamespace(store=store, config=config, desk=desk, synthesizer=EspeakSynthesizer())
+        switch = SimpleNamespace(store=store, config=config, desk=desk, synthesizer=EspeakSynthesizer(),
+                                 intake_filed=lambda channel, duplicate: None)
         app = build_app(switch)  # type: ignore[arg-type]
     finally:
         await desk.close()

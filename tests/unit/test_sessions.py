@@ -299,7 +299,8 @@ async def test_https_site_of_the_softswitch_sets_secure_cookies(tmp_path: Path) 
     cert_file, key_file = _self_signed(tmp_path)
     config = Config(data_dir=tmp_path, http=HttpConfig(port=0, tls_cert_file=cert_file, tls_key_file=key_file))
     desk = FakeDesk([(fake_account(AGENT, "مریم احمدی"), AGENT_PASSWORD)])
-    switch = SimpleNamespace(config=config, desk=desk, store=None, synthesizer=EspeakSynthesizer())
+    switch = SimpleNamespace(config=config, desk=desk, store=None, synthesizer=EspeakSynthesizer(),
+                             intake_filed=lambda channel, duplicate: None)
     runner = await Softswitch._start_http(switch)  # type: ignore[arg-type]  # the real site, as `run` starts it
     try:
         port = runner.addresses[0][1]

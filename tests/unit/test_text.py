@@ -59,7 +59,7 @@ async def client(store: Store, tmp_path: Path) -> AsyncIterator[TestClient[web.R
     app = web.Application()
     config = Config(data_dir=tmp_path, api_tokens=(ApiToken(name="sms-gateway", sha256=token_sha256(SMS),
                                                             channel="sms"),))
-    add_intake_routes(app, store, config)
+    add_intake_routes(app, store, config, lambda channel, duplicate: None)
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
 
