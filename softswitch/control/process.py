@@ -185,7 +185,7 @@ class Softswitch:
                 rtp_port_range=plan.rtp_ports_per_worker, control_socket=cfg.control_socket, poll_ms=w.poll_ms,
                 max_calls=plan.max_calls, recycle_after_calls=plan.recycle_after_calls,
                 rtp_timeout_s=cfg.sip.rtp_timeout_s, session_expires_s=cfg.sip.session_expires_s,
-                front=sip_address(cfg.sip.listen, cfg.sip.port))
+                front=sip_address(cfg.sip.listen, cfg.sip.port), apology=str(self.prompts.path("control_lost")))
             self.children.add(f"worker{i}", functools.partial(ExecChild.start, worker_command(settings)),
                               marker=f"--control-socket {cfg.control_socket} ")
 

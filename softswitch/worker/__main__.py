@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rtp-timeout-s", type=float, default=60.0)
     parser.add_argument("--session-expires-s", type=int, default=1800)
     parser.add_argument("--front", default="", help="host:port of the SIP front; INVITEs only from there")
+    parser.add_argument("--apology", default="", help="WAV played to answered calls if the control process is lost")
     args = parser.parse_args(argv)
     run_worker(WorkerSettings(
         worker_id=args.id, sip_host=args.sip_host, sip_port=args.sip_port, rtp_port=args.rtp_port,
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         max_calls=args.max_calls, recycle_after_calls=args.recycle_after_calls,
         pjsua_log_level=args.pjsua_log_level,
         rtp_timeout_s=args.rtp_timeout_s, session_expires_s=args.session_expires_s, front=args.front,
+        apology=args.apology,
     ))
 
 

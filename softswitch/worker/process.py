@@ -58,6 +58,8 @@ FINISH_TIMEOUT_S = 2.0
 PROMPT_LATE_S = 1.0
 # How often the calls' received RTP is counted, for the RTP timeout.
 RTP_CHECK_S = 2.0
+# After the apology's own length, before the hang-up: the last RTP packets leave.
+APOLOGY_MARGIN_S = 0.5
 
 
 class Waker:
@@ -169,6 +171,8 @@ class Worker:
     max_calls: int | None = None
     stopping: bool = False
     retiring: bool = False
+    control_lost: bool = False
+    apology_ends: float = 0.0  # monotonic; when the control link was lost, the last answered calls end
     call_seq: int = 0
     next_follow: float = 0.0
     next_rtp_check: float = 0.0
@@ -210,6 +214,10 @@ class Worker:
                     self.next_rtp_check = now + RTP_CHECK_S
                 if self.cap_hit:
                     self._learn_cap()
+                if self.apology_ends and now >= self.apology_ends:
+                    self.apology_ends = 0.0
+                    for leg in list(self.calls.values()):
+                        self._hangup(leg)
                 self._flush()
         finally:
             self._shutdown()
@@ -310,6 +318,9 @@ class Worker:
         self.outbox += protocol.encode(event)
 
     def _flush(self) -> None:
+        if self.control_lost:
+            self.outbox.clear()  # nobody to tell: the next control process reads the tapes off the disk
+            return
         if not self.outbox:
             return
         data, self.outbox = bytes(self.outbox), bytearray()
@@ -317,14 +328,13 @@ class Worker:
         try:
             self.sock.sendall(data)
         except OSError as exc:
-            # Control is gone: the supervisor is gone with it; stop cleanly.
             log.error("control socket lost: %s", exc)
-            self.stopping = True
+            self._lose_control()
         finally:
             self.sock.setblocking(False)
 
     def _drain_control(self) -> None:
-        while True:
+        while not self.control_lost:
             try:
                 chunk = self.sock.recv(65536)
             except BlockingIOError:
@@ -334,10 +344,8 @@ class Worker:
                     continue
                 chunk = b""
             if not chunk:
-                log.error("control closed the socket; draining")
-                self.stopping = self.draining = True
-                for leg in list(self.calls.values()):
-                    self._hangup(leg)
+                log.error("control closed the socket")
+                self._lose_control()
                 return
             self.inbox += chunk
         while (newline := self.inbox.find(b"\n")) >= 0:
@@ -349,6 +357,39 @@ class Worker:
                 log.error("bad command: %s", exc)
             except pj.Error as exc:
                 log.error("command failed: %s", exc.info())
+
+    def _lose_control(self) -> None:
+        """The control process is gone (and its supervisor with it): no IVR, no queue, no case store.
+        Every tape is closed now, so what each caller said is on disk for the next control process to
+        attach; answered calls hear an apology, then the worker hangs up and stops."""
+        if self.control_lost:
+            return
+        self.control_lost = self.stopping = self.draining = True
+        longest = 0.0
+        for leg in list(self.calls.values()):
+            if leg.recording is not None:
+                self._end_recording(leg, "stopped")
+            if leg.state is not LegState.CONFIRMED or not self.settings.apology:
+                self._hangup(leg)
+                continue
+            self._unbridge(leg)
+            self._start_play(leg, "apology", [self.settings.apology])
+            longest = _playing_time_s(self.settings.apology)
+        if longest:
+            self.apology_ends = time.monotonic() + longest + APOLOGY_MARGIN_S
+        log.error("worker %d: control lost; %d calls end%s", self.settings.worker_id, len(self.calls),
+                  f" after an apology of {longest:.1f} s" if longest else "")
+
+    def _unbridge(self, leg: Leg) -> None:
+        peer = self.calls.get(leg.bridged_to) if leg.bridged_to else None
+        leg.bridged_to = None
+        if peer is None or peer.state is LegState.ENDED:
+            return
+        peer.bridged_to = None
+        with contextlib.suppress(pj.Error):
+            ours, theirs = leg.call.getAudioMedia(-1), peer.call.getAudioMedia(-1)
+            ours.stopTransmit(theirs)
+            theirs.stopTransmit(ours)
 
     def _handle(self, cmd: protocol.Command) -> None:
         match cmd:

@@ -23,3 +23,6 @@ class WorkerSettings:
     # The SIP front's address (host:port as its packets come from): INVITEs from anywhere else are
     # refused, whatever their X-111-Source says. Empty: not checked.
     front: str = ""
+    # Played to every answered call when the control link is lost (the control process died), before the
+    # worker hangs up: no caller is cut off in silence. Empty: hang up at once.
+    apology: str = ""

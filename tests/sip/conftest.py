@@ -194,12 +194,17 @@ class RunningSoftswitch:
         raise AssertionError(f"no recording file with sha256 {sha256}")
 
 
+def prompt_tone_hz(name: str) -> int:
+    """The tone the tests' softswitch plays for this prompt: distinct tones within the telephone band,
+    however many prompts there are."""
+    return 400 + (37 * list(load_prompt_texts(CONFIG_DIR / "prompts.fa.yaml")).index(name)) % 3000
+
+
 def _tone_overrides(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(load_prompt_texts(CONFIG_DIR / "prompts.fa.yaml")):
+    for name in load_prompt_texts(CONFIG_DIR / "prompts.fa.yaml"):
         subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer",
-                        # distinct tones within the telephone band, however many prompts there are
-                        str(directory / f"{name}.wav"), "synth", str(PROMPT_S), "sine", str(400 + (37 * i) % 3000),
+                        str(directory / f"{name}.wav"), "synth", str(PROMPT_S), "sine", str(prompt_tone_hz(name)),
                         "vol", "0.3"], check=True)
 
 

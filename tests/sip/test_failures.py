@@ -20,13 +20,17 @@ from pathlib import Path
 import pytest
 
 from media.wavfile import is_silence
-from tests.sip.conftest import NATIONAL_ID, CallerScript, RunningSoftswitch, running_softswitch
+from media.wavfile import read_pcm
+from tests.sip.conftest import NATIONAL_ID, CallerScript, RunningSoftswitch, prompt_tone_hz, running_softswitch
+from tests.sip.softphones import Softphone
+from tests.sip.test_live import tone_share
 from tests.sip.test_follow_up import CATEGORY, SMS_TOKEN, submit
 from tests.support.sipp import caller_scenario, refused_scenario
 
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(240)]
 
 SIP_PORT, HTTP_PORT, WORKER_PORT, RTP_PORT = 13060, 13111, 13070, 36500
+PHONE_PORT, PHONE_RTP_PORT = 13090, 36900
 DISK_MB = 64
 MIN_FREE_MB = 16
 
@@ -125,28 +129,45 @@ def _kamailio_pids(marker: Path) -> set[int]:
 
 
 def test_after_a_crash_of_the_control_process_nothing_is_left_behind(tmp_path: Path, speech: Path) -> None:
-    """SIGKILL mid-message: the next start stops the old front, and the cut call's tapes, CDR and case are there."""
+    """SIGKILL mid-message: the callers hear an apology before the hang-up, the next start stops the old front,
+    and the cut calls' tapes, CDRs and cases are there."""
     pcap = CallerScript().keys(NATIONAL_ID).keys("1").keys("2").keys("1").message(speech).write(tmp_path / "c.pcap")
     base = tmp_path / "switch"
     ports = dict(sip_port=SIP_PORT, http_port=HTTP_PORT, workers=1, worker_base_port=WORKER_PORT,
                  rtp_base_port=RTP_PORT)
-    with running_softswitch(base, **ports) as first:  # type: ignore[arg-type]
+    with contextlib.ExitStack() as stack, running_softswitch(base, **ports) as first:  # type: ignore[arg-type]
         run = first.sipp("cut", caller_scenario(pcap), call_id="cut@test")
         caller = run.start(first.work / "cut")
+        phone = stack.enter_context(Softphone("caller", tmp_path, sip_port=PHONE_PORT, rtp_port=PHONE_RTP_PORT))
         # Into the message: the ID keyed and confirmed, the caller speaking.
         first.wait_for(lambda: any((base / "var" / "recordings").glob("**/call*-message.wav")), 30, "the message")
+        # A second caller, on a softphone that records what it hears, just greeted.
+        heard = tmp_path / "heard.wav"
+        call = phone.dial(f"sip:111@127.0.0.1:{SIP_PORT}")
+        phone.wait_for("state", call=call, state="CONFIRMED", timeout_s=10)
+        phone.record(call, heard)
         time.sleep(1.0)
         old_fronts = _kamailio_pids(base / "var" / "run")
         assert old_fronts
         first.process.kill()
         first.process.wait(timeout=10)
-        run.finish(caller)  # the caller is hung up by the worker when its control link drops
+        # Each answered caller hears the apology, then the worker hangs up.
+        run.finish(caller)
+        phone.wait_for("ended", call=call, timeout_s=15)
+        phone.wait_for("recorded", call=call, timeout_s=10)
         assert _kamailio_pids(base / "var" / "run") == old_fronts  # the front outlives the crash
+    pcm = read_pcm(heard)
+    window = 1600  # bytes: 0.1 s
+    apology = [tone_share(pcm[i:i + window], prompt_tone_hz("control_lost")) > 0.5
+               for i in range(0, len(pcm) - window, window)]
+    # The test's prompts are 0.3 s tones; the apology is the last thing heard.
+    assert apology[-15:].count(True) >= 2 and apology[:-15].count(True) == 0, apology
 
     with running_softswitch(base, **ports) as second:  # type: ignore[arg-type]
         # Kamailio is a main process and its forks: every one of the old run's is gone.
         fronts = _kamailio_pids(base / "var" / "run")
         assert fronts and not fronts & old_fronts, (fronts, old_fronts)
+        assert second.call_record(call)["call"]["disposition"] == "interrupted"
         record = second.call_record("cut@test")
         assert record["call"]["disposition"] == "interrupted"
         kinds = {r["kind"]: r for r in record["recordings"]}
