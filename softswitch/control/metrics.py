@@ -14,11 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-
-def step_outcome(entry: str) -> tuple[str, str]:
-    """An IVR path entry such as ``national_id:keypad:verified`` as (step, outcome); ``greeting`` has none."""
-    step, _, outcome = entry.partition(":")
-    return step, outcome
+from ivr.steps import step_outcome
 
 
 class _Live(Collector):

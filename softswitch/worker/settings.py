@@ -23,3 +23,5 @@ class WorkerSettings:
     # The SIP front's address (host:port as its packets come from): INVITEs from anywhere else are
     # refused, whatever their X-111-Source says. Empty: not checked.
     front: str = ""
+    log_format: str = "text"  # text | json, as the control process logs (softswitch.logs)
+    log_level: str = "INFO"
