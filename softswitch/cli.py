@@ -152,7 +152,8 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def _status_text(s: dict[str, Any]) -> str:
     engine = s["engine"] or {}
-    lines = [f"softswitch {s['status']}: {len(s['workers'])} of {s['workers_expected']} workers, "
+    expected = s["workers_expected"] if s["workers_expected"] is not None else "?"
+    lines = [f"softswitch {s['status']}: {len(s['workers'])} of {expected} workers, "
              f"{s['calls_active']} call(s), engine pjsua2 {engine.get('version', '?')}, restarts: "
              + (", ".join(f"{name} {n}" for name, n in sorted(s["restarts"].items())) or "none")]
     if s["problems"]:

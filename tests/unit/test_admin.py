@@ -23,7 +23,7 @@ from softswitch.config import Config, load_config
 from softswitch.control.admin import MAX_REQUEST_BYTES, AdminError, request, serve_admin
 from softswitch.control.process import Softswitch
 from tests.fakes.control import control_switch, place_call, scripted_worker, write_config
-from tests.fakes.scripted_worker import Script
+from tests.fakes.scripted_worker import AgentPhone, Script
 
 pytestmark = pytest.mark.unit
 
@@ -143,8 +143,42 @@ async def test_status_prints_tables_and_json(served: Served, capsys: pytest.Capt
     capsys.readouterr()
     assert await served.cli("status") == 0
     text = capsys.readouterr().out
-    assert text.startswith("softswitch starting: 0 of None workers, 0 call(s)") and "front: down" in text
+    assert text.startswith("softswitch starting: 0 of ? workers, 0 call(s)") and "front: down" in text
     assert "queue: 0 waiting, longest wait 0 s" in text
     assert await served.cli("status", "--json") == 0
     parsed = json.loads(capsys.readouterr().out)
     assert parsed["calls_active"] == 0 and parsed["front"]["up"] is False
+
+
+async def test_hanging_up_a_bridged_call_ends_both_legs_and_keeps_the_conversation_and_its_case(
+        tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, agents=["1001"]))
+    async with control_switch(config) as switch:
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        server = await serve_admin(switch, config.admin_socket)
+        try:
+            # ID, 1 (confirm), 1 (an agent), 1 (about me); the agent answers and never hangs up.
+            worker = scripted_worker(Script().key(0.05, "0499370899111", gap_s=0.01),
+                                     agents={"1001": AgentPhone(answer_after_s=0.2, talk_s=None)})
+            place_call(switch, worker, "bridged-1@trunk")
+            await until(lambda: worker.bridged, 5, "the bridge")
+            (listed,) = await asyncio.to_thread(request, config.admin_socket, "calls")
+            assert listed["state"] == "queue" and listed["agent"] == {"id": "1001", "state": "connected"}
+            status = await asyncio.to_thread(request, config.admin_socket, "status")
+            assert [(a["id"], a["state"]) for a in status["agents"]] == [("1001", "on_call")]
+
+            answer = await asyncio.to_thread(request, config.admin_socket, "hangup", {"call": "1"})
+            assert answer == {"cdr_id": 1, "call_id": "bridged-1@trunk", "ended": True,
+                              "disposition": "operator_hangup"}
+        finally:
+            server.close()
+            await server.wait_closed()
+        (leg,) = [c.call for c in worker.commands if isinstance(c, protocol.Dial)]
+        assert protocol.HangupCall(leg) in worker.commands  # the agent's phone is hung up too
+        cdr = await switch.store.get_call(1)
+        assert cdr.disposition == "operator_hangup" and cdr.agent_id == "1001"
+        case = await switch.store.case_for_call(1)
+        assert case is not None
+        kinds = sorted(r.kind for r in await switch.store.recordings_for_call(1))
+        assert kinds == ["conversation", "national_id_utterance"]
+        assert switch.acd.agent("1001").state.value == "wrap_up"
