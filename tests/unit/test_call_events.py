@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pythonjsonlogger.json import JsonFormatter
 
 from softswitch import logs
 from softswitch.config import load_config
@@ -154,3 +155,20 @@ def test_lines_outside_a_call_carry_no_call_fields_and_a_bound_call_is_reset() -
     assert (inside["call_id"], inside["cdr_id"], inside["worker"], inside["event"]) == ("x@y", 7, 1, "arrival")
     assert inside["process"] == "control" and inside["levelname"] == "INFO" and "timestamp" in inside
     assert "call_id" not in outside and outside["message"] == "outside"
+
+
+def test_configure_leaves_one_handler_on_stderr_at_the_level_asked() -> None:
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    try:
+        logs.configure("json", "WARNING", "worker3")
+        (handler,) = root.handlers
+        assert root.level == logging.WARNING and isinstance(handler.formatter, JsonFormatter)
+        record = logging.LogRecord("x", logging.WARNING, __file__, 1, "m", None, None)
+        assert json.loads(handler.format(record))["process"] == "worker3"
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)
+        root.setLevel(level)
