@@ -28,6 +28,8 @@ from ivr.identify import SpeechDigits, Whose, ask_about_whom, identify
 from ivr.live import LiveCall, LiveService
 from ivr.menu import choose
 from ivr.recorded_message import CaseSink, read_tracking_code, record_message
+from ivr.steps import took
+from softswitch.domain.tracking_code import code_tail
 from softswitch.config import FollowUpConfig, IvrConfig
 from softswitch.domain.office_hours import OfficeHours
 from storage.models import PersonId
@@ -136,7 +138,7 @@ class CallFlow:
                 self._set_state(TRANSITIONS[(s.state, outcome)])
         except CallEnded as ended:
             s.ended_by = ended.reason
-            s.path.append(f"ended:{s.state.value}")
+            took(s.path, f"ended:{s.state.value}")
         finally:
             await self._file()
         return s
@@ -145,7 +147,7 @@ class CallFlow:
         s = self.session
         match state:
             case IvrState.GREETING:
-                s.path.append("greeting")
+                took(s.path, "greeting")
                 await self.channel.play([self.prompts.path("greeting")], interrupt=ANY_KEY)
             case IvrState.CALLER_ID:
                 # Digits keyed during the greeting already count: they are the ID.
@@ -154,7 +156,7 @@ class CallFlow:
                 s.caller = found.person
             case IvrState.MENU:
                 s.mode = await self._menu()
-                s.path.append(f"menu:{s.mode}")
+                took(s.path, f"menu:{s.mode}")
                 return s.mode
             case IvrState.FOLLOW_UP:
                 assert self.follow_up is not None
@@ -162,10 +164,10 @@ class CallFlow:
                 caller = s.caller if s.caller is not None and s.caller.status == "verified" else None
                 outcome = await follow_up(self.channel, self.prompts, f.cases, f.cfg, self.cfg, f.throttle,
                                           self.caller_number, caller.national_id if caller else None)
-                s.path.append(f"follow_up:{outcome}")
+                took(s.path, f"follow_up:{outcome}")
             case IvrState.ABOUT_WHOM:
                 other = await ask_about_whom(self.channel, self.prompts, self.cfg)
-                s.path.append("about:" + ("other" if other else "self"))
+                took(s.path, "about:" + ("other" if other else "self"))
                 return "other" if other else "self"
             case IvrState.SUBJECT_ID:
                 found = await identify(self.channel, self.prompts, self.cases, self.cfg, self.recognizer,
@@ -178,7 +180,7 @@ class CallFlow:
                 channel: LiveChannel = self.channel  # type: ignore[assignment]
                 result = await LiveCall(channel, self.prompts, self.live.service, self.label).run(self.caller_number)
                 s.agent_id = result.agent_id
-                s.path.append(f"queue:{result.outcome}")
+                took(s.path, f"queue:{result.outcome}")
                 if result.outcome == "to_message":
                     await self.channel.play([self.prompts.path("queue_to_message")])
                 elif result.outcome == "agent_lost":
@@ -189,21 +191,21 @@ class CallFlow:
             case IvrState.MESSAGE:
                 s.message = await record_message(self.channel, self.prompts, self.cfg)
                 await self.cases.keep_recording(s.message)
-                s.path.append(f"message:{s.message.reason}")
+                took(s.path, f"message:{s.message.reason}")
                 await self._open_case()
                 if s.tracking_code is None and not self.channel.ended:
-                    s.path.append("no_message")
+                    took(s.path, "no_message")
                     await self.channel.play([self.prompts.path("no_message")])
                 if self.channel.ended:
                     raise CallEnded("caller hung up")
             case IvrState.TRACKING_CODE:
                 if s.tracking_code is not None:
-                    s.path.append("tracking_code")
+                    took(s.path, "tracking_code")
                     await read_tracking_code(self.channel, self.prompts, s.tracking_code,
                                              self.cfg.tracking_code_repeats)
             case IvrState.GOODBYE:
                 await self.channel.play([self.prompts.path("goodbye")])
-                s.path.append("goodbye")
+                took(s.path, "goodbye")
                 await self.channel.hangup()
         return None
 
@@ -248,9 +250,10 @@ class CallFlow:
             return
         # Filed under the person the request concerns; the caller is kept beside them.
         subject, on_behalf_of = s.parties()
-        s.tracking_code = await self.cases.open_case(
-            subject=subject, caller=on_behalf_of,
-            complete=message.complete and message.reason not in ("hangup", "lost"))
+        complete = message.complete and message.reason not in ("hangup", "lost")
+        s.tracking_code = await self.cases.open_case(subject=subject, caller=on_behalf_of, complete=complete)
+        log.info("case %s opened for the message%s", code_tail(s.tracking_code), "" if complete else " (incomplete)",
+                 extra={"event": "case", "tracking_code_tail": code_tail(s.tracking_code)})
 
     async def _file(self) -> None:
         """After the call ends at any point: a message, even a partial one, becomes a case."""

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from ivr.channel import ANY_KEY, CallChannel, CallEnded, RecordingResult
 from ivr.menu import INTER_DIGIT_TIMEOUT_S, choose
+from ivr.steps import took
 from softswitch.config import IvrConfig
 from softswitch.domain.national_id import normalize_digits, parse_national_id
 from storage.models import PersonId
@@ -71,7 +72,7 @@ class Identification:
     path: list[str] = field(default_factory=list)
 
     def step(self, whose: Whose, outcome: str) -> None:
-        self.path.append(f"{whose.step}:{outcome}")
+        took(self.path, f"{whose.step}:{outcome}")
 
 
 async def capture_national_id(channel: CallChannel, cfg: IvrConfig, kind: str) -> NationalIdCapture:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from ivr.channel import CallEnded, Leg, LiveChannel, RecordingResult
 from softswitch.config import QueueConfig
 from softswitch.domain.acd import Acd, AgentStatus, QueueEntry
+from softswitch.domain.tracking_code import code_tail
 
 log = logging.getLogger("ivr.live")
 
@@ -139,7 +140,7 @@ class LiveCall:
         acd = self.live.acd
         reason = acd.overflow_reason(None)
         if reason in ("queue_full", "no_agents"):
-            log.info("%s: queue refused (%s)", self.key, reason)
+            log.info("queue refused (%s)", reason, extra={"event": "queue_refused", "reason": reason})
             await self.channel.play([self.prompts.path("live_unavailable")])
             return LiveResult("to_message")
         self.entry = acd.join(self.key, caller_number)
@@ -178,7 +179,6 @@ class LiveCall:
                     await self.player.play_until([self.prompts.path("hold_music")], agent_task,
                                                  timeout_s=max(0.1, next_announce - _now()))
                 if self.player.take_digit() == cfg.overflow_key:
-                    log.info("%s: left the queue for a recorded message", self.key)
                     self._leave("to_message")
                     return LiveResult("to_message")
                 if agent_task.done():
@@ -212,7 +212,8 @@ class LiveCall:
             if leg.end_status == 503:  # our worker had no slot for the leg: not the agent's fault
                 live.acd.dial_failed(entry, agent.id)
             else:
-                log.info("%s: agent %s did not answer (%s)", self.key, agent.id, leg.end_status or "timeout")
+                log.info("agent %s did not answer (%s)", agent.id, leg.end_status or "timeout",
+                         extra={"event": "agent_no_answer", "agent": agent.id})
                 live.acd.no_answer(entry, agent.id)
             return None
         live.acd.connected(entry, agent.id)
@@ -225,6 +226,7 @@ class LiveCall:
         tracking_code: str | None = None
         try:
             channel.bridge(leg)
+            log.info("bridged to agent %s", agent_id, extra={"event": "bridged", "agent": agent_id})
             live.desk.connected(self.key, agent_id, channel)
             tape = asyncio.ensure_future(channel.record_conversation(leg, CONVERSATION_MAX_S))
             caller_gone = asyncio.ensure_future(channel.wait_ended())
@@ -240,10 +242,15 @@ class LiveCall:
             await _drop(leg)
             live.acd.call_ended(agent_id)
             tracking_code = await live.desk.finished(self.key, agent_id, conversation)
+            log.info("conversation with agent %s over, ended on the %s leg%s", agent_id,
+                     "caller's" if channel.ended else "agent's",
+                     f"; its case is {code_tail(tracking_code)}" if tracking_code else "",
+                     extra={"event": "bridge_end", "agent": agent_id,
+                            "tracking_code_tail": code_tail(tracking_code) if tracking_code else None})
         if leg.end_status == LEG_LOST and not channel.ended:
             # The agent's phone went silent or its session timer ran out: no hang-up
             # of theirs. The caller is told, and keeps the case the call became.
-            log.warning("%s: lost agent %s mid-call", self.key, agent_id)
+            log.warning("lost agent %s mid-call", agent_id, extra={"event": "agent_lost", "agent": agent_id})
             with contextlib.suppress(ValueError):
                 live.acd.pause(agent_id, "agent_lost")
             return LiveResult("agent_lost", agent_id, conversation, tracking_code)

@@ -1,10 +1,12 @@
-"""Command line: `softswitch run` starts everything; `softswitch prompts` builds the prompt cache."""
+"""Command line: `softswitch run` starts everything; `status`, `calls` and `hangup` watch and steer it."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from softswitch.config import CHANNELS, Config, ConfigError, load_config, load_prompt_texts
 
@@ -35,12 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     backup.add_argument("directory", type=Path)
     restore = sub.add_parser("restore", help="put a backup back into a data directory that has no store yet")
     restore.add_argument("directory", type=Path)
+    watch = [sub.add_parser("status", help="workers, calls, queue, agents and the SIP front of the running switch"),
+             sub.add_parser("calls", help="the calls in progress"),
+             sub.add_parser("hangup", help="end a call in progress as a normal hang-up (disposition operator_hangup)")]
+    watch[2].add_argument("call", help="its CDR id or SIP Call-ID, as `softswitch calls` lists them")
+    for watcher in watch:
+        watcher.add_argument("--json", action="store_true", help="print the answer as JSON, for scripts")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"softswitch: bad configuration: {exc}", file=sys.stderr)
         return 2
+    if args.command in ("status", "calls", "hangup"):
+        return _ask_running(args, config)
     if args.command in ("backup", "restore"):
         return _backup_or_restore(args.command, args.directory, config)
     if args.command == "check-config":
@@ -102,6 +112,80 @@ def _backup_or_restore(command: str, directory: Path, config: Config) -> int:
         print(f"softswitch: {command} failed: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _ask_running(args: argparse.Namespace, config: Config) -> int:
+    """A request to the running control process over its admin socket, printed as tables (or JSON)."""
+    from softswitch.control.admin import AdminError, NotRunning, request
+
+    path = config.admin_socket
+    try:
+        result = request(path, args.command, {"call": args.call} if args.command == "hangup" else None)
+    except NotRunning:
+        where = f"no socket at {path}" if not path.exists() else f"nothing answers at {path}"
+        print(f"softswitch: no softswitch is running for data_dir {config.data_dir} ({where}). Start it with "
+              "`softswitch run`, or pass the --config it was started with.", file=sys.stderr)
+        return 1
+    except AdminError as exc:
+        print(f"softswitch: {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:  # a timeout, an answer cut short
+        print(f"softswitch: {args.command}: no usable answer at {path}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    elif args.command == "status":
+        print(_status_text(result))
+    elif args.command == "calls":
+        print(_calls_text(result))
+    else:
+        print(f"call {result['cdr_id']} ({result['call_id']}): "
+              + (f"hung up, {result['disposition']}" if result["ended"] else "hang-up sent, the call is still ending"))
+    return 0
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _status_text(s: dict[str, Any]) -> str:
+    engine = s["engine"] or {}
+    expected = s["workers_expected"] if s["workers_expected"] is not None else "?"
+    lines = [f"softswitch {s['status']}: {len(s['workers'])} of {expected} workers, "
+             f"{s['calls_active']} call(s), engine pjsua2 {engine.get('version', '?')}, restarts: "
+             + (", ".join(f"{name} {n}" for name, n in sorted(s["restarts"].items())) or "none")]
+    if s["problems"]:
+        lines += [f"problem: {p}" for p in s["problems"]]
+    lines += ["", _table(["worker", "pid", "state", "calls", "capacity"],
+                         [[w["id"], w["pid"], w["state"], w["calls"], w["max_calls"]] for w in s["workers"]])]
+    queue = s["queue"]
+    lines += ["", f"queue: {queue['length']} waiting, longest wait {queue['longest_wait_s']:.0f} s"]
+    if queue["callers"]:
+        lines.append(_table(["position", "caller", "waited", "offered to"],
+                            [[c["position"], c["caller"], f"{c['waited_s']:.0f} s", c["offered_to"]]
+                             for c in queue["callers"]]))
+    if s["agents"]:
+        lines += ["", _table(["agent", "name", "state", "since", "phone"],
+                             [[a["id"], a["name"], a["state"] + (f" ({a['pause_reason']})" if a["pause_reason"] else ""),
+                               f"{a['seconds_in_state']:.0f} s",
+                               {True: "registered", False: "not registered"}.get(a["registered"])]
+                              for a in s["agents"]])]
+    front = s["front"]
+    lines += ["", "front: " + ("up" if front["up"] else "down (no answer from Kamailio)")]
+    if front["destinations"]:
+        lines.append(_table(["destination", "flags"], [[d["uri"], d["flags"]] for d in front["destinations"]]))
+    return "\n".join(lines)
+
+
+def _calls_text(calls: list[dict[str, Any]]) -> str:
+    if not calls:
+        return "no calls in progress"
+    return _table(["cdr", "call-id", "worker", "age", "state", "agent", "caller"],
+                  [[c["cdr_id"], c["call_id"], c["worker"], f"{c['age_s']:.0f} s", c["state"],
+                    f"{c['agent']['id']} ({c['agent']['state']})" if c["agent"] else None, c["caller"]]
+                   for c in calls]) + f"\n{len(calls)} call(s)"
 
 
 def _password(args: argparse.Namespace, who: str) -> str | None:

@@ -6,7 +6,7 @@ import ipaddress
 import ssl
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -335,6 +335,14 @@ class HealthConfig(_Section):
     check_interval_s: float = Field(2.0, gt=0)
 
 
+class LoggingConfig(_Section):
+    """Log lines of the control process and the workers, on stderr: ``text`` for people, ``json`` (one
+    object a line, each call's Call-ID, CDR id and worker as fields) for log shippers."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
 class Config(_Section):
     data_dir: Path = Path("var")
     database: Path = Path("softswitch.db")
@@ -349,6 +357,7 @@ class Config(_Section):
     kamailio: KamailioConfig = KamailioConfig()
     security: SecurityConfig = SecurityConfig()
     health: HealthConfig = HealthConfig()
+    logging: LoggingConfig = LoggingConfig()
     office_hours: OfficeHoursConfig = OfficeHoursConfig()
     agents: AgentsConfig = AgentsConfig()
     queue: QueueConfig = QueueConfig()
@@ -391,6 +400,16 @@ class Config(_Section):
     @property
     def control_socket(self) -> Path:
         return self.under_data(Path("control.sock"))
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files, the front's runtime files and the admin socket."""
+        return self.under_data(Path("run"))
+
+    @property
+    def admin_socket(self) -> Path:
+        """Where `softswitch status`, `calls` and `hangup` reach the running control process."""
+        return self.run_dir / "admin.sock"
 
     @property
     def prompt_cache(self) -> Path:

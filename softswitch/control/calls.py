@@ -54,6 +54,7 @@ class ControlCall:
         self.ringing = asyncio.Event()
         self.end_reason: str | None = None
         self.end_status: int | None = None
+        self.operator_hangup = False
         self.ended_event = asyncio.Event()
         self._digits: collections.deque[str] = collections.deque()
         self._digit_arrived = asyncio.Event()
@@ -100,7 +101,12 @@ class ControlCall:
         self.link.send(protocol.Record(self.handle, rec_id, str(path), max_s=max_s, silence_s=silence_s,
                                        no_input_s=no_input_s, stop_digits=stop_digits,
                                        peer=peer.handle if peer is not None else None))
-        return await result
+        recording = await result
+        log.info("recording %s ended (%s): %.1f s, speech %.1f s%s", kind, recording.reason, recording.duration_s,
+                 recording.speech_s, "" if recording.complete else ", incomplete",
+                 extra={"event": "recording_end", "kind": kind, "reason": recording.reason,
+                        "duration_s": recording.duration_s})
+        return recording
 
     # -- LiveChannel and Leg ---------------------------------------------
     def dial(self, uri: str) -> ControlCall:
@@ -160,6 +166,12 @@ class ControlCall:
             log.warning("%s: worker did not confirm hang-up", self.handle)
             self.on_ended("hangup unconfirmed")
 
+    def end_by_operator(self) -> None:
+        """`softswitch hangup`: the worker hangs up as for any other call, and the flow ends as it does
+        when the caller hangs up (recordings closed and kept, the case filed)."""
+        self.operator_hangup = True
+        self.link.send(protocol.HangupCall(self.handle))
+
     # -- events from the worker ------------------------------------------
     def on_event(self, event: protocol.Event) -> None:
         match event:
@@ -182,7 +194,10 @@ class ControlCall:
                         reason=event.reason, speech_s=event.speech_s, complete=event.complete))
             case protocol.Hangup(status_code=status_code, reason=reason):
                 self.end_status = status_code
-                self.on_ended("caller hung up" if self.answered.is_set() else f"failed: {reason}")
+                if self.operator_hangup:
+                    self.on_ended("operator hung up")
+                else:
+                    self.on_ended("caller hung up" if self.answered.is_set() else f"failed: {reason}")
             case protocol.Error(detail=detail):
                 log.error("%s: worker reported: %s", self.handle, detail)
 

@@ -20,11 +20,13 @@ from typing import Any
 from ivr.call_flow import Session
 from ivr.channel import LiveChannel, RecordingResult
 from ivr.recorded_message import read_tracking_code
+from softswitch import logs
 from softswitch.config import Agency, AgentAccount, Config
 from softswitch.domain.acd import Acd
 from softswitch.domain.cases import UNFILED_STATUSES, FiledCase, duplicate_window_s
 from softswitch.domain.fanout import Fanout
 from softswitch.domain.text import clean_text
+from softswitch.domain.tracking_code import code_tail
 from softswitch.web.console import ReasonRequired
 from softswitch.web.credentials import verify_password
 from storage.errors import NotFound
@@ -56,6 +58,8 @@ class DeskCall:
     reading: asyncio.Task[None] | None = None
     id_audio: dict[str, list[int]] = field(default_factory=dict)
     pop: dict[str, Any] | None = None  # the screen-pop as last sent
+    # The call's log fields, for what the console does to it (from requests, not the call's task).
+    log_context: logs.CallContext | None = None
 
     def current_pop(self) -> dict[str, Any] | None:
         if self.pop is None:
@@ -91,7 +95,14 @@ class ControlDesk:
 
     # -- calls (from the control process) ------------------------------------
     def track(self, key: str, call_id: int, caller_number: str, session: Session) -> None:
-        self._calls[key] = DeskCall(key, call_id, caller_number, session)
+        self._calls[key] = DeskCall(key, call_id, caller_number, session, log_context=logs.current_call())
+
+    def agent_of(self, key: str) -> dict[str, str] | None:
+        """The agent a tracked call is ringing or talking to (``state``: ringing | connected), or None."""
+        call = self._calls.get(key)
+        if call is None or call.agent_id is None:
+            return None
+        return {"id": call.agent_id, "state": call.state}
 
     def untrack(self, key: str) -> None:
         call = self._calls.pop(key, None)
@@ -203,6 +214,10 @@ class ControlDesk:
                 await self.store.attach_recordings(call.call_id, result.case.id)
                 if reason is not None:
                     await self._note_override(result.case, actor, reason)
+        with logs.call_context(call.log_context):
+            log.info("case %s filed by agent %s%s", code_tail(call.case.tracking_code), agent_id,
+                     " (linked: a duplicate)" if call.linked else "",
+                     extra={"event": "case", "tracking_code_tail": code_tail(call.case.tracking_code)})
         self._publish(agent_id, {"type": "case_filed", "call_key": call_key, "tracking_code": call.case.tracking_code,
                                  "duplicate": call.linked})
         return FiledCase(call.case.tracking_code, call.linked)
@@ -251,8 +266,10 @@ class ControlDesk:
         await self.store.add_case_event(case.id, actor, "contact", call_id=call.call_id)
         if not owned:
             await self.store.add_case_event(case.id, actor, "attach_override", call_id=call.call_id, reason=reason)
-            log.info("desk: %s attached call %s to case %s of another person, with a reason",
-                     agent_id, call.call_id, case.tracking_code)
+        with logs.call_context(call.log_context):
+            log.info("attached by agent %s to case %s%s", agent_id, code_tail(case.tracking_code),
+                     "" if owned else " of another person, with a reason",
+                     extra={"event": "case", "tracking_code_tail": code_tail(case.tracking_code)})
         self._publish(agent_id, {"type": "case_filed", "call_key": call_key, "tracking_code": case.tracking_code})
         return case.tracking_code
 

@@ -15,17 +15,12 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ivr.steps import step_outcome
 
 # The IVR path's ID steps (ivr.identify.Whose) and whose ID each asks for.
 _ID_STEPS = {"national_id": "caller", "subject_id": "subject"}
 # Recording ends that lost audio (ivr.channel.RecordingResult.reason).
 _FAILED_RECORDING = frozenset({"error", "lost"})
-
-
-def step_outcome(entry: str) -> tuple[str, str]:
-    """An IVR path entry such as ``national_id:keypad:verified`` as (step, outcome); ``greeting`` has none."""
-    step, _, outcome = entry.partition(":")
-    return step, outcome
 
 
 def id_capture(outcome: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +27,24 @@ from media.prompts import PromptLibrary
 from media.recognizer import AsyncRecognizer, load_recognizer
 from media.synth import load_synthesizer
 from media.wavfile import repair_wav
-from softswitch import protocol
+from softswitch import logs, protocol
 from softswitch.config import Config, load_prompt_texts
 from softswitch.control import sipfront
+from softswitch.control.admin import AdminError, serve_admin
 from softswitch.control.calls import ControlCall, WorkerLink
 from softswitch.control.capacity import WorkerPlan, plan_workers
 from softswitch.control.desk import ControlDesk
 from softswitch.control.metrics import Metrics, front_statistics
 from softswitch.control.processes import ExecChild, ProcessSupervisor, stop_leftovers, worker_command
-from softswitch.control.routing import Accept, CallFacts, Reject, caller_number, route
-from softswitch.domain.acd import Acd
+from softswitch.control.routing import Accept, CallFacts, Reject, caller_number, dialled_number, route
+from softswitch.domain.acd import Acd, mask_number
 from softswitch.domain.office_hours import OfficeHours
+from softswitch.domain.tracking_code import code_tail
 from softswitch.worker.engine import EngineInfo, probe
 from softswitch.worker.settings import WorkerSettings
 from storage.crypto import IdProtector
 from storage.errors import NotFound, StoreError
-from storage.models import PersonId
+from storage.models import CallRecord, PersonId
 from storage.store import Store, open_store
 
 log = logging.getLogger("softswitch.control")
@@ -83,10 +86,29 @@ class StoreFollowUp:
         return CaseStatus(case.status, case.agency, Path(case.answer_audio) if case.answer_audio else None)
 
 
+# How long `softswitch hangup` waits for the call's CDR to be closed before it answers.
+ADMIN_HANGUP_WAIT_S = 10.0
+
+
+@dataclass
+class ActiveCall:
+    """A caller's call from its routing to its closed CDR, as the admin socket lists it."""
+
+    call: ControlCall
+    sip_call_id: str
+    caller_number: str
+    arrived_at: float
+    session: Session
+    disposition: str | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class Softswitch:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.links: list[WorkerLink] = []
+        # Callers' calls by CDR id (agents' legs are not listed: they are part of their caller's call).
+        self.active: dict[int, ActiveCall] = {}
         self.flows: set[asyncio.Task[None]] = set()
         self.draining = False
         # Workers that have said hello at least once, and whether the front has had
@@ -102,7 +124,7 @@ class Softswitch:
         self.engine: EngineInfo | None = None
         self.plan: WorkerPlan | None = None
         self.stopped = asyncio.Event()
-        self.run_dir = config.under_data(Path("run"))
+        self.run_dir = config.run_dir
         self.children = ProcessSupervisor(config.workers.restart_backoff_s, pid_dir=self.run_dir)
         self.front = sipfront.FrontRpc(self.run_dir / "kamailio")
         self.recognizer: AsyncRecognizer | None = None
@@ -121,7 +143,7 @@ class Softswitch:
         # A crashed run's front and workers are still running (own sessions) and hold the ports.
         await loop.run_in_executor(None, stop_leftovers, self.run_dir)
         _require_free_udp_port(cfg.sip.listen, cfg.sip.port)
-        _require_short_socket_paths(cfg.control_socket.absolute(),
+        _require_short_socket_paths(cfg.control_socket.absolute(), cfg.admin_socket.absolute(),
                                     sipfront.rpc_socket(self.run_dir / "kamailio").absolute())
         self.engine = engine = await loop.run_in_executor(None, probe)
         self.plan = plan = plan_workers(cfg.workers, engine, sip_port=cfg.sip.port, agents=len(cfg.agents.accounts))
@@ -133,18 +155,12 @@ class Softswitch:
         await loop.run_in_executor(None, self.prompts.ensure)
         protector = IdProtector.from_key_file(cfg.under_data(cfg.security.id_key_file))
         async with open_store(cfg.database_path, protector) as store:
-            self.store = store
+            self.use_store(store)
             await self._close_orphaned_calls()
-            self.acd = Acd(cfg.agents, cfg.queue)
-            self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed)
-            self.live = self._live_mode()
-            # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.
-            self.follow_up = FollowUp(StoreFollowUp(store), cfg.follow_up, FailureThrottle(
-                cfg.follow_up.max_failures, cfg.follow_up.failure_window_s,
-                cdr_of=lambda channel: store.get_call(channel.call_id if isinstance(channel, ControlCall) else 0)))
             socket_path = cfg.control_socket
             socket_path.unlink(missing_ok=True)
             server = await asyncio.start_unix_server(self._serve_worker, path=str(socket_path))
+            admin = await serve_admin(self, cfg.admin_socket)
             runner = await self._start_http()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.drain()))
@@ -159,9 +175,23 @@ class Softswitch:
             if watch is not None:
                 watch.cancel()
             server.close()
+            admin.close()
+            cfg.admin_socket.unlink(missing_ok=True)
             await runner.cleanup()
             await self.desk.close()
             self.acd.close()
+
+    def use_store(self, store: Store) -> None:
+        """The parts of the switch that work on the case store: the queue, the agents' desk, the flows' services."""
+        cfg = self.config
+        self.store = store
+        self.acd = Acd(cfg.agents, cfg.queue)
+        self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed)
+        self.live = self._live_mode()
+        # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.
+        self.follow_up = FollowUp(StoreFollowUp(store), cfg.follow_up, FailureThrottle(
+            cfg.follow_up.max_failures, cfg.follow_up.failure_window_s,
+            cdr_of=lambda channel: store.get_call(channel.call_id if isinstance(channel, ControlCall) else 0)))
 
     def _live_mode(self) -> Live | None:
         """Live mode exists once agents are configured; office hours and logins decide when it is offered."""
@@ -185,7 +215,8 @@ class Softswitch:
                 rtp_port_range=plan.rtp_ports_per_worker, control_socket=cfg.control_socket, poll_ms=w.poll_ms,
                 max_calls=plan.max_calls, recycle_after_calls=plan.recycle_after_calls,
                 rtp_timeout_s=cfg.sip.rtp_timeout_s, session_expires_s=cfg.sip.session_expires_s,
-                front=sip_address(cfg.sip.listen, cfg.sip.port), apology=str(self.prompts.path("control_lost")))
+                front=sip_address(cfg.sip.listen, cfg.sip.port), apology=str(self.prompts.path("control_lost")),
+                log_format=cfg.logging.format, log_level=cfg.logging.level)
             self.children.add(f"worker{i}", functools.partial(ExecChild.start, worker_command(settings)),
                               marker=f"--control-socket {cfg.control_socket} ")
 
@@ -213,30 +244,35 @@ class Softswitch:
         on disk: each is finished and kept with its CDR, a message cut short becomes a case (without an
         ID: that was in the lost process's memory; a spoken ID's tape goes with it), as after a worker
         loss, and the CDR is closed as interrupted."""
-        loop = asyncio.get_running_loop()
         for call in await self.store.unfinished_calls():
-            stored = {r.path for r in await self.store.recordings_for_call(call.id)}
-            kinds = set()
-            # ControlCall names them recordings/<yyyy/mm/dd>/call<CDR id>-<recording>-<kind>.wav.
-            for path in sorted(self.config.recordings_path.glob(f"**/call{call.id}-*-*.wav")):
-                kind = path.stem.split("-", 2)[2]
-                kinds.add(kind)
-                if str(path) in stored:
-                    continue
-                try:
-                    info = await loop.run_in_executor(None, repair_wav, path)
-                except (OSError, ValueError) as exc:
-                    log.error("call %d: recording %s cannot be read: %s", call.id, path, exc)
-                    continue
-                await self.store.add_recording(call.id, None, kind, str(path), info.duration_s, info.sha256,
-                                               complete=False)
-            if "message" in kinds and await self.store.case_for_call(call.id) is None:
-                spoken = "national_id_utterance" in kinds
-                subject = PersonId(None, "speech" if spoken else "none", "to_transcribe" if spoken else "none")
-                case = await self.store.open_call_case(call.id, subject, complete=False, actor="recovery")
-                await self.store.attach_recordings(call.id, case.id)
-                log.warning("call %d: its message, cut by a crash, is case ...%s", call.id, case.tracking_code[-3:])
-            await self._end_call(call.id, "interrupted", call.ivr_path)
+            with logs.call_context(logs.CallContext(call.sip_call_id, call.id, call.worker_id)):
+                await self._close_orphaned_call(call)
+
+    async def _close_orphaned_call(self, call: CallRecord) -> None:
+        loop = asyncio.get_running_loop()
+        stored = {r.path for r in await self.store.recordings_for_call(call.id)}
+        kinds = set()
+        # ControlCall names them recordings/<yyyy/mm/dd>/call<CDR id>-<recording>-<kind>.wav.
+        for path in sorted(self.config.recordings_path.glob(f"**/call{call.id}-*-*.wav")):
+            kind = path.stem.split("-", 2)[2]
+            kinds.add(kind)
+            if str(path) in stored:
+                continue
+            try:
+                info = await loop.run_in_executor(None, repair_wav, path)
+            except (OSError, ValueError) as exc:
+                log.error("call %d: recording %s cannot be read: %s", call.id, path, exc)
+                continue
+            await self.store.add_recording(call.id, None, kind, str(path), info.duration_s, info.sha256,
+                                           complete=False)
+        if "message" in kinds and await self.store.case_for_call(call.id) is None:
+            spoken = "national_id_utterance" in kinds
+            subject = PersonId(None, "speech" if spoken else "none", "to_transcribe" if spoken else "none")
+            case = await self.store.open_call_case(call.id, subject, complete=False, actor="recovery")
+            await self.store.attach_recordings(call.id, case.id)
+            log.warning("its message, cut by a crash, is case %s", code_tail(case.tracking_code),
+                        extra={"event": "case", "tracking_code_tail": code_tail(case.tracking_code)})
+        await self._end_call(call.id, "interrupted", call.ivr_path, started_at=call.arrived_at)
 
     # -- workers -----------------------------------------------------------
     async def _serve_worker(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -349,43 +385,60 @@ class Softswitch:
     async def _record_refused(self, link: WorkerLink, event: protocol.Refused) -> None:
         """Every INVITE leaves a CDR row, also one the worker's library refused (e.g. 488, no common codec)."""
         now = time.time()
+        logs.bind_call(logs.CallContext(event.sip_call_id, None, link.worker_id))
         try:
             call_id = await self.store.add_call(event.sip_call_id, event.from_uri, event.to_uri, event.source,
                                                 link.worker_id, now)
-            await self._end_call(call_id, f"rejected_{event.status_code}", [], at=now)
+            logs.bind_call(logs.CallContext(event.sip_call_id, call_id, link.worker_id))
+            log.info("call arrived from %s, refused %d by the media worker", event.source, event.status_code,
+                     extra={"event": "arrival"})
+            await self._end_call(call_id, f"rejected_{event.status_code}", [], started_at=now, at=now)
         except Exception:
             log.exception("cannot record the refused call %s", event.sip_call_id)
 
     async def _handle_call(self, link: WorkerLink, event: protocol.Incoming) -> None:
         handle = event.call
+        # This task is the call's: whatever it logs, and the tasks it starts, carries the call's fields.
+        logs.bind_call(logs.CallContext(event.sip_call_id, None, link.worker_id))
         facts = CallFacts(to_uri=event.request_uri or event.to_uri, from_uri=event.from_uri, source=event.source)
+        arrived_at = time.time()
         try:
             call_id = await self.store.add_call(event.sip_call_id, facts.from_uri, event.to_uri, facts.source,
-                                                link.worker_id, time.time())
+                                                link.worker_id, arrived_at)
         except StoreError as exc:
             # No CDR can be written, so neither could its case: the trunk tries elsewhere.
             log.error("%s: refused 503, the store cannot take the call: %s", handle, exc)
             link.send(protocol.Reject(handle, 503))
             return
+        logs.bind_call(logs.CallContext(event.sip_call_id, call_id, link.worker_id))
+        # The caller's number is in the CDR (and the Call-ID and CDR id lead there): not in the log.
+        service = dialled_number(facts.to_uri) == self.config.sip.service_number
+        log.info("call arrived from %s for %s", facts.source, "the service number" if service else "another number",
+                 extra={"event": "arrival", "source": facts.source})
         call = ControlCall(link, handle, call_id, self.config.recordings_path)
         link.calls[handle] = call
         destination = route(facts, self.config.sip.service_number, self.config.sip.trunk_allow)
         if self.troubles and isinstance(destination, Accept):
             destination = Reject(503, "not taking calls")  # came in before the workers were told
         if not isinstance(destination, Accept):
+            log.info("routed: refused %d (%s)", destination.status_code, destination.reason,
+                     extra={"event": "routed", "decision": f"reject_{destination.status_code}"})
             link.send(protocol.Reject(handle, destination.status_code))
             await call.ended_event.wait()
-            await self._end_call(call_id, f"rejected_{destination.status_code}", [])
+            await self._end_call(call_id, f"rejected_{destination.status_code}", [], started_at=arrived_at)
             return
+        log.info("routed: answered, to the IVR", extra={"event": "routed", "decision": "answer"})
         link.send(protocol.Answer(handle))
         session = Session()
+        active = self.active[call_id] = ActiveCall(call, event.sip_call_id, caller_number(facts.from_uri),
+                                                   arrived_at, session)
         try:
             if await call.wait_answered(self.config.ivr.answer_timeout_s):
                 await self.store.answer_call(call_id, time.time())
                 flow = CallFlow(call, self.prompts, StoreCaseSink(self.store, call_id, self.metrics), self.config.ivr,
                                 label=handle, recognizer=self.recognizer, live=self.live,
                                 caller_number=caller_number(facts.from_uri), follow_up=self.follow_up)
-                session = flow.session
+                active.session = session = flow.session
                 self.desk.track(handle, call_id, flow.caller_number, session)
                 await flow.run()
                 if session.message is not None and session.tracking_code is not None:
@@ -396,12 +449,21 @@ class Softswitch:
             self.desk.untrack(handle)
             if not call.ended:
                 await call.hangup()
-            await self._end_call(call_id, _disposition(call, session), session.path)
+            try:
+                active.disposition = _disposition(call, session)
+                await self._end_call(call_id, active.disposition, session.path, started_at=arrived_at)
+            finally:
+                del self.active[call_id]
+                active.closed.set()
 
-    async def _end_call(self, call_id: int, disposition: str, ivr_path: Sequence[str], at: float | None = None) -> None:
+    async def _end_call(self, call_id: int, disposition: str, ivr_path: Sequence[str], *, started_at: float,
+                        at: float | None = None) -> None:
         """The CDR closed, and the call counted."""
-        await self.store.end_call(call_id, time.time() if at is None else at, disposition, ivr_path)
+        ended_at = time.time() if at is None else at
+        await self.store.end_call(call_id, ended_at, disposition, ivr_path)
         self.metrics.call_ended(disposition, ivr_path)
+        log.info("hang-up: %s after %.1f s", disposition, max(0.0, ended_at - started_at),
+                 extra={"event": "hangup", "disposition": disposition})
 
     def _live_state(self) -> dict[str, Any]:
         """What /metrics reads off the running switch at each scrape."""
@@ -418,6 +480,56 @@ class Softswitch:
             "restarts": self.children.restarts(), "problems": len(self.troubles),
             "today": snapshot.get("today", {}), "front": self.front_statistics,
         }
+
+    # -- the admin socket (softswitch.control.admin.Switchboard) -------------
+    async def admin_status(self) -> dict[str, Any]:
+        """Like Asterisk's `core show channels` and `queue show` at once: workers, calls, queue, agents, front."""
+        health = await self.health()
+        try:
+            entries: list[dict[str, str]] | None = [{"uri": uri, "flags": flags}
+                                                     for uri, flags in await self.front.dispatcher_entries()]
+        except sipfront.FrontRpcError:
+            entries = None
+        snapshot = self.acd.snapshot()
+        return {
+            "status": health["status"], "problems": health["problems"], "engine": health["engine"],
+            "workers": [{**w, "state": "draining" if self.draining else
+                         "in service" if w["in_service"] else "out of service"} for w in health["workers"]],
+            "workers_expected": health["workers_expected"], "restarts": health["restarts"],
+            "calls_active": len(self.active),
+            "queue": {"length": len(snapshot["queue"]), "longest_wait_s": snapshot["longest_wait_s"],
+                      "callers": [{k: e[k] for k in ("position", "caller", "waited_s", "offered_to")}
+                                  for e in snapshot["queue"]]},
+            "agents": [{k: a[k] for k in ("id", "name", "state", "pause_reason", "seconds_in_state", "registered")}
+                       for a in snapshot["agents"]],
+            "front": {"up": entries is not None, "destinations": entries or []},
+        }
+
+    def admin_calls(self) -> list[dict[str, Any]]:
+        """Each caller's call in progress; the caller's number masked, as the supervisor view shows it."""
+        now = time.time()
+        return [{
+            "cdr_id": cdr_id, "call_id": a.sip_call_id, "worker": a.call.link.worker_id,
+            "age_s": round(now - a.arrived_at, 1),
+            "state": a.session.state.value if a.call.answered.is_set() else "answering",
+            "agent": self.desk.agent_of(a.call.handle), "caller": mask_number(a.caller_number),
+        } for cdr_id, a in sorted(self.active.items())]
+
+    async def admin_hangup(self, call: str) -> dict[str, Any]:
+        """Hang up a call (by CDR id or SIP Call-ID) as a normal hang-up: the worker ends it, recordings are
+        closed and kept, the flow files its case; the CDR says ``operator_hangup``."""
+        found = [(cdr_id, a) for cdr_id, a in self.active.items() if str(cdr_id) == call or a.sip_call_id == call]
+        if not found:
+            raise AdminError(f"no call {call!r} in progress: give a CDR id or a SIP Call-ID that "
+                             "`softswitch calls` lists")
+        cdr_id, active = found[0]
+        with logs.call_context(logs.CallContext(active.sip_call_id, cdr_id, active.call.link.worker_id)):
+            log.info("hang-up asked for by an operator", extra={"event": "operator_hangup"})
+        active.call.end_by_operator()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(active.closed.wait()), ADMIN_HANGUP_WAIT_S)
+        return {"cdr_id": cdr_id, "call_id": active.sip_call_id, "ended": active.closed.is_set(),
+                "disposition": active.disposition}
 
     async def metrics_text(self) -> bytes:
         try:
@@ -481,6 +593,8 @@ def _disposition(call: ControlCall, session: Session) -> str:
         return "unanswered"
     if call.end_reason == "media lost":
         return "worker_lost"
+    if call.operator_hangup:
+        return "operator_hangup"
     if session.ended_by is not None:
         return "caller_hangup"
     return "completed"
@@ -527,7 +641,7 @@ def _require_free_udp_port(host: str, port: int) -> None:
 
 
 def serve(config: Config) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s control %(levelname)s %(name)s: %(message)s")
+    logs.configure(config.logging.format, config.logging.level, "control")
     # Everything this process and its children write (the store, recordings, the front's config,
     # logs) is personal data or evidence: for the service's own user only.
     os.umask(0o077)

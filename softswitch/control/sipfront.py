@@ -132,16 +132,16 @@ class FrontRpc:
             raise FrontRpcError(f"SIP front refused: {reply['error']}")
         return reply.get("result")
 
+    async def dispatcher_entries(self) -> list[tuple[str, str]]:
+        """(URI, flags) of every dispatcher destination: flags "AP" active and probed, "IP" inactive, ..."""
+        result = await self.call("dispatcher.list")
+        return [(str(target.get("DEST", {}).get("URI")), str(target.get("DEST", {}).get("FLAGS", "")))
+                for record in (result or {}).get("RECORDS", [])
+                for target in record.get("SET", {}).get("TARGETS", [])]
+
     async def active_workers(self) -> set[str]:
         """URIs of the dispatcher destinations the front would send a call to now."""
-        result = await self.call("dispatcher.list")
-        active: set[str] = set()
-        for record in (result or {}).get("RECORDS", []):
-            for target in record.get("SET", {}).get("TARGETS", []):
-                dest = target.get("DEST", {})
-                if str(dest.get("FLAGS", "")).startswith("A"):
-                    active.add(str(dest.get("URI")))
-        return active
+        return {uri for uri, flags in await self.dispatcher_entries() if flags.startswith("A")}
 
     async def registered_users(self) -> set[str]:
         """SIP users (agents) with at least one live registration at the front."""

@@ -322,7 +322,8 @@ class Acd:
         day = self._roll_day()
         day.offered += 1
         day.per_hour[self._local_time(entry.joined_wall).hour] += 1
-        log.info("queue: %s joined at %d", key, len(self._queue))
+        log.info("queue: joined at position %d", len(self._queue),
+                 extra={"event": "queue_join", "position": len(self._queue)})
         self._publish_queue("joined", entry, position=len(self._queue))
         self._publish_today()
         return entry
@@ -392,7 +393,8 @@ class Acd:
         agent.status.answered_today += 1
         agent.connected_at = self._clock()
         self._set_state(agent, AgentState.ON_CALL, call_key=entry.key)
-        log.info("queue: %s connected to %s after %.1f s", entry.key, agent_id, waited_s)
+        log.info("queue: left for agent %s after %.1f s", agent_id, waited_s,
+                 extra={"event": "queue_leave", "reason": "answered", "agent": agent_id, "waited_s": waited_s})
         self._publish_queue("connected", entry, agent=agent_id, waited_s=waited_s)
         self._publish_today()
 
@@ -435,7 +437,8 @@ class Acd:
                 day.to_message += 1
             case _:
                 day.left_other += 1
-        log.info("queue: %s left (%s)", entry.key, reason)
+        log.info("queue: left (%s) after %.1f s", reason, self._clock() - entry.joined,
+                 extra={"event": "queue_leave", "reason": reason, "waited_s": self._clock() - entry.joined})
         self._publish_queue("left", entry, reason=reason)
         self._publish_today()
 

@@ -73,3 +73,9 @@ def new_tracking_code(length: int = TRACKING_CODE_LENGTH) -> str:
 def is_tracking_code(code: str, length: int = TRACKING_CODE_LENGTH) -> bool:
     """Return True if ``code`` has the right length, no leading zero and a valid check digit."""
     return len(code) == length and code[:1] != "0" and verhoeff_valid(code)
+
+
+def code_tail(code: str, digits: int = 3) -> str:
+    """The last digits of a tracking code as logs may name it ("…789"): the whole code is the caller's key
+    to the case's status (with their ID), so it never appears in a log."""
+    return "…" + code[-digits:]

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import logging
 from pathlib import Path
 
+from softswitch import logs
 from softswitch.worker.process import Worker
 from softswitch.worker.settings import WorkerSettings
 
 
 def run_worker(settings: WorkerSettings) -> None:
     """Run one worker until it is told to stop."""
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s worker{settings.worker_id} %(levelname)s %(message)s")
+    logs.configure("json" if settings.log_format == "json" else "text", settings.log_level,
+                   f"worker{settings.worker_id}")
     # A crash inside the library leaves the Python stacks of every thread in the log.
     faulthandler.enable(all_threads=True)
     Worker(settings).run()
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--session-expires-s", type=int, default=1800)
     parser.add_argument("--front", default="", help="host:port of the SIP front; INVITEs only from there")
     parser.add_argument("--apology", default="", help="WAV played to answered calls if the control process is lost")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
     args = parser.parse_args(argv)
     run_worker(WorkerSettings(
         worker_id=args.id, sip_host=args.sip_host, sip_port=args.sip_port, rtp_port=args.rtp_port,
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         pjsua_log_level=args.pjsua_log_level,
         rtp_timeout_s=args.rtp_timeout_s, session_expires_s=args.session_expires_s, front=args.front,
         apology=args.apology,
+        log_format=args.log_format, log_level=args.log_level,
     ))
 
 

@@ -26,3 +26,5 @@ class WorkerSettings:
     # Played to every answered call when the control link is lost (the control process died), before the
     # worker hangs up: no caller is cut off in silence. Empty: hang up at once.
     apology: str = ""
+    log_format: str = "text"  # text | json, as the control process logs (softswitch.logs)
+    log_level: str = "INFO"

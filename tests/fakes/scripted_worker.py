@@ -89,13 +89,17 @@ class ScriptedWorker:
     """The fake side of one worker link: one caller's call, and any agent legs dialled from it."""
 
     def __init__(self, script: Script, prompt_seconds: dict[str, float] | None = None,
-                 agents: dict[str, AgentPhone] | None = None, default_prompt_s: float = 1.0) -> None:
+                 agents: dict[str, AgentPhone] | None = None, default_prompt_s: float = 1.0,
+                 worker_id: int = 0) -> None:
         self.script = script
         self.prompt_seconds = prompt_seconds or {}
         self.default_prompt_s = default_prompt_s
         self.agents = agents or {}
-        # What softswitch.control.calls.WorkerLink offers a ControlCall.
+        # What softswitch.control.calls.WorkerLink offers a ControlCall and the control process.
         self.calls: dict[str, ControlCall] = {}
+        self.worker_id: int | None = worker_id
+        self.pid: int | None = None
+        self.max_calls: int | None = 4
         # What happened, for the test.
         self.played: list[Played] = []
         self.recordings: list[ScriptedRecording] = []
@@ -112,9 +116,14 @@ class ScriptedWorker:
     # -- the caller's call -----------------------------------------------------
     def answer(self, recordings_dir: Path = Path("/recordings")) -> ControlCall:
         """The caller's call, answered now; the script's clock starts."""
-        loop = asyncio.get_running_loop()
         call = ControlCall(self, "caller", 1, recordings_dir)  # type: ignore[arg-type]
         self.calls[call.handle] = call
+        self._answered(call)
+        return call
+
+    def _answered(self, call: ControlCall) -> None:
+        """The caller's call is answered now (by answer(), or the control process's Answer): the script starts."""
+        loop = asyncio.get_running_loop()
         self.call = call
         self.t0 = loop.time()
         self._emit(protocol.Answered(call.handle))
@@ -123,7 +132,6 @@ class ScriptedWorker:
             timers.append(loop.call_at(self.t0 + at, self._key, call.handle, digit))
         if self.script.hangup_at is not None:
             timers.append(loop.call_at(self.t0 + self.script.hangup_at, self._end, call.handle, 200))
-        return call
 
     def now(self) -> float:
         """Seconds since the answer."""
@@ -141,6 +149,10 @@ class ScriptedWorker:
         if getattr(command, "call", None) in self._ended:
             return  # a command racing the hang-up: a worker ignores it too
         match command:
+            case protocol.Answer(call=handle):  # the control process took a call (an Incoming of the test's)
+                self._answered(self.calls[handle])
+            case protocol.Reject(call=handle, status_code=status_code):
+                self._emit(protocol.Hangup(handle, status_code, "rejected"))
             case protocol.Play(call=handle, play_id=play_id, files=files):
                 self._play(handle, play_id, list(files))
             case protocol.StopPlay(call=handle):

@@ -17,22 +17,26 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("softswitch", "media", "ivr", "storage")
 # The parts of the tree as the architecture draws them; a module belongs to the longest that prefixes it.
-PARTS = ("softswitch", "softswitch.domain", "softswitch.config", "softswitch.protocol", "softswitch.worker",
+PARTS = ("softswitch", "softswitch.domain", "softswitch.config", "softswitch.protocol", "softswitch.logs",
+         "softswitch.worker",
          "softswitch.control", "softswitch.web", "softswitch.cli", "ivr", "media", "storage")
 # What each part may import, beyond itself and the standard library and third-party packages.
 ALLOWED = {
     "softswitch": set(),
     "softswitch.domain": set(),
     "softswitch.protocol": set(),
+    "softswitch.logs": set(),
     "softswitch.config": {"softswitch.domain"},
     "media": set(),
     "storage": {"softswitch.domain"},
     "ivr": {"softswitch.domain", "softswitch.config", "media", "storage"},
-    "softswitch.worker": {"softswitch.protocol", "media"},
+    "softswitch.worker": {"softswitch.protocol", "softswitch.logs", "media"},
     "softswitch.web": {"softswitch.domain", "softswitch.config", "media", "storage"},
-    "softswitch.control": {"softswitch.domain", "softswitch.config", "softswitch.protocol", "softswitch.web",
+    "softswitch.control": {"softswitch.domain", "softswitch.config", "softswitch.protocol", "softswitch.logs",
+                           "softswitch.web",
                            "softswitch.worker", "ivr", "media", "storage"},
-    "softswitch.cli": {"softswitch.domain", "softswitch.config", "softswitch.control", "softswitch.web",
+    "softswitch.cli": {"softswitch.domain", "softswitch.config", "softswitch.logs", "softswitch.control",
+                       "softswitch.web",
                        "softswitch.worker", "media", "storage"},
 }
 
