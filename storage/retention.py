@@ -254,22 +254,21 @@ async def _remove_files(paths: Sequence[str]) -> dict[str, str | None]:
     return dict(zip(paths, outcomes))
 
 
-def _gone(outcome: str | None) -> bool:
-    return outcome is None or outcome == "missing"
+def _tally(result: RetentionResult, kind: str, item: str, path: str, outcome: str | None) -> bool:
+    """Count one file's outcome; whether it is gone (so its row may go)."""
+    if outcome is None:
+        return True
+    if outcome == "missing":
+        result.missing[kind] += 1
+        return True
+    result.failures.append(Failure(kind, item, path, outcome))
+    return False
 
 
 async def _delete_recordings(store: Store, recordings: Sequence[DueRecording], result: RetentionResult) -> set[int]:
     """Files, then the rows of those whose file is gone; the ids deleted."""
     outcomes = await _remove_files([r.path for r in recordings])
-    gone = []
-    for recording in recordings:
-        outcome = outcomes[recording.path]
-        if outcome == "missing":
-            result.missing["recording"] += 1
-        if _gone(outcome):
-            gone.append(recording.id)
-        else:
-            result.failures.append(Failure("recording", str(recording.id), recording.path, str(outcome)))
+    gone = [r.id for r in recordings if _tally(result, "recording", str(r.id), r.path, outcomes[r.path])]
     if gone:
         result.deleted["recording"] += await store._update(f"DELETE FROM recordings WHERE id IN ({_marks(gone)})",
                                                            gone)
@@ -288,15 +287,12 @@ async def _apply_cases(store: Store, due: RetentionPlan, result: RetentionResult
         recordings, answers = await _case_files(store, still)
         removed = await _delete_recordings(store, [r for rs in recordings.values() for r in rs], result)
         files = await _remove_files([path for paths in answers.values() for path in paths])
+        codes = {case.id: case.tracking_code for case in batch}
         whole = []
         for case_id in still:
-            failed = [path for path in answers[case_id] if not _gone(files[path])]
-            code = next(case.tracking_code for case in batch if case.id == case_id)
-            for path in failed:
-                result.failures.append(Failure("answer_audio", code, path, str(files[path])))
             result.deleted["answer_audio"] += sum(files[path] is None for path in answers[case_id])
-            result.missing["answer_audio"] += sum(files[path] == "missing" for path in answers[case_id])
-            if failed or any(r.id not in removed for r in recordings[case_id]):
+            gone = [_tally(result, "answer_audio", codes[case_id], path, files[path]) for path in answers[case_id]]
+            if not all(gone) or any(r.id not in removed for r in recordings[case_id]):
                 result.kept["case"] += 1
             else:
                 whole.append(case_id)
@@ -326,8 +322,8 @@ async def _apply_calls(store: Store, due: RetentionPlan, result: RetentionResult
         ids = [call.id for call in batch]
         # Checked on what is there now: a recording whose file could not be removed keeps its CDR.
         deleted = await store._update(
-            f"DELETE FROM calls WHERE id IN ({_marks(ids)}) AND id IN"
-            f" (SELECT k.id FROM calls k WHERE {_CALL_DUE} AND {_CALL_UNREFERENCED})", (*ids, cutoff))
+            f"DELETE FROM calls AS k WHERE k.id IN ({_marks(ids)}) AND {_CALL_DUE} AND {_CALL_UNREFERENCED}",
+            (*ids, cutoff))
         result.deleted["call"] += deleted
         result.kept["call"] += len(ids) - deleted
 

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from storage.retention import RetentionResult
+
 
 def step_outcome(entry: str) -> tuple[str, str]:
     """An IVR path entry such as ``national_id:keypad:verified`` as (step, outcome); ``greeting`` has none."""
@@ -61,6 +63,15 @@ class Metrics:
                                   ["kind", "complete"], registry=self.registry)
         self.recorded_seconds = Counter("softswitch_recorded_seconds", "Audio kept in recordings", ["kind"],
                                         registry=self.registry)
+        # Retention: kinds are recording, answer_audio, case, case_event and call; never an id.
+        self.retention_deleted = Counter("softswitch_retention_deleted", "Rows and files deleted by retention",
+                                         ["kind"], registry=self.registry)
+        self.retention_missing = Counter("softswitch_retention_files_missing",
+                                         "Files retention found already gone (their rows deleted)", ["kind"],
+                                         registry=self.registry)
+        self.retention_failures = Counter("softswitch_retention_failures",
+                                          "Files retention could not remove (kept, with their rows)", ["kind"],
+                                          registry=self.registry)
         self.registry.register(_Live(read_live))
 
     def call_ended(self, disposition: str, ivr_path: Sequence[str]) -> None:
@@ -71,6 +82,14 @@ class Metrics:
     def recording_kept(self, kind: str, duration_s: float, complete: bool) -> None:
         self.recordings.labels(kind, str(complete).lower()).inc()
         self.recorded_seconds.labels(kind).inc(duration_s)
+
+    def retention_ran(self, result: RetentionResult) -> None:
+        for counter, counts in ((self.retention_deleted, result.deleted), (self.retention_missing, result.missing)):
+            for kind, count in counts.items():
+                if count:
+                    counter.labels(kind).inc(count)
+        for failure in result.failures:
+            self.retention_failures.labels(failure.kind).inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,14 +7,21 @@ rows are dated back with plain UPDATEs, so the windows are a few days wide.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 import time
 from dataclasses import dataclass, field
-from datetime import time as wall_time
+from datetime import datetime, time as wall_time, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from softswitch.config import load_config
+from softswitch import cli
+from softswitch.config import Config, RetentionConfig, load_config
+from softswitch.control.metrics import Metrics
+from softswitch.control.retention import RetentionJob, next_run, run_once
 from softswitch.domain.cases import CASE_STATUSES, CLOSED, SECONDS_PER_DAY
 from storage.crypto import IdProtector
 from storage.models import PersonId
@@ -178,9 +185,10 @@ async def test_without_a_period_nothing_is_ever_deleted(data: Path) -> None:
         before = await _present(store, built)
         far_future = time.time() + 3650 * SECONDS_PER_DAY
         assert (await plan(store, RetentionWindows(), far_future)).empty
-        result = await apply(store, await plan(store, RetentionWindows(), far_future))
-        assert not +result.deleted and not result.failures
+        result = await run_once(store, RetentionConfig(), far_future)
+        assert not result.deleted and not result.failures
         assert await _present(store, built) == before
+        assert RetentionJob.start(Config(), store, Metrics(dict)) is None  # the daily job never starts
 
 
 async def test_each_period_alone_touches_only_its_kind(data: Path) -> None:
@@ -245,6 +253,122 @@ async def test_the_file_goes_where_the_row_names_it_at_the_moment_of_deletion(da
         assert result.kept["case"] == 1 and built.files["recording:closed-old"].exists()
         cases, _, calls, _ = await _present(store, built)
         assert "closed-old" in cases and "closed-old" in calls and "menu-old" not in calls
+
+
+async def test_the_daily_job_logs_one_line_and_counts_by_kind(data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = load_config(overrides={"data_dir": str(data), "retention.recordings_days": DAYS,
+                                    "retention.calls_days": DAYS, "retention.closed_cases_days": DAYS})
+    async with open_store(config.database_path, _protector(data)) as store:
+        await _build(store, data)
+        metrics = Metrics(lambda: {"calls_active": 0, "queue_length": 0, "longest_wait_s": 0.0, "agents": {},
+                                   "workers": {}, "restarts": {}, "problems": 0})
+        with caplog.at_level(logging.INFO, logger="softswitch.retention"):
+            result = await RetentionJob(config, store, metrics).run_now()
+    assert result is not None and result.deleted["case"] == 1
+    lines = [r for r in caplog.records if r.name == "softswitch.retention"]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert "deleted 1 closed cases" in lines[0].getMessage() and "3 recordings" in lines[0].getMessage()
+    text = metrics.text().decode()
+    assert 'softswitch_retention_deleted_total{kind="recording"} 3.0' in text
+    assert 'softswitch_retention_deleted_total{kind="call"} 3.0' in text
+    assert NATIONAL_ID not in text and NATIONAL_ID not in lines[0].getMessage()
+
+
+async def test_the_daily_job_waits_for_run_at_and_stops_when_cancelled(data: Path) -> None:
+    now = datetime.now(ZoneInfo("Asia/Tehran"))
+    later = (now.hour + 12) % 24  # half a day away, whatever the time
+    config = load_config(overrides={"data_dir": str(data), "retention.calls_days": DAYS,
+                                    "retention.run_at": f"{later:02d}:{now.minute:02d}"})
+    async with open_store(config.database_path, _protector(data)) as store:
+        built = await _build(store, data)
+        task = RetentionJob.start(config, store, Metrics(dict))
+        assert task is not None
+        await asyncio.sleep(0.2)
+        assert not task.done() and built.calls["refused-old"] in await _rows(store, "calls")  # not yet
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+TEHRAN = ZoneInfo("Asia/Tehran")  # +03:30 all year: Iran has kept no daylight saving time since 2022
+
+
+@pytest.mark.parametrize(("now_local", "run_at", "expected_local"), [
+    ("2026-12-02 02:00", "03:30", "2026-12-02 03:30"),  # later today
+    ("2026-12-02 03:30", "03:30", "2026-12-03 03:30"),  # just ran: tomorrow
+    ("2026-12-02 23:50", "00:10", "2026-12-03 00:10"),  # across midnight
+    ("2026-12-31 23:59", "03:30", "2027-01-01 03:30"),  # across the year
+    ("2026-03-20 22:00", "03:30", "2026-03-21 03:30"),  # Nowruz, once a DST change: the same offset now
+])
+def test_the_next_run_is_the_next_time_the_local_clock_reads_run_at(now_local: str, run_at: str,
+                                                                    expected_local: str) -> None:
+    now = datetime.strptime(now_local, "%Y-%m-%d %H:%M").replace(tzinfo=TEHRAN)
+    hour, minute = map(int, run_at.split(":"))
+    at = next_run(now.astimezone(timezone.utc), wall_time(hour, minute), TEHRAN)  # any zone in, the local clock out
+    assert at.strftime("%Y-%m-%d %H:%M") == expected_local
+    assert 0 < at.timestamp() - now.timestamp() <= SECONDS_PER_DAY
+
+
+def test_across_midnight_the_wait_is_twenty_minutes() -> None:
+    now = datetime(2026, 12, 2, 20, 20, tzinfo=timezone.utc)  # 23:50 in Tehran
+    assert next_run(now, wall_time(0, 10), TEHRAN).timestamp() - now.timestamp() == 20 * 60
+
+
+def _config_file(tmp_path: Path, data: Path, retention: str = "") -> Path:
+    path = tmp_path / "softswitch.yaml"
+    path.write_text(f"data_dir: {data}\n{retention}", encoding="utf-8")
+    return path
+
+
+RETENTION_YAML = f"retention:\n  recordings_days: {DAYS}\n  calls_days: {DAYS}\n  closed_cases_days: {DAYS}\n" \
+                 "  run_at: '04:00'\n"
+
+
+async def test_the_command_dry_runs_then_deletes_the_same_set_beside_a_running_store(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config_file(tmp_path, data, RETENTION_YAML)
+    # The store stays open, as the running softswitch holds it: the command works beside it (WAL).
+    async with open_store(data / "softswitch.db", _protector(data)) as store:
+        built = await _build(store, data)
+        before = await _present(store, built)
+        assert await asyncio.to_thread(cli.main, ["--config", str(config), "retention", "--dry-run", "--list"]) == 0
+        dry = capsys.readouterr().out
+        assert await _present(store, built) == before and "nothing was deleted" in dry
+        assert "closed cases: 1," in dry and "recordings: 2 more" in dry and "CDRs: 3," in dry
+        listed_cases = set(re.findall(r"^  case (\d+) ", dry, re.M))
+        listed_recordings = {int(n) for n in re.findall(r"^  recording (\d+) ", dry, re.M)}
+        listed_calls = {int(n) for n in re.findall(r"^  CDR (\d+) ", dry, re.M)}
+        assert NATIONAL_ID not in dry and NATIONAL_ID[-2:] + "\n" not in dry and "0912" not in dry
+
+        assert await asyncio.to_thread(cli.main, ["--config", str(config), "retention"]) == 0
+        done = capsys.readouterr().out
+        assert "deleted 1 closed cases" in done and "3 recordings" in done and "3 CDRs" in done
+        cases, recordings, calls, _ = await _present(store, built)
+        assert listed_cases == {built.codes[n] for n in before[0] - cases}
+        assert listed_recordings == {built.recordings[n] for n in before[1] - recordings}
+        assert listed_calls == {built.calls[n] for n in before[2] - calls}
+        await store.add_call("after@127.0.0.1", "sip:a@127.0.0.1", "sip:111@127.0.0.1", "127.0.0.1", 0, time.time())
+
+
+def test_the_command_refuses_without_a_period_and_names_a_file_it_could_not_remove(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def build() -> Built:
+        async with open_store(data / "softswitch.db", _protector(data)) as store:
+            return await _build(store, data)
+    built = asyncio.run(build())
+    unset = _config_file(tmp_path, data)
+    assert cli.main(["--config", str(unset), "retention"]) == 2
+    assert "nothing deleted" in capsys.readouterr().err
+    assert cli.main(["--config", str(unset), "retention", "--dry-run"]) == 0
+    assert "nothing would go" in capsys.readouterr().out
+    assert all(path.exists() for name, path in built.files.items() if name != "dir")
+
+    blocked = built.files["recording:menu-old"]
+    blocked.unlink()
+    blocked.mkdir()
+    assert cli.main(["--config", str(_config_file(tmp_path, data, RETENTION_YAML)), "retention"]) == 1
+    out = capsys.readouterr().out
+    assert f"could not remove 1 files, kept with their rows: recording {built.recordings['menu-old']} {blocked}" in out
 
 
 def test_the_config_takes_positive_periods_and_a_quoted_time() -> None:
