@@ -116,11 +116,11 @@ def _retention(config: Config, *, dry_run: bool, items: bool) -> int:
     import sqlite3
     import time
 
-    from softswitch.control.retention import describe, summary, windows
+    from softswitch.control.retention import ROUND_ITEMS, describe, run_once, summary, windows
     from softswitch.domain.persian import time_zone
     from storage.crypto import IdProtector
     from storage.errors import StoreError
-    from storage.retention import RetentionResult, apply, plan
+    from storage.retention import RetentionPlan, RetentionResult, plan
     from storage.store import open_store
 
     if not config.retention.configured:
@@ -139,11 +139,15 @@ def _retention(config: Config, *, dry_run: bool, items: bool) -> int:
             return 2
     tz = time_zone(config.office_hours.timezone, "office_hours.timezone")
 
+    def show(due: RetentionPlan) -> None:
+        print("\n".join(describe(due, tz, items=items)))
+
     async def run() -> RetentionResult | None:
         async with open_store(config.database_path, IdProtector.from_key_file(key_file)) as store:
-            due = await plan(store, windows(config.retention), time.time())
-            print("\n".join(describe(due, tz, items=items)))
-            return None if dry_run else await apply(store, due)
+            if dry_run:
+                show(await plan(store, windows(config.retention), time.time(), limit=ROUND_ITEMS))
+                return None
+            return await run_once(store, config.retention, time.time(), on_plan=show)
 
     try:
         result = asyncio.run(run())

@@ -33,8 +33,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import AsyncGenerator, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,7 @@ class RetentionPlan:
     cases: tuple[DueCase, ...] = ()
     recordings: tuple[DueRecording, ...] = ()  # those not going with a case
     calls: tuple[DueCall, ...] = ()
+    complete: bool = True  # False: it stopped at its limit, and more is due
 
     def all_recordings(self) -> list[DueRecording]:
         return [*(r for case in self.cases for r in case.recordings), *self.recordings]
@@ -124,24 +126,34 @@ class Failure:
 @dataclass
 class RetentionResult:
     """What a run did. ``deleted`` counts rows (recording, case, case_event, call) and files (answer_audio);
-    ``missing`` counts files already gone whose rows went all the same; ``kept`` counts what the plan named
-    but the run left: changed since, or held by a file that could not be removed (``failures``)."""
+    ``missing`` counts files already gone whose rows went all the same; ``kept`` holds the ids (by kind) of
+    what the plan named but the run left: changed since, or held by a file that could not be removed."""
 
     deleted: Counter[str] = field(default_factory=Counter)
     missing: Counter[str] = field(default_factory=Counter)
-    kept: Counter[str] = field(default_factory=Counter)
+    kept: defaultdict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     failures: list[Failure] = field(default_factory=list)
 
+    def add(self, other: RetentionResult) -> None:
+        """Take in a later round of the same run, which meets again what this one kept."""
+        self.deleted.update(other.deleted)
+        self.missing.update(other.missing)
+        for kind, ids in other.kept.items():
+            self.kept[kind] |= ids
+        known = set(self.failures)
+        self.failures += [failure for failure in other.failures if failure not in known]
 
-async def _paged(store: Store, select: str, where: str, params: Sequence[Any], id_column: str) -> AsyncIterator[Any]:
-    """The rows of ``select ... WHERE where``, in pages by increasing id: each statement stays short.
+
+async def _pages(store: Store, select: str, where: str, params: Sequence[Any], id_column: str
+                 ) -> AsyncGenerator[list[Any], None]:
+    """The rows of ``select ... WHERE where`` in pages by increasing id: each statement stays short.
     Bounded: every page starts after the last id of the one before, and a short page is the last."""
     last = 0
     while True:
         rows = await store._fetchall(f"{select} WHERE {where} AND {id_column} > ? ORDER BY {id_column} LIMIT ?",
                                      (*params, last, PAGE_ROWS))
-        for row in rows:
-            yield row
+        if rows:
+            yield rows
         if len(rows) < PAGE_ROWS:
             return
         last = rows[-1]["id"]
@@ -187,45 +199,59 @@ async def _case_files(store: Store, case_ids: Sequence[int]) -> tuple[dict[int, 
     return recordings, answers
 
 
-async def plan(store: Store, windows: RetentionWindows, now: float) -> RetentionPlan:
-    """What a run at ``now`` would delete under ``windows``; reads only."""
+async def plan(store: Store, windows: RetentionWindows, now: float, *, limit: int | None = None) -> RetentionPlan:
+    """What a run at ``now`` deletes under ``windows``; reads only.
+
+    ``limit`` bounds the plan's memory on a large store: at most that many closed cases, recordings on
+    their own and CDRs, the oldest ids first. A plan that reached it is not ``complete``: once it is
+    applied, the next plan names the following ones.
+    """
     case_cutoff = _cutoff(now, windows.closed_cases_days)
     recording_cutoff = _cutoff(now, windows.recordings_days)
     call_cutoff = _cutoff(now, windows.calls_days)
-    found: list[tuple[int, str, float]] = []
+    cases: list[DueCase] = []
+    alone: list[DueRecording] = []
+    calls: list[DueCall] = []
     if case_cutoff is not None:
-        async for row in _paged(
+        async with aclosing(_pages(
                 store, "SELECT c.id AS id, c.tracking_code AS tracking_code, c.updated_at AS updated_at,"
                 " (SELECT MAX(e.at) FROM case_events e WHERE e.case_id = c.id) AS last_event FROM cases c",
-                _CASE_DUE, (CLOSED, case_cutoff, case_cutoff), "c.id"):
-            found.append((row["id"], row["tracking_code"], max(row["updated_at"], row["last_event"] or 0.0)))
-    cases: list[DueCase] = []
-    for batch in _batches(found):
-        recordings, answers = await _case_files(store, [case_id for case_id, _, _ in batch])
-        cases += [DueCase(case_id, code, last_change, tuple(recordings[case_id]), tuple(answers[case_id]))
-                  for case_id, code, last_change in batch]
+                _CASE_DUE, (CLOSED, case_cutoff, case_cutoff), "c.id")) as pages:
+            async for page in pages:
+                page = page if limit is None else page[:limit - len(cases)]
+                recordings, answers = await _case_files(store, [row["id"] for row in page])
+                cases += [DueCase(row["id"], row["tracking_code"], max(row["updated_at"], row["last_event"] or 0.0),
+                                  tuple(recordings[row["id"]]), tuple(answers[row["id"]])) for row in page]
+                if len(cases) == limit:
+                    break
     with_cases = {r.id for case in cases for r in case.recordings}
-    alone: list[DueRecording] = []
     if recording_cutoff is not None:
-        async for row in _paged(store, f"SELECT {_RECORDING_COLUMNS} {_RECORDING_FROM}", _RECORDING_DUE,
-                                (recording_cutoff, recording_cutoff, CLOSED), "r.id"):
-            if row["id"] not in with_cases:
-                alone.append(_due_recording(row))
-    calls: list[DueCall] = []
+        async with aclosing(_pages(store, f"SELECT {_RECORDING_COLUMNS} {_RECORDING_FROM}", _RECORDING_DUE,
+                                   (recording_cutoff, recording_cutoff, CLOSED), "r.id")) as pages:
+            async for page in pages:
+                alone += [_due_recording(row) for row in page if row["id"] not in with_cases]
+                if limit is not None and len(alone) >= limit:
+                    del alone[limit:]
+                    break
     if call_cutoff is not None:
         going_cases = {case.id for case in cases}
         going_recordings = with_cases | {r.id for r in alone}
-        candidates = [DueCall(row["id"], row["arrived_at"]) async for row in _paged(
-            store, "SELECT k.id AS id, k.arrived_at AS arrived_at FROM calls k", _CALL_DUE, (call_cutoff,), "k.id")]
-        for batch in _batches(candidates):
-            ids = [call.id for call in batch]
-            held = {row["call_id"] for row in await store._fetchall(
-                f"SELECT call_id, id FROM cases WHERE call_id IN ({_marks(ids)})", ids) if row["id"] not in going_cases}
-            held |= {row["call_id"] for row in await store._fetchall(
-                f"SELECT call_id, id FROM recordings WHERE call_id IN ({_marks(ids)})", ids)
-                if row["id"] not in going_recordings}
-            calls += [call for call in batch if call.id not in held]
-    return RetentionPlan(now, windows, tuple(cases), tuple(alone), tuple(calls))
+        async with aclosing(_pages(store, "SELECT k.id AS id, k.arrived_at AS arrived_at FROM calls k", _CALL_DUE,
+                                   (call_cutoff,), "k.id")) as pages:
+            async for page in pages:
+                ids = [row["id"] for row in page]
+                held = {row["call_id"] for row in await store._fetchall(
+                    f"SELECT call_id, id FROM cases WHERE call_id IN ({_marks(ids)})", ids)
+                    if row["id"] not in going_cases}
+                held |= {row["call_id"] for row in await store._fetchall(
+                    f"SELECT call_id, id FROM recordings WHERE call_id IN ({_marks(ids)})", ids)
+                    if row["id"] not in going_recordings}
+                calls += [DueCall(row["id"], row["arrived_at"]) for row in page if row["id"] not in held]
+                if limit is not None and len(calls) >= limit:
+                    del calls[limit:]
+                    break
+    complete = limit is None or max(len(cases), len(alone), len(calls)) < limit
+    return RetentionPlan(now, windows, tuple(cases), tuple(alone), tuple(calls), complete)
 
 
 def _unlink(paths: Sequence[str]) -> list[str | None]:
@@ -282,7 +308,7 @@ async def _apply_cases(store: Store, due: RetentionPlan, result: RetentionResult
         still = [row["id"] for row in await store._fetchall(
             f"SELECT c.id AS id FROM cases c WHERE {_CASE_DUE} AND c.id IN ({_marks(ids)})",
             (CLOSED, case_cutoff, case_cutoff, *ids))]
-        result.kept["case"] += len(ids) - len(still)
+        result.kept["case"] |= set(ids) - set(still)
         # Read again: a recording's path may have changed since the plan (e.g. copied to shared storage).
         recordings, answers = await _case_files(store, still)
         removed = await _delete_recordings(store, [r for rs in recordings.values() for r in rs], result)
@@ -293,7 +319,7 @@ async def _apply_cases(store: Store, due: RetentionPlan, result: RetentionResult
             result.deleted["answer_audio"] += sum(files[path] is None for path in answers[case_id])
             gone = [_tally(result, "answer_audio", codes[case_id], path, files[path]) for path in answers[case_id]]
             if not all(gone) or any(r.id not in removed for r in recordings[case_id]):
-                result.kept["case"] += 1
+                result.kept["case"].add(case_id)
             else:
                 whole.append(case_id)
         if whole:
@@ -312,7 +338,7 @@ async def _apply_recordings(store: Store, due: RetentionPlan, result: RetentionR
         current = [_due_recording(row) for row in await store._fetchall(
             f"SELECT {_RECORDING_COLUMNS} {_RECORDING_FROM} WHERE {_RECORDING_DUE} AND r.id IN ({_marks(ids)})",
             (cutoff, cutoff, CLOSED, *ids))]
-        result.kept["recording"] += len(ids) - len(current)
+        result.kept["recording"] |= set(ids) - {r.id for r in current}
         await _delete_recordings(store, current, result)
 
 
@@ -321,11 +347,12 @@ async def _apply_calls(store: Store, due: RetentionPlan, result: RetentionResult
     for batch in _batches(due.calls):
         ids = [call.id for call in batch]
         # Checked on what is there now: a recording whose file could not be removed keeps its CDR.
-        deleted = await store._update(
+        await store._update(
             f"DELETE FROM calls AS k WHERE k.id IN ({_marks(ids)}) AND {_CALL_DUE} AND {_CALL_UNREFERENCED}",
             (*ids, cutoff))
-        result.deleted["call"] += deleted
-        result.kept["call"] += len(ids) - deleted
+        left = {row["id"] for row in await store._fetchall(f"SELECT id FROM calls WHERE id IN ({_marks(ids)})", ids)}
+        result.deleted["call"] += len(ids) - len(left)
+        result.kept["call"] |= left
 
 
 async def apply(store: Store, due: RetentionPlan) -> RetentionResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time as clock
+from collections.abc import Callable
 from datetime import datetime, time, timedelta, tzinfo
 
 from softswitch.config import Config, RetentionConfig
@@ -25,6 +26,10 @@ log = logging.getLogger("softswitch.retention")
 _NAP_S = 300.0
 # Failures named one by one in the log line; the rest are counted.
 _NAMED_FAILURES = 10
+# A run plans and deletes in rounds of at most this many of each kind (about 200 bytes each in memory),
+# so a store holding years past its periods, the first time they are set, is done in bounded steps.
+ROUND_ITEMS = 50_000
+MAX_ROUNDS = 1_000
 
 
 def windows(config: RetentionConfig) -> RetentionWindows:
@@ -45,7 +50,7 @@ def summary(result: RetentionResult) -> str:
     text = (f"deleted {d['case']} closed cases ({d['case_event']} history rows), {d['recording']} recordings, "
             f"{d['answer_audio']} answer audio files, {d['call']} CDRs; "
             f"files already missing {m['recording'] + m['answer_audio']}")
-    kept = ", ".join(f"{count} {kind}" for kind, count in sorted(result.kept.items()) if count)
+    kept = ", ".join(f"{len(ids)} {kind}" for kind, ids in sorted(result.kept.items()) if ids)
     if kept:
         text += f"; kept (changed since planned or held by a file) {kept}"
     if result.failures:
@@ -81,6 +86,8 @@ def describe(due: RetentionPlan, tz: tzinfo, *, items: bool = False) -> list[str
                  f" (with {with_cases} recordings and {answers} answer audio files)")
     lines.append(f"recordings: {len(due.recordings)} more, made {_span([r.created_at for r in due.recordings], tz)}")
     lines.append(f"CDRs: {len(due.calls)}, arrived {_span([k.arrived_at for k in due.calls], tz)}")
+    if not due.complete:
+        lines.append(f"and more: this is the first round; a run goes on in rounds of {ROUND_ITEMS} of each kind")
     if items:
         for case in due.cases:
             lines.append(f"  case {case.tracking_code} last changed {_when(case.last_change, tz)}, recordings "
@@ -93,11 +100,22 @@ def describe(due: RetentionPlan, tz: tzinfo, *, items: bool = False) -> list[str
     return lines
 
 
-async def run_once(store: Store, config: RetentionConfig, now: float) -> RetentionResult:
-    """Plan and apply one run at ``now``; nothing at all when no retention is configured."""
+async def run_once(store: Store, config: RetentionConfig, now: float,
+                   on_plan: Callable[[RetentionPlan], None] | None = None) -> RetentionResult:
+    """One run at ``now``, in rounds until nothing more is due (``on_plan`` sees each round's plan before
+    it is applied); nothing at all when no retention is configured."""
+    total = RetentionResult()
     if not config.configured:
-        return RetentionResult()
-    return await apply(store, await plan(store, windows(config), now))
+        return total
+    for _ in range(MAX_ROUNDS):
+        due = await plan(store, windows(config), now, limit=ROUND_ITEMS)
+        if on_plan is not None:
+            on_plan(due)
+        done = await apply(store, due)
+        total.add(done)
+        if due.complete or not +done.deleted:  # all of it, or a round that could delete nothing
+            break
+    return total
 
 
 class RetentionJob:
