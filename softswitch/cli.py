@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     watch[2].add_argument("call", help="its CDR id or SIP Call-ID, as `softswitch calls` lists them")
     for watcher in watch:
         watcher.add_argument("--json", action="store_true", help="print the answer as JSON, for scripts")
+    retention = sub.add_parser("retention", help="delete now what is past the retention.* periods (the daily "
+                                                 "run's rules); --dry-run only says what")
+    retention.add_argument("--dry-run", action="store_true", help="print what would go, delete nothing")
+    retention.add_argument("--list", action="store_true", help="also each item, by id or tracking code")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         return _ask_running(args, config)
     if args.command in ("backup", "restore"):
         return _backup_or_restore(args.command, args.directory, config)
+    if args.command == "retention":
+        return _retention(config, dry_run=args.dry_run, items=args.list)
     if args.command == "check-config":
         print(config.model_dump_json(indent=2))
         return 0
@@ -186,6 +192,57 @@ def _calls_text(calls: list[dict[str, Any]]) -> str:
                   [[c["cdr_id"], c["call_id"], c["worker"], f"{c['age_s']:.0f} s", c["state"],
                     f"{c['agent']['id']} ({c['agent']['state']})" if c["agent"] else None, c["caller"]]
                    for c in calls]) + f"\n{len(calls)} call(s)"
+
+
+def _retention(config: Config, *, dry_run: bool, items: bool) -> int:
+    """One run now, with the daily job's rules, beside a running softswitch or without one (SQLite WAL)."""
+    import asyncio
+    import sqlite3
+    import time
+
+    from softswitch.control.retention import ROUND_ITEMS, describe, run_once, summary, windows
+    from softswitch.domain.persian import time_zone
+    from storage.crypto import IdProtector
+    from storage.errors import StoreError
+    from storage.retention import RetentionPlan, RetentionResult, plan
+    from storage.store import open_store
+
+    if not config.retention.configured:
+        what = ("retention.recordings_days, retention.calls_days and retention.closed_cases_days are all unset: "
+                "everything is kept")
+        if dry_run:
+            print(f"{what}; nothing would go")
+            return 0
+        print(f"softswitch: nothing deleted: {what}. Set a period in the config file to delete anything.",
+              file=sys.stderr)
+        return 2
+    key_file = config.under_data(config.security.id_key_file)
+    for needed, what in ((config.database_path, "case store"), (key_file, "national-ID key file")):
+        if not needed.exists():
+            print(f"softswitch: no {what} at {needed}: is --config the softswitch's?", file=sys.stderr)
+            return 2
+    tz = time_zone(config.office_hours.timezone, "office_hours.timezone")
+
+    def show(due: RetentionPlan) -> None:
+        print("\n".join(describe(due, tz, items=items)))
+
+    async def run() -> RetentionResult | None:
+        async with open_store(config.database_path, IdProtector.from_key_file(key_file)) as store:
+            if dry_run:
+                show(await plan(store, windows(config.retention), time.time(), limit=ROUND_ITEMS))
+                return None
+            return await run_once(store, config.retention, time.time(), on_plan=show)
+
+    try:
+        result = asyncio.run(run())
+    except (StoreError, sqlite3.Error, OSError) as exc:
+        print(f"softswitch: retention failed: {exc}", file=sys.stderr)
+        return 2
+    if result is None:
+        print("dry run: nothing was deleted")
+        return 0
+    print(summary(result))
+    return 1 if result.failures else 0
 
 
 def _password(args: argparse.Namespace, who: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
-from datetime import date, datetime
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -321,6 +321,38 @@ class FollowUpConfig(_Section):
     failure_window_s: float = Field(3600.0, gt=0)
 
 
+class RetentionConfig(_Section):
+    """How long recordings, CDRs and closed cases are kept (storage/retention.py has the rules).
+
+    Unset (the default) keeps that kind forever: a national hotline's records are
+    evidence, and only the operator's config may say otherwise. ``run_at`` is
+    when the daily run starts, on the hotline's clock (``office_hours.timezone``).
+    """
+
+    recordings_days: float | None = Field(None, gt=0)
+    calls_days: float | None = Field(None, gt=0)
+    closed_cases_days: float | None = Field(None, gt=0)
+    run_at: str = Field("03:30", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM, 24-hour clock")
+
+    @field_validator("run_at", mode="before")
+    @classmethod
+    def _quoted(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted 03:30 as the base-60 number 210.
+        if isinstance(value, int):
+            raise ValueError("write run_at in quotes, e.g. '03:30' (unquoted, YAML reads it as a number)")
+        return value
+
+    @property
+    def configured(self) -> bool:
+        """Whether anything is ever deleted: at least one kind has a retention period."""
+        return any(days is not None for days in (self.recordings_days, self.calls_days, self.closed_cases_days))
+
+    @property
+    def run_time(self) -> time:
+        hour, minute = self.run_at.split(":")
+        return time(int(hour), int(minute))
+
+
 class SecurityConfig(_Section):
     id_key_file: Path = Path("keys/national_id.json")
 
@@ -373,6 +405,7 @@ class Config(_Section):
     api_tokens: tuple[ApiToken, ...] = ()
     cases: CasesConfig = CasesConfig()
     follow_up: FollowUpConfig = FollowUpConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ivr.steps import step_outcome
+from storage.retention import RetentionResult
 
 # The IVR path's ID steps (ivr.identify.Whose) and whose ID each asks for.
 _ID_STEPS = {"national_id": "caller", "subject_id": "subject"}
@@ -143,6 +144,15 @@ class Metrics:
         self.intake = Counter("softswitch_intake_requests", "Requests filed through the one duplicate rule, by "
                               "channel and whether they were linked to an existing case", ["channel", "duplicate"],
                               registry=self.registry)
+        # Retention: kinds are recording, answer_audio, case, case_event and call; never an id.
+        self.retention_deleted = Counter("softswitch_retention_deleted", "Rows and files deleted by retention",
+                                         ["kind"], registry=self.registry)
+        self.retention_missing = Counter("softswitch_retention_files_missing",
+                                         "Files retention found already gone (their rows deleted)", ["kind"],
+                                         registry=self.registry)
+        self.retention_failures = Counter("softswitch_retention_failures",
+                                          "Files retention could not remove (kept, with their rows)", ["kind"],
+                                          registry=self.registry)
         self.registry.register(_Live(read_live))
 
     def call_ended(self, disposition: str, ivr_path: Sequence[str]) -> None:
@@ -164,6 +174,14 @@ class Metrics:
 
     def intake_filed(self, channel: str, duplicate: bool) -> None:
         self.intake.labels(channel, str(duplicate).lower()).inc()
+
+    def retention_ran(self, result: RetentionResult) -> None:
+        for counter, counts in ((self.retention_deleted, result.deleted), (self.retention_missing, result.missing)):
+            for kind, count in counts.items():
+                if count:
+                    counter.labels(kind).inc(count)
+        for failure in result.failures:
+            self.retention_failures.labels(failure.kind).inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -36,6 +36,7 @@ from softswitch.control.capacity import WorkerPlan, plan_workers
 from softswitch.control.desk import ControlDesk
 from softswitch.control.metrics import Metrics, front_statistics
 from softswitch.control.processes import ExecChild, ProcessSupervisor, stop_leftovers, worker_command
+from softswitch.control.retention import RetentionJob
 from softswitch.control.routing import Accept, CallFacts, Reject, caller_number, dialled_number, route
 from softswitch.domain.acd import Acd, mask_number
 from softswitch.domain.office_hours import OfficeHours
@@ -167,11 +168,14 @@ class Softswitch:
             self._start_children(plan)
             watch = asyncio.create_task(self._watch_registrations()) if cfg.agents.accounts else None
             health_watch = asyncio.create_task(self._watch_health())
+            retention = RetentionJob.start(cfg, store, self.metrics)  # None while the config keeps everything
             log.info("softswitch up: SIP %s:%d, HTTP %s:%d, %d workers", cfg.sip.listen, cfg.sip.port,
                      cfg.http.host, runner.addresses[0][1] if runner.addresses else cfg.http.port,
                      plan.count)
             await self.stopped.wait()
             health_watch.cancel()
+            if retention is not None:
+                retention.cancel()
             if watch is not None:
                 watch.cancel()
             server.close()
