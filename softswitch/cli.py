@@ -86,7 +86,9 @@ def _backup_or_restore(command: str, directory: Path, config: Config) -> int:
     key_file = config.under_data(config.security.id_key_file)
     try:
         if command == "backup":
-            done = backup(config.database_path, config.data_dir, directory)
+            shared_dir = config.recordings_store.shared_dir
+            done = backup(config.database_path, config.data_dir, directory,
+                          shared=(shared_dir, config.recordings_path) if shared_dir is not None else None)
             print(f"backup in {done.directory}: {done.cases} cases, {done.files} files; it needs the key "
                   f"id(s) {', '.join(done.key_ids) or '(none)'} of {key_file}, which is not in it: keep a "
                   "copy of that file apart from the backups")

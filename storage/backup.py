@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.errors import StoreError
+from storage.shared_recordings import is_under, local_path
 
 DATABASE = "softswitch.db"
 MANIFEST = "manifest.json"
@@ -73,8 +74,14 @@ def _under(path: Path, root: Path) -> str:
         raise BackupError(f"{path} is not under the data directory {root}: back it up by hand") from None
 
 
-def backup(database: Path, data_dir: Path, target: Path) -> BackupSummary:
-    """Copy the store (online, consistent) and the files it points to into the new folder ``target``."""
+def backup(database: Path, data_dir: Path, target: Path, *,
+           shared: tuple[Path, Path] | None = None) -> BackupSummary:
+    """Copy the store (online, consistent) and the files it points to into the new folder ``target``.
+
+    ``shared`` is (the shared recordings directory, the local recordings directory): a recording
+    copied there is kept in the backup as if it were still local, so that a restore puts it back
+    into the recordings directory, whence the shared store takes it again.
+    """
     if not database.exists():
         raise BackupError(f"no store at {database}")
     if target.exists() and any(target.iterdir()):
@@ -98,7 +105,10 @@ def backup(database: Path, data_dir: Path, target: Path) -> BackupSummary:
         # Evidence is copied whole and checked; a file the store knows but the disk lacks is an error.
         if not path.exists():
             raise BackupError(f"{path} is in the store but not on disk")
-        relative = _under(path, data_dir)
+        if shared is not None and is_under(path, shared[0]):
+            relative = _under(local_path(path, *shared), data_dir)
+        else:
+            relative = _under(path, data_dir)
         kept = target / FILES / relative
         kept.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.copyfile(path, kept)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from softswitch.domain.text import clean_text
 from softswitch.web.console import ReasonRequired
 from softswitch.web.credentials import verify_password
 from storage.errors import NotFound
-from storage.models import Case, PersonId
+from storage.models import Case, PersonId, Recording
 from storage.store import Store
 
 log = logging.getLogger("softswitch.desk")
@@ -67,8 +67,10 @@ class DeskCall:
 
 
 class ControlDesk:
-    def __init__(self, config: Config, store: Store, acd: Acd, prompts: Any) -> None:
+    def __init__(self, config: Config, store: Store, acd: Acd, prompts: Any,
+                 kept: Callable[[Recording], None] = lambda recording: None) -> None:
         self.config = config
+        self.kept = kept  # told of each recording stored (the conversation's tape): the shared copy
         self.store = store
         self.acd = acd
         self.prompts = prompts
@@ -126,8 +128,9 @@ class ControlDesk:
             return None
         call.state, call.channel = "ended", None
         if conversation is not None:
-            await self.store.add_recording(call.call_id, None, conversation.kind, str(conversation.path),
-                                           conversation.duration_s, conversation.sha256, conversation.complete)
+            self.kept(await self.store.add_recording(call.call_id, None, conversation.kind, str(conversation.path),
+                                                     conversation.duration_s, conversation.sha256,
+                                                     conversation.complete))
         if call.case is None:
             # The agent filed nothing during the call: the matter still becomes a case, which
             # the agent completes during wrap-up (or the back office later).

@@ -46,6 +46,12 @@ class _Live(Collector):
         for name, count in sorted(state["restarts"].items()):
             restarts.add_metric([name], count)
         yield restarts
+        yield GaugeMetricFamily("softswitch_recordings_waiting_copy",
+                                "Recordings kept local, waiting for their copy in the shared directory",
+                                value=state["recordings_waiting"])
+        yield GaugeMetricFamily("softswitch_recordings_copy_oldest_wait_seconds",
+                                "How long the oldest recording waiting for its shared copy has waited",
+                                value=state["recordings_oldest_wait_s"])
         yield GaugeMetricFamily("softswitch_health_problems", "Problems that keep new calls out (0: taking calls)",
                                 value=state["problems"])
 
@@ -61,6 +67,9 @@ class Metrics:
                                   ["kind", "complete"], registry=self.registry)
         self.recorded_seconds = Counter("softswitch_recorded_seconds", "Audio kept in recordings", ["kind"],
                                         registry=self.registry)
+        self.copies = Counter("softswitch_recording_copies", "Copies of recordings to the shared directory, by "
+                              "outcome (copied, failed, mismatch, damaged, lost, conflict)", ["outcome"],
+                              registry=self.registry)
         self.registry.register(_Live(read_live))
 
     def call_ended(self, disposition: str, ivr_path: Sequence[str]) -> None:
@@ -71,6 +80,9 @@ class Metrics:
     def recording_kept(self, kind: str, duration_s: float, complete: bool) -> None:
         self.recordings.labels(kind, str(complete).lower()).inc()
         self.recorded_seconds.labels(kind).inc(duration_s)
+
+    def recording_copied(self, outcome: str) -> None:
+        self.copies.labels(outcome).inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
