@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.errors import StoreError
-from storage.shared_recordings import is_under, local_path
+from storage.shared_recordings import SharedLayout, is_under
 
 DATABASE = "softswitch.db"
 MANIFEST = "manifest.json"
@@ -74,13 +74,12 @@ def _under(path: Path, root: Path) -> str:
         raise BackupError(f"{path} is not under the data directory {root}: back it up by hand") from None
 
 
-def backup(database: Path, data_dir: Path, target: Path, *,
-           shared: tuple[Path, Path] | None = None) -> BackupSummary:
+def backup(database: Path, data_dir: Path, target: Path, *, shared: SharedLayout | None = None) -> BackupSummary:
     """Copy the store (online, consistent) and the files it points to into the new folder ``target``.
 
-    ``shared`` is (the shared recordings directory, the local recordings directory): a recording
-    copied there is kept in the backup as if it were still local, so that a restore puts it back
-    into the recordings directory, whence the shared store takes it again.
+    With ``shared``, a recording in the shared directory is kept in the backup as if it were still
+    local, so that a restore puts it back into the recordings directory, whence the shared store
+    takes it again; one copied there after the store was copied is taken from there.
     """
     if not database.exists():
         raise BackupError(f"no store at {database}")
@@ -102,11 +101,13 @@ def backup(database: Path, data_dir: Path, target: Path, *,
     files = []
     for path_text, sha in evidence:
         path = Path(path_text)
+        if shared is not None and is_under(path, shared.recordings_dir) and not path.exists():
+            path = shared.copy_of(path)  # moved to the shared directory since the store was copied
         # Evidence is copied whole and checked; a file the store knows but the disk lacks is an error.
         if not path.exists():
             raise BackupError(f"{path} is in the store but not on disk")
-        if shared is not None and is_under(path, shared[0]):
-            relative = _under(local_path(path, *shared), data_dir)
+        if shared is not None and is_under(path, shared.shared_dir):
+            relative = _under(shared.local_of(path), data_dir)
         else:
             relative = _under(path, data_dir)
         kept = target / FILES / relative

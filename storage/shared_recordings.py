@@ -8,6 +8,7 @@ is under the shared directory has been copied and verified
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -16,12 +17,17 @@ def is_under(path: Path, directory: Path) -> bool:
     return directory in path.parents
 
 
-def shared_path(local: Path, recordings_dir: Path, shared_dir: Path, host: str) -> Path:
-    """Where a local recording's copy goes: ``<shared_dir>/<host>/<its path under recordings_dir>``."""
-    return shared_dir / host / local.relative_to(recordings_dir)
+@dataclass(frozen=True)
+class SharedLayout:
+    shared_dir: Path
+    recordings_dir: Path  # this host's local recordings directory
+    host: str
 
+    def copy_of(self, local: Path) -> Path:
+        """Where a local recording's copy goes."""
+        return self.shared_dir / self.host / local.relative_to(self.recordings_dir)
 
-def local_path(shared: Path, shared_dir: Path, recordings_dir: Path) -> Path:
-    """Where a shared copy's tape lay in a recordings directory: the inverse of :func:`shared_path`."""
-    _host, *rest = shared.relative_to(shared_dir).parts
-    return recordings_dir.joinpath(*rest)
+    def local_of(self, shared: Path) -> Path:
+        """Where a shared copy's tape lay in the recordings directory (of whichever host made it)."""
+        _host, *rest = shared.relative_to(self.shared_dir).parts
+        return self.recordings_dir.joinpath(*rest)

@@ -580,6 +580,11 @@ class Store:
         )
         return [_recording_from_row(row) for row in rows]
 
+    async def recording_at(self, path: str) -> Recording | None:
+        """The recording whose row names this path, if any."""
+        row = await self._fetchone(f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE path = ?", (path,))
+        return None if row is None else _recording_from_row(row)
+
     async def move_recording(self, recording_id: int, from_path: str, to_path: str) -> bool:
         """Point a recording's row at its verified copy; False (nothing changed) unless it named ``from_path``."""
         changed = await self._update(

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from media.shared_copy import CopyProblem, ShareUnavailable, copy_verified
+from media.wavfile import sha256_file
 from softswitch.config import RecordingsStoreConfig
 from softswitch.control.metrics import Metrics
 from storage.errors import StoreError
 from storage.models import Recording
-from storage.shared_recordings import is_under, shared_path
+from storage.shared_recordings import SharedLayout, is_under
 from storage.store import Store
 
 log = logging.getLogger("softswitch.recordings")
@@ -51,8 +52,8 @@ class RecordingCopier:
         self.store = store
         self.settings = settings
         self.shared_dir = settings.shared_dir
-        self.host = settings.host_name
         self.recordings_dir = recordings_dir
+        self.layout = SharedLayout(settings.shared_dir, recordings_dir, settings.host_name)
         self.metrics = metrics
         self.after_write = after_write  # fault injection for tests (media.shared_copy.copy_verified)
         self._waiting: dict[int, _Waiting] = {}
@@ -67,11 +68,33 @@ class RecordingCopier:
         self._progress = asyncio.Event()  # set after every attempt
 
     async def start(self) -> int:
-        """Take up this host's recordings still local (from before a restart) and start copying; how many."""
-        for recording in await self.store.recordings_under(f"{self.recordings_dir}{os.sep}"):
+        """Take up this host's recordings still local (from before a restart) and start copying; how many.
+
+        Before any call: a local tape no row names is then only one whose row already names its copy
+        (a run that stopped between pointing the row there and removing the file).
+        """
+        waiting = await self.store.recordings_under(f"{self.recordings_dir}{os.sep}")
+        for recording in waiting:
             self.submit(recording)
+        named = {Path(r.path) for r in waiting}
+        tapes = await asyncio.to_thread(lambda: sorted(self.recordings_dir.rglob("*.wav")))
+        for tape in (t for t in tapes if t not in named):
+            await self._remove_if_copied(tape)
         self._workers = [asyncio.create_task(self._work()) for _ in range(self.settings.copies_in_parallel)]
         return len(self._waiting)
+
+    async def _remove_if_copied(self, tape: Path) -> None:
+        copy = self.layout.copy_of(tape)
+        recording = await self.store.recording_at(str(copy))
+        if recording is None:
+            return  # no row at all: the orphans' recovery (Softswitch._close_orphaned_calls) keeps it
+        try:
+            same = await asyncio.to_thread(lambda: sha256_file(tape) == recording.sha256 == sha256_file(copy))
+            if same:
+                await asyncio.to_thread(tape.unlink)
+                log.info("recording %d: removed the local file left behind after its verified copy", recording.id)
+        except OSError as exc:
+            log.warning("recording %d: the local file %s left after its copy stays: %s", recording.id, tape, exc)
 
     async def close(self) -> None:
         """Stop copying; what waits stays local and is taken up at the next start."""
@@ -135,7 +158,7 @@ class RecordingCopier:
 
     async def _copy(self, recording: Recording) -> None:
         local = Path(recording.path)
-        destination = shared_path(local, self.recordings_dir, self.shared_dir, self.host)
+        destination = self.layout.copy_of(local)
         started = time.monotonic()
         try:
             await asyncio.to_thread(copy_verified, local, destination, recording.sha256, self.shared_dir,
@@ -148,8 +171,8 @@ class RecordingCopier:
             # The verified copy stays where it is; the next attempt finds it and only updates the row.
             self._failed(recording, ShareUnavailable(f"case store: {exc}", reason="case store"), started)
             return
-        del self._waiting[recording.id]
         if not moved:
+            del self._waiting[recording.id]
             log.error("recording %d: its row no longer names %s; the local file is kept", recording.id, local)
             self.metrics.recording_copied("conflict")
             return
@@ -157,6 +180,7 @@ class RecordingCopier:
             await asyncio.to_thread(local.unlink, missing_ok=True)
         except OSError as exc:
             log.error("recording %d is in the shared directory, but its local file stays: %s", recording.id, exc)
+        del self._waiting[recording.id]  # done once the local file is gone too
         self.metrics.recording_copied("copied")
         self._set_failure(None)
         self._backoff_s = 0.0
