@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from media.shared_copy import CopyProblem, ShareUnavailable, copy_verified
 from media.wavfile import sha256_file
@@ -36,6 +39,7 @@ log = logging.getLogger("softswitch.recordings")
 
 # How many ids a health problem lists before "…".
 _IDS_SHOWN = 10
+T = TypeVar("T")
 
 
 @dataclass
@@ -65,36 +69,19 @@ class RecordingCopier:
         self._failed_at = 0.0
         self._resume_at = 0.0
         self._workers: list[asyncio.Task[None]] = []
-        self._progress = asyncio.Event()  # set after every attempt
+        self._progress = asyncio.Event()  # set after every attempt, and once the leftovers are checked
+        # Threads of its own: a share that hangs (a hard NFS mount) holds these, not the loop's default
+        # executor that the rest of the control process uses. One more for the start's leftover check.
+        self._threads = ThreadPoolExecutor(settings.copies_in_parallel + 1, thread_name_prefix="recording-copy")
 
     async def start(self) -> int:
-        """Take up this host's recordings still local (from before a restart) and start copying; how many.
-
-        Before any call: a local tape no row names is then only one whose row already names its copy
-        (a run that stopped between pointing the row there and removing the file).
-        """
+        """Take up this host's recordings still local (from before a restart) and start copying; how many."""
         waiting = await self.store.recordings_under(f"{self.recordings_dir}{os.sep}")
         for recording in waiting:
             self.submit(recording)
-        named = {Path(r.path) for r in waiting}
-        tapes = await asyncio.to_thread(lambda: sorted(self.recordings_dir.rglob("*.wav")))
-        for tape in (t for t in tapes if t not in named):
-            await self._remove_if_copied(tape)
         self._workers = [asyncio.create_task(self._work()) for _ in range(self.settings.copies_in_parallel)]
+        self._workers.append(asyncio.create_task(self._remove_leftovers({Path(r.path) for r in waiting})))
         return len(self._waiting)
-
-    async def _remove_if_copied(self, tape: Path) -> None:
-        copy = self.layout.copy_of(tape)
-        recording = await self.store.recording_at(str(copy))
-        if recording is None:
-            return  # no row at all: the orphans' recovery (Softswitch._close_orphaned_calls) keeps it
-        try:
-            same = await asyncio.to_thread(lambda: sha256_file(tape) == recording.sha256 == sha256_file(copy))
-            if same:
-                await asyncio.to_thread(tape.unlink)
-                log.info("recording %d: removed the local file left behind after its verified copy", recording.id)
-        except OSError as exc:
-            log.warning("recording %d: the local file %s left after its copy stays: %s", recording.id, tape, exc)
 
     async def close(self) -> None:
         """Stop copying; what waits stays local and is taken up at the next start."""
@@ -103,6 +90,29 @@ class RecordingCopier:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._workers)
         self._workers = []
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads,
+                                                                functools.partial(function, *args, **kwargs))
+
+    async def _remove_leftovers(self, waiting: set[Path]) -> None:
+        """Local tapes whose rows already name their verified copies: a run stopped between pointing the
+        row there and removing the file. A tape of a call in progress has no such row, so calls may go on."""
+        tapes = await self._in_thread(lambda: sorted(self.recordings_dir.rglob("*.wav")))
+        for tape in (t for t in tapes if t not in waiting):
+            copy = self.layout.copy_of(tape)
+            recording = await self.store.recording_at(str(copy))
+            if recording is None:
+                continue  # no row names its copy: not a leftover
+            try:
+                if await self._in_thread(lambda: sha256_file(tape) == recording.sha256 == sha256_file(copy)):
+                    await self._in_thread(tape.unlink)
+                    log.info("recording %d: removed the local file left after its verified copy", recording.id)
+            except OSError as exc:
+                log.warning("recording %d: the local file %s left after its copy stays: %s", recording.id, tape,
+                            exc)
+        self._progress.set()
 
     def submit(self, recording: Recording) -> None:
         """A recording whose row is stored (its tape closed): copy it."""
@@ -161,8 +171,8 @@ class RecordingCopier:
         destination = self.layout.copy_of(local)
         started = time.monotonic()
         try:
-            await asyncio.to_thread(copy_verified, local, destination, recording.sha256, self.shared_dir,
-                                    after_write=self.after_write)
+            await self._in_thread(copy_verified, local, destination, recording.sha256, self.shared_dir,
+                                  after_write=self.after_write)
             moved = await self.store.move_recording(recording.id, recording.path, str(destination))
         except CopyProblem as problem:
             self._failed(recording, problem, started)
@@ -177,7 +187,7 @@ class RecordingCopier:
             self.metrics.recording_copied("conflict")
             return
         try:
-            await asyncio.to_thread(local.unlink, missing_ok=True)
+            await self._in_thread(local.unlink, missing_ok=True)
         except OSError as exc:
             log.error("recording %d is in the shared directory, but its local file stays: %s", recording.id, exc)
         del self._waiting[recording.id]  # done once the local file is gone too

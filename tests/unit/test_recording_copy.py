@@ -141,7 +141,7 @@ async def test_a_missing_share_is_retried_reported_once_and_copied_when_it_is_ba
     assert len([m for m in said if "work again" in m]) == 1, said
 
 
-async def test_a_full_then_unmounted_share_keeps_the_local_file_until_a_verified_copy_exists(
+async def test_a_full_read_only_then_unmounted_share_keeps_the_local_file_until_a_verified_copy_exists(
         world: World, tmp_path: Path) -> None:
     recording = await world.recording(seconds=4.0)  # 64 kB of audio
     with mounted_tmpfs(tmp_path / "mnt", "32k") as mount:
@@ -152,6 +152,10 @@ async def test_a_full_then_unmounted_share_keeps_the_local_file_until_a_verified
             await settle(copier, lambda: _copies(world.metrics, "failed") >= 2)
             assert "No space left on device" in copier.problems()[0]
             assert Path(recording.path).exists() and list(world.shared.rglob("*.wav*")) == []
+            subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+            failed = _copies(world.metrics, "failed")
+            await settle(copier, lambda: _copies(world.metrics, "failed") >= failed + 2)
+            assert "Read-only file system" in copier.problems()[0]
             subprocess.run(["umount", str(mount)], check=True)
             failed = _copies(world.metrics, "failed")
             await settle(copier, lambda: _copies(world.metrics, "failed") >= failed + 2)
@@ -347,5 +351,6 @@ async def test_a_local_file_left_after_its_row_moved_to_the_copy_is_removed_at_s
     unknown = write_wav(world.recordings / DAY / "call99-1-message.wav")  # no row: not this sweep's to touch
     async with running(world.copier()) as copier:
         assert copier.waiting == 0
-    assert not Path(recording.path).exists() and _sha(copy) == recording.sha256
+        await settle(copier, lambda: not Path(recording.path).exists())
+    assert _sha(copy) == recording.sha256
     assert unknown.exists()
