@@ -354,3 +354,21 @@ async def test_a_local_file_left_after_its_row_moved_to_the_copy_is_removed_at_s
         await settle(copier, lambda: not Path(recording.path).exists())
     assert _sha(copy) == recording.sha256
     assert unknown.exists()
+
+
+async def test_a_crashed_calls_tape_already_copied_is_not_stored_twice_at_recovery(world: World) -> None:
+    """The control process died mid-call, after a tape's row moved to the copy but before its local file
+    went: the recovery of cut calls (Softswitch._close_orphaned_calls) must know that tape by its name."""
+    from softswitch.control.process import Softswitch
+
+    recording = await world.recording("national_id_utterance")
+    copy = world.copy_of(recording)
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(recording.path, copy)
+    assert await world.store.move_recording(recording.id, recording.path, str(copy))
+    switch = Softswitch(load_config(overrides={"data_dir": str(world.data)}))
+    switch.store = world.store
+    await switch._close_orphaned_calls()
+    [row] = await world.store.recordings_for_call(recording.call_id)
+    assert row.path == str(copy)
+    assert (await world.store.get_call(recording.call_id)).disposition == "interrupted"
