@@ -72,7 +72,7 @@ def _canonical_header(sample_rate: int, riff_size: int, data_bytes: int) -> byte
     )
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_HASH_CHUNK_BYTES):
@@ -80,7 +80,7 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     # A new file survives a power cut only once its directory entry is durable.
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -195,8 +195,8 @@ class WavWriter:
                 _finish_header(fd, whole, self._data_bytes)
             finally:
                 os.close(fd)
-            _fsync_directory(self._path.parent)
-            digest = _sha256_file(self._path)
+            fsync_directory(self._path.parent)
+            digest = sha256_file(self._path)
         except OSError as error:
             self._state = WavWriter.State.FAILED
             self._error = error
@@ -289,7 +289,7 @@ def wav_info(path: Path) -> WavInfo:
     """Describe a finished WAV file (duration from its data chunk, sha256 of all bytes)."""
     path = Path(path)
     fmt = read_format(path)
-    return WavInfo(path, fmt.duration_s, _sha256_file(path), path.stat().st_size)
+    return WavInfo(path, fmt.duration_s, sha256_file(path), path.stat().st_size)
 
 
 def _finish_header(fd: int, whole: int, stored: int) -> None:

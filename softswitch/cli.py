@@ -98,11 +98,15 @@ def main(argv: list[str] | None = None) -> int:
 def _backup_or_restore(command: str, directory: Path, config: Config) -> int:
     from storage.backup import BackupError, backup, restore
     from storage.crypto import IdProtector
+    from storage.shared_recordings import SharedLayout
 
     key_file = config.under_data(config.security.id_key_file)
     try:
         if command == "backup":
-            done = backup(config.database_path, config.data_dir, directory)
+            store = config.recordings_store
+            shared = (SharedLayout(store.shared_dir, config.recordings_path, store.host_name)
+                      if store.shared_dir is not None else None)
+            done = backup(config.database_path, config.data_dir, directory, shared=shared)
             print(f"backup in {done.directory}: {done.cases} cases, {done.files} files; it needs the key "
                   f"id(s) {', '.join(done.key_ids) or '(none)'} of {key_file}, which is not in it: keep a "
                   "copy of that file apart from the backups")

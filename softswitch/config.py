@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
+import socket
 import ssl
 from datetime import date, datetime, time
 from pathlib import Path
@@ -373,6 +376,62 @@ class LoggingConfig(_Section):
 
     format: Literal["text", "json"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class RecordingsStoreConfig(_Section):
+    """Where closed recordings are kept for every host to read (README, "The shared recordings store").
+
+    Unset ``shared_dir``: recordings stay in the local recordings directory, as
+    before. Set: each recording, once its row is stored, is copied to
+    ``<shared_dir>/<host>/<path under recordings_dir>``, checked against its
+    sha256, the row pointed at the copy and only then the local file removed.
+    """
+
+    # A directory on the shared filesystem (NFS, CephFS), not its mount point: an unmounted share
+    # then shows as a missing directory instead of taking copies on the local disk underneath.
+    shared_dir: Path | None = None
+    # The folder this host's copies are filed under; null: the machine's host name.
+    host: str | None = Field(None, pattern=HOST_NAME_PATTERN)
+    copies_in_parallel: int = Field(2, ge=1, le=16)
+    # A failed copy is tried again after retry_initial_s, doubling up to retry_max_s.
+    retry_initial_s: float = Field(1.0, gt=0)
+    retry_max_s: float = Field(60.0, gt=0)
+    # /api/health names the backlog once a recording has waited this long for its copy.
+    backlog_alarm_s: float = Field(300.0, ge=0)
+
+    @field_validator("shared_dir")
+    @classmethod
+    def _usable(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        if value.exists():
+            if not value.is_dir():
+                raise ValueError(f"{value} is not a directory")
+            if os.path.ismount(value):
+                raise ValueError(f"{value} is a mount point: name a directory inside the mounted filesystem, so "
+                                 "that an unmounted share is a missing directory rather than the local disk")
+            return value
+        # Missing (a share down at start is a backlog, not a reason to refuse): it must be creatable.
+        parent = next(p for p in value.parents if p.exists())
+        if not parent.is_dir():
+            raise ValueError(f"{value} cannot be created: {parent} is not a directory")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RecordingsStoreConfig:
+        if self.retry_max_s < self.retry_initial_s:
+            raise ValueError("retry_max_s must be at least retry_initial_s")
+        if self.shared_dir is not None and not re.fullmatch(HOST_NAME_PATTERN, self.host_name):
+            raise ValueError(f"the machine's host name {self.host_name!r} cannot name a folder: set host")
+        return self
+
+    @property
+    def host_name(self) -> str:
+        """The folder of this host's copies: ``host``, else the first label of the machine's host name."""
+        return self.host if self.host is not None else socket.gethostname().split(".")[0]
 
 
 class Config(_Section):
@@ -406,6 +465,7 @@ class Config(_Section):
     cases: CasesConfig = CasesConfig()
     follow_up: FollowUpConfig = FollowUpConfig()
     retention: RetentionConfig = RetentionConfig()
+    recordings_store: RecordingsStoreConfig = RecordingsStoreConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -416,6 +476,13 @@ class Config(_Section):
             raise ValueError(problem)
         if any(a.id == self.sip.service_number for a in self.agents.accounts):
             raise ValueError(f"agent id {self.sip.service_number} is the service number")
+        shared = self.recordings_store.shared_dir
+        if shared is not None:
+            # data_dir is resolved from the working directory after validation (load_config): the same here.
+            local, shared = self.recordings_path.resolve(), shared.resolve()
+            if shared == local or local in shared.parents or shared in local.parents:
+                raise ValueError(f"recordings_store.shared_dir {shared} and the recordings directory {local} "
+                                 "must not contain each other")
         return self
 
     def under_data(self, path: Path) -> Path:

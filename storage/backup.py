@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.errors import StoreError
+from storage.shared_recordings import SharedLayout, is_under
 
 DATABASE = "softswitch.db"
 MANIFEST = "manifest.json"
@@ -73,8 +74,13 @@ def _under(path: Path, root: Path) -> str:
         raise BackupError(f"{path} is not under the data directory {root}: back it up by hand") from None
 
 
-def backup(database: Path, data_dir: Path, target: Path) -> BackupSummary:
-    """Copy the store (online, consistent) and the files it points to into the new folder ``target``."""
+def backup(database: Path, data_dir: Path, target: Path, *, shared: SharedLayout | None = None) -> BackupSummary:
+    """Copy the store (online, consistent) and the files it points to into the new folder ``target``.
+
+    With ``shared``, a recording in the shared directory is kept in the backup as if it were still
+    local, so that a restore puts it back into the recordings directory, whence the shared store
+    takes it again; one copied there after the store was copied is taken from there.
+    """
     if not database.exists():
         raise BackupError(f"no store at {database}")
     if target.exists() and any(target.iterdir()):
@@ -95,10 +101,15 @@ def backup(database: Path, data_dir: Path, target: Path) -> BackupSummary:
     files = []
     for path_text, sha in evidence:
         path = Path(path_text)
+        if shared is not None and is_under(path, shared.recordings_dir) and not path.exists():
+            path = shared.copy_of(path)  # moved to the shared directory since the store was copied
         # Evidence is copied whole and checked; a file the store knows but the disk lacks is an error.
         if not path.exists():
             raise BackupError(f"{path} is in the store but not on disk")
-        relative = _under(path, data_dir)
+        if shared is not None and is_under(path, shared.shared_dir):
+            relative = _under(shared.local_of(path), data_dir)
+        else:
+            relative = _under(path, data_dir)
         kept = target / FILES / relative
         kept.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.copyfile(path, kept)

@@ -571,6 +571,26 @@ class Store:
         )
         return [_recording_from_row(row) for row in rows]
 
+    async def recordings_under(self, prefix: str) -> list[Recording]:
+        """Recordings whose path starts with ``prefix`` (a directory with its trailing separator), oldest first."""
+        # substr rather than LIKE: a path may hold "_" or "%", and both engines count characters alike.
+        rows = await self._fetchall(
+            f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE substr(path, 1, ?) = ? ORDER BY id",
+            (len(prefix), prefix),
+        )
+        return [_recording_from_row(row) for row in rows]
+
+    async def recording_at(self, path: str) -> Recording | None:
+        """The recording whose row names this path, if any."""
+        row = await self._fetchone(f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE path = ?", (path,))
+        return None if row is None else _recording_from_row(row)
+
+    async def move_recording(self, recording_id: int, from_path: str, to_path: str) -> bool:
+        """Point a recording's row at its verified copy; False (nothing changed) unless it named ``from_path``."""
+        changed = await self._update(
+            "UPDATE recordings SET path = ? WHERE id = ? AND path = ?", (to_path, recording_id, from_path))
+        return changed == 1
+
 
 async def _configure(db: aiosqlite.Connection) -> None:
     # busy_timeout first: switching to WAL needs a lock another process may hold.

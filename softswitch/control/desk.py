@@ -30,7 +30,7 @@ from softswitch.domain.tracking_code import code_tail
 from softswitch.web.console import ReasonRequired
 from softswitch.web.credentials import verify_password
 from storage.errors import NotFound
-from storage.models import Case, PersonId
+from storage.models import Case, PersonId, Recording
 from storage.store import Store
 
 log = logging.getLogger("softswitch.desk")
@@ -72,9 +72,11 @@ class DeskCall:
 
 class ControlDesk:
     def __init__(self, config: Config, store: Store, acd: Acd, prompts: Any,
-                 on_filed: Callable[[str, bool], None] = lambda channel, duplicate: None) -> None:
+                 on_filed: Callable[[str, bool], None] = lambda channel, duplicate: None,
+                 kept: Callable[[Recording], None] = lambda recording: None) -> None:
         self.config = config
         self.on_filed = on_filed  # (channel, duplicate) of each filing through the duplicate rule, for the metrics
+        self.kept = kept  # told of each recording stored (the conversation's tape): the shared copy
         self.store = store
         self.acd = acd
         self.prompts = prompts
@@ -139,8 +141,9 @@ class ControlDesk:
             return None
         call.state, call.channel = "ended", None
         if conversation is not None:
-            await self.store.add_recording(call.call_id, None, conversation.kind, str(conversation.path),
-                                           conversation.duration_s, conversation.sha256, conversation.complete)
+            self.kept(await self.store.add_recording(call.call_id, None, conversation.kind, str(conversation.path),
+                                                     conversation.duration_s, conversation.sha256,
+                                                     conversation.complete))
         if call.case is None:
             # The agent filed nothing during the call: the matter still becomes a case, which
             # the agent completes during wrap-up (or the back office later).

@@ -45,6 +45,13 @@ def front_statistics(lines: Sequence[str]) -> dict[str, dict[str, float]]:
     return groups
 
 
+def idle_state() -> dict[str, Any]:
+    """The live state a switch with no call, queue, agent, worker or front reads as; the one list of its keys."""
+    return {"calls_active": 0, "queue_length": 0, "longest_wait_s": 0.0, "agents": {}, "workers": {},
+            "restarts": {}, "problems": 0, "recordings_waiting": 0, "recordings_oldest_wait_s": 0.0,
+            "today": {}, "front": {}}
+
+
 class _Live(Collector):
     def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
         self.read = read
@@ -70,6 +77,12 @@ class _Live(Collector):
         for name, count in sorted(state["restarts"].items()):
             restarts.add_metric([name], count)
         yield restarts
+        yield GaugeMetricFamily("softswitch_recordings_waiting_copy",
+                                "Recordings kept local, waiting for their copy in the shared directory",
+                                value=state["recordings_waiting"])
+        yield GaugeMetricFamily("softswitch_recordings_copy_oldest_wait_seconds",
+                                "How long the oldest recording waiting for its shared copy has waited",
+                                value=state["recordings_oldest_wait_s"])
         yield GaugeMetricFamily("softswitch_health_problems", "Problems that keep new calls out (0: taking calls)",
                                 value=state["problems"])
         today = state["today"]
@@ -153,6 +166,9 @@ class Metrics:
         self.retention_failures = Counter("softswitch_retention_failures",
                                           "Files retention could not remove (kept, with their rows)", ["kind"],
                                           registry=self.registry)
+        self.copies = Counter("softswitch_recording_copies", "Copies of recordings to the shared directory, by "
+                              "outcome (copied, failed, mismatch, damaged, lost, conflict)", ["outcome"],
+                              registry=self.registry)
         self.registry.register(_Live(read_live))
 
     def call_ended(self, disposition: str, ivr_path: Sequence[str]) -> None:
@@ -182,6 +198,9 @@ class Metrics:
                     counter.labels(kind).inc(count)
         for failure in result.failures:
             self.retention_failures.labels(failure.kind).inc()
+
+    def recording_copied(self, outcome: str) -> None:
+        self.copies.labels(outcome).inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,7 +12,7 @@ import signal
 import socket
 import sqlite3
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from softswitch.control.calls import ControlCall, WorkerLink
 from softswitch.control.capacity import WorkerPlan, plan_workers
 from softswitch.control.desk import ControlDesk
 from softswitch.control.metrics import Metrics, front_statistics
+from softswitch.control.recording_copy import RecordingCopier
 from softswitch.control.processes import ExecChild, ProcessSupervisor, stop_leftovers, worker_command
 from softswitch.control.retention import RetentionJob
 from softswitch.control.routing import Accept, CallFacts, Reject, caller_number, dialled_number, route
@@ -45,7 +46,7 @@ from softswitch.worker.engine import EngineInfo, probe
 from softswitch.worker.settings import WorkerSettings
 from storage.crypto import IdProtector
 from storage.errors import NotFound, StoreError
-from storage.models import CallRecord, PersonId
+from storage.models import CallRecord, PersonId, Recording
 from storage.store import Store, open_store
 
 log = logging.getLogger("softswitch.control")
@@ -54,16 +55,18 @@ log = logging.getLogger("softswitch.control")
 class StoreCaseSink:
     """The IVR's view of the store for one call."""
 
-    def __init__(self, store: Store, call_id: int, metrics: Metrics) -> None:
+    def __init__(self, store: Store, call_id: int, metrics: Metrics, kept: Callable[[Recording], None]) -> None:
         self.store = store
         self.call_id = call_id
         self.metrics = metrics
+        self.kept = kept
 
     async def keep_recording(self, result: RecordingResult) -> None:
-        await self.store.add_recording(self.call_id, None, result.kind, str(result.path), result.duration_s,
-                                       result.sha256, result.complete)
+        recording = await self.store.add_recording(self.call_id, None, result.kind, str(result.path),
+                                                   result.duration_s, result.sha256, result.complete)
         size = await asyncio.to_thread(_file_size, result.path)
         self.metrics.recording_kept(result.kind, result.duration_s, result.complete, size, result.reason)
+        self.kept(recording)
 
     async def open_case(self, subject: PersonId, caller: PersonId | None, complete: bool) -> str:
         case = await self.store.open_call_case(self.call_id, subject, caller, complete=complete)
@@ -129,6 +132,8 @@ class Softswitch:
         self.children = ProcessSupervisor(config.workers.restart_backoff_s, pid_dir=self.run_dir)
         self.front = sipfront.FrontRpc(self.run_dir / "kamailio")
         self.recognizer: AsyncRecognizer | None = None
+        # Copies closed recordings to the shared directory, when one is configured.
+        self.copier: RecordingCopier | None = None
         # Agencies are named in follow-up answers: their names are prompts too.
         texts = load_prompt_texts(config.prompts.texts) | {agency_prompt(a.id): a.name for a in config.agencies}
         self.prompts = PromptLibrary(texts, config.prompt_cache, config.prompts.override_dir,
@@ -158,6 +163,12 @@ class Softswitch:
         async with open_store(cfg.database_path, protector) as store:
             self.use_store(store)
             await self._close_orphaned_calls()
+            if cfg.recordings_store.shared_dir is not None:
+                # Started before any call, with the orphans' tapes stored: what waits now is the backlog.
+                self.copier = RecordingCopier(store, cfg.recordings_store, cfg.recordings_path, self.metrics)
+                backlog = await self.copier.start()
+                log.info("recordings are copied to %s as host %s; %d waiting from before", cfg.recordings_store.
+                         shared_dir, cfg.recordings_store.host_name, backlog)
             socket_path = cfg.control_socket
             socket_path.unlink(missing_ok=True)
             server = await asyncio.start_unix_server(self._serve_worker, path=str(socket_path))
@@ -184,13 +195,20 @@ class Softswitch:
             await runner.cleanup()
             await self.desk.close()
             self.acd.close()
+            if self.copier is not None:
+                await self.copier.close()
+
+    def _recording_kept(self, recording: Recording) -> None:
+        """A recording's row is stored, its tape closed: on to the shared directory, if there is one."""
+        if self.copier is not None:
+            self.copier.submit(recording)
 
     def use_store(self, store: Store) -> None:
         """The parts of the switch that work on the case store: the queue, the agents' desk, the flows' services."""
         cfg = self.config
         self.store = store
         self.acd = Acd(cfg.agents, cfg.queue)
-        self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed)
+        self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept)
         self.live = self._live_mode()
         # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.
         self.follow_up = FollowUp(StoreFollowUp(store), cfg.follow_up, FailureThrottle(
@@ -254,13 +272,14 @@ class Softswitch:
 
     async def _close_orphaned_call(self, call: CallRecord) -> None:
         loop = asyncio.get_running_loop()
-        stored = {r.path for r in await self.store.recordings_for_call(call.id)}
+        # By name: a stored tape may already be in the shared directory (its local file not yet removed).
+        stored = {Path(r.path).name for r in await self.store.recordings_for_call(call.id)}
         kinds = set()
         # ControlCall names them recordings/<yyyy/mm/dd>/call<CDR id>-<recording>-<kind>.wav.
         for path in sorted(self.config.recordings_path.glob(f"**/call{call.id}-*-*.wav")):
             kind = path.stem.split("-", 2)[2]
             kinds.add(kind)
-            if str(path) in stored:
+            if path.name in stored:
                 continue
             try:
                 info = await loop.run_in_executor(None, repair_wav, path)
@@ -439,7 +458,8 @@ class Softswitch:
         try:
             if await call.wait_answered(self.config.ivr.answer_timeout_s):
                 await self.store.answer_call(call_id, time.time())
-                flow = CallFlow(call, self.prompts, StoreCaseSink(self.store, call_id, self.metrics), self.config.ivr,
+                sink = StoreCaseSink(self.store, call_id, self.metrics, self._recording_kept)
+                flow = CallFlow(call, self.prompts, sink, self.config.ivr,
                                 label=handle, recognizer=self.recognizer, live=self.live,
                                 caller_number=caller_number(facts.from_uri), follow_up=self.follow_up)
                 active.session = session = flow.session
@@ -483,6 +503,8 @@ class Softswitch:
             "workers": {link.worker_id: len(link.calls) for link in self.links if link.worker_id is not None},
             "restarts": self.children.restarts(), "problems": len(self.troubles),
             "today": snapshot.get("today", {}), "front": self.front_statistics,
+            "recordings_waiting": self.copier.waiting if self.copier else 0,
+            "recordings_oldest_wait_s": self.copier.oldest_wait_s() if self.copier else 0.0,
         }
 
     # -- the admin socket (softswitch.control.admin.Switchboard) -------------
@@ -569,6 +591,8 @@ class Softswitch:
         serving = {worker_id for worker_id in workers
                    if in_service is not None and sipfront.worker_uri(self.config, worker_id) in in_service}
         complete = expected is not None and len(serving) >= expected and len(self.greeted) >= expected
+        # Troubles that do not keep calls out (they are kept locally meanwhile): degraded, still HTTP 200.
+        warnings = self.copier.problems() if self.copier is not None else []
         if complete:
             self.started = True
         if self.draining:
@@ -576,10 +600,11 @@ class Softswitch:
         elif not self.started:
             status = "starting"
         else:
-            status = "ok" if complete and not self.troubles else "degraded"
+            status = "ok" if complete and not self.troubles and not warnings else "degraded"
         return {
             "status": status,
             "problems": list(self.troubles),
+            "warnings": warnings,
             "active_calls": sum(len(link.calls) for link in self.links),
             "engine": {"version": engine.version, "max_calls": engine.max_calls} if engine else None,
             "front": "up" if in_service is not None else "down",

@@ -12,9 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from tests.sip.softphones import Softphone
 from tests.sip.test_live import tone_share
 from tests.sip.test_follow_up import CATEGORY, SMS_TOKEN, submit
 from tests.support.sipp import caller_scenario, refused_scenario
+from tests.support.tmpfs import mounted_tmpfs
 
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(240)]
 
@@ -33,19 +32,6 @@ SIP_PORT, HTTP_PORT, WORKER_PORT, RTP_PORT = 13060, 13111, 13070, 36500
 PHONE_PORT, PHONE_RTP_PORT = 13090, 36900
 DISK_MB = 64
 MIN_FREE_MB = 16
-
-
-@contextlib.contextmanager
-def small_disk(path: Path) -> Iterator[Path]:
-    path.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=0700", "tmpfs", str(path)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def fill(disk: Path, leave_mb: float) -> Path:
@@ -67,7 +53,7 @@ def test_a_full_disk_refuses_new_calls_and_keeps_the_running_one(tmp_path: Path,
                  "api_tokens": [{"name": "sms-gateway", "sha256": hashlib.sha256(SMS_TOKEN.encode()).hexdigest(),
                                  "channel": "sms"}]}
     # Short names: the switch's Unix sockets live under it, and their paths are bounded (107 bytes).
-    with small_disk(tmp_path / "d") as disk, \
+    with mounted_tmpfs(tmp_path / "d", f"{DISK_MB}m") as disk, \
             running_softswitch(disk / "s", sip_port=SIP_PORT, http_port=HTTP_PORT, workers=1,
                                worker_base_port=WORKER_PORT, rtp_base_port=RTP_PORT,
                                config_overrides=overrides) as switch:

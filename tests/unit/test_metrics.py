@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from softswitch.control.metrics import Metrics, front_statistics, id_capture
+from softswitch.control.metrics import Metrics, front_statistics, id_capture, idle_state
 
 KAMAILIO_STATS = [  # the shape of Kamailio 5.6's "stats.get_statistics all"
     "core:rcv_requests = 12", "core:rcv_replies = 4", "core:drop_requests = 2",
@@ -21,7 +21,7 @@ KAMAILIO_STATS = [  # the shape of Kamailio 5.6's "stats.get_statistics all"
 
 
 def _live(**changes: Any) -> dict[str, Any]:
-    state: dict[str, Any] = {
+    state: dict[str, Any] = idle_state() | {
         "calls_active": 2, "queue_length": 1, "longest_wait_s": 4.5, "agents": {"ready": 1, "on_call": 1},
         "workers": {0: 2}, "restarts": {"front": 0}, "problems": 0,
         "today": {"offered": 4, "answered": 3, "answered_in_time": 2, "abandoned": 1, "service_level": 2 / 3},

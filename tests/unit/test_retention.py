@@ -20,7 +20,7 @@ import pytest
 
 from softswitch import cli
 from softswitch.config import Config, RetentionConfig, load_config
-from softswitch.control.metrics import Metrics
+from softswitch.control.metrics import Metrics, idle_state
 from softswitch.control import retention as retention_job
 from softswitch.control.retention import RetentionJob, next_run, run_once
 from softswitch.domain.cases import CASE_STATUSES, CLOSED, SECONDS_PER_DAY
@@ -190,7 +190,7 @@ async def test_without_a_period_nothing_is_ever_deleted(data: Path) -> None:
         result = await run_once(store, RetentionConfig(), far_future)
         assert not result.deleted and not result.failures
         assert await _present(store, built) == before
-        assert RetentionJob.start(Config(), store, Metrics(dict)) is None  # the daily job never starts
+        assert RetentionJob.start(Config(), store, Metrics(idle_state)) is None  # the daily job never starts
 
 
 async def test_each_period_alone_touches_only_its_kind(data: Path) -> None:
@@ -262,8 +262,7 @@ async def test_the_daily_job_logs_one_line_and_counts_by_kind(data: Path, caplog
                                     "retention.calls_days": DAYS, "retention.closed_cases_days": DAYS})
     async with open_store(config.database_path, _protector(data)) as store:
         await _build(store, data)
-        metrics = Metrics(lambda: {"calls_active": 0, "queue_length": 0, "longest_wait_s": 0.0, "agents": {},
-                                   "workers": {}, "restarts": {}, "problems": 0, "today": {}, "front": {}})
+        metrics = Metrics(idle_state)
         with caplog.at_level(logging.INFO, logger="softswitch.retention"):
             result = await RetentionJob(config, store, metrics).run_now()
     assert result is not None and result.deleted["case"] == 1
@@ -298,7 +297,7 @@ async def test_the_daily_job_waits_for_run_at_and_stops_when_cancelled(data: Pat
                                     "retention.run_at": f"{later:02d}:{now.minute:02d}"})
     async with open_store(config.database_path, _protector(data)) as store:
         built = await _build(store, data)
-        task = RetentionJob.start(config, store, Metrics(dict))
+        task = RetentionJob.start(config, store, Metrics(idle_state))
         assert task is not None
         await asyncio.sleep(0.2)
         assert not task.done() and built.calls["refused-old"] in await _rows(store, "calls")  # not yet
