@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -306,7 +305,7 @@ class Softswitch:
                                 f"below health.min_free_mb {cfg.health.min_free_mb:g}")
         try:
             await self.store.probe()
-        except (StoreError, sqlite3.Error) as exc:
+        except StoreError as exc:
             troubles.append(f"case store: {exc}")
         return sorted(set(troubles))
 
