@@ -83,6 +83,11 @@ def _backup_or_restore(command: str, directory: Path, config: Config) -> int:
     from storage.backup import BackupError, backup, restore
     from storage.crypto import IdProtector
 
+    if config.database_url is not None:
+        print(f"softswitch: {command} copies the SQLite store only; this one is on PostgreSQL: back it up with "
+              "PostgreSQL's own tools (pg_dump -Fc for a copy, pg_basebackup with WAL archiving to restore to a "
+              "point in time), and the recordings directory and the key file apart", file=sys.stderr)
+        return 2
     key_file = config.under_data(config.security.id_key_file)
     try:
         if command == "backup":

@@ -129,7 +129,7 @@ class Softswitch:
         self.recognizer = AsyncRecognizer(recognizer) if recognizer is not None else None
         await loop.run_in_executor(None, self.prompts.ensure)
         protector = IdProtector.from_key_file(cfg.under_data(cfg.security.id_key_file))
-        async with open_store(cfg.database_path, protector) as store:
+        async with open_store(cfg.store_target, protector) as store:
             self.store = store
             await self._close_orphaned_calls()
             self.acd = Acd(cfg.agents, cfg.queue)
