@@ -24,7 +24,7 @@ import aiosqlite
 import asyncpg
 
 from storage.errors import (ConstraintViolation, ForeignKeyViolation, StorageFull, StoreDamaged, StoreError,
-                            UniqueViolation)
+                            StoreUnavailable, UniqueViolation)
 
 BUSY_TIMEOUT_MS = 5000
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -291,8 +291,8 @@ def _postgres_errors(location: str) -> Iterator[None]:
     except asyncpg.DiskFullError as exc:
         raise StorageFull(f"{location}: {exc}") from exc
     except _UNREACHABLE as exc:
-        raise StoreError(f"{location}: the database server cannot be reached ({type(exc).__name__}: {exc})") \
-            from exc
+        raise StoreUnavailable(
+            f"{location}: the database server cannot be reached ({type(exc).__name__}: {exc})") from exc
     except asyncpg.InterfaceError as exc:
         if isinstance(exc, ValueError):
             # A query argument of the wrong type: a bug here, not the server's state. Its text quotes the value.

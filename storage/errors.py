@@ -21,6 +21,10 @@ class StoreDamaged(StoreError):
     """The database file is not a database, or SQLite's integrity check found damage."""
 
 
+class StoreUnavailable(StoreError):
+    """The database server cannot be reached, or dropped the connection; the driver's error is chained."""
+
+
 class ConstraintViolation(StoreError):
     """A write broke a constraint of the schema (a CHECK, NOT NULL, ...); the driver's error is chained."""
 

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from storage.engines import Engine, _numbered, _postgres_errors, open_engine, redacted
-from storage.errors import (ConstraintViolation, ForeignKeyViolation, StorageFull, StoreError, UniqueViolation)
+from storage.errors import ConstraintViolation, ForeignKeyViolation, StorageFull, StoreUnavailable, UniqueViolation
 from storage.migrations import migrate
 from tests.support.postgres import PostgresServer, StoreDatabase, _free_port
 
@@ -92,7 +92,7 @@ async def postgres_engine(postgres_server: PostgresServer) -> AsyncIterator[Engi
 
 async def test_a_lost_server_connection_is_a_store_error(postgres_engine: Engine) -> None:
     engine = postgres_engine
-    with pytest.raises(StoreError, match="cannot be reached"):
+    with pytest.raises(StoreUnavailable, match="cannot be reached"):
         async with engine.transaction() as tx:
             await tx.execute("SELECT pg_terminate_backend(pg_backend_pid())")
     # The pool replaces the connection.
@@ -101,7 +101,7 @@ async def test_a_lost_server_connection_is_a_store_error(postgres_engine: Engine
 
 async def test_an_unreachable_server_is_named_without_its_password(postgres_server: PostgresServer) -> None:
     url = f"postgresql://softswitch:s3cret@127.0.0.1:{_free_port()}/cases"
-    with pytest.raises(StoreError, match="cannot be reached") as excinfo:
+    with pytest.raises(StoreUnavailable, match="cannot be reached") as excinfo:
         async with open_engine(url):
             pass
     assert "s3cret" not in str(excinfo.value) and "softswitch:***@127.0.0.1" in str(excinfo.value)
