@@ -66,7 +66,8 @@ class Executor(ABC):
 
     @abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
-        """A transaction, committed when the block ends and rolled back when it raises; inside one, itself."""
+        """A transaction, committed when the block ends and rolled back when it raises. Inside one, a
+        savepoint: what the block did is undone alone when it raises, and the transaction goes on."""
 
 
 class Transaction(Executor):
@@ -78,9 +79,6 @@ class Transaction(Executor):
     @abstractmethod
     async def lock(self, key: str) -> None:
         """Wait until no other transaction (of any process or host) holds ``key``, then hold it until commit."""
-
-    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
-        return nullcontext(self)
 
 
 class Engine(Executor):
@@ -161,6 +159,18 @@ class SqliteTransaction(_SqliteExecutor, Transaction):
     async def lock(self, key: str) -> None:
         # BEGIN IMMEDIATE took the database's one write lock: every writer of any process waits already.
         pass
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        # Savepoints of one name nest: each ROLLBACK TO and RELEASE takes the innermost.
+        await self.execute("SAVEPOINT nested")
+        try:
+            yield self
+        except BaseException:
+            await self.execute("ROLLBACK TO nested")
+            await self.execute("RELEASE nested")
+            raise
+        await self.execute("RELEASE nested")
 
 
 class SqliteEngine(_SqliteExecutor, Engine):
@@ -338,9 +348,21 @@ class _PostgresExecutor(Executor):
 class PostgresTransaction(_PostgresExecutor, Transaction):
     for_update = " FOR UPDATE"
 
+    def __init__(self, conn: asyncpg.Connection, location: str) -> None:
+        super().__init__(conn, location)
+        self._connection = conn
+
     async def lock(self, key: str) -> None:
         # A transaction-level advisory lock: released by COMMIT or ROLLBACK, also when the connection drops.
         await self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        # Nested, asyncpg's transaction is a savepoint. A failed statement spoils the whole transaction
+        # on PostgreSQL (not on SQLite): a step that may fail and be retried runs in one.
+        with _postgres_errors(self._location):
+            async with self._connection.transaction():
+                yield self
 
 
 class PostgresEngine(_PostgresExecutor, Engine):

@@ -222,31 +222,36 @@ class Store:
         sealed_caller = self._seal(caller) if caller is not None else (None, None, None, None)
         filed_by = actor if agency is not None else None
         now = time.time()
-        for _ in range(_TRACKING_CODE_ATTEMPTS):
-            code = new_tracking_code()
-            try:
-                case_id = await self._insert(
-                    "INSERT INTO cases (tracking_code, status, created_at, updated_at, call_id,"
-                    " national_id_enc, national_id_key_id, national_id_hmac, national_id_masked,"
-                    " id_source, id_status, subject_is_caller, caller_id_enc, caller_id_key_id,"
-                    " caller_id_hmac, caller_id_masked, caller_id_source, caller_id_status,"
-                    " channel, agency, category, summary, filed_by)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (code, status, now, now, call_id, *sealed_subject, subject.source, subject.status,
-                     int(caller is None), *sealed_caller, caller.source if caller else None,
-                     caller.status if caller else None, channel, agency, category, summary, filed_by),
-                )
-            except UniqueViolation as exc:
-                if exc.where == "cases.tracking_code":
-                    continue
-                if exc.where == "cases.call_id":
-                    raise Conflict(f"call {call_id} already has a case") from exc
-                raise
-            except ForeignKeyViolation as exc:
-                raise NotFound(f"no call with id {call_id}") from exc
-            filing = {"agency": agency, "category": category} if agency is not None else {}
-            await self.add_case_event(case_id, actor, "created", status=status, channel=channel, **filing)
-            return await self.get_case_by_id(case_id)
+        # The case with its "created" event, or neither.
+        async with self._db.transaction() as tx:
+            for _ in range(_TRACKING_CODE_ATTEMPTS):
+                code = new_tracking_code()
+                try:
+                    # A savepoint: a collision undoes this insert only (PostgreSQL would spoil the whole transaction).
+                    async with tx.transaction() as attempt:
+                        case_id = await attempt.insert(
+                            "INSERT INTO cases (tracking_code, status, created_at, updated_at, call_id,"
+                            " national_id_enc, national_id_key_id, national_id_hmac, national_id_masked,"
+                            " id_source, id_status, subject_is_caller, caller_id_enc, caller_id_key_id,"
+                            " caller_id_hmac, caller_id_masked, caller_id_source, caller_id_status,"
+                            " channel, agency, category, summary, filed_by)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (code, status, now, now, call_id, *sealed_subject, subject.source, subject.status,
+                             int(caller is None), *sealed_caller, caller.source if caller else None,
+                             caller.status if caller else None, channel, agency, category, summary, filed_by),
+                        )
+                except UniqueViolation as exc:
+                    if exc.where == "cases.tracking_code":
+                        continue
+                    if exc.where == "cases.call_id":
+                        raise Conflict(f"call {call_id} already has a case") from exc
+                    raise
+                except ForeignKeyViolation as exc:
+                    raise NotFound(f"no call with id {call_id}") from exc
+                store = Store(tx, self._protector)
+                filing = {"agency": agency, "category": category} if agency is not None else {}
+                await store.add_case_event(case_id, actor, "created", status=status, channel=channel, **filing)
+                return await store.get_case_by_id(case_id)
         raise Conflict(f"no free tracking code after {_TRACKING_CODE_ATTEMPTS} attempts")
 
     def _seal(self, person: PersonId) -> tuple[bytes | None, str | None, str | None, str | None]:

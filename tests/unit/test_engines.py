@@ -47,22 +47,31 @@ async def test_rows_by_name_and_position_ids_and_counts(engine: Engine) -> None:
     assert await engine.fetchone("SELECT id FROM calls WHERE id = ?", (second + 1,)) is None
 
 
+_NEW_CASE = ("INSERT INTO cases (tracking_code, status, created_at, updated_at, id_source)"
+             " VALUES (?, 'received', 1.0, 1.0, 'none')")
+
+
 async def test_a_failed_transaction_leaves_nothing(engine: Engine) -> None:
-    with pytest.raises(UniqueViolation):
+    with pytest.raises(ConstraintViolation):
         async with engine.transaction() as tx:
+            await tx.lock("some key")
+            await tx.insert(_NEW_CASE, ("123456782",))
             await tx.insert("INSERT INTO cases (tracking_code, status, created_at, updated_at, id_source)"
-                            " VALUES ('123456782', 'received', 1.0, 1.0, 'none')")
-            async with tx.transaction() as inner:  # joins the one open
-                assert inner is tx
-                await inner.insert("INSERT INTO cases (tracking_code, status, created_at, updated_at, id_source)"
-                                   " VALUES ('123456782', 'received', 1.0, 1.0, 'none')")
+                            " VALUES ('234567891', 'received', 1.0, 1.0, 'voice')")
     assert await engine.fetchall("SELECT id FROM cases") == []
-    # The engine is still usable after the rollback.
+
+
+async def test_a_failed_savepoint_is_undone_alone(engine: Engine) -> None:
     async with engine.transaction() as tx:
-        await tx.lock("some key")
-        await tx.insert("INSERT INTO cases (tracking_code, status, created_at, updated_at, id_source)"
-                        " VALUES ('123456782', 'received', 1.0, 1.0, 'none')")
-    assert len(await engine.fetchall("SELECT id FROM cases")) == 1
+        await tx.insert(_NEW_CASE, ("123456782",))
+        with pytest.raises(UniqueViolation):
+            async with tx.transaction() as savepoint:
+                await savepoint.insert(_NEW_CASE, ("234567891",))
+                await savepoint.insert(_NEW_CASE, ("123456782",))
+        # The transaction goes on (on PostgreSQL too, where a failed statement would spoil it).
+        await tx.insert(_NEW_CASE, ("345678910",))
+    codes = [row["tracking_code"] for row in await engine.fetchall("SELECT tracking_code FROM cases ORDER BY id")]
+    assert codes == ["123456782", "345678910"]
 
 
 async def test_constraint_violations_name_the_constraint_never_the_value(engine: Engine) -> None:

@@ -126,3 +126,16 @@ async def test_same_request_in_two_processes_opens_one_case(store_database: Stor
     assert len({case_id for case_id, _ in results}) == 1
     assert sorted(duplicate for _, duplicate in results) == [False] + [True] * 7
     assert await store_database.raw("SELECT count(*) FROM cases") == [(1,)]
+
+
+async def test_a_tracking_code_collision_inside_intake_is_retried(
+    two_stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = two_stores
+    codes = iter(["123456782", "123456782", "234567891"])
+    monkeypatch.setattr(storage.store, "new_tracking_code", lambda: next(codes))
+    await first.create_case(None, "received", None, "none")
+    # The second draw collides inside intake's transaction: only that insert is undone, then it draws again.
+    result = await second.intake(PersonId(SUBJECT, "keypad", "verified"), **REQUEST)
+    assert result.case.tracking_code == "234567891"
+    assert [e.kind for e in await first.case_events(result.case.id)] == ["created"]
