@@ -29,4 +29,3 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         item.add_marker(pytest.mark.xdist_group(SHARED.get(name, name)))
     elif package == "tests.browser":
         item.add_marker(pytest.mark.xdist_group("browser"))  # one Chromium for them all
-
