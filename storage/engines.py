@@ -1,6 +1,7 @@
 """Storage layer: one small SQL interface over SQLite (aiosqlite) and PostgreSQL (asyncpg).
 
-SQL is written once with ``?`` placeholders (PostgreSQL gets ``$1, $2, ...``);
+SQL is written once with ``?`` placeholders (PostgreSQL gets ``$1, $2, ...``;
+so PostgreSQL's own ``?`` operators cannot be used, nor a ``?`` in a comment);
 rows read by column name or position; driver errors leave this module only as
 ``storage.errors``. Any module may run its own SQL on an :class:`Engine`; the
 case store is one such user.
