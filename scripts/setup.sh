@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the softswitch needs on a fresh Debian machine: the SIP front
-# (Kamailio), SIPp, espeak-ng and sox from apt; the media engine (PJSUA2 built
-# from Debian's source archive with a server profile, scripts/build-pjsua2.sh)
-# and the Python packages into .venv.
+# (Kamailio), SIPp, espeak-ng and sox from apt (PostgreSQL too, for the tests);
+# the media engine (PJSUA2 built from Debian's source archive with a server
+# profile, scripts/build-pjsua2.sh) and the Python packages into .venv.
 # Usage: scripts/setup.sh          runtime only
 #        scripts/setup.sh --test   runtime and test tools
 # Environment: SOFTSWITCH_ENGINE=wheel  use the PyPI wheel (4 calls per worker) instead of the build
@@ -18,12 +18,21 @@ case "$engine" in build|wheel) ;; *) echo "setup: SOFTSWITCH_ENGINE must be buil
 packages=(kamailio sip-tester espeak-ng sox)
 # What building pjproject and its SWIG module takes.
 [ "$engine" = build ] && packages+=(build-essential swig libssl-dev uuid-dev xz-utils)
-# The console's browser test drives headless Chromium through chromedriver.
-[ "${1:-}" = "--test" ] && packages+=(chromium chromium-driver)
+# The console's browser test drives headless Chromium through chromedriver; the storage
+# tests start their own PostgreSQL servers from Debian's binaries.
+[ "${1:-}" = "--test" ] && packages+=(chromium chromium-driver postgresql)
 scripts/apt-install.sh "${packages[@]}"
-# The Debian package starts a system Kamailio on 5060; the softswitch runs its own.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet kamailio 2>/dev/null; then
-  as_root systemctl disable --now kamailio
+# The Debian packages start a system Kamailio on 5060 and a PostgreSQL on 5432; the
+# softswitch runs its own Kamailio, the tests their own PostgreSQL.
+for service in kamailio postgresql; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+    as_root systemctl disable --now "$service"
+  fi
+done
+if command -v pg_lsclusters >/dev/null 2>&1; then  # without systemd the package starts its cluster itself
+  pg_lsclusters -h | while read -r version cluster _port status _rest; do
+    if [ "$status" = online ]; then as_root pg_ctlcluster "$version" "$cluster" stop; fi
+  done
 fi
 
 venv=${VENV:-.venv}

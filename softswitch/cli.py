@@ -100,6 +100,11 @@ def _backup_or_restore(command: str, directory: Path, config: Config) -> int:
     from storage.crypto import IdProtector
     from storage.shared_recordings import SharedLayout
 
+    if config.database_url is not None:
+        print(f"softswitch: {command} copies the SQLite store only; this one is on PostgreSQL: back it up with "
+              "PostgreSQL's own tools (pg_dump -Fc for a copy, pg_basebackup with WAL archiving to restore to a "
+              "point in time), and the recordings directory and the key file apart", file=sys.stderr)
+        return 2
     key_file = config.under_data(config.security.id_key_file)
     try:
         if command == "backup":
@@ -221,7 +226,10 @@ def _retention(config: Config, *, dry_run: bool, items: bool) -> int:
               file=sys.stderr)
         return 2
     key_file = config.under_data(config.security.id_key_file)
-    for needed, what in ((config.database_path, "case store"), (key_file, "national-ID key file")):
+    needs = [(key_file, "national-ID key file")]
+    if config.database_url is None:  # a PostgreSQL store is the server's to find
+        needs.append((config.database_path, "case store"))
+    for needed, what in needs:
         if not needed.exists():
             print(f"softswitch: no {what} at {needed}: is --config the softswitch's?", file=sys.stderr)
             return 2
@@ -231,7 +239,7 @@ def _retention(config: Config, *, dry_run: bool, items: bool) -> int:
         print("\n".join(describe(due, tz, items=items)))
 
     async def run() -> RetentionResult | None:
-        async with open_store(config.database_path, IdProtector.from_key_file(key_file)) as store:
+        async with open_store(config.store_target, IdProtector.from_key_file(key_file)) as store:
             if dry_run:
                 show(await plan(store, windows(config.retention), time.time(), limit=ROUND_ITEMS))
                 return None

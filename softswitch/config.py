@@ -10,9 +10,10 @@ import ssl
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from softswitch.domain.office_hours import OfficeHours
 
@@ -436,7 +437,10 @@ class RecordingsStoreConfig(_Section):
 
 class Config(_Section):
     data_dir: Path = Path("var")
+    # The case store: the SQLite file `database`, unless `database_url` names a PostgreSQL database
+    # (postgresql://user:password@host:5432/name?sslmode=verify-full). Secret: printed as stars.
     database: Path = Path("softswitch.db")
+    database_url: SecretStr | None = None
     recordings_dir: Path = Path("recordings")
     drain_timeout_s: float = Field(30.0, ge=0)
     sip: SipConfig = SipConfig()
@@ -467,6 +471,25 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     recordings_store: RecordingsStoreConfig = RecordingsStoreConfig()
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # The messages never quote the URL: it may hold a password.
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL; leave it unset to keep the SQLite file `database`")
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError("the port is not a number from 0 to 65535") from None
+        if not (parts.hostname or "host=" in parts.query):
+            raise ValueError("names no server host")
+        if not parts.path.strip("/"):
+            raise ValueError("names no database (postgresql://host/NAME)")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         # Sizes left null are checked again once plan_workers has chosen them.
@@ -492,6 +515,11 @@ class Config(_Section):
     @property
     def database_path(self) -> Path:
         return self.under_data(self.database)
+
+    @property
+    def store_target(self) -> Path | str:
+        """What open_store takes: the PostgreSQL URL when set, else the SQLite file's path."""
+        return self.database_url.get_secret_value() if self.database_url is not None else self.database_path
 
     @property
     def recordings_path(self) -> Path:

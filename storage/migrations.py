@@ -1,15 +1,20 @@
-"""Storage layer: numbered schema migrations, tracked with PRAGMA user_version."""
+"""Storage layer: numbered schema migrations for SQLite and PostgreSQL, the same steps for both.
 
+SQLite tracks the version in PRAGMA user_version, PostgreSQL in the one-row
+table schema_version; either way it commits with the step it counts.
+"""
+
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import aiosqlite
-
+from storage.engines import Engine, Transaction
 from storage.errors import StoreError
 
 
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One schema step; ``version`` is the user_version the database has after it."""
+    """One schema step; ``version`` is the schema version the database has after it."""
 
     version: int
     description: str
@@ -17,7 +22,7 @@ class Migration:
 
 
 # Append only: a released migration is never edited, because databases in the
-# field have already applied it.
+# field have already applied it. PostgreSQL runs the same steps (POSTGRESQL_MIGRATIONS).
 MIGRATIONS: list[Migration] = [
     Migration(
         version=1,
@@ -150,39 +155,71 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
-async def _user_version(db: aiosqlite.Connection) -> int:
-    async with db.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0])
+# PostgreSQL runs the same steps, in its own types. These rules are part of every
+# released step: change none of them, add a rule only for what a new step needs.
+_POSTGRES_TYPES = (
+    (re.compile(r"\bINTEGER PRIMARY KEY\b"), "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+    (re.compile(r"\bINTEGER(\s+NOT NULL)?\s+REFERENCES\b"), r"BIGINT\1 REFERENCES"),  # ids are BIGINT
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+)
 
 
-async def migrate(db: aiosqlite.Connection) -> int:
-    """Apply the missing migrations, one transaction each; return the schema version.
+def _for_postgres(statement: str) -> str:
+    for pattern, replacement in _POSTGRES_TYPES:
+        statement = pattern.sub(replacement, statement)
+    return statement
 
-    ``db`` must be in autocommit mode (``isolation_level=None``).
-    """
-    latest = len(MIGRATIONS)
-    while True:
-        # IMMEDIATE takes the write lock before user_version is read, so two
-        # processes starting together cannot both apply the same step.
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            version = await _user_version(db)
+
+# Flags stay INTEGER 0/1, so that one SQL serves both engines.
+POSTGRESQL_MIGRATIONS: list[Migration] = [
+    Migration(m.version, m.description, tuple(_for_postgres(statement) for statement in m.statements))
+    for m in MIGRATIONS
+]
+
+# Held by the migrating transaction on PostgreSQL, so that hosts starting together apply each step once.
+# (On SQLite BEGIN IMMEDIATE does the same.)
+_MIGRATION_LOCK = "softswitch-111 schema migration"
+
+
+async def _schema_version(tx: Transaction) -> int:
+    if tx.dialect == "sqlite":
+        row = await tx.fetchone("PRAGMA user_version")
+    else:
+        await tx.execute("CREATE TABLE IF NOT EXISTS schema_version ("
+                         " only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row), version INTEGER NOT NULL)")
+        row = await tx.fetchone("SELECT version FROM schema_version")
+    return 0 if row is None else int(row[0])
+
+
+async def _set_schema_version(tx: Transaction, version: int) -> None:
+    if tx.dialect == "sqlite":
+        # PRAGMA user_version is transactional, so it commits with the step.
+        await tx.execute(f"PRAGMA user_version = {version:d}")
+    else:
+        await tx.execute("INSERT INTO schema_version (version) VALUES (?)"
+                         " ON CONFLICT (only_row) DO UPDATE SET version = excluded.version", (version,))
+
+
+def migrations_for(dialect: str) -> Sequence[Migration]:
+    return MIGRATIONS if dialect == "sqlite" else POSTGRESQL_MIGRATIONS
+
+
+async def migrate(engine: Engine) -> int:
+    """Apply the missing migrations, one transaction each; return the schema version."""
+    steps = migrations_for(engine.dialect)
+    latest = len(steps)
+    # Each round applies one step or returns: the version only grows.
+    for _ in range(latest + 1):
+        async with engine.transaction() as tx:
+            await tx.lock(_MIGRATION_LOCK)
+            version = await _schema_version(tx)
             if version > latest:
-                raise StoreError(
-                    f"database schema version {version} is newer than this code ({latest})"
-                )
+                raise StoreError(f"database schema version {version} is newer than this code ({latest})")
             if version == latest:
-                await db.execute("COMMIT")
                 return version
-            step = MIGRATIONS[version]
+            step = steps[version]
             for statement in step.statements:
-                await db.execute(statement)
-            # PRAGMA user_version is transactional, so it commits with the step.
-            await db.execute(f"PRAGMA user_version = {step.version}")
-            await db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                await db.execute("ROLLBACK")
-            raise
+                await tx.execute(statement)
+            await _set_schema_version(tx, step.version)
+    raise StoreError(f"the schema did not reach version {latest}")

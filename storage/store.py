@@ -1,27 +1,22 @@
-"""Storage layer: the SQLite case store for call records, cases and recordings."""
+"""Storage layer: the case store for call records, cases and recordings, on SQLite or PostgreSQL."""
 
-import asyncio
 import hmac
 import json
-import os
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-
-import aiosqlite
 
 from softswitch.domain.cases import CASE_STATUSES, ID_STATUSES, arrival_status
 from softswitch.domain.tracking_code import new_tracking_code
 from storage.crypto import IdProtector
-from storage.errors import Conflict, NotFound, StorageFull, StoreDamaged, StoreError
+from storage.engines import Executor, Row, open_engine
+from storage.errors import Conflict, ForeignKeyViolation, NotFound, StoreError, UniqueViolation
 from storage.migrations import migrate
 from storage.models import CallRecord, Case, CaseEvent, IntakeResult, PersonId, Recording
 
 ID_SOURCES = frozenset({"keypad", "speech", "none"})
-BUSY_TIMEOUT_MS = 5000
 # With 9 * 10^7 possible codes a collision is rare; several in a row means
 # something other than bad luck (for example a broken random source), so stop.
 _TRACKING_CODE_ATTEMPTS = 8
@@ -39,31 +34,7 @@ _CASE_COLUMNS = (
 _RECORDING_COLUMNS = "id, call_id, case_id, kind, path, duration_s, sha256, complete, created_at"
 
 
-@contextmanager
-def _translate_errors() -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        # Errors raised by the sqlite3 module itself carry no code; extended
-        # result codes keep the primary code in the low byte.
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
-            raise StorageFull(str(exc)) from exc
-        raise
-
-
-def _is_foreign_key_violation(exc: sqlite3.IntegrityError) -> bool:
-    return exc.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY
-
-
-def _is_unique_violation(exc: sqlite3.IntegrityError, column: str) -> bool:
-    # SQLite names the offending column only in the message text.
-    return (
-        exc.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_UNIQUE
-        and str(exc).endswith(column)
-    )
-
-
-def _call_from_row(row: sqlite3.Row) -> CallRecord:
+def _call_from_row(row: Row) -> CallRecord:
     return CallRecord(
         id=row["id"],
         sip_call_id=row["sip_call_id"],
@@ -80,7 +51,7 @@ def _call_from_row(row: sqlite3.Row) -> CallRecord:
     )
 
 
-def _case_from_row(row: sqlite3.Row) -> Case:
+def _case_from_row(row: Row) -> Case:
     return Case(
         id=row["id"],
         tracking_code=row["tracking_code"],
@@ -118,7 +89,7 @@ def _where(conditions: Mapping[str, Any]) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(used) if used else ""), list(used.values())
 
 
-def _recording_from_row(row: sqlite3.Row) -> Recording:
+def _recording_from_row(row: Row) -> Recording:
     return Recording(
         id=row["id"],
         call_id=row["call_id"],
@@ -135,38 +106,25 @@ def _recording_from_row(row: sqlite3.Row) -> Recording:
 class Store:
     """Async access to one store database; obtain it from :func:`open_store`.
 
-    The connection runs in autocommit mode, so every write is committed
-    before the method returns.
+    Outside a transaction every write is committed before the method returns.
+    SQL has ``?`` placeholders on either engine.
     """
 
-    def __init__(self, db: aiosqlite.Connection, protector: IdProtector) -> None:
+    def __init__(self, db: Executor, protector: IdProtector) -> None:
         self._db = db
         self._protector = protector
-        # Serializes read-then-write steps on cases (history "from" values, the duplicate
-        # decision) among the coroutines sharing this connection.
-        self._case_lock = asyncio.Lock()
 
     async def _insert(self, sql: str, params: Sequence[Any]) -> int:
-        with _translate_errors():
-            async with self._db.execute(sql, params) as cursor:
-                row_id = cursor.lastrowid
-        assert row_id is not None
-        return row_id
+        return await self._db.insert(sql, params)
 
     async def _update(self, sql: str, params: Sequence[Any]) -> int:
-        with _translate_errors():
-            async with self._db.execute(sql, params) as cursor:
-                return cursor.rowcount
+        return await self._db.execute(sql, params)
 
-    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with _translate_errors():
-            async with self._db.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self._db.fetchall(sql, params)
 
-    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        with _translate_errors():
-            async with self._db.execute(sql, params) as cursor:
-                return await cursor.fetchone()
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return await self._db.fetchone(sql, params)
 
     async def add_call(
         self,
@@ -233,10 +191,8 @@ class Store:
         return [_call_from_row(row) for row in rows]
 
     async def probe(self) -> None:
-        """A read of the newest row: raises (StoreError or sqlite3.Error) when the database cannot be read."""
-        with _translate_errors():
-            async with self._db.execute("SELECT id FROM calls ORDER BY id DESC LIMIT 1") as cursor:
-                await cursor.fetchall()
+        """A read of the newest row: raises StoreError when the database cannot be read."""
+        await self._fetchall("SELECT id FROM calls ORDER BY id DESC LIMIT 1")
 
     async def open_call_case(self, call_id: int, subject: PersonId, caller: PersonId | None = None, *,
                              complete: bool = True, actor: str = "ivr") -> Case:
@@ -266,31 +222,36 @@ class Store:
         sealed_caller = self._seal(caller) if caller is not None else (None, None, None, None)
         filed_by = actor if agency is not None else None
         now = time.time()
-        for _ in range(_TRACKING_CODE_ATTEMPTS):
-            code = new_tracking_code()
-            try:
-                case_id = await self._insert(
-                    "INSERT INTO cases (tracking_code, status, created_at, updated_at, call_id,"
-                    " national_id_enc, national_id_key_id, national_id_hmac, national_id_masked,"
-                    " id_source, id_status, subject_is_caller, caller_id_enc, caller_id_key_id,"
-                    " caller_id_hmac, caller_id_masked, caller_id_source, caller_id_status,"
-                    " channel, agency, category, summary, filed_by)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (code, status, now, now, call_id, *sealed_subject, subject.source, subject.status,
-                     int(caller is None), *sealed_caller, caller.source if caller else None,
-                     caller.status if caller else None, channel, agency, category, summary, filed_by),
-                )
-            except sqlite3.IntegrityError as exc:
-                if _is_unique_violation(exc, "cases.tracking_code"):
-                    continue
-                if _is_unique_violation(exc, "cases.call_id"):
-                    raise Conflict(f"call {call_id} already has a case") from exc
-                if _is_foreign_key_violation(exc):
+        # The case with its "created" event, or neither.
+        async with self._db.transaction() as tx:
+            for _ in range(_TRACKING_CODE_ATTEMPTS):
+                code = new_tracking_code()
+                try:
+                    # A savepoint: a collision undoes this insert only (PostgreSQL would spoil the whole transaction).
+                    async with tx.transaction() as attempt:
+                        case_id = await attempt.insert(
+                            "INSERT INTO cases (tracking_code, status, created_at, updated_at, call_id,"
+                            " national_id_enc, national_id_key_id, national_id_hmac, national_id_masked,"
+                            " id_source, id_status, subject_is_caller, caller_id_enc, caller_id_key_id,"
+                            " caller_id_hmac, caller_id_masked, caller_id_source, caller_id_status,"
+                            " channel, agency, category, summary, filed_by)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (code, status, now, now, call_id, *sealed_subject, subject.source, subject.status,
+                             int(caller is None), *sealed_caller, caller.source if caller else None,
+                             caller.status if caller else None, channel, agency, category, summary, filed_by),
+                        )
+                except UniqueViolation as exc:
+                    if exc.where == "cases.tracking_code":
+                        continue
+                    if exc.where == "cases.call_id":
+                        raise Conflict(f"call {call_id} already has a case") from exc
+                    raise
+                except ForeignKeyViolation as exc:
                     raise NotFound(f"no call with id {call_id}") from exc
-                raise
-            filing = {"agency": agency, "category": category} if agency is not None else {}
-            await self.add_case_event(case_id, actor, "created", status=status, channel=channel, **filing)
-            return await self.get_case_by_id(case_id)
+                store = Store(tx, self._protector)
+                filing = {"agency": agency, "category": category} if agency is not None else {}
+                await store.add_case_event(case_id, actor, "created", status=status, channel=channel, **filing)
+                return await store.get_case_by_id(case_id)
         raise Conflict(f"no free tracking code after {_TRACKING_CODE_ATTEMPTS} attempts")
 
     def _seal(self, person: PersonId) -> tuple[bytes | None, str | None, str | None, str | None]:
@@ -345,13 +306,19 @@ class Store:
     async def _change_case(self, case_id: int, actor: str, kind: str, changes: Mapping[str, Any],
                            detail: Callable[[Case], dict[str, Any]]) -> Case:
         """Set columns of a case and add its history row, whose detail is made from the case before."""
-        async with self._case_lock:
-            before = await self.get_case_by_id(case_id)
+        # One transaction, the case's row locked (SQLite: the database) from the read on: the history's
+        # "from" is what the change replaced, whichever process or host changes the case too.
+        async with self._db.transaction() as tx:
+            row = await tx.fetchone(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?{tx.for_update}", (case_id,))
+            if row is None:
+                raise NotFound(f"no case with id {case_id}")
+            before = _case_from_row(row)
+            store = Store(tx, self._protector)
             assignments = "".join(f"{column} = ?, " for column in changes)
-            await self._update(f"UPDATE cases SET {assignments}updated_at = ? WHERE id = ?",
-                               (*changes.values(), time.time(), case_id))
-            await self.add_case_event(case_id, actor, kind, **detail(before))
-            return await self.get_case_by_id(case_id)
+            await store._update(f"UPDATE cases SET {assignments}updated_at = ? WHERE id = ?",
+                                (*changes.values(), time.time(), case_id))
+            await store.add_case_event(case_id, actor, kind, **detail(before))
+            return await store.get_case_by_id(case_id)
 
     async def find_duplicate(self, subject_national_id: str, agency: str, category: str, window_s: float,
                              now: float | None = None) -> Case | None:
@@ -390,20 +357,24 @@ class Store:
             submitter = None
         contact: dict[str, Any] = {key: value for key, value in
                                    (("call_id", call_id), ("summary", summary)) if value is not None}
-        async with self._case_lock:
+        async with self._db.transaction() as tx:
+            store = Store(tx, self._protector)
             existing = None
             if subject.national_id is not None and subject.status == "verified":
-                existing = await self.find_duplicate(subject.national_id, agency, category, window_s, now)
+                # One decision at a time per subject, agency and category, on every host: a second
+                # request waits here until the first one's case is committed, then finds it.
+                await tx.lock(f"intake {self._protector.lookup_hash(subject.national_id)} {agency} {category}")
+                existing = await store.find_duplicate(subject.national_id, agency, category, window_s, now)
             if existing is not None and override_reason is None:
-                await self.record_contact(existing.id, actor, channel,
-                                          submitter_national_id=(submitter or subject).national_id, **contact)
+                await store.record_contact(existing.id, actor, channel,
+                                           submitter_national_id=(submitter or subject).national_id, **contact)
                 return IntakeResult(existing, duplicate=True)
-            case = await self.create_case(
+            case = await store.create_case(
                 call_id, "referred", subject.national_id, subject.source, id_status=subject.status,
                 caller=submitter, actor=actor, channel=channel, agency=agency, category=category, summary=summary)
             if existing is not None:
-                await self.add_case_event(case.id, actor, "duplicate_override", of=existing.tracking_code,
-                                          reason=override_reason)
+                await store.add_case_event(case.id, actor, "duplicate_override", of=existing.tracking_code,
+                                           reason=override_reason)
             return IntakeResult(case, duplicate=False)
 
     async def list_cases(self, *, agency: str | None = None, status: str | None = None,
@@ -421,12 +392,12 @@ class Store:
         return [_call_from_row(row) for row in rows]
 
     async def _newest_first(self, columns: str, table: str, time_column: str, limit: int | None,
-                            conditions: Mapping[str, Any]) -> list[sqlite3.Row]:
+                            conditions: Mapping[str, Any]) -> list[Row]:
         where, params = _where(conditions)
-        # LIMIT -1: no limit
+        bounded = "" if limit is None else " LIMIT ?"
         return await self._fetchall(
-            f"SELECT {columns} FROM {table}{where} ORDER BY {time_column} DESC, id DESC LIMIT ?",
-            (*params, -1 if limit is None else limit))
+            f"SELECT {columns} FROM {table}{where} ORDER BY {time_column} DESC, id DESC{bounded}",
+            (*params, *(() if limit is None else (limit,))))
 
     async def tracking_codes_by_call(self, *, since: float | None = None) -> dict[int, str]:
         """Call id -> the tracking code of its case, for calls arrived since a time."""
@@ -495,10 +466,8 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (call_id, case_id, kind, path, duration_s, sha256, int(complete), now),
             )
-        except sqlite3.IntegrityError as exc:
-            if _is_foreign_key_violation(exc):
-                raise NotFound(f"no call {call_id} or no case {case_id}") from exc
-            raise
+        except ForeignKeyViolation as exc:
+            raise NotFound(f"no call {call_id} or no case {case_id}") from exc
         return Recording(
             id=recording_id,
             call_id=call_id,
@@ -532,10 +501,8 @@ class Store:
         try:
             await self._insert("INSERT INTO case_events (case_id, at, actor, kind, detail) VALUES (?, ?, ?, ?, ?)",
                                (case_id, time.time(), actor, kind, json.dumps(detail, ensure_ascii=False)))
-        except sqlite3.IntegrityError as exc:
-            if _is_foreign_key_violation(exc):
-                raise NotFound(f"no case with id {case_id}") from exc
-            raise
+        except ForeignKeyViolation as exc:
+            raise NotFound(f"no case with id {case_id}") from exc
 
     async def case_events(self, case_id: int) -> list[CaseEvent]:
         rows = await self._fetchall(
@@ -592,65 +559,13 @@ class Store:
         return changed == 1
 
 
-async def _configure(db: aiosqlite.Connection) -> None:
-    # busy_timeout first: switching to WAL needs a lock another process may hold.
-    await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    async with db.execute("PRAGMA journal_mode = WAL") as cursor:
-        row = await cursor.fetchone()
-    # SQLite silently keeps the old mode where WAL is unsupported (e.g. some network filesystems).
-    mode = None if row is None else str(row[0]).lower()
-    if mode != "wal":
-        raise StoreError(f"could not enable WAL mode (journal_mode is {mode!r})")
-    await db.execute("PRAGMA synchronous = NORMAL")
-    await db.execute("PRAGMA foreign_keys = ON")
-
-
 @asynccontextmanager
-async def open_store(path: Path, protector: IdProtector) -> AsyncIterator[Store]:
-    """Open (creating and migrating if needed) the store at ``path``."""
-    # isolation_level=None: autocommit, so each write is committed on return and
-    # migrations can manage their own BEGIN IMMEDIATE transactions. In WAL mode
-    # synchronous=NORMAL survives a process crash; a power cut may lose the
-    # last commits.
-    _private_files(path)
-    db = await aiosqlite.connect(path, isolation_level=None)
-    try:
-        db.row_factory = sqlite3.Row
-        try:
-            with _translate_errors():
-                await _configure(db)
-                await _check_integrity(db, path)
-                await migrate(db)
-        except sqlite3.DatabaseError as exc:
-            # "file is not a database", "database disk image is malformed": say which file.
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-                raise StoreDamaged(f"{path}: {exc}") from exc
-            raise
-        _private_files(path)
-        yield Store(db, protector)
-    finally:
-        await db.close()
-
-
-def _private_files(path: Path) -> None:
-    """The database and its WAL and shared-memory files are the operator's only (0600): they hold
-    encrypted IDs, hashes and everyone's cases. Created so when missing, tightened when found open."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        if file == path and not file.exists():
-            os.close(os.open(file, os.O_CREAT | os.O_WRONLY, 0o600))
-        with suppress(FileNotFoundError):
-            if file.stat().st_mode & 0o077:
-                file.chmod(0o600)
-
-
-async def _check_integrity(db: aiosqlite.Connection, path: Path) -> None:
-    """SQLite's quick check of every page at start: a damaged store is refused before it takes calls,
-    not found out when a case cannot be written. Linear in the file's size (~1 s per GB)."""
-    async with db.execute("PRAGMA quick_check") as cursor:
-        problems = [str(row[0]) for row in await cursor.fetchall()]
-    if problems != ["ok"]:
-        raise StoreDamaged(f"{path}: integrity check failed: {'; '.join(problems[:3])}")
+async def open_store(target: Path | str, protector: IdProtector) -> AsyncIterator[Store]:
+    """Open (creating and migrating if needed) the store at ``target``: a SQLite file's path,
+    or a ``postgresql://`` URL."""
+    async with open_engine(target) as engine:
+        await migrate(engine)
+        yield Store(engine, protector)
 
 
 def _default_status(national_id: str | None, id_source: str) -> str:

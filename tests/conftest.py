@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import pytest
 
+# The storage suites' databases: `store_database` is each test on SQLite, then on PostgreSQL.
+from tests.support.postgres import postgres_server, store_database  # noqa: F401
+
 # Modules that share a running softswitch or ports with another module.
 SHARED = {
     "test_national_id_capture": "shared_softswitch",  # both use tests/sip/conftest.py's `softswitch`

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -160,7 +159,7 @@ class Softswitch:
         self.recognizer = AsyncRecognizer(recognizer) if recognizer is not None else None
         await loop.run_in_executor(None, self.prompts.ensure)
         protector = IdProtector.from_key_file(cfg.under_data(cfg.security.id_key_file))
-        async with open_store(cfg.database_path, protector) as store:
+        async with open_store(cfg.store_target, protector) as store:
             self.use_store(store)
             await self._close_orphaned_calls()
             if cfg.recordings_store.shared_dir is not None:
@@ -367,7 +366,7 @@ class Softswitch:
                                 f"below health.min_free_mb {cfg.health.min_free_mb:g}")
         try:
             await self.store.probe()
-        except (StoreError, sqlite3.Error) as exc:
+        except StoreError as exc:
             troubles.append(f"case store: {exc}")
         return sorted(set(troubles))
 

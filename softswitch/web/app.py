@@ -18,7 +18,7 @@ from softswitch.web.agency import AgencyServices, add_agency_routes
 from softswitch.web.console import Desk, add_console_routes
 from softswitch.web.intake import add_intake_routes
 from softswitch.web.responses import json_error
-from storage.errors import StorageFull, StoreDamaged
+from storage.errors import StorageFull, StoreDamaged, StoreUnavailable
 from storage.store import Store
 
 
@@ -68,11 +68,11 @@ def build_app(service: Service) -> web.Application:
 
 @web.middleware
 async def store_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A full disk or a damaged store is the service's trouble, not a bug: 503 with Retry-After, so a
-    client tries again later or elsewhere, and nothing half-written is claimed as done."""
+    """A full disk, a damaged store or a database server out of reach is the service's trouble, not a bug:
+    503 with Retry-After, so a client tries again later or elsewhere, and nothing half-written is claimed as done."""
     try:
         return await handler(request)
-    except (StorageFull, StoreDamaged) as exc:
+    except (StorageFull, StoreDamaged, StoreUnavailable) as exc:
         raise json_error(web.HTTPServiceUnavailable, f"the case store cannot take this now: {type(exc).__name__}",
                          headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
 

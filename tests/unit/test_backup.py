@@ -130,3 +130,15 @@ def test_the_commands_back_up_and_restore_and_say_what_the_key_is(tmp_path: Path
     done = softswitch(fresh, "restore", str(tmp_path / "b"))
     assert done.returncode == 0 and "restored 1 cases and 2 files" in done.stdout, done.stderr
     assert (fresh / "softswitch.db").exists()
+
+
+def test_backup_and_restore_on_postgresql_point_to_its_own_tools(tmp_path: Path) -> None:
+    config = tmp_path / "softswitch.yaml"
+    # Never connected to: the commands refuse before they open the store.
+    config.write_text(f"data_dir: {tmp_path / 'var'}\ndatabase_url: postgresql://softswitch:s3cret@127.0.0.1:1/cases\n")
+    for command in ("backup", "restore"):
+        done = subprocess.run([sys.executable, "-m", "softswitch.cli", "--config", str(config), command,
+                               str(tmp_path / "b")], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "pg_dump" in done.stderr and "pg_basebackup" in done.stderr
+        assert "s3cret" not in done.stderr + done.stdout
+    assert not (tmp_path / "b").exists()

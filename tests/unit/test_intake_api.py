@@ -17,11 +17,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from media.synth import EspeakSynthesizer
 from softswitch.config import ApiToken, Config
-from softswitch.web.app import build_app
+from softswitch.web.app import build_app, store_unavailable
 from softswitch.web.intake import OPENAPI_DOCUMENT, add_intake_routes, token_sha256
 from storage.crypto import IdProtector
 from storage.store import Store, open_store
 from tests.fakes.desk import FakeDesk
+from tests.support.postgres import PostgresServer
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -285,3 +286,21 @@ async def test_openapi_describes_every_api_route(store: Store, config: Config) -
     documented = {(path, method) for path, operations in paths.items() for method in operations}
     assert registered - documented == set(), "routes missing from configs/openapi.yaml"
     assert documented - registered == set(), "configs/openapi.yaml describes routes that do not exist"
+
+
+async def test_a_database_server_gone_gets_503_not_500(config: Config) -> None:
+    # A server of its own, since this test stops it.
+    server = PostgresServer.start()
+    try:
+        async with open_store(server.url(), IdProtector({"k1": bytes(range(32))}, "k1", b"p" * 32)) as store:
+            app = web.Application(middlewares=[store_unavailable])
+            add_intake_routes(app, store, config, lambda channel, duplicate: None)
+            async with TestClient(TestServer(app)) as test_client:
+                assert (await _submit(test_client, SMS, _request()))[0] == 201
+                server.stop()
+                response = await test_client.post("/api/cases", json=_request(subject_national_id=STRANGER),
+                                                  headers=_bearer(SMS))
+                assert response.status == 503 and "Retry-After" in response.headers
+                assert "StoreUnavailable" in (await response.json())["error"]
+    finally:
+        server.stop()

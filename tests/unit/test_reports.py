@@ -8,8 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from storage.models import CallRecord, Case
+from storage.crypto import IdProtector
+from storage.models import CallRecord, Case, PersonId
 from storage.reports import BOM, CALL_HEADER, CASE_HEADER, calls_csv, cases_csv
+from storage.store import open_store
+from tests.support.postgres import StoreDatabase
 
 pytestmark = pytest.mark.unit
 
@@ -77,3 +80,21 @@ def test_calls_csv_links_cases_and_defuses_formulas() -> None:
 def test_empty_reports_have_the_header() -> None:
     assert _rows(cases_csv([], agency_names={}, tz=TEHRAN)) == []
     assert cases_csv([], agency_names={}, tz=TEHRAN) == BOM + ",".join(CASE_HEADER) + "\r\n"
+
+
+async def test_reports_read_from_either_engine(store_database: StoreDatabase) -> None:
+    async with open_store(store_database.target, IdProtector({"k1": bytes(range(32))}, "k1", b"p" * 32)) as store:
+        call_id = await store.add_call("a@host", "sip:0912@pstn", "sip:111@gw", "127.0.0.1", 1, AT)
+        await store.end_call(call_id, AT + 61.5, "completed", ["welcome", "message"])
+        await store.create_case(call_id, "received", "0499370899", "keypad")
+        result = await store.intake(PersonId("0790419904", "keypad", "verified"), channel="sms", agency="health",
+                                    category="شکایت", summary="x", actor="api:sms", window_s=60.0)
+        cases = _rows(cases_csv(await store.list_cases(), agency_names={"health": "وزارت بهداشت"}, tz=TEHRAN))
+        calls = _rows(calls_csv(await store.list_calls(since=AT), await store.tracking_codes_by_call(since=AT),
+                                tz=timezone.utc))
+    assert [(c["tracking_code"], c["agency_name"], c["national_id"]) for c in cases][0] == (
+        result.case.tracking_code, "وزارت بهداشت", "********04")
+    assert cases[1]["national_id"] == "********99" and cases[1]["status"] == "received"
+    [call] = calls
+    assert (call["duration_s"], call["ivr_path"], call["tracking_code"]) == (
+        "61.5", "welcome > message", cases[1]["tracking_code"])

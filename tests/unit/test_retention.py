@@ -28,6 +28,7 @@ from storage.crypto import IdProtector
 from storage.models import PersonId
 from storage.retention import RetentionWindows, apply, plan
 from storage.store import Store, open_store
+from tests.support.postgres import StoreDatabase
 
 pytestmark = pytest.mark.unit
 
@@ -149,8 +150,8 @@ def _protector(data: Path) -> IdProtector:
     return IdProtector.from_key_file(data / "keys" / "national_id.json")
 
 
-async def test_a_run_deletes_exactly_what_is_past_its_period_and_the_plan_named_it_first(data: Path) -> None:
-    async with open_store(data / "softswitch.db", _protector(data)) as store:
+async def test_a_run_deletes_exactly_what_is_past_its_period_and_the_plan_named_it_first(data: Path, store_database: StoreDatabase) -> None:
+    async with open_store(store_database.target, _protector(data)) as store:
         built = await _build(store, data)
         cases0, recordings0, calls0, files0 = await _present(store, built)
         due = await plan(store, ALL, time.time())
@@ -181,8 +182,8 @@ async def test_a_run_deletes_exactly_what_is_past_its_period_and_the_plan_named_
         assert (await plan(store, ALL, time.time())).empty
 
 
-async def test_without_a_period_nothing_is_ever_deleted(data: Path) -> None:
-    async with open_store(data / "softswitch.db", _protector(data)) as store:
+async def test_without_a_period_nothing_is_ever_deleted(data: Path, store_database: StoreDatabase) -> None:
+    async with open_store(store_database.target, _protector(data)) as store:
         built = await _build(store, data)
         before = await _present(store, built)
         far_future = time.time() + 3650 * SECONDS_PER_DAY
@@ -193,8 +194,8 @@ async def test_without_a_period_nothing_is_ever_deleted(data: Path) -> None:
         assert RetentionJob.start(Config(), store, Metrics(idle_state)) is None  # the daily job never starts
 
 
-async def test_each_period_alone_touches_only_its_kind(data: Path) -> None:
-    async with open_store(data / "softswitch.db", _protector(data)) as store:
+async def test_each_period_alone_touches_only_its_kind(data: Path, store_database: StoreDatabase) -> None:
+    async with open_store(store_database.target, _protector(data)) as store:
         built = await _build(store, data)
         now = time.time()
         only_cases = await plan(store, RetentionWindows(closed_cases_days=DAYS), now)
@@ -210,8 +211,8 @@ async def test_each_period_alone_touches_only_its_kind(data: Path) -> None:
         assert [k.id for k in only_calls.calls] == [built.calls["refused-old"]]
 
 
-async def test_a_missing_file_lets_its_row_go_and_a_file_that_cannot_be_removed_keeps_everything(data: Path) -> None:
-    async with open_store(data / "softswitch.db", _protector(data)) as store:
+async def test_a_missing_file_lets_its_row_go_and_a_file_that_cannot_be_removed_keeps_everything(data: Path, store_database: StoreDatabase) -> None:
+    async with open_store(store_database.target, _protector(data)) as store:
         built = await _build(store, data)
         # As after a crash between the two steps: the file went, its row stayed.
         built.files["recording:menu-old"].unlink()
@@ -239,8 +240,8 @@ async def test_a_missing_file_lets_its_row_go_and_a_file_that_cannot_be_removed_
         assert again.missing["answer_audio"] == 2 and not again.failures
 
 
-async def test_the_file_goes_where_the_row_names_it_at_the_moment_of_deletion(data: Path) -> None:
-    async with open_store(data / "softswitch.db", _protector(data)) as store:
+async def test_the_file_goes_where_the_row_names_it_at_the_moment_of_deletion(data: Path, store_database: StoreDatabase) -> None:
+    async with open_store(store_database.target, _protector(data)) as store:
         built = await _build(store, data)
         due = await plan(store, ALL, time.time())
         # Moved to shared storage after the plan (another part of the service may do so).
@@ -275,10 +276,10 @@ async def test_the_daily_job_logs_one_line_and_counts_by_kind(data: Path, caplog
     assert NATIONAL_ID not in text and NATIONAL_ID not in lines[0].getMessage()
 
 
-async def test_a_large_run_goes_in_bounded_rounds_to_the_same_end(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_large_run_goes_in_bounded_rounds_to_the_same_end(data: Path, store_database: StoreDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(retention_job, "ROUND_ITEMS", 1)  # one of each kind per round
     config = RetentionConfig(recordings_days=DAYS, calls_days=DAYS, closed_cases_days=DAYS)
-    async with open_store(data / "softswitch.db", _protector(data)) as store:
+    async with open_store(store_database.target, _protector(data)) as store:
         built = await _build(store, data)
         before = await _present(store, built)
         first = await plan(store, ALL, time.time(), limit=1)

@@ -83,3 +83,19 @@ def test_example_config_is_the_embedded_defaults() -> None:
     from softswitch.config import CONFIG_DIR
 
     assert load_config(CONFIG_DIR / "softswitch.example.yaml") == load_config()
+
+
+def test_the_store_is_the_sqlite_file_unless_a_postgresql_url_is_set(tmp_path: Path) -> None:
+    assert load_config().store_target == load_config().database_path
+    url = "postgresql://softswitch:s3cret@db.example:5432/cases?sslmode=verify-full"
+    config = load_config(overrides={"database_url": url})
+    assert config.store_target == url
+    # The password never shows where the config is printed or logged.
+    assert "s3cret" not in config.model_dump_json() and "s3cret" not in repr(config)
+    for bad, fragment in [("mysql://softswitch:s3cret@db/cases", "postgresql:// URL"),
+                          ("postgresql://softswitch:s3cret@db.example", "names no database"),
+                          ("postgresql://softswitch:s3cret@db.example:99999/cases", "port"),
+                          ("postgresql:///cases", "names no server host")]:
+        with pytest.raises(ConfigError, match=fragment) as excinfo:
+            load_config(overrides={"database_url": bad})
+        assert "database_url" in str(excinfo.value) and "s3cret" not in str(excinfo.value)

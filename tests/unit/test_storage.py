@@ -1,4 +1,4 @@
-"""Unit tests for the storage layer's case store, against real SQLite files."""
+"""Unit tests for the storage layer's case store, each against a real SQLite file and a real PostgreSQL server."""
 
 import asyncio
 import dataclasses
@@ -17,6 +17,7 @@ from storage.errors import Conflict, NotFound, StorageFull, StoreError
 from storage.models import CallRecord, Case, IntakeResult, PersonId
 from storage.store import CASE_STATUSES, Store, open_store
 import storage.store
+from tests.support.postgres import StoreDatabase
 
 pytestmark = pytest.mark.unit
 
@@ -33,27 +34,18 @@ def protector() -> IdProtector:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "store.db"
+def db(store_database: StoreDatabase) -> StoreDatabase:
+    return store_database
 
 
 @pytest.fixture
-async def store(db_path: Path, protector: IdProtector) -> AsyncIterator[Store]:
-    async with open_store(db_path, protector) as opened:
+async def store(db: StoreDatabase, protector: IdProtector) -> AsyncIterator[Store]:
+    async with open_store(db.target, protector) as opened:
         yield opened
 
 
 async def _new_call(store: Store, sip_call_id: str = "abc@10.0.0.1", at: float = 100.0) -> int:
     return await store.add_call(sip_call_id, "sip:0912@pstn", "sip:111@gw", "pstn", 3, at)
-
-
-def _raw(path: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql).fetchall()
-
-
-def _database_bytes(db_path: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in sorted(db_path.parent.glob(db_path.name + "*")))
 
 
 async def test_call_case_recordings_round_trip(store: Store) -> None:
@@ -117,23 +109,23 @@ async def test_speech_case_may_lack_an_id(store: Store) -> None:
     assert case.id_source == "speech" and await store.national_id_of(case.id) is None
 
 
-async def test_writes_are_committed_before_returning(store: Store, db_path: Path) -> None:
+async def test_writes_are_committed_before_returning(store: Store, db: StoreDatabase) -> None:
     call_id = await _new_call(store)
     case = await store.create_case(call_id, "received", NATIONAL_ID, "keypad")
     await store.add_recording(call_id, case.id, "message", "/rec/m.wav", 1.0, SHA, True)
     # A second connection sees only committed data.
-    assert _raw(db_path, "SELECT tracking_code FROM cases") == [(case.tracking_code,)]
-    assert _raw(db_path, "SELECT count(*) FROM recordings") == [(1,)]
+    assert await db.raw("SELECT tracking_code FROM cases") == [(case.tracking_code,)]
+    assert await db.raw("SELECT count(*) FROM recordings") == [(1,)]
 
 
 async def test_national_id_never_stored_in_clear(
-    db_path: Path, protector: IdProtector, caplog: pytest.LogCaptureFixture
+    db: StoreDatabase, protector: IdProtector, caplog: pytest.LogCaptureFixture
 ) -> None:
     ids = [NATIONAL_ID, "1234567890", "5550001112"]
     codes: list[str] = []
 
-    def assert_hidden() -> None:
-        data = _database_bytes(db_path)
+    async def assert_hidden() -> None:
+        data = await db.stored_bytes()
         # Positive control: the searched bytes do contain the case rows.
         assert all(code.encode() in data for code in codes)
         for national_id in ids:
@@ -141,49 +133,49 @@ async def test_national_id_never_stored_in_clear(
             assert national_id.encode("utf-16-le") not in data
 
     with caplog.at_level(logging.DEBUG):
-        async with open_store(db_path, protector) as store:
+        async with open_store(db.target, protector) as store:
             for n, national_id in enumerate(ids):
                 call_id = await _new_call(store, f"call-{n}")
                 case = await store.create_case(call_id, "received", national_id, "keypad")
                 assert await store.national_id_of(case.id) == national_id
                 codes.append(case.tracking_code)
-            # While open the rows live in the -wal file.
-            assert_hidden()
+            # While open the rows live in SQLite's -wal file, PostgreSQL's write-ahead log.
+            await assert_hidden()
     for national_id in ids:
         assert national_id not in caplog.text
-    # Closing checkpoints the WAL into the main file.
-    assert not (db_path.parent / (db_path.name + "-wal")).exists()
-    assert_hidden()
+    if db.engine == "sqlite":
+        # Closing checkpoints the WAL into the main file.
+        assert not Path(str(db.target) + "-wal").exists()
+    await assert_hidden()
 
 
 async def test_key_rotation_keeps_old_cases_readable(
-    db_path: Path, protector: IdProtector
+    db: StoreDatabase, protector: IdProtector
 ) -> None:
-    async with open_store(db_path, protector) as store:
+    async with open_store(db.target, protector) as store:
         old = await store.create_case(None, "received", NATIONAL_ID, "keypad")
 
     rotated = IdProtector({"k1": KEY_1, "k2": KEY_2}, "k2", PEPPER)
-    async with open_store(db_path, rotated) as store:
+    async with open_store(db.target, rotated) as store:
         new = await store.create_case(None, "received", "1112223334", "keypad")
         assert await store.national_id_of(old.id) == NATIONAL_ID
         assert await store.national_id_of(new.id) == "1112223334"
-    rows = _raw(db_path, "SELECT id, national_id_key_id, national_id_hmac FROM cases ORDER BY id")
+    rows = await db.raw("SELECT id, national_id_key_id, national_id_hmac FROM cases ORDER BY id")
     assert rows == [
         (old.id, "k1", protector.lookup_hash(NATIONAL_ID)),
         (new.id, "k2", rotated.lookup_hash("1112223334")),
     ]
 
     retired = IdProtector({"k2": KEY_2}, "k2", PEPPER)
-    async with open_store(db_path, retired) as store:
+    async with open_store(db.target, retired) as store:
         assert await store.national_id_of(new.id) == "1112223334"
         with pytest.raises(StoreError, match="k1"):
             await store.national_id_of(old.id)
 
 
-async def test_tampered_ciphertext_is_reported(store: Store, db_path: Path) -> None:
+async def test_tampered_ciphertext_is_reported(store: Store, db: StoreDatabase) -> None:
     case = await store.create_case(None, "received", NATIONAL_ID, "keypad")
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE cases SET national_id_key_id = 'k9' WHERE id = ?", (case.id,))
+    await db.raw("UPDATE cases SET national_id_key_id = 'k9' WHERE id = ?", case.id)
     with pytest.raises(StoreError):
         await store.national_id_of(case.id)
 
@@ -266,11 +258,11 @@ async def test_attach_leaves_recordings_of_other_cases_alone(store: Store) -> No
     [(None, "voice"), (NATIONAL_ID, "none"), ("12345", "keypad"), ("12345678901", "keypad")],
 )
 async def test_invalid_case_input_is_rejected(
-    store: Store, db_path: Path, national_id: str | None, id_source: str
+    store: Store, db: StoreDatabase, national_id: str | None, id_source: str
 ) -> None:
     with pytest.raises(ValueError):
         await store.create_case(None, "received", national_id, id_source)
-    assert _raw(db_path, "SELECT count(*) FROM cases") == [(0,)]
+    assert await db.raw("SELECT count(*) FROM cases") == [(0,)]
 
 
 async def test_tracking_code_collision_is_retried(
@@ -292,7 +284,12 @@ async def test_persistent_collisions_give_up(
         await store.create_case(None, "received", None, "none")
 
 
-async def test_disk_full_raises_storage_full(store: Store) -> None:
+async def test_disk_full_raises_storage_full(tmp_path: Path, protector: IdProtector) -> None:
+    async with open_store(tmp_path / "store.db", protector) as store:
+        await _sqlite_disk_fills(store)
+
+
+async def _sqlite_disk_fills(store: Store) -> None:
     call_id = await _new_call(store)
     # A page cap makes SQLite hit SQLITE_FULL exactly as a full disk does.
     await store._db.execute("PRAGMA max_page_count = 8")
@@ -307,7 +304,7 @@ async def test_disk_full_raises_storage_full(store: Store) -> None:
     assert len(await store.recordings_for_call(call_id)) == stored
 
 
-async def test_case_for_someone_else_is_filed_under_the_subject(store: Store, db_path: Path) -> None:
+async def test_case_for_someone_else_is_filed_under_the_subject(store: Store, db: StoreDatabase) -> None:
     subject_id, caller_id = "0499370899", "0790419904"
     call_id = await _new_call(store)
     case = await store.create_case(call_id, "received", subject_id, "keypad",
@@ -318,7 +315,7 @@ async def test_case_for_someone_else_is_filed_under_the_subject(store: Store, db
     assert [c.id for c in await store.cases_for_national_id(subject_id)] == [case.id]
     assert [c.id for c in await store.cases_for_national_id(caller_id)] == [case.id]
     assert await store.cases_for_national_id("0084575948") == []
-    raw = _database_bytes(db_path)
+    raw = await db.stored_bytes()
     assert subject_id.encode() not in raw and caller_id.encode() not in raw
 
 
@@ -498,16 +495,21 @@ async def test_find_duplicate_needs_same_subject_agency_category_and_an_open_cas
     assert await found() is None
 
 
-async def test_duplicate_lookup_uses_its_index(store: Store) -> None:
-    async with store._db.execute(
-        "EXPLAIN QUERY PLAN SELECT id FROM cases WHERE national_id_hmac = ? AND agency = ? AND category = ?"
-        " AND status <> 'closed' AND created_at >= ? ORDER BY created_at, id LIMIT 1", ("h", "a", "c", 0.0)
-    ) as cursor:
-        plan = " ".join(str(row[3]) for row in await cursor.fetchall())
+async def test_duplicate_lookup_uses_its_index(store: Store, db: StoreDatabase) -> None:
+    query = ("SELECT id FROM cases WHERE national_id_hmac = ? AND agency = ? AND category = ?"
+             " AND status <> 'closed' AND created_at >= ? ORDER BY created_at, id LIMIT 1")
+    params = ("h", "a", "c", 0.0)
+    if db.engine == "sqlite":
+        plan = " ".join(str(row[3]) for row in await store._db.fetchall("EXPLAIN QUERY PLAN " + query, params))
+    else:
+        # An empty table is read whole by choice; the planner is told to use an index if it can.
+        async with store._db.transaction() as tx:
+            await tx.execute("SET LOCAL enable_seqscan = off")
+            plan = " ".join(str(row[0]) for row in await tx.fetchall("EXPLAIN " + query, params))
     assert "cases_open_by_subject" in plan
 
 
-async def test_record_contact_masks_the_submitter(store: Store, db_path: Path, clock: Clock) -> None:
+async def test_record_contact_masks_the_submitter(store: Store, db: StoreDatabase, clock: Clock) -> None:
     case = await _referred(store)
     clock.now = T0 + 3
     await store.record_contact(case.id, "api:letter-office", "letter", submitter_national_id=RELATIVE,
@@ -515,12 +517,12 @@ async def test_record_contact_masks_the_submitter(store: Store, db_path: Path, c
     contact = (await store.case_events(case.id))[-1]
     assert (contact.actor, contact.kind, contact.at) == ("api:letter-office", "contact", T0 + 3)
     assert contact.detail == {"channel": "letter", "submitter": "********04", "summary": "دوباره"}
-    assert RELATIVE.encode() not in _database_bytes(db_path)
+    assert RELATIVE.encode() not in await db.stored_bytes()
     with pytest.raises(NotFound):
         await store.record_contact(999, "ivr", "phone")
 
 
-async def test_intake_opens_a_referred_case_then_links_duplicates(store: Store, db_path: Path, clock: Clock) -> None:
+async def test_intake_opens_a_referred_case_then_links_duplicates(store: Store, db: StoreDatabase, clock: Clock) -> None:
     new = await _intake(store, _verified(SUBJECT))
     assert new.duplicate is False and new.case.status == "referred" and new.case.channel == "sms"
     assert new.case.subject_is_caller is True
@@ -538,7 +540,7 @@ async def test_intake_opens_a_referred_case_then_links_duplicates(store: Store, 
         ("agent:1001", {"channel": "phone", "submitter": "********04", "call_id": call_id}),
         ("api:letter-office", {"channel": "letter", "submitter": "********99", "summary": "نوبت جراحی"}),
     ]
-    assert _raw(db_path, "SELECT count(*) FROM cases") == [(1,)]
+    assert await db.raw("SELECT count(*) FROM cases") == [(1,)]
 
     other_agency = await _intake(store, _verified(SUBJECT), agency="roads")
     assert not other_agency.duplicate and other_agency.case.id != new.case.id
@@ -576,12 +578,12 @@ async def test_intake_override_opens_a_case_and_says_why(store: Store) -> None:
     assert [e.kind for e in await store.case_events(plain.case.id)] == ["created"]
 
 
-async def test_concurrent_intakes_open_one_case(store: Store, db_path: Path) -> None:
+async def test_concurrent_intakes_open_one_case(store: Store, db: StoreDatabase) -> None:
     results = await asyncio.gather(*(_intake(store, _verified(SUBJECT), channel=channel)
                                      for channel in ("sms", "letter", "web", "phone")))
     assert sorted(r.duplicate for r in results) == [False, True, True, True]
     assert len({r.case.id for r in results}) == 1
-    assert _raw(db_path, "SELECT count(*) FROM cases") == [(1,)]
+    assert await db.raw("SELECT count(*) FROM cases") == [(1,)]
 
 
 async def test_list_cases_filters_newest_first(store: Store, clock: Clock) -> None:

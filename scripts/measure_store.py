@@ -1,0 +1,74 @@
+"""Measures the case store's create_case and intake throughput on SQLite and PostgreSQL (not a test).
+
+Usage: PYTHONPATH=. .venv/bin/python scripts/measure_store.py [--cases N] [--concurrency C] [--url URL]
+Without --url a throwaway PostgreSQL server is started (tests/support/postgres.py, fsync off: the
+numbers are an upper bound for a server that syncs). SQLite runs on a temporary file, as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from storage.crypto import IdProtector
+from storage.models import PersonId
+from storage.store import Store, open_store
+from tests.support.postgres import PostgresServer
+
+PROTECTOR = IdProtector({"k1": bytes(range(32))}, "k1", b"p" * 32)
+SUBJECTS = ("0499370899", "0790419904", "0084575948", "1234567891")
+
+
+async def _rate(store: Store, count: int, concurrency: int, one: Callable[[Store, int], Awaitable[object]]) -> float:
+    """Operations per second, ``count`` of them, ``concurrency`` at a time."""
+    numbers = iter(range(count))
+
+    async def runner() -> None:
+        for n in numbers:  # shared: each number is taken once
+            await one(store, n)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(runner() for _ in range(concurrency)))
+    return count / (time.perf_counter() - started)
+
+
+async def _create(store: Store, n: int) -> object:
+    return await store.create_case(None, "received", SUBJECTS[n % len(SUBJECTS)], "keypad")
+
+
+async def _intake(store: Store, n: int) -> object:
+    # A category per request: every intake opens a case (the duplicate rule's lock and lookup included).
+    return await store.intake(PersonId(SUBJECTS[n % len(SUBJECTS)], "keypad", "verified"), channel="sms",
+                              agency="health", category=f"c{n}", summary="x", actor="measure", window_s=3600.0)
+
+
+async def measure(target: Path | str, count: int, concurrency: int) -> dict[str, float]:
+    async with open_store(target, PROTECTOR) as store:
+        return {name: await _rate(store, count, concurrency, one) for name, one in
+                (("create_case", _create), ("intake", _intake))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--url", help="a postgresql:// URL of an empty database to use")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        print("sqlite", asyncio.run(measure(Path(scratch) / "store.db", args.cases, args.concurrency)))
+    if args.url:
+        print("postgresql", asyncio.run(measure(args.url, args.cases, args.concurrency)))
+        return
+    server = PostgresServer.start()
+    try:
+        print("postgresql (fsync off)", asyncio.run(measure(server.url(), args.cases, args.concurrency)))
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
