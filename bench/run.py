@@ -33,6 +33,7 @@ import yaml
 
 from softswitch.config import PROJECT_ROOT
 from tests.support.rtp_pcap import CallerTimeline
+from tests.support.postgres import PostgresServer
 from tests.support.sipp import SippRun, caller_scenario, read_stats
 
 SIP_PORT = 25060
@@ -57,6 +58,9 @@ class Side(Protocol):
     def start(self) -> int: ...
 
     def stop(self) -> None: ...
+
+    def tree(self, root: int) -> list[int]:
+        """The processes whose CPU and memory count for this side."""
 
     def part(self, pid: int, root: int, command: bytes) -> str: ...
 
@@ -189,36 +193,58 @@ def _get_json(url: str) -> dict[str, object]:
         return dict(json.loads(exc.read() or b"{}"))
 
 
-class SoftswitchSide:
-    name = "softswitch"
-    target = f"127.0.0.1:{SIP_PORT}"
+@dataclass(frozen=True)
+class SoftswitchPorts:
+    sip: int
+    http: int
+    workers: int
+    rtp: int
 
-    def __init__(self, work: Path, workers: int | None, poll_ms: int) -> None:
+
+SQLITE_PORTS = SoftswitchPorts(SIP_PORT, HTTP_PORT, 25100, 30000)
+# The softswitch on PostgreSQL, up beside the one on SQLite (and Asterisk's 35060, RTP 36000-45999).
+POSTGRES_PORTS = SoftswitchPorts(27060, 28112, 27100, 20000)
+
+
+class SoftswitchSide:
+    """The softswitch with its case store on SQLite (the embedded default) or on a PostgreSQL server the
+    bench starts (durable, on this machine: its CPU and memory count for this side)."""
+
+    def __init__(self, work: Path, workers: int | None, poll_ms: int, postgres: bool = False) -> None:
         self.work = work
         self.workers = workers
         self.poll_ms = poll_ms
+        self.ports = POSTGRES_PORTS if postgres else SQLITE_PORTS
+        self.name = "softswitch on PostgreSQL" if postgres else "softswitch"
+        self.target = f"127.0.0.1:{self.ports.sip}"
+        self.postgres = postgres
+        self.server: PostgresServer | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> int:
         """Start the softswitch and wait until every worker is in service at the front; returns its PID."""
-        workers: dict[str, object] = {"base_port": 25100, "rtp_base_port": 30000, "poll_ms": self.poll_ms}
+        ports = self.ports
+        workers: dict[str, object] = {"base_port": ports.workers, "rtp_base_port": ports.rtp, "poll_ms": self.poll_ms}
         if self.workers:
             workers["count"] = self.workers
-        config = {
+        config: dict[str, object] = {
             "data_dir": str(self.work / "var"),
             "drain_timeout_s": 10,
-            "sip": {"port": SIP_PORT},
-            "http": {"port": HTTP_PORT},
+            "sip": {"port": ports.sip},
+            "http": {"port": ports.http},
             "workers": workers,
             "kamailio": {"children": 4},
             "ivr": {"message_silence_s": 3.0, "message_max_s": 30, "id_no_input_s": 5},
         }
+        if self.postgres:
+            self.server = PostgresServer.start(durable=True)
+            config["database_url"] = self.server.url()
         try:
-            _get_json(f"http://127.0.0.1:{HTTP_PORT}/api/health")
+            _get_json(f"http://127.0.0.1:{ports.http}/api/health")
         except OSError:
             pass  # nothing answers: the port is ours
         else:
-            raise SystemExit(f"something already answers on 127.0.0.1:{HTTP_PORT}: a softswitch still stopping?")
+            raise SystemExit(f"something already answers on 127.0.0.1:{ports.http}: a softswitch still stopping?")
         config_path = self.work / "bench.yaml"
         config_path.write_text(yaml.safe_dump(config))
         log = (self.work / "softswitch.log").open("wb")
@@ -230,7 +256,7 @@ class SoftswitchSide:
             if self.process.poll() is not None:
                 raise SystemExit(f"softswitch exited; see {self.work / 'softswitch.log'}")
             try:
-                if _get_json(f"http://127.0.0.1:{HTTP_PORT}/api/health").get("status") == "ok":
+                if _get_json(f"http://127.0.0.1:{ports.http}/api/health").get("status") == "ok":
                     return self.process.pid
             except OSError:
                 pass
@@ -245,9 +271,17 @@ class SoftswitchSide:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.server is not None:
+            self.server.stop()
+
+    def tree(self, root: int) -> list[int]:
+        server = self.server.process if self.server is not None else None
+        return process_tree(root) + (process_tree(server.pid) if server is not None else [])
 
     def part(self, pid: int, root: int, command: bytes) -> str:
-        return "control" if pid == root else "kamailio" if b"kamailio" in command else "workers"
+        if pid == root:
+            return "control"
+        return "kamailio" if b"kamailio" in command else "postgres" if b"postgres" in command else "workers"
 
 
 class AsteriskSide:
@@ -267,6 +301,9 @@ class AsteriskSide:
 
     def stop(self) -> None:
         self.peer.stop()
+
+    def tree(self, root: int) -> list[int]:
+        return process_tree(root)
 
     def part(self, pid: int, root: int, command: bytes) -> str:
         return "asterisk"
@@ -291,10 +328,10 @@ def run_step(side: Side, root: int, work: Path, step: Step) -> StepResult:
     hz = os.sysconf("SC_CLK_TCK")
     sipp = subprocess.Popen(argv, cwd=str(directory), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
-    before, sipp_before, tick_at = cpu_by_part(side, process_tree(root), root), process_ticks(sipp.pid), started
+    before, sipp_before, tick_at = cpu_by_part(side, side.tree(root), root), process_ticks(sipp.pid), started
     while sipp.poll() is None:
         time.sleep(1)
-        pids = process_tree(root)
+        pids = side.tree(root)
         now_parts, sipp_now, now = cpu_by_part(side, pids, root), process_ticks(sipp.pid), time.monotonic()
         # CPU is counted only while the step holds >= 90% of its target load.
         if _current_calls(directory / "stats.csv") >= 0.9 * load:
@@ -379,10 +416,10 @@ def plan_steps(concurrency: list[int], rates: list[float], rate_seconds: int, pc
 def idle_line(side: Side, root: int) -> tuple[str, float]:
     """A side's idle CPU and PSS, as a line, and its idle PSS in MiB."""
     time.sleep(2)
-    _, idle_parts = memory_kib(side, process_tree(root), root)
-    idle0 = sum(cpu_by_part(side, process_tree(root), root).values())
+    _, idle_parts = memory_kib(side, side.tree(root), root)
+    idle0 = sum(cpu_by_part(side, side.tree(root), root).values())
     time.sleep(10)
-    idle_cpu = 100.0 * (sum(cpu_by_part(side, process_tree(root), root).values()) - idle0) \
+    idle_cpu = 100.0 * (sum(cpu_by_part(side, side.tree(root), root).values()) - idle0) \
         / os.sysconf("SC_CLK_TCK") / 10
     idle_pss = sum(idle_parts.values()) / 1024
     return (f"{side.name} idle: CPU {idle_cpu:.1f}% of a core, PSS {idle_pss:.0f} MiB ("
@@ -440,7 +477,7 @@ def _at(results: list[StepResult], kind: str, target: str) -> StepResult | None:
 
 
 def side_by_side(ours: list[StepResult], peer: list[StepResult], at_held: str, at_rate: str,
-                 idle_pss: dict[str, float]) -> str:
+                 idle_pss: dict[str, float], names: tuple[str, str] = ("softswitch", "Asterisk")) -> str:
     """The summary: each side's figure and ours ÷ the peer's."""
     rows: list[tuple[str, float | None, float | None, str]] = []
 
@@ -476,7 +513,7 @@ def side_by_side(ours: list[StepResult], peer: list[StepResult], at_held: str, a
         (f"SIPp CPU at {at_held} held", "sipp", "{:.0f}%"),
     ):
         rows.append((label, figure(peer, pick), figure(ours, pick), fmt))
-    lines = ["| | Asterisk | softswitch | softswitch ÷ Asterisk |", "|---|---|---|---|"]
+    lines = [f"| | {names[1]} | {names[0]} | {names[0]} ÷ {names[1]} |", "|---|---|---|---|"]
     for label, theirs, mine, fmt in rows:
         ratio = f"{mine / theirs:.2f}x" if mine is not None and theirs else "—"
         lines.append(f"| {label} | {fmt.format(theirs) if theirs is not None else '—'} | "
@@ -493,7 +530,9 @@ def main() -> None:
     parser.add_argument("--rate-seconds", type=int, default=20)
     parser.add_argument("--at-held", default="400", help="the held step whose CPU and memory are compared")
     parser.add_argument("--at-rate", default="100", help="the calls/s step whose CPU is compared")
-    parser.add_argument("--sides", default="asterisk,softswitch", help="which sides to run, in this order")
+    parser.add_argument("--sides", default="asterisk,softswitch",
+                        help="which sides to run, in this order: asterisk, softswitch (SQLite store), "
+                             "softswitch-pg (store on a PostgreSQL server the bench starts)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each step per side, taken in turns")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -510,9 +549,9 @@ def main() -> None:
                 sides.append(peer)
             else:
                 print("asterisk: not built; run bench/asterisk/build.sh for the side-by-side table", flush=True)
-        elif name == "softswitch":
-            (work / "softswitch").mkdir()
-            sides.append(SoftswitchSide(work / "softswitch", args.workers, args.poll_ms))
+        elif name in ("softswitch", "softswitch-pg"):
+            (work / name).mkdir()
+            sides.append(SoftswitchSide(work / name, args.workers, args.poll_ms, postgres=name == "softswitch-pg"))
         else:
             raise SystemExit(f"unknown side {name!r}")
     print(HEADER, flush=True)
@@ -527,6 +566,10 @@ def main() -> None:
         print()
         print(side_by_side(results["softswitch"], results["asterisk"], args.at_held, f"{float(args.at_rate):g}",
                            idle_pss))
+    if "softswitch on PostgreSQL" in results and "softswitch" in results:
+        print()
+        print(side_by_side(results["softswitch on PostgreSQL"], results["softswitch"], args.at_held,
+                           f"{float(args.at_rate):g}", idle_pss, names=("on PostgreSQL", "on SQLite")))
     if not args.keep:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     else:

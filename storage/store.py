@@ -1,12 +1,15 @@
 """Storage layer: the case store for call records, cases and recordings, on SQLite or PostgreSQL."""
 
+import functools
 import hmac
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from softswitch.domain.cases import CASE_STATUSES, ID_STATUSES, arrival_status
 from softswitch.domain.tracking_code import new_tracking_code
@@ -103,6 +106,39 @@ def _recording_from_row(row: Row) -> Recording:
     )
 
 
+_T = TypeVar("_T")
+
+
+# Set while an observed operation runs in this task: the operations it calls are its own time.
+_observing: ContextVar[bool] = ContextVar("store_observing", default=False)
+
+
+def _observed(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    async def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        observe = self.observe
+        if observe is None or _observing.get():
+            return await method(self, *args, **kwargs)
+        token = _observing.set(True)
+        started = time.perf_counter()
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            observe(name, time.perf_counter() - started)
+            _observing.reset(token)
+    return timed
+
+
+def _timed(cls: type[_T]) -> type[_T]:
+    """Every public coroutine method of the class tells ``self.observe`` (when set) its name and how long
+    it took, failures included: the store's latency, by operation, for the metrics."""
+    for name, method in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(method):
+            setattr(cls, name, _observed(name, method))
+    return cls
+
+
+@_timed
 class Store:
     """Async access to one store database; obtain it from :func:`open_store`.
 
@@ -113,6 +149,8 @@ class Store:
     def __init__(self, db: Executor, protector: IdProtector) -> None:
         self._db = db
         self._protector = protector
+        # (operation, seconds) of each public call, when set (the control process's metrics).
+        self.observe: Callable[[str, float], None] | None = None
 
     async def _insert(self, sql: str, params: Sequence[Any]) -> int:
         return await self._db.insert(sql, params)

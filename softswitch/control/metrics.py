@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -169,6 +169,10 @@ class Metrics:
         self.copies = Counter("softswitch_recording_copies", "Copies of recordings to the shared directory, by "
                               "outcome (copied, failed, mismatch, damaged, lost, conflict)", ["outcome"],
                               registry=self.registry)
+        self.store_seconds = Histogram("softswitch_store_operation_seconds", "Case store operations by Store "
+                                       "method, failures included", ["operation"], registry=self.registry,
+                                       buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                                1.0, 2.5, 10.0))
         self.registry.register(_Live(read_live))
 
     def call_ended(self, disposition: str, ivr_path: Sequence[str]) -> None:
@@ -187,6 +191,9 @@ class Metrics:
         self.recorded_bytes.labels(kind).inc(size)
         if reason in _FAILED_RECORDING:
             self.recording_failures.labels(kind, reason).inc()
+
+    def store_operation(self, operation: str, seconds: float) -> None:
+        self.store_seconds.labels(operation).observe(seconds)
 
     def intake_filed(self, channel: str, duplicate: bool) -> None:
         self.intake.labels(channel, str(duplicate).lower()).inc()

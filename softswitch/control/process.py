@@ -206,6 +206,7 @@ class Softswitch:
         """The parts of the switch that work on the case store: the queue, the agents' desk, the flows' services."""
         cfg = self.config
         self.store = store
+        store.observe = self.metrics.store_operation
         self.acd = Acd(cfg.agents, cfg.queue)
         self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept)
         self.live = self._live_mode()

@@ -220,6 +220,8 @@ def test_metrics_move_as_a_call_does_and_carry_no_personal_data(softswitch: Runn
     assert moved("softswitch_recorded_bytes_total{kind=message}") == pytest.approx(
         44 + 16000 * message["duration_s"], rel=0.01)
     assert moved("softswitch_id_captures_total{result=verified,source=keypad,whose=caller}") == 1
+    assert moved("softswitch_store_operation_seconds_count{operation=add_call}") == 1
+    assert moved("softswitch_store_operation_seconds_count{operation=open_call_case}") == 1
     # The front's own counters: INVITE, ACK and BYE came in through it; it relayed the worker's 200s.
     assert moved("softswitch_front_received_total{kind=requests}") >= 3
     assert moved("softswitch_front_transactions_total{side=uas}") >= 2

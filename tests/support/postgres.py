@@ -80,6 +80,7 @@ class PostgresServer:
     """A running server; :meth:`start` and :meth:`stop` own its process."""
 
     directory: Path
+    durable: bool = False
     port: int = 0
     process: subprocess.Popen[str] | None = None
     log: list[str] = field(default_factory=list)
@@ -93,10 +94,13 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     @classmethod
-    def start(cls) -> PostgresServer:
+    def start(cls, *, durable: bool = False) -> PostgresServer:
+        """A new cluster in a temporary directory. ``durable``: fsync and full-page writes on, as a
+        deployment runs it (commits still asynchronous, the promise of the SQLite store's WAL with
+        synchronous=NORMAL: a crash may lose the last commits, never corrupt); off for tests' speed."""
         binaries = bindir()
         prefix, user = _as_unprivileged()
-        server = cls(Path(tempfile.mkdtemp(prefix="softswitch-pg-")))
+        server = cls(Path(tempfile.mkdtemp(prefix="softswitch-pg-")), durable=durable)
         if user is not None:
             os.chown(server.directory, user.pw_uid, user.pw_gid)
         subprocess.run([*prefix, str(binaries / "initdb"), "-D", str(server.data), "-U", "postgres",
@@ -116,8 +120,9 @@ class PostgresServer:
         self.port = port
         self.process = subprocess.Popen(
             [*prefix, str(binaries / "postgres"), "-D", str(self.data), "-p", str(port), "-k", str(self.directory),
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-             "-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "shared_buffers=32MB"],
+             "-c", "listen_addresses=127.0.0.1", "-c", f"fsync={'on' if self.durable else 'off'}",
+             "-c", "synchronous_commit=off", "-c", f"full_page_writes={'on' if self.durable else 'off'}",
+             "-c", "max_connections=200", "-c", "shared_buffers=32MB"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         settled = threading.Event()
         ready = threading.Event()

@@ -632,3 +632,18 @@ async def test_person_matches_subject_or_submitter_only(store: Store) -> None:
     assert not await store.person_matches(no_id.id, SUBJECT)
     with pytest.raises(NotFound):
         await store.person_matches(999, SUBJECT)
+
+
+async def test_each_public_operation_reports_its_time_to_the_observer_failures_included(store: Store) -> None:
+    seen: list[tuple[str, float]] = []
+    store.observe = lambda operation, seconds: seen.append((operation, seconds))
+    call_id = await _new_call(store)
+    await store.open_call_case(call_id, PersonId("0499370899", "keypad", "verified"))
+    with pytest.raises(NotFound):
+        await store.get_call(call_id + 1000)
+    # The outer call only: create_case and add_case_event inside open_call_case are its own time.
+    assert [operation for operation, _ in seen] == ["add_call", "open_call_case", "get_call"]
+    assert all(0 <= seconds < 10 for _, seconds in seen)
+    store.observe = None
+    await store.get_call(call_id)
+    assert len(seen) == 3
