@@ -211,7 +211,7 @@ class Softswitch:
         self.live = self._live_mode()
         # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.
         self.follow_up = FollowUp(StoreFollowUp(store), cfg.follow_up, FailureThrottle(
-            cfg.follow_up.max_failures, cfg.follow_up.failure_window_s,
+            store.counters, cfg.follow_up.max_failures, cfg.follow_up.failure_window_s,
             cdr_of=lambda channel: store.get_call(channel.call_id if isinstance(channel, ControlCall) else 0)))
 
     def _live_mode(self) -> Live | None:
