@@ -5,17 +5,17 @@ the case's status is told only to its subject or the person who raised it,
 recognised by the national ID confirmed at the start of the call (asked again
 here if it was not confirmed then). An unknown code and a code of someone
 else's case get the same answer, so nothing is disclosed; repeated wrong tries
-are throttled per calling number, per trunk source and per tracking code tried.
+are throttled per calling number, per trunk source and per tracking code tried,
+counted in the store so that every host sees them.
 The answer is played as the agency left it: a recorded answer as is, a written
 one as synthesised speech.
 """
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Awaitable, Callable
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,26 +60,41 @@ SOURCE_FAILURE_FACTOR = 10
 CASE_FAILURE_FACTOR = 3
 
 
+class FailureCounts(Protocol):
+    """Failures counted by key in sliding windows, shared by every host (storage.counters.WindowCounters)."""
+
+    async def counts(self, keys: Sequence[str], now: float) -> dict[str, int]: ...
+
+    async def attempt(self, keys: Sequence[str], *, now: float, window_s: float,
+                      refuse: Callable[[Mapping[str, int]], bool]) -> tuple[int, ...] | None: ...
+
+    async def forget(self, ids: Sequence[int]) -> None: ...
+
+
 class FailureThrottle:
-    """Wrong codes or IDs in a sliding window; in memory, shared by all calls.
+    """Wrong codes or IDs in a sliding window, counted in the store: shared by all calls of every host, and
+    kept across restarts.
 
     Counted per calling number, per trunk source and per tracking code tried. The From user
     is the caller's to choose (or to leave empty), so alone it bounds nothing: the source
     the call came from (its CDR's, as the control process saw it; ``cdr_of``) is counted
     too, an empty From user by its source only, and a case's code is counted whoever tries
-    it, so one case cannot be guessed at from many numbers and trunks.
+    it, so one case cannot be guessed at from many numbers and trunks. A try is counted as a
+    failure before its lookup and forgotten when it succeeds (``attempt``, ``succeeded``), so
+    calls at once, on any host, get no more tries than the limits allow.
     """
 
-    def __init__(self, max_failures: int, window_s: float, clock: Callable[[], float] = time.monotonic, *,
+    def __init__(self, counts: FailureCounts, max_failures: int, window_s: float,
+                 clock: Callable[[], float] = time.time, *,
                  cdr_of: Callable[[CallChannel], Awaitable[CallRecord]] | None = None,
                  source_max_failures: int | None = None) -> None:
+        self.counts = counts
         self.max_failures = max_failures
         self.source_max_failures = (max_failures * SOURCE_FAILURE_FACTOR if source_max_failures is None
                                     else source_max_failures)
         self.window_s = window_s
         self.clock = clock
         self.cdr_of = cdr_of
-        self._failures: dict[str, collections.deque[float]] = {}
 
     async def source(self, channel: CallChannel) -> str:
         """Where the call came from, or "" when that is not known."""
@@ -91,30 +106,32 @@ class FailureThrottle:
             log.warning("follow-up: the call's source is not known, counted without it: %s", exc)
             return ""
 
-    def _recent(self, key: str) -> collections.deque[float]:
-        times = self._failures.setdefault(key, collections.deque())
-        while times and self.clock() - times[0] > self.window_s:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-        return times
-
-    def _keys(self, number: str, source: str, code: str | None) -> list[tuple[str, int]]:
-        keys = [(f"number:{number}", self.max_failures)] if number else []
+    def _limits(self, number: str, source: str, code: str | None) -> dict[str, int]:
+        limits = {f"follow_up number {number}": self.max_failures} if number else {}
         if source:
-            keys.append((f"source:{source}", self.source_max_failures))
+            limits[f"follow_up source {source}"] = self.source_max_failures
         if code:
-            keys.append((f"case:{code}", self.max_failures * CASE_FAILURE_FACTOR))
-        return keys
+            limits[f"follow_up case {code}"] = self.max_failures * CASE_FAILURE_FACTOR
+        return limits
 
-    def blocked(self, number: str, source: str = "", code: str | None = None) -> bool:
-        """Whether the number, the source or the code has failed too often in the window."""
-        return any(len(self._recent(key)) >= limit for key, limit in self._keys(number, source, code))
+    async def blocked(self, number: str, source: str = "") -> bool:
+        """Whether the number or the source has failed too often in the window."""
+        limits = self._limits(number, source, None)
+        return _over(limits, await self.counts.counts(list(limits), self.clock()))
 
-    def failed(self, number: str, source: str = "", code: str | None = None) -> None:
-        now = self.clock()
-        for key, _ in self._keys(number, source, code):
-            self._failures.setdefault(key, collections.deque()).append(now)
+    async def attempt(self, number: str, source: str, code: str) -> tuple[int, ...] | None:
+        """A try of ``code``, counted as a failure of the number, the source and the code until it
+        ``succeeded``; None (nothing counted) when one of them has failed too often already."""
+        limits = self._limits(number, source, code)
+        return await self.counts.attempt(list(limits), now=self.clock(), window_s=self.window_s,
+                                         refuse=lambda counts: _over(limits, counts))
+
+    async def succeeded(self, counted: tuple[int, ...]) -> None:
+        await self.counts.forget(counted)
+
+
+def _over(limits: Mapping[str, int], counts: Mapping[str, int]) -> bool:
+    return any(counts.get(key, 0) >= limit for key, limit in limits.items())
 
 
 def status_prompts(prompts: Prompts, case: CaseStatus) -> list[Path]:
@@ -144,7 +161,7 @@ async def follow_up(channel: CallChannel, prompts: Prompts, cases: FollowUpCases
         await channel.play([prompts.path("follow_up_need_id")])
         return "no_id"
     source = await throttle.source(channel)
-    if throttle.blocked(caller_number, source):
+    if await throttle.blocked(caller_number, source):
         await channel.play([prompts.path("follow_up_blocked")])
         return "throttled"
     for _ in range(cfg.code_attempts):
@@ -156,7 +173,8 @@ async def follow_up(channel: CallChannel, prompts: Prompts, cases: FollowUpCases
         if not is_tracking_code(code):
             await channel.play([prompts.path("follow_up_code_invalid")])
             continue
-        if throttle.blocked(caller_number, source, code):
+        counted = await throttle.attempt(caller_number, source, code)
+        if counted is None:
             # This code has been tried too often (from anywhere): not even looked up, so a
             # case's ID cannot be guessed at call by call. Any code counts, known or not,
             # so being refused here says nothing of whether the case exists.
@@ -164,13 +182,13 @@ async def follow_up(channel: CallChannel, prompts: Prompts, cases: FollowUpCases
             return "throttled"
         case = await cases.status_for(code, national_id)
         if case is None:
-            # Unknown code or someone else's case: the same words either way.
-            throttle.failed(caller_number, source, code)
+            # Unknown code or someone else's case: the same words either way; the try stays counted.
             await channel.play([prompts.path("follow_up_not_found")])
-            if throttle.blocked(caller_number, source):
+            if await throttle.blocked(caller_number, source):
                 await channel.play([prompts.path("follow_up_blocked")])
                 return "throttled"
             continue
+        await throttle.succeeded(counted)
         await channel.play([*status_prompts(prompts, case)])
         return f"told:{case.status}"
     return "not_found"

@@ -1,4 +1,5 @@
-"""Measures the case store's create_case and intake throughput on SQLite and PostgreSQL (not a test).
+"""Measures the case store's create_case and intake throughput, and a console request's session check and a login
+attempt's throttle step, on SQLite and PostgreSQL (not a test).
 
 Usage: PYTHONPATH=. .venv/bin/python scripts/measure_store.py [--cases N] [--concurrency C] [--url URL]
 Without --url a throwaway PostgreSQL server is started (tests/support/postgres.py, fsync off: the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -46,10 +48,36 @@ async def _intake(store: Store, n: int) -> object:
                               agency="health", category=f"c{n}", summary="x", actor="measure", window_s=3600.0)
 
 
-async def measure(target: Path | str, count: int, concurrency: int) -> dict[str, float]:
+async def _latencies_ms(count: int, one: Callable[[int], Awaitable[object]]) -> dict[str, float]:
+    """Median and 99th percentile of ``count`` calls, one at a time, in milliseconds."""
+    times = []
+    for n in range(count):
+        started = time.perf_counter()
+        await one(n)
+        times.append((time.perf_counter() - started) * 1000)
+    return {"median_ms": round(statistics.median(times), 3),
+            "p99_ms": round(statistics.quantiles(times, n=100)[98], 3)}
+
+
+async def _web_state(store: Store, count: int) -> dict[str, dict[str, float]]:
+    """A request's session check among 1,000 live sessions (one read by the token's unique index), and a login
+    attempt's check-and-count of its three throttle keys (one transaction)."""
+    now, idle_s = time.time(), 8 * 3600.0
+    tokens = [(await store.sessions.open("agent_id", f"agent{n}", now=now, lifetime_s=12 * 3600.0,
+                                         idle_s=idle_s))[0] for n in range(1000)]
+    checks = await _latencies_ms(count, lambda n: store.sessions.find(tokens[n % len(tokens)], now=now + 1,
+                                                                      idle_s=idle_s))
+    attempts = await _latencies_ms(count, lambda n: store.counters.attempt(
+        [f"source 10.0.{n % 250}.1", f"pair id{n}", f"id id{n}"], now=now, window_s=300.0,
+        refuse=lambda counts: False))
+    return {"session_check": checks, "login_attempt": attempts}
+
+
+async def measure(target: Path | str, count: int, concurrency: int) -> dict[str, object]:
     async with open_store(target, PROTECTOR) as store:
-        return {name: await _rate(store, count, concurrency, one) for name, one in
-                (("create_case", _create), ("intake", _intake))}
+        rates: dict[str, object] = {name: await _rate(store, count, concurrency, one) for name, one in
+                                    (("create_case", _create), ("intake", _intake))}
+        return rates | await _web_state(store, count)
 
 
 def main() -> None:

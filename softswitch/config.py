@@ -98,6 +98,10 @@ class HttpConfig(_Section):
     tls_key_file: Path | None = None
     # Behind a reverse proxy that terminates TLS, the cookie must still be Secure: say so here.
     secure_cookies: bool = False
+    # A console or agency session ends after this long without a request, and in any case this long after
+    # its login (kept in the store: valid on every host and across restarts until then).
+    session_idle_s: float = Field(8 * 3600.0, ge=60)
+    session_lifetime_s: float = Field(12 * 3600.0, ge=60)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HttpConfig:

@@ -152,6 +152,54 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX calls_arrived_at ON calls (arrived_at)",
         ),
     ),
+    Migration(
+        version=5,
+        description="state shared by hosts and kept across restarts: web sessions, throttles, the ACD's day",
+        statements=(
+            # The cookie's random token is stored only as its SHA-256: a copy of the database opens no session.
+            """
+            CREATE TABLE web_sessions (
+                id           INTEGER PRIMARY KEY,
+                token_hash   TEXT    NOT NULL UNIQUE,
+                role         TEXT    NOT NULL,
+                login_id     TEXT    NOT NULL,
+                csrf         TEXT    NOT NULL,
+                created_at   REAL    NOT NULL,
+                last_seen_at REAL    NOT NULL,
+                expires_at   REAL    NOT NULL
+            )
+            """,
+            "CREATE INDEX web_sessions_user ON web_sessions (role, login_id)",
+            "CREATE INDEX web_sessions_expires_at ON web_sessions (expires_at)",
+            "CREATE INDEX web_sessions_last_seen_at ON web_sessions (last_seen_at)",
+            # One row per counted failure, under the SHA-256 of its key (a login id may be a mistyped
+            # password), alive until its window has passed.
+            """
+            CREATE TABLE throttle_hits (
+                id         INTEGER PRIMARY KEY,
+                key_hash   TEXT    NOT NULL,
+                expires_at REAL    NOT NULL
+            )
+            """,
+            "CREATE INDEX throttle_hits_key_hash ON throttle_hits (key_hash, expires_at)",
+            "CREATE INDEX throttle_hits_expires_at ON throttle_hits (expires_at)",
+            # What each host's ACD counted, as it counted it: replayed at start to rebuild the day.
+            """
+            CREATE TABLE acd_day_events (
+                id       INTEGER PRIMARY KEY,
+                host     TEXT    NOT NULL,
+                at       REAL    NOT NULL,
+                kind     TEXT    NOT NULL
+                    CHECK (kind IN ('offered', 'answered', 'left', 'handled', 'recorded')),
+                agent_id TEXT,
+                seconds  REAL,
+                reason   TEXT
+            )
+            """,
+            "CREATE INDEX acd_day_events_host_at ON acd_day_events (host, at)",
+            "CREATE INDEX acd_day_events_at ON acd_day_events (at)",
+        ),
+    ),
 ]
 
 

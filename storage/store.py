@@ -13,11 +13,14 @@ from typing import Any, TypeVar
 
 from softswitch.domain.cases import CASE_STATUSES, ID_STATUSES, arrival_status
 from softswitch.domain.tracking_code import new_tracking_code
+from storage.acd_days import AcdDayEvents
+from storage.counters import WindowCounters
 from storage.crypto import IdProtector
 from storage.engines import Executor, Row, open_engine
 from storage.errors import Conflict, ForeignKeyViolation, NotFound, StoreError, UniqueViolation
 from storage.migrations import migrate
 from storage.models import CallRecord, Case, CaseEvent, IntakeResult, PersonId, Recording
+from storage.web_sessions import WebSessions
 
 ID_SOURCES = frozenset({"keypad", "speech", "none"})
 # With 9 * 10^7 possible codes a collision is rare; several in a row means
@@ -151,6 +154,10 @@ class Store:
         self._protector = protector
         # (operation, seconds) of each public call, when set (the control process's metrics).
         self.observe: Callable[[str, float], None] | None = None
+        # State the hosts share and a restart keeps, in tables of their own.
+        self.sessions = WebSessions(db)
+        self.counters = WindowCounters(db)
+        self.acd_days = AcdDayEvents(db)
 
     async def _insert(self, sql: str, params: Sequence[Any]) -> int:
         return await self._db.insert(sql, params)

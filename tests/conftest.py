@@ -8,10 +8,27 @@ one by one. Without xdist the groups mean nothing.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
 
+from storage.crypto import IdProtector
+from storage.store import Store, open_store
 # The storage suites' databases: `store_database` is each test on SQLite, then on PostgreSQL.
 from tests.support.postgres import postgres_server, store_database  # noqa: F401
+
+
+def fixed_protector() -> IdProtector:
+    """A fixed ID key and pepper for tests."""
+    return IdProtector({"k1": bytes(range(32))}, "k1", b"p" * 32)
+
+
+@pytest.fixture
+async def web_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A real store (a SQLite file) for what the web pages keep there: sessions and login counts."""
+    async with open_store(tmp_path / "web-store.db", fixed_protector()) as store:
+        yield store
 
 # Modules that share a running softswitch or ports with another module.
 SHARED = {

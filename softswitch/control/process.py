@@ -32,6 +32,7 @@ from softswitch.control import sipfront
 from softswitch.control.admin import AdminError, serve_admin
 from softswitch.control.calls import ControlCall, WorkerLink
 from softswitch.control.capacity import WorkerPlan, plan_workers
+from softswitch.control.day_journal import DayJournal
 from softswitch.control.desk import ControlDesk
 from softswitch.control.metrics import Metrics, front_statistics
 from softswitch.control.recording_copy import RecordingCopier
@@ -161,6 +162,7 @@ class Softswitch:
         protector = IdProtector.from_key_file(cfg.under_data(cfg.security.id_key_file))
         async with open_store(cfg.store_target, protector) as store:
             self.use_store(store)
+            await self.day_journal.restore(self.acd)
             await self._close_orphaned_calls()
             if cfg.recordings_store.shared_dir is not None:
                 # Started before any call, with the orphans' tapes stored: what waits now is the backlog.
@@ -194,6 +196,7 @@ class Softswitch:
             await runner.cleanup()
             await self.desk.close()
             self.acd.close()
+            await self.day_journal.close()
             if self.copier is not None:
                 await self.copier.close()
 
@@ -207,12 +210,15 @@ class Softswitch:
         cfg = self.config
         self.store = store
         store.observe = self.metrics.store_operation
-        self.acd = Acd(cfg.agents, cfg.queue)
+        # The day's queue figures are this host's; the facts are kept so that a restart shows them again.
+        self.day_journal = DayJournal(store.acd_days, cfg.recordings_store.host_name)
+        self.day_journal.start()
+        self.acd = Acd(cfg.agents, cfg.queue, journal=self.day_journal.record)
         self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept)
         self.live = self._live_mode()
         # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.
         self.follow_up = FollowUp(StoreFollowUp(store), cfg.follow_up, FailureThrottle(
-            cfg.follow_up.max_failures, cfg.follow_up.failure_window_s,
+            store.counters, cfg.follow_up.max_failures, cfg.follow_up.failure_window_s,
             cdr_of=lambda channel: store.get_call(channel.call_id if isinstance(channel, ControlCall) else 0)))
 
     def _live_mode(self) -> Live | None:

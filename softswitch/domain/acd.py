@@ -26,7 +26,9 @@ Choices worth knowing:
   time agents have already spent on their current calls, and the head of the
   queue is estimated at 0 s.
 - The day's figures are counted by the local date (``tz``) of the moment a
-  thing happens and start again at local midnight.
+  thing happens and start again at local midnight. Each thing counted is a
+  ``DayFact`` handed to ``journal`` as it is counted; ``restore`` replays the
+  stored facts at start, so a restart mid-day shows the figures it had.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from collections.abc import Sequence
@@ -163,6 +165,17 @@ class _Agent:
     wrap_up: asyncio.TimerHandle | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DayFact:
+    """One thing the day's figures count, as it happened: what the ACD journals and a restart replays."""
+
+    kind: str  # offered | answered | left | handled | recorded
+    at: float  # wall time
+    agent_id: str | None = None  # answered, handled: the agent
+    seconds: float | None = None  # answered: the caller's wait; handled: the handling time
+    reason: str | None = None  # left: abandoned | to_message | another reason
+
+
 @dataclass
 class _Day:
     """The figures of one local day."""
@@ -179,6 +192,31 @@ class _Day:
     handle_total_s: float = 0.0
     per_hour: list[int] = field(default_factory=lambda: [0] * 24)
 
+    def count(self, fact: DayFact, hour: int, service_level_s: float) -> None:
+        """Add one fact; ``hour`` is the local hour it happened in."""
+        seconds = fact.seconds or 0.0
+        match fact.kind:
+            case "offered":
+                self.offered += 1
+                self.per_hour[hour] += 1
+            case "answered":
+                self.answered += 1
+                if seconds <= service_level_s:
+                    self.answered_in_time += 1
+            case "left" if fact.reason == "abandoned":
+                self.abandoned += 1
+            case "left" if fact.reason == "to_message":
+                self.to_message += 1
+            case "left":
+                self.left_other += 1
+            case "handled":
+                self.handled += 1
+                self.handle_total_s += seconds
+            case "recorded":
+                self.recorded += 1
+            case _:
+                raise ValueError(f"no day figure counts {fact.kind!r}")
+
 
 def mask_number(number: str) -> str:
     """Every character but the last four replaced by ``*``; four or fewer are hidden entirely."""
@@ -192,13 +230,15 @@ class Acd:
 
     def __init__(self, agents: AgentsSettings, queue: QueueSettings, *,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 tz: tzinfo = TEHRAN, dial_retry_s: float = 5.0) -> None:
+                 tz: tzinfo = TEHRAN, dial_retry_s: float = 5.0,
+                 journal: Callable[[DayFact], None] = lambda fact: None) -> None:
         self._agents_cfg = agents
         self._queue_cfg = queue
         self._clock = clock
         self._wall = wall
         self._tz = tz
         self._dial_retry_s = dial_retry_s
+        self._journal = journal
         now, now_wall = clock(), wall()
         self._agents: dict[str, _Agent] = {
             a.id: _Agent(AgentStatus(a.id, a.name, since_wall=now_wall, idle_since=now), since=now)
@@ -319,9 +359,7 @@ class Acd:
             raise ValueError(f"call {key!r} is already queued")
         entry = QueueEntry(key, caller_number, self._clock(), self._wall())
         self._queue.append(entry)
-        day = self._roll_day()
-        day.offered += 1
-        day.per_hour[self._local_time(entry.joined_wall).hour] += 1
+        self._count(DayFact("offered", entry.joined_wall))
         log.info("queue: joined at position %d", len(self._queue),
                  extra={"event": "queue_join", "position": len(self._queue)})
         self._publish_queue("joined", entry, position=len(self._queue))
@@ -386,11 +424,7 @@ class Acd:
         self._queue.remove(entry)
         entry.offered_to = None
         waited_s = self._clock() - entry.joined
-        day = self._roll_day()
-        day.answered += 1
-        if waited_s <= self._queue_cfg.service_level_s:
-            day.answered_in_time += 1
-        agent.status.answered_today += 1
+        self._count(DayFact("answered", self._wall(), agent_id=agent_id, seconds=waited_s))
         agent.connected_at = self._clock()
         self._set_state(agent, AgentState.ON_CALL, call_key=entry.key)
         log.info("queue: left for agent %s after %.1f s", agent_id, waited_s,
@@ -404,10 +438,7 @@ class Acd:
         if agent.status.state is not AgentState.ON_CALL:
             raise ValueError(f"agent {agent_id!r} is {agent.status.state.value}, not on a call")
         handled_s = max(0.0, self._clock() - agent.connected_at)
-        self._handle_times.append(handled_s)
-        day = self._roll_day()
-        day.handled += 1
-        day.handle_total_s += handled_s
+        self._count(DayFact("handled", self._wall(), agent_id=agent_id, seconds=handled_s))
         wrap_up_s = self._agents_cfg.wrap_up_s
         if agent.status.pause_requested is not None:
             self._set_state(agent, AgentState.PAUSED, pause_reason=agent.status.pause_requested)
@@ -429,14 +460,7 @@ class Acd:
             agent = self._agents[entry.offered_to]
             entry.offered_to = None
             self._release(agent)
-        day = self._roll_day()
-        match reason:
-            case "abandoned":
-                day.abandoned += 1
-            case "to_message":
-                day.to_message += 1
-            case _:
-                day.left_other += 1
+        self._count(DayFact("left", self._wall(), reason=reason))
         log.info("queue: left (%s) after %.1f s", reason, self._clock() - entry.joined,
                  extra={"event": "queue_leave", "reason": reason, "waited_s": self._clock() - entry.joined})
         self._publish_queue("left", entry, reason=reason)
@@ -444,8 +468,20 @@ class Acd:
 
     def count_recorded(self) -> None:
         """A recorded-message call was completed."""
-        self._roll_day().recorded += 1
+        self._count(DayFact("recorded", self._wall()))
         self._publish_today()
+
+    def restore(self, facts: Iterable[DayFact]) -> int:
+        """Today's figures (and the recent handling times) rebuilt from the facts counted before a restart;
+        facts of other days are left out. Call it before any call is queued. How many were today's."""
+        day = self._roll_day()
+        replayed = 0
+        for fact in facts:
+            if self._local_day(fact.at) == day.day:
+                self._apply(day, fact)
+                replayed += 1
+        self._publish_today()
+        return replayed
 
     # -- events and figures (the console) --------------------------------------
 
@@ -591,6 +627,19 @@ class Acd:
 
     def _local_day(self, wall: float) -> date:
         return self._local_time(wall).date()
+
+    def _count(self, fact: DayFact) -> None:
+        """Count a fact that has just happened, and hand it to the journal."""
+        self._apply(self._roll_day(), fact)
+        self._journal(fact)
+
+    def _apply(self, day: _Day, fact: DayFact) -> None:
+        day.count(fact, self._local_time(fact.at).hour, self._queue_cfg.service_level_s)
+        agent = self._agents.get(fact.agent_id or "")
+        if fact.kind == "answered" and agent is not None:
+            agent.status.answered_today += 1
+        if fact.kind == "handled":
+            self._handle_times.append(fact.seconds or 0.0)
 
     def _roll_day(self) -> _Day:
         """Today's figures, started afresh at local midnight."""

@@ -25,7 +25,6 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from aiohttp import BodyPartReader, web
-from aiohttp_session import Session
 
 from media.synth import (MAX_INPUT_CHANNELS, MAX_INPUT_RATE, MIN_INPUT_RATE, AudioTooLong, AudioUnsupported,
                          SynthesisError, Synthesizer, convert_to_telephone_wav)
@@ -36,10 +35,11 @@ from softswitch.domain.text import clean_text
 from softswitch.domain.tracking_code import is_tracking_code
 from softswitch.web.credentials import verify_password
 from softswitch.web.responses import SECURITY_HEADERS
-from softswitch.web.sessions import PAGE_ERRORS, STATIC_DIR, SessionPages, install_sessions, page_error
+from softswitch.web.sessions import PAGE_ERRORS, STATIC_DIR, SessionPages, page_error
 from storage.errors import NotFound
 from storage.models import Case, CaseEvent, Recording
 from storage.store import Store
+from storage.web_sessions import WebSession
 
 log = logging.getLogger("softswitch.agency")
 
@@ -172,10 +172,10 @@ class _AgencyPages(SessionPages):
 
     # -- who is asking ---------------------------------------------------------------
 
-    async def page_user(self, request: web.Request) -> tuple[_User, Session]:
+    async def page_user(self, request: web.Request) -> tuple[_User, WebSession]:
         login_id, session = await self.signed_in(request)
         found = None if login_id is None else self.find(login_id)
-        if found is None:
+        if found is None or session is None:
             raise self.not_signed_in(session)
         return found, session
 
@@ -183,12 +183,12 @@ class _AgencyPages(SessionPages):
         """The user behind a state-changing call, which carries the session's CSRF token like the console's."""
         login_id, session = await self.signed_in(request)
         found = None if login_id is None else self.find(login_id)
-        if found is None:
+        if found is None or session is None:
             raise page_error(web.HTTPUnauthorized, "not_logged_in")
         self.check_csrf(request, session)
         return found
 
-    async def own_case(self, user: _User, tracking_code: str, *, page: Session | None = None) -> Case:
+    async def own_case(self, user: _User, tracking_code: str, *, page: WebSession | None = None) -> Case:
         """The case if it is referred to this user's agency; else 404, the same as for no case at all
         (a Persian page when ``page`` holds the session of a page request, else JSON)."""
         case: Case | None = None
@@ -269,8 +269,8 @@ class _AgencyPages(SessionPages):
             "national_id_masked": persian_digits(case.national_id_masked or "—"),
         }
 
-    def page_context(self, user: _User, session: Session) -> dict[str, Any]:
-        return {"account": user, "csrf": session.get("csrf", ""), "today": self.today(), "messages": MESSAGES}
+    def page_context(self, user: _User, session: WebSession) -> dict[str, Any]:
+        return {"account": user, "csrf": session.csrf, "today": self.today(), "messages": MESSAGES}
 
     # -- pages -------------------------------------------------------------------------
 
@@ -466,10 +466,9 @@ async def _save_upload(part: BodyPartReader, path: Path) -> None:
             out.write(chunk)
 
 
-def add_agency_routes(app: web.Application, deps: AgencyDeps, *, secure_cookies: bool = False,
-                      timezone: str = "Asia/Tehran") -> None:
-    """Serve the agencies' page under /agency, on the session cookie the console uses."""
-    install_sessions(app, secure_cookies=secure_cookies)
+def add_agency_routes(app: web.Application, deps: AgencyDeps, *, timezone: str = "Asia/Tehran") -> None:
+    """Serve the agencies' page under /agency, on the session cookie the console uses (``install_sessions``
+    first)."""
     pages = _AgencyPages(deps, ZoneInfo(timezone))
     router = app.router
     code = r"{tracking_code:[0-9]{1,20}}"

@@ -17,6 +17,7 @@ from softswitch.config import Config
 from softswitch.web.agency import AgencyServices, add_agency_routes
 from softswitch.web.console import Desk, add_console_routes
 from softswitch.web.intake import add_intake_routes
+from softswitch.web.sessions import install_sessions
 from softswitch.web.responses import json_error
 from storage.errors import StorageFull, StoreDamaged, StoreUnavailable
 from storage.store import Store
@@ -57,12 +58,15 @@ def build_app(service: Service) -> web.Application:
     app.router.add_get("/api/health", health)
     app.router.add_get("/metrics", metrics)
     timezone = service.config.office_hours.timezone
-    secure = service.config.http.cookies_secure  # served over HTTPS, here or by a TLS-terminating proxy
-    add_console_routes(app, service.desk, timezone=timezone, secure_cookies=secure)
+    http = service.config.http
+    # Secure cookies when served over HTTPS, here or by a TLS-terminating proxy.
+    install_sessions(app, service.store, secure_cookies=http.cookies_secure, idle_s=http.session_idle_s,
+                     lifetime_s=http.session_lifetime_s)
+    add_console_routes(app, service.desk, timezone=timezone)
     add_intake_routes(app, service.store, service.config, service.intake_filed)
     add_agency_routes(app, AgencyServices(service.store, service.config.agencies, service.synthesizer,
                                           service.config.under_data(Path("answers"))),
-                      timezone=timezone, secure_cookies=secure)
+                      timezone=timezone)
     return app
 
 

@@ -21,7 +21,6 @@ from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from aiohttp_session import Session
 
 from softswitch.config import Agency, AgentAccount
 from softswitch.domain.acd import Acd
@@ -29,7 +28,8 @@ from softswitch.domain.cases import STATUS_LABELS, FiledCase
 from softswitch.domain.persian import jalali_datetime, normalize_digits
 from softswitch.domain.tracking_code import is_tracking_code
 from softswitch.web.responses import json_error
-from softswitch.web.sessions import PAGE_ERRORS, STATIC_DIR, SessionPages, install_sessions, page_error
+from softswitch.web.sessions import PAGE_ERRORS, STATIC_DIR, SessionPages, page_error
+from storage.web_sessions import WebSession
 
 log = logging.getLogger("softswitch.console")
 
@@ -177,19 +177,19 @@ class _Console(SessionPages):
         with contextlib.suppress(KeyError, ValueError):
             self.desk.acd.logout(login_id)
 
-    async def account(self, request: web.Request) -> tuple[AgentAccount | None, Session]:
+    async def account(self, request: web.Request) -> tuple[AgentAccount | None, WebSession | None]:
         agent_id, session = await self.signed_in(request)
         return (None if agent_id is None else self.desk.agent_account(agent_id)), session
 
-    async def page_account(self, request: web.Request) -> tuple[AgentAccount, Session]:
+    async def page_account(self, request: web.Request) -> tuple[AgentAccount, WebSession]:
         account, session = await self.account(request)
-        if account is None:
+        if account is None or session is None:
             raise self.not_signed_in(session)
         return account, session
 
     async def api_account(self, request: web.Request, *, writes: bool) -> AgentAccount:
         account, session = await self.account(request)
-        if account is None:
+        if account is None or session is None:
             raise page_error(web.HTTPUnauthorized, "not_logged_in", ERRORS)
         if writes:
             self.check_csrf(request, session)
@@ -240,8 +240,8 @@ class _Console(SessionPages):
         local = datetime.fromtimestamp(wall if isinstance(wall, (int, float)) else time.time(), self.tz)
         return {**snapshot, "local_hour": local.hour}
 
-    def page_context(self, account: AgentAccount, session: Session) -> dict[str, Any]:
-        return {"account": account, "csrf": session.get("csrf", ""), "today": self.today()}
+    def page_context(self, account: AgentAccount, session: WebSession) -> dict[str, Any]:
+        return {"account": account, "csrf": session.csrf, "today": self.today()}
 
     # -- the agent's page ------------------------------------------------------------
 
@@ -268,7 +268,7 @@ class _Console(SessionPages):
                 except TimeoutError:
                     event = None
                 # A logout in any browser, or the max age, ends the stream too: no screen-pop after it.
-                if not live():
+                if not await live():
                     break
                 if event is None:
                     await response.write(b": heartbeat\n\n")
@@ -423,7 +423,7 @@ class _Console(SessionPages):
         response = await self.open_stream(request)
         events = acd.subscribe()
         try:
-            while live():  # a logout in any browser, or the max age, ends the stream too
+            while await live():  # a logout in any browser, or the max age, ends the stream too
                 await self.send(response, {"type": "snapshot", "snapshot": self.snapshot_view()})
                 # Every event, or the heartbeat, brings a fresh snapshot; a burst brings one.
                 with contextlib.suppress(TimeoutError):
@@ -466,10 +466,10 @@ class _Console(SessionPages):
             task.cancel()
 
 
-def add_console_routes(app: web.Application, desk: Desk, *, secure_cookies: bool = False,
-                       timezone: str = "Asia/Tehran", heartbeat_s: float = 15.0) -> None:
-    """Serve the agents' console under /console and the supervisor view under /supervisor."""
-    install_sessions(app, secure_cookies=secure_cookies)
+def add_console_routes(app: web.Application, desk: Desk, *, timezone: str = "Asia/Tehran",
+                       heartbeat_s: float = 15.0) -> None:
+    """Serve the agents' console under /console and the supervisor view under /supervisor (``install_sessions``
+    first)."""
     console = _Console(desk, ZoneInfo(timezone), heartbeat_s)
     app.on_shutdown.append(console.close_streams)
     router = app.router

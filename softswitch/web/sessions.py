@@ -1,30 +1,30 @@
 """What every page behind a login shares: the session cookie, login and its throttle, CSRF, Persian errors.
 
-Sessions are aiohttp-session cookies encrypted with a key made at start-up
-(a restart logs everyone out), SameSite=Strict, HttpOnly, and Secure when the
-pages are served over HTTPS (``http.tls_cert_file`` or ``http.secure_cookies``).
-The cookie names a random session id that must be live in the application's
-``SessionRegistry``: a logout ends the user's sessions everywhere (event
-streams included), and a saved cookie is worth nothing after it. Login
-attempts are throttled per source and per (login id, source)
-(``LoginThrottle``). State-changing JSON calls also carry the session's CSRF
-token in the ``X-CSRF-Token`` header. One cookie holds one role
-(``ROLE_HOMES``): the agents' console and the agency page are two subclasses
-of ``SessionPages``.
+Sessions live in the store (``storage.web_sessions``), so a session opened on
+one host works on every other and across restarts: the cookie holds only a
+random token (SameSite=Strict, HttpOnly, Secure when the pages are served over
+HTTPS: ``http.tls_cert_file`` or ``http.secure_cookies``), the store its hash,
+the user, the role and the session's CSRF secret. A session ends after
+``http.session_idle_s`` without a request and ``http.session_lifetime_s``
+after its login; a logout ends all of that user's sessions on every host, and
+their open event streams at their next event or heartbeat. Login attempts are
+throttled per source and per (login id, source) (``LoginThrottle``), counted in
+the store too. State-changing JSON calls carry the session's CSRF token in the
+``X-CSRF-Token`` header; the login form's own token is checked against a
+cookie of its own. One cookie holds one role (``ROLE_HOMES``): the agents'
+console and the agency page are two subclasses of ``SessionPages``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,12 @@ from zoneinfo import ZoneInfo
 import jdatetime
 import jinja2
 from aiohttp import web
-from aiohttp_session import Session, get_session, new_session, session_middleware
-from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 from softswitch.domain.persian import persian_digits
 from softswitch.web.responses import SECURITY_HEADERS, json_error
+from storage.counters import WindowCounters
+from storage.store import Store
+from storage.web_sessions import WebSession, WebSessions
 
 log = logging.getLogger("softswitch.web")
 
@@ -45,12 +46,13 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 SESSION_COOKIE = "softswitch_console"
-SESSIONS_INSTALLED = web.AppKey("sessions_installed", bool)
-# The session key under which each role keeps who is logged in, and that role's home page. One key
-# per role keeps the roles apart on the one cookie: an agent's session opens nothing of the agency
+LOGIN_COOKIE = "softswitch_login"  # the login form's token, before there is a session
+LOGIN_FORM_MAX_AGE_S = 3600.0
+# The role each session holds, and that role's home page: an agent's session opens nothing of the agency
 # page, an agency user's session nothing of the console.
 ROLE_HOMES = {"agent_id": "/console", "agency_user": "/agency"}
-SESSION_MAX_AGE_S = 12 * 3600  # one shift; the cookie cannot be replayed after that
+SESSION_IDLE_S = 8 * 3600.0
+SESSION_LIFETIME_S = 12 * 3600.0  # one shift; the cookie cannot be replayed after that
 CSRF_HEADER = "X-CSRF-Token"
 LOGIN_FAILURES_ALLOWED = 5  # per (login id, source) in the window
 LOGIN_FAILURES_PER_SOURCE = 30  # per source, at any ids: a whole office may be one address behind NAT
@@ -88,20 +90,18 @@ def jalali_date_text(ts: float, tz: ZoneInfo) -> str:
 
 class LoginAttempt:
     """One login attempt, counted as a failure from the moment it starts (``LoginThrottle.begin``) until the
-    password check says otherwise: concurrent attempts cannot get past the limit while scrypt runs."""
+    password check says otherwise: concurrent attempts, on any host, cannot get past the limit while scrypt runs."""
 
-    def __init__(self, throttle: LoginThrottle, keys: tuple[tuple[str, ...], ...], at: float) -> None:
+    def __init__(self, throttle: LoginThrottle, pair_key: str, counted: tuple[int, ...]) -> None:
         self._throttle = throttle
-        self._keys = keys
-        self._at = at
+        self._pair_key = pair_key
+        self._counted = counted
 
-    def succeeded(self) -> None:
+    async def succeeded(self) -> None:
         """The right password: this attempt and the earlier failures of this id from this source are forgotten
         (not the source's failures at other ids, which a source holding one account could otherwise reset)."""
-        self._throttle._forget(self._keys, self._at)
-
-    def failed(self) -> None:
-        """Nothing to do: the attempt was counted as a failure when it began."""
+        await self._throttle.counters.forget(self._counted)
+        await self._throttle.counters.clear(self._pair_key)
 
 
 class LoginThrottle:
@@ -113,126 +113,118 @@ class LoginThrottle:
     capped by ``per_id``: past it, every source that has already failed at that id is blocked for it, so each
     fresh source gets one guess while a source that has not failed keeps logging in. An attempt counts from
     the moment it starts (``begin``), before the awaited password check. Ids are compared case-insensitively.
-    The counts are in memory, per process (a restart or a second host starts afresh: issue 13).
+    The counts are in the store (``storage.counters``), shared by every host and kept across restarts;
+    ``scope`` keeps the console's apart from the agency page's.
     """
 
-    MAX_TRACKED_KEYS = 20_000
-
-    def __init__(self, per_id_source: int = LOGIN_FAILURES_ALLOWED, window_s: float = LOGIN_WINDOW_S, *,
-                 per_source: int = LOGIN_FAILURES_PER_SOURCE, per_id: int = LOGIN_FAILURES_PER_ID) -> None:
+    def __init__(self, counters: WindowCounters, scope: str, per_id_source: int = LOGIN_FAILURES_ALLOWED,
+                 window_s: float = LOGIN_WINDOW_S, *, per_source: int = LOGIN_FAILURES_PER_SOURCE,
+                 per_id: int = LOGIN_FAILURES_PER_ID) -> None:
+        self.counters = counters
+        self.scope = scope
         self.per_id_source = per_id_source
         self.per_source = per_source
         self.per_id = per_id
         self.window_s = window_s
-        self._failures: dict[tuple[str, ...], deque[float]] = {}
 
-    def _count(self, key: tuple[str, ...], now: float) -> int:
-        failures = self._failures.get(key)
-        if failures is None:
-            return 0
-        while failures and now - failures[0] > self.window_s:
-            failures.popleft()
-        return len(failures)
-
-    def blocked(self, login_id: str, source: str, now: float) -> bool:
+    def _keys(self, login_id: str, source: str) -> tuple[str, str, str]:
+        """(the source's, the pair's, the id's) counter keys."""
         login_id = login_id.casefold()
-        pair = self._count(("pair", login_id, source), now)
-        return (self._count(("source", source), now) >= self.per_source or pair >= self.per_id_source
-                or (pair > 0 and self._count(("id", login_id), now) >= self.per_id))
+        return (f"login {self.scope} source {source}", f"login {self.scope} pair {login_id}\0{source}",
+                f"login {self.scope} id {login_id}")
 
-    def begin(self, login_id: str, source: str, now: float) -> LoginAttempt | None:
-        """None if the attempt is refused; else the attempt, already counted as a failure. Synchronous (no
-        await between the check and the count), so concurrent attempts see each other."""
-        if self.blocked(login_id, source, now):
-            return None
-        login_id = login_id.casefold()
-        keys = (("source", source), ("pair", login_id, source), ("id", login_id))
-        if len(self._failures) + len(keys) > self.MAX_TRACKED_KEYS:
-            self._prune(now)
-        for key in keys:
-            # An id's count from all sources is only ever compared with per_id: keep no more than that.
-            self._failures.setdefault(key, deque(maxlen=self.per_id if key[0] == "id" else None)).append(now)
-        return LoginAttempt(self, keys, now)
+    def _refused(self, keys: tuple[str, str, str], counts: Mapping[str, int]) -> bool:
+        by_source, pair, by_id = (counts.get(key, 0) for key in keys)
+        return by_source >= self.per_source or pair >= self.per_id_source or (pair > 0 and by_id >= self.per_id)
 
-    def _forget(self, keys: tuple[tuple[str, ...], ...], at: float) -> None:
-        for key in keys:
-            failures = self._failures.get(key)
-            if failures is None:
-                continue
-            if key[0] == "pair":
-                del self._failures[key]
-            else:
-                with contextlib.suppress(ValueError):
-                    failures.remove(at)
+    async def blocked(self, login_id: str, source: str, now: float) -> bool:
+        keys = self._keys(login_id, source)
+        return self._refused(keys, await self.counters.counts(keys, now))
 
-    def _prune(self, now: float) -> None:
-        """Bound the memory a spray of made-up ids or sources can take: expired counts go first; if that is
-        not enough, the oldest half (a flood of fresh keys then costs the oldest counts, never a lock-out)."""
-        self._failures = {key: failures for key, failures in self._failures.items()
-                          if failures and now - failures[-1] <= self.window_s}
-        if len(self._failures) > self.MAX_TRACKED_KEYS // 2:
-            keys = sorted(self._failures, key=lambda key: self._failures[key][-1])
-            for key in keys[:len(keys) // 2]:
-                del self._failures[key]
+    async def begin(self, login_id: str, source: str, now: float) -> LoginAttempt | None:
+        """None if the attempt is refused; else the attempt, already counted as a failure. The check and the
+        count are one step in the store, so concurrent attempts on every host see each other."""
+        keys = self._keys(login_id, source)
+        counted = await self.counters.attempt(keys, now=now, window_s=self.window_s,
+                                              refuse=lambda counts: self._refused(keys, counts))
+        return None if counted is None else LoginAttempt(self, keys[1], counted)
 
 
 # -- server-side sessions --------------------------------------------------------
 
 
-class SessionRegistry:
-    """The live sessions of one application, by role and login id: the cookie only names a random session id,
-    and a session id that is not here is not signed in. So a cookie saved before a logout, or older than
-    ``max_age_s``, opens nothing even though it still decrypts; a logout ends all of that user's sessions, in
-    every browser. In memory, per process: a restart ends every session (as the new cookie key does anyway),
-    and two hosts behind one name would not share them (state across hosts is issue 13)."""
+@dataclass(frozen=True)
+class SessionState:
+    """Where the sessions and the login counts are (the store), and how long a session lasts."""
 
-    MAX_PER_USER = 20  # a user who never logs out keeps the newest this many
+    sessions: WebSessions
+    counters: WindowCounters
+    idle_s: float = SESSION_IDLE_S
+    lifetime_s: float = SESSION_LIFETIME_S
+    secure_cookies: bool = False
 
-    def __init__(self, max_age_s: float = SESSION_MAX_AGE_S) -> None:
-        self.max_age_s = max_age_s
-        self._live: dict[tuple[str, str], dict[str, float]] = {}  # (role key, login id) -> sid -> opened at
-
-    def open(self, role_key: str, login_id: str, now: float) -> str:
-        sessions = self._live.setdefault((role_key, login_id), {})
-        for sid, opened in list(sessions.items()):
-            if now - opened > self.max_age_s:
-                del sessions[sid]
-        while len(sessions) >= self.MAX_PER_USER:
-            del sessions[next(iter(sessions))]  # the oldest: dicts keep insertion order
-        sid = secrets.token_urlsafe(32)
-        sessions[sid] = now
-        return sid
-
-    def live(self, role_key: str, login_id: str, sid: object, now: float) -> bool:
-        sessions = self._live.get((role_key, login_id))
-        if sessions is None or not isinstance(sid, str):
-            return False
-        opened = sessions.get(sid)
-        if opened is None:
-            return False
-        if now - opened > self.max_age_s:
-            del sessions[sid]
-            return False
-        return True
-
-    def end_all(self, role_key: str, login_id: str) -> int:
-        """End every session of this user; how many there were."""
-        return len(self._live.pop((role_key, login_id), {}))
+    def set_cookie(self, response: web.StreamResponse, name: str, value: str, max_age_s: float) -> None:
+        response.set_cookie(name, value, max_age=int(max_age_s), httponly=True, samesite="Strict",
+                            secure=self.secure_cookies, path="/")
 
 
-SESSION_REGISTRY = web.AppKey("session_registry", SessionRegistry)
+SESSION_STATE = web.AppKey("session_state", SessionState)
+# Set on a request whose cookie named a session that has ended: the answer deletes the cookie.
+_ENDED = web.RequestKey("session_ended", bool)
 
 
-def install_sessions(app: web.Application, *, secure_cookies: bool = False) -> None:
-    """The one encrypted session cookie of the console and the agency page; installed once per application."""
-    if app.get(SESSIONS_INSTALLED):
-        return
-    storage = EncryptedCookieStorage(
-        os.urandom(32), cookie_name=SESSION_COOKIE, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="Strict",
-        secure=secure_cookies, path="/")
-    app.middlewares.append(session_middleware(storage))
-    app[SESSION_REGISTRY] = SessionRegistry()
-    app[SESSIONS_INSTALLED] = True
+@dataclass(frozen=True)
+class _Lookup:
+    session: WebSession | None
+
+
+_FOUND = web.RequestKey("session", _Lookup)
+
+
+def install_sessions(app: web.Application, store: Store, *, secure_cookies: bool = False,
+                     idle_s: float = SESSION_IDLE_S, lifetime_s: float = SESSION_LIFETIME_S) -> None:
+    """The sessions of the console and the agency page, in ``store``; install once, before their routes."""
+    if SESSION_STATE in app:
+        raise RuntimeError("sessions are installed already")
+    app[SESSION_STATE] = SessionState(store.sessions, store.counters, idle_s, lifetime_s, secure_cookies)
+    app.middlewares.append(_drop_ended_cookie)
+
+
+@web.middleware
+async def _drop_ended_cookie(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                             ) -> web.StreamResponse:
+    """A cookie whose session has ended (a logout anywhere, idle, lifetime) is deleted by the answer."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if request.get(_ENDED) and not exc.prepared:
+            exc.del_cookie(SESSION_COOKIE, path="/")
+        raise
+    if request.get(_ENDED) and not response.prepared:
+        response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+def session_state(request: web.Request) -> SessionState:
+    try:
+        return request.app[SESSION_STATE]
+    except KeyError:
+        raise RuntimeError("install_sessions(app, store) must come before the console's or agency's routes") from None
+
+
+async def current_session(request: web.Request) -> WebSession | None:
+    """The live session the request's cookie names, read once per request (one indexed read)."""
+    if _FOUND in request:
+        return request[_FOUND].session
+    token = request.cookies.get(SESSION_COOKIE)
+    session = None
+    if token:
+        state = session_state(request)
+        session = await state.sessions.find(token, now=time.time(), idle_s=state.idle_s)
+        if session is None:
+            request[_ENDED] = True
+    request[_FOUND] = _Lookup(session)
+    return session
 
 
 class SessionPages:
@@ -251,7 +243,6 @@ class SessionPages:
 
     def __init__(self, tz: ZoneInfo) -> None:
         self.tz = tz
-        self.throttle = LoginThrottle()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=jinja2.select_autoescape(["html"]),
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -288,43 +279,39 @@ class SessionPages:
     def today(self) -> str:
         return jalali_date_text(time.time(), self.tz)
 
-    async def signed_in(self, request: web.Request) -> tuple[str | None, Session]:
-        """The login id this role keeps in the session, if any and still live. A session that has ended (a
-        logout anywhere, max age, a restart) is emptied, whichever role it held, so the cookie is cleared too."""
-        session = await get_session(request)
-        registry = request.app[SESSION_REGISTRY]
-        now = time.monotonic()
-        for key in ROLE_HOMES:
-            login_id = session.get(key)
-            if login_id is not None and not (isinstance(login_id, str)
-                                             and registry.live(key, login_id, session.get("sid"), now)):
-                session.clear()
-                break
-        login_id = session.get(self.session_key)
-        return (login_id if isinstance(login_id, str) else None), session
+    def throttle(self, request: web.Request) -> LoginThrottle:
+        """This role's login throttle, on the store's counts."""
+        return LoginThrottle(session_state(request).counters, self.session_key)
 
-    async def live_check(self, request: web.Request) -> Callable[[], bool]:
-        """For a response that lasts (an event stream): whether the session it was opened on is still live,
-        asked as it goes. It does not touch the session: an already sent response cannot carry a new cookie."""
-        session = await get_session(request)
-        login_id, sid = session.get(self.session_key), session.get("sid")
-        registry = request.app[SESSION_REGISTRY]
-        return lambda: isinstance(login_id, str) and registry.live(self.session_key, login_id, sid, time.monotonic())
+    async def signed_in(self, request: web.Request) -> tuple[str | None, WebSession | None]:
+        """The login id of this role's live session, if the cookie names one; and the live session, whatever
+        its role. A cookie whose session has ended (a logout anywhere, idle, lifetime) is deleted."""
+        session = await current_session(request)
+        return (session.login_id if session is not None and session.role == self.session_key else None), session
 
-    def not_signed_in(self, session: Session) -> web.HTTPSeeOther:
-        """Where a page sends a visitor who is not logged in as this role: the home page of the role the
-        session does hold (live: ``signed_in`` empties an ended one), else this role's login form."""
-        for key, home in ROLE_HOMES.items():
-            if key != self.session_key and isinstance(session.get(key), str):
-                return web.HTTPSeeOther(home)
+    async def live_check(self, request: web.Request) -> Callable[[], Awaitable[bool]]:
+        """For a response that lasts (an event stream): whether the session it was opened on is still live, asked
+        of the store as it goes, so a logout on any host ends the stream at its next event or heartbeat."""
+        token = request.cookies.get(SESSION_COOKIE, "")
+        state = session_state(request)
+
+        async def live() -> bool:
+            session = await state.sessions.find(token, now=time.time(), idle_s=state.idle_s)
+            return session is not None and session.role == self.session_key
+        return live
+
+    def not_signed_in(self, session: WebSession | None) -> web.HTTPSeeOther:
+        """Where a page sends a visitor who is not logged in as this role: the home page of the role their
+        live session holds, else this role's login form."""
+        if session is not None and session.role != self.session_key and session.role in ROLE_HOMES:
+            return web.HTTPSeeOther(ROLE_HOMES[session.role])
         return web.HTTPSeeOther(self.login_path)
 
     @staticmethod
-    def check_csrf(request: web.Request, session: Session) -> None:
+    def check_csrf(request: web.Request, session: WebSession) -> None:
         """State-changing calls carry the session's CSRF token in a header that a cross-site form cannot set."""
         token = request.headers.get(CSRF_HEADER, "")
-        expected = session.get("csrf")
-        if not isinstance(expected, str) or not hmac.compare_digest(token, expected):
+        if not hmac.compare_digest(token, session.csrf):
             raise page_error(web.HTTPForbidden, "csrf")
 
     @staticmethod
@@ -357,49 +344,53 @@ class SessionPages:
     # -- login -----------------------------------------------------------------------
 
     async def login_page(self, request: web.Request) -> web.Response:
-        login_id, session = await self.signed_in(request)
+        login_id, _ = await self.signed_in(request)
         if login_id is not None and self.known(login_id):
             raise web.HTTPSeeOther(self.landing(login_id))
-        return self.login_form(session)
+        return self.login_form(request)
 
-    def login_form(self, session: Session, status: int = 200, error: str | None = None,
+    def login_form(self, request: web.Request, status: int = 200, error: str | None = None,
                    login_id: str = "") -> web.Response:
+        """The form, with a fresh token both in it and in a cookie of its own (checked against each other: a
+        cross-site form has neither, and any host can check them)."""
         token = secrets.token_urlsafe(32)
-        session["login_csrf"] = token
-        return self.render(self.login_template, status=status, csrf=token, error=error,
-                           **self.login_fields(login_id))
+        response = self.render(self.login_template, status=status, csrf=token, error=error,
+                               **self.login_fields(login_id))
+        session_state(request).set_cookie(response, LOGIN_COOKIE, token, LOGIN_FORM_MAX_AGE_S)
+        return response
 
     async def login(self, request: web.Request) -> web.Response:
-        session = await get_session(request)
         form = await request.post()
         login_id = self.login_id(form)
         password = str(form.get("password", ""))[:256]
-        expected = session.get("login_csrf")
-        if not isinstance(expected, str) or not hmac.compare_digest(str(form.get("csrf", "")), expected):
-            return self.login_form(session, 400, PAGE_ERRORS["login_expired"], login_id)
-        now = time.monotonic()
+        expected = request.cookies.get(LOGIN_COOKIE, "")
+        if not expected or not hmac.compare_digest(str(form.get("csrf", "")), expected):
+            return self.login_form(request, 400, PAGE_ERRORS["login_expired"], login_id)
+        state = session_state(request)
+        now = time.time()
         source = self.source(request)
         # Only known ids are logged (people type passwords into the id field too); never a password.
         shown = repr(login_id) if self.known(login_id) else "an unknown id"
         # Counted before the awaited password check, in the same step as the check of the limit: concurrent
-        # attempts each see the others, so no more than the limit are ever tried.
-        attempt = self.throttle.begin(login_id, source, now)
+        # attempts on every host each see the others, so no more than the limit are ever tried.
+        attempt = await self.throttle(request).begin(login_id, source, now)
         if attempt is None:
             log.warning("%s login throttled for %s from %s", self.role, shown, source)
-            return self.login_form(session, 429, PAGE_ERRORS["login_throttled"], login_id)
+            return self.login_form(request, 429, PAGE_ERRORS["login_throttled"], login_id)
         # scrypt takes tens of milliseconds: keep it off the event loop.
         verified = bool(login_id) and await asyncio.to_thread(self.verify, login_id, password)
         if not verified:
-            attempt.failed()
             log.info("%s login failed for %s from %s", self.role, shown, source)
-            return self.login_form(session, 401, PAGE_ERRORS["login_failed"], login_id)
-        attempt.succeeded()
-        session = await new_session(request)  # a fresh session: no fixation of a pre-login cookie
-        session[self.session_key] = login_id
-        session["sid"] = request.app[SESSION_REGISTRY].open(self.session_key, login_id, now)
-        session["csrf"] = secrets.token_urlsafe(32)
+            return self.login_form(request, 401, PAGE_ERRORS["login_failed"], login_id)
+        await attempt.succeeded()
+        # A fresh session whatever the cookie held before: no fixation.
+        token, _ = await state.sessions.open(self.session_key, login_id, now=now, lifetime_s=state.lifetime_s,
+                                             idle_s=state.idle_s)
         log.info("%s login: %s from %s", self.role, login_id, source)
-        raise web.HTTPSeeOther(self.landing(login_id))
+        redirect = web.HTTPSeeOther(self.landing(login_id))
+        state.set_cookie(redirect, SESSION_COOKIE, token, state.lifetime_s)
+        redirect.del_cookie(LOGIN_COOKIE, path="/")
+        raise redirect
 
     @staticmethod
     def source(request: web.Request) -> str:
@@ -411,12 +402,12 @@ class SessionPages:
     async def logout(self, request: web.Request) -> web.Response:
         login_id, session = await self.signed_in(request)
         form = await request.post()
-        expected = session.get("csrf")
-        if login_id is not None and isinstance(expected, str) and hmac.compare_digest(str(form.get("csrf", "")),
-                                                                                     expected):
+        redirect = web.HTTPSeeOther(self.login_path)
+        if login_id is not None and session is not None and hmac.compare_digest(str(form.get("csrf", "")),
+                                                                                session.csrf):
             await self.logged_out(login_id)
-            # Every session of this user ends, in every browser: a cookie copied before now opens nothing.
-            ended = request.app[SESSION_REGISTRY].end_all(self.session_key, login_id)
+            # Every session of this user ends, in every browser and on every host: a copied cookie opens nothing.
+            ended = await session_state(request).sessions.end_all(self.session_key, login_id)
             log.info("%s logout: %s (%d sessions ended)", self.role, login_id, ended)
-            session.invalidate()
-        raise web.HTTPSeeOther(self.login_path)
+            redirect.del_cookie(SESSION_COOKIE, path="/")
+        raise redirect

@@ -8,8 +8,11 @@ queues belong to it) and waits for the result with a timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -17,6 +20,9 @@ from aiohttp import web
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from softswitch.web.console import add_console_routes
+from softswitch.web.sessions import install_sessions
+from storage.store import open_store
+from tests.conftest import fixed_protector
 from tests.browser.driver import CHROMEDRIVER, CHROMIUM, start_chromium
 from tests.fakes.desk import FakeDesk, fake_account
 
@@ -36,6 +42,8 @@ class ConsoleServer:
         self.thread = threading.Thread(target=self.loop.run_forever, name="console-server", daemon=True)
         self.runner: web.AppRunner | None = None
         self.base_url = ""
+        self.sessions_dir = tempfile.TemporaryDirectory(prefix="console-sessions-")
+        self.sessions_exit = contextlib.AsyncExitStack()
 
     def start(self) -> ConsoleServer:
         self.thread.start()
@@ -44,6 +52,10 @@ class ConsoleServer:
 
     async def _start(self) -> None:
         app = web.Application()
+        # The sessions in a real store of their own.
+        store = await self.sessions_exit.enter_async_context(
+            open_store(Path(self.sessions_dir.name) / "store.db", fixed_protector()))
+        install_sessions(app, store)
         add_console_routes(app, self.desk, heartbeat_s=2.0)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self.runner.setup()
@@ -69,12 +81,14 @@ class ConsoleServer:
             if self.runner is not None:
                 await self.runner.cleanup()
             await self.desk.close()
+            await self.sessions_exit.aclose()
         try:
             self.run(stop)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
             self.loop.close()
+            self.sessions_dir.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from softswitch.config import Agency, AgencyUser
 from softswitch.domain.persian import persian_digits
 from softswitch.web.agency import AgencyServices, add_agency_routes
 from softswitch.web.console import add_console_routes
+from softswitch.web.sessions import install_sessions
 from softswitch.web.credentials import hash_password
 from storage.crypto import IdProtector
 from storage.models import Case, PersonId
@@ -30,9 +31,7 @@ from tests.browser.conftest import ConsoleServer, make_desk
 from tests.browser.demo import write_wav
 from tests.browser.driver import attribute_is, screenshot, submit_login, visible, wait_until
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(120),
-              # aiohttp-session 2.12 keys the request with plain strings
-              pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 USER = ("health", "sara", "سارا کریمی", "health-pass")
 AGENCIES = (
@@ -63,6 +62,7 @@ class AgencyServer(ConsoleServer):
         self.store = await self.exit_stack.enter_async_context(open_store(self.work / "store.db", protector))
         await self.seed()
         app = web.Application()
+        install_sessions(app, self.store)
         add_console_routes(app, self.desk, heartbeat_s=2.0)
         add_agency_routes(app, AgencyServices(self.store, AGENCIES, EspeakSynthesizer(), self.work / "answers"))
         http = TestServer(app, host="127.0.0.1")

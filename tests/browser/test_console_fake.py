@@ -21,9 +21,7 @@ from tests.browser.demo import (CALL_KEY, NATIONAL_ID, SUBJECT_ID, add_history_c
 from tests.browser.driver import attribute_is, login, screenshot, visible, wait_until
 from tests.fakes.desk import FakeDesk
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(120),
-              # aiohttp-session 2.12 keys the request with plain strings
-              pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 Serve = Callable[[FakeDesk], ConsoleServer]
 SUMMARY = "آب کوچه شهید رضایی از شنبه قطع است؛ تماس‌گیرنده برای پدر سالمندش درخواست پیگیری فوری دارد."

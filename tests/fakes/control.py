@@ -63,6 +63,7 @@ async def control_switch(config: Config) -> AsyncIterator[Softswitch]:
         finally:
             await switch.desk.close()
             switch.acd.close()
+            await switch.day_journal.close()
 
 
 def scripted_worker(script: Script, agents: dict[str, AgentPhone] | None = None) -> ScriptedWorker:

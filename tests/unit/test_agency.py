@@ -19,6 +19,7 @@ from softswitch.config import Agency, AgencyUser
 from softswitch.web import agency as agency_module
 from softswitch.web.agency import AGENCY_ERRORS, AgencyServices, add_agency_routes
 from softswitch.web.console import ERRORS, add_console_routes
+from softswitch.web.sessions import install_sessions
 from softswitch.web.credentials import hash_password
 from storage.crypto import IdProtector
 from storage.models import Case, PersonId
@@ -27,9 +28,7 @@ from tests.browser.demo import write_wav
 from tests.fakes.desk import FakeDesk, fake_account
 from tests.unit.test_synth import crafted_wav
 
-pytestmark = [pytest.mark.unit, pytest.mark.timeout(60),
-              # aiohttp-session 2.12 keys the request with plain strings
-              pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")]
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 HEALTH_USER, HEALTH_PASSWORD = "sara", "health-pass"
 ROADS_USER, ROADS_PASSWORD = "reza", "roads-pass"
@@ -80,6 +79,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         answers = tmp_path / "answers"
         app = web.Application()
         desk = FakeDesk([(fake_account(AGENT, "مریم احمدی"), AGENT_PASSWORD)])
+        install_sessions(app, store)
         add_console_routes(app, desk)
         add_agency_routes(app, AgencyServices(store, AGENCIES, EspeakSynthesizer(), answers))
         async with TestClient(TestServer(app)) as client:

@@ -22,6 +22,8 @@ from softswitch.domain.cases import FiledCase
 from softswitch.domain.persian import jalali_datetime
 from softswitch.domain.tracking_code import verhoeff_check_digit
 from softswitch.web.console import ERRORS, ReasonRequired, add_console_routes
+from softswitch.web.sessions import install_sessions
+from storage.store import Store
 from softswitch.web.sessions import jalali_date_text
 from storage.crypto import IdProtector
 from storage.models import PersonId
@@ -29,9 +31,7 @@ from storage.store import Store, open_store
 from tests.browser.demo import CALL_KEY, NATIONAL_ID, SUBJECT_ID, add_history_cases, screen_pop, write_wav
 from tests.fakes.desk import FakeDesk, fake_account
 
-pytestmark = [pytest.mark.unit, pytest.mark.timeout(30),
-              # aiohttp-session 2.12 keys the request with plain strings
-              pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")]
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 AGENT, AGENT_PASSWORD = "maryam", "agent-pass"
 OTHER, OTHER_PASSWORD = "ali", "other-pass"
@@ -49,8 +49,9 @@ async def desk() -> AsyncIterator[FakeDesk]:
 
 
 @pytest.fixture
-async def client(desk: FakeDesk) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+async def client(desk: FakeDesk, web_store: Store) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = web.Application()
+    install_sessions(app, web_store)
     add_console_routes(app, desk, heartbeat_s=0.2)
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
@@ -313,8 +314,9 @@ async def test_event_stream_beats_and_unsubscribes_on_disconnect(client: TestCli
     await _until(lambda: not desk.subscribers[AGENT])
 
 
-async def test_shutdown_ends_open_event_streams(desk: FakeDesk) -> None:
+async def test_shutdown_ends_open_event_streams(desk: FakeDesk, web_store: Store) -> None:
     app = web.Application()
+    install_sessions(app, web_store)
     add_console_routes(app, desk, heartbeat_s=3600)  # only the shutdown can end these streams
     async with TestClient(TestServer(app)) as client:
         await _login(client, SUPERVISOR, SUPERVISOR_PASSWORD)

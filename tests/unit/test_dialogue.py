@@ -28,6 +28,7 @@ from softswitch.domain.office_hours import OfficeHours
 from softswitch.domain.tracking_code import is_tracking_code, verhoeff_check_digit
 from storage.errors import NotFound
 from storage.models import CallRecord
+from tests.fakes.counters import FakeCounts
 from tests.fakes.ivr_parts import FakeCases, FakeDesk, FakeFollowUpCases, FakePrompts, FakeRecognizer
 from tests.fakes.scripted_worker import AgentPhone, Played, Script, ScriptedWorker
 from tests.fakes.virtual_time import run_virtual
@@ -55,7 +56,7 @@ def call(script: Script, recognizer: FakeRecognizer | None = None, *, known: Fak
     worker = ScriptedWorker(script, PROMPTS)
     cases = FakeCases()
     follow = FollowUp(known or FakeFollowUpCases(), FollowUpConfig(),
-                      throttle or FailureThrottle(5, 3600.0, clock=lambda: asyncio.get_running_loop().time()))
+                      throttle or FailureThrottle(FakeCounts(), 5, 3600.0, clock=lambda: asyncio.get_running_loop().time()))
 
     async def run() -> Session:
         channel = worker.answer()
@@ -313,7 +314,7 @@ def test_a_mistyped_code_is_caught_by_its_check_digit_before_any_lookup() -> Non
 
 
 def test_wrong_codes_from_one_number_are_throttled_across_calls() -> None:
-    throttle = FailureThrottle(2, 3600.0, clock=lambda: 0.0)
+    throttle = FailureThrottle(FakeCounts(), 2, 3600.0, clock=lambda: 0.0)
     first, _, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle)
     assert first.path[-2:] == ["follow_up:not_found", "goodbye"]  # one failure
     second, worker, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle)
@@ -479,7 +480,7 @@ class CallSources:
 
 def test_an_empty_from_user_is_still_throttled_by_its_source() -> None:
     sources = CallSources()
-    throttle = FailureThrottle(2, 3600.0, clock=lambda: 0.0, cdr_of=sources.cdr_of, source_max_failures=2)
+    throttle = FailureThrottle(FakeCounts(), 2, 3600.0, clock=lambda: 0.0, cdr_of=sources.cdr_of, source_max_failures=2)
     first, _, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle, caller_number="")
     assert first.path[-2:] == ["follow_up:not_found", "goodbye"]
     second, worker, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle,
@@ -496,23 +497,24 @@ def test_an_empty_from_user_is_still_throttled_by_its_source() -> None:
 
 def test_a_trunk_carries_more_failures_than_one_number_before_it_is_refused() -> None:
     sources = CallSources()
-    throttle = FailureThrottle(2, 3600.0, clock=lambda: 0.0, cdr_of=sources.cdr_of)
+    throttle = FailureThrottle(FakeCounts(), 2, 3600.0, clock=lambda: 0.0, cdr_of=sources.cdr_of)
     assert throttle.source_max_failures == 2 * 10
     codes = ["1111111" + f"{n:01d}" for n in range(10)]
     for n, body in enumerate(codes):  # ten numbers, one wrong code each: no number, no case over its limit
         session, _, _ = call(follow_up_script(body + verhoeff_check_digit(body)), known=known_cases(),
                              throttle=throttle, caller_number=f"0912000000{n}")
         assert session.path[-2:] == ["follow_up:not_found", "goodbye"], n
-    assert not throttle.blocked("09121111111", sources.source)
+    assert not run_virtual(throttle.blocked("09121111111", sources.source))
     for n in range(10):
-        throttle.failed(f"0913000000{n}", sources.source)
-    assert throttle.blocked("09121111111", sources.source)  # the 20th failure from the trunk
-    assert not throttle.blocked("09121111111", "198.51.100.7")
+        assert run_virtual(throttle.attempt(f"0913000000{n}", sources.source,
+                                                codes[n] + verhoeff_check_digit(codes[n]))) is not None
+    assert run_virtual(throttle.blocked("09121111111", sources.source))  # the 20th failure from the trunk
+    assert not run_virtual(throttle.blocked("09121111111", "198.51.100.7"))
 
 
 def test_one_case_is_not_guessed_at_from_many_numbers_and_sources() -> None:
     sources = CallSources()
-    throttle = FailureThrottle(2, 3600.0, clock=lambda: 0.0, cdr_of=sources.cdr_of)
+    throttle = FailureThrottle(FakeCounts(), 2, 3600.0, clock=lambda: 0.0, cdr_of=sources.cdr_of)
     known = known_cases()
     # Someone tries IDs against one code, each call from a new number and trunk: a few misses
     # (a stranger who has the code) still leave it to its owner, more do not.
@@ -537,7 +539,7 @@ def test_one_case_is_not_guessed_at_from_many_numbers_and_sources() -> None:
 def test_an_unknown_source_is_counted_without_it() -> None:
     async def no_cdr(channel: object) -> CallRecord:
         raise NotFound("no call")
-    throttle = FailureThrottle(2, 3600.0, clock=lambda: 0.0, cdr_of=no_cdr)
+    throttle = FailureThrottle(FakeCounts(), 2, 3600.0, clock=lambda: 0.0, cdr_of=no_cdr)
     first, _, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle)
     assert first.path[-2:] == ["follow_up:not_found", "goodbye"]
     second, _, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle)

@@ -21,6 +21,7 @@ from softswitch.config import ConfigError, RecordingsStoreConfig, load_config
 from softswitch.control.metrics import Metrics, idle_state
 from softswitch.control.recording_copy import RecordingCopier
 from softswitch.web.agency import AgencyServices, add_agency_routes
+from softswitch.web.sessions import install_sessions
 from storage.backup import backup, restore
 from storage.crypto import IdProtector
 from storage.models import Recording
@@ -284,6 +285,7 @@ async def test_the_agency_page_plays_a_recording_from_the_shared_directory(world
         await settle(copier, lambda: copier.waiting == 0)
     assert not tape.exists()
     app = web.Application()
+    install_sessions(app, world.store)
     add_agency_routes(app, AgencyServices(world.store, AGENCIES, EspeakSynthesizer(), world.data / "answers"))
     async with TestClient(TestServer(app)) as client:
         await _login(client, "health", HEALTH_USER, HEALTH_PASSWORD)

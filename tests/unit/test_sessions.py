@@ -1,5 +1,6 @@
 """Unit tests for what the console and the agency page share (softswitch.web.sessions): the login throttle under
-concurrent and distributed guessing, server-side sessions, Secure cookies over HTTPS, and JSON bodies.
+concurrent and distributed guessing, sessions in the store (shared by two hosts, kept across a restart), Secure
+cookies over HTTPS, and JSON bodies.
 
 Sources are told apart by a test middleware that takes the peer address from a header, since every test
 client comes from 127.0.0.1. (Closing a second TestClient on a server closes the server, so one client
@@ -40,15 +41,17 @@ from softswitch.web.sessions import (
     LOGIN_FAILURES_PER_ID,
     LOGIN_FAILURES_PER_SOURCE,
     PAGE_ERRORS,
-    SESSION_REGISTRY,
+    SESSION_COOKIE,
     LoginThrottle,
-    SessionRegistry,
+    install_sessions,
 )
+from storage import counters
+from storage.store import Store, open_store
+from tests.conftest import fixed_protector
 from tests.fakes.desk import FakeDesk, fake_account
+from tests.support.postgres import StoreDatabase
 
-pytestmark = [pytest.mark.unit, pytest.mark.timeout(60),
-              # aiohttp-session 2.12 keys the request with plain strings
-              pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")]
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 AGENT, AGENT_PASSWORD = "maryam", "agent-pass"
 OTHER, OTHER_PASSWORD = "ali", "other-pass"
@@ -78,20 +81,29 @@ async def _test_source(request: web.Request, handler: Callable[[web.Request], Aw
     return await handler(request if source is None else request.clone(remote=source))
 
 
+def _slow_desk() -> SlowDesk:
+    return SlowDesk([(fake_account(AGENT, "مریم احمدی"), AGENT_PASSWORD),
+                     (fake_account(OTHER, "علی رضایی"), OTHER_PASSWORD)])
+
+
 @pytest.fixture
 async def desk() -> AsyncIterator[SlowDesk]:
-    fake = SlowDesk([(fake_account(AGENT, "مریم احمدی"), AGENT_PASSWORD),
-                     (fake_account(OTHER, "علی رضایی"), OTHER_PASSWORD)])
+    fake = _slow_desk()
     yield fake
     await fake.close()
 
 
 @pytest.fixture
-async def client(desk: SlowDesk) -> AsyncIterator[Client]:
-    app = web.Application(middlewares=[_test_source])  # before the session middleware, which sees the clone
-    add_console_routes(app, desk, heartbeat_s=0.2)
-    async with TestClient(TestServer(app)) as test_client:
+async def client(desk: SlowDesk, web_store: Store) -> AsyncIterator[Client]:
+    async with TestClient(TestServer(_console_app(desk, web_store))) as test_client:
         yield test_client
+
+
+def _console_app(desk: FakeDesk, store: Store) -> web.Application:
+    app = web.Application(middlewares=[_test_source])  # before the session middleware, which sees the clone
+    install_sessions(app, store)
+    add_console_routes(app, desk, heartbeat_s=0.2)
+    return app
 
 
 def _csrf(html: str, pattern: str = r'name="csrf" value="([^"]+)"') -> str:
@@ -172,64 +184,51 @@ async def test_log_lines_name_no_password_and_no_unknown_id(client: Client, capl
     assert typed_in_the_id_field not in text and "wrong-password-1" not in text
 
 
-def test_throttle_windows_and_a_success() -> None:
-    throttle = LoginThrottle(2, 10, per_source=4, per_id=3)
+async def test_throttle_windows_and_a_success(web_store: Store) -> None:
+    throttle = LoginThrottle(web_store.counters, "test", 2, 10, per_source=4, per_id=3)
     for at in (0.0, 1.0):
-        attempt = throttle.begin("A" if at else "a", "s1", at)  # ids are compared case-insensitively
-        assert attempt is not None
-        attempt.failed()
-    assert throttle.begin("a", "s1", 5.0) is None  # the pair's limit
-    assert throttle.begin("b", "s1", 5.0) is not None  # other ids from that source: up to per_source
-    assert throttle.begin("a", "s2", 5.0) is not None  # a source that has not failed
-    assert throttle.begin("a", "s1", 11.5) is not None  # the window has passed for the first failure
-    ok = throttle.begin("c", "s3", 20.0)
+        # ids are compared case-insensitively
+        assert await throttle.begin("A" if at else "a", "s1", at) is not None
+    assert await throttle.begin("a", "s1", 5.0) is None  # the pair's limit
+    assert await throttle.begin("b", "s1", 5.0) is not None  # other ids from that source: up to per_source
+    assert await throttle.begin("a", "s2", 5.0) is not None  # a source that has not failed
+    assert await throttle.begin("a", "s1", 11.5) is not None  # the window has passed for the first failure
+    ok = await throttle.begin("c", "s3", 20.0)
     assert ok is not None
-    ok.succeeded()
-    assert not throttle.blocked("c", "s3", 20.0)
+    await ok.succeeded()
+    assert not await throttle.blocked("c", "s3", 20.0)
+    # The console's counts are not the agency page's.
+    assert not await LoginThrottle(web_store.counters, "other", 2, 10).blocked("a", "s1", 5.0)
 
 
-def test_throttle_memory_stays_bounded_under_a_spray() -> None:
-    throttle = LoginThrottle()
-    throttle.MAX_TRACKED_KEYS = 300
-    for i in range(2000):
-        throttle.begin(f"id{i}", f"10.0.{i // 250}.{i % 250}", float(i) / 1000)
-    assert len(throttle._failures) <= 300
+async def test_throttle_rows_stay_bounded_under_a_spray(web_store: Store, tmp_path: Path) -> None:
+    throttle = LoginThrottle(web_store.counters, "test", window_s=1.0)
+    for i in range(1000):
+        await throttle.begin(f"id{i}", f"10.0.{i // 250}.{i % 250}", float(i) / 10)
+    [(rows,)] = await web_store._db.fetchall("SELECT count(*) FROM throttle_hits")
+    assert rows <= 3 * 11 + 3 * counters.PURGE_BATCH  # the last second's attempts, and not much of the rest
 
 
-# -- server-side sessions ----------------------------------------------------------------------
+# -- sessions in the store ---------------------------------------------------------------------
 
 
-def test_registry_ends_sessions_on_logout_and_on_max_age() -> None:
-    registry = SessionRegistry(max_age_s=100)
-    first = registry.open("agent_id", AGENT, 0.0)
-    second = registry.open("agent_id", AGENT, 1.0)
-    other = registry.open("agent_id", OTHER, 1.0)
-    assert registry.live("agent_id", AGENT, first, 50.0) and registry.live("agent_id", AGENT, second, 50.0)
-    assert not registry.live("agency_user", AGENT, first, 50.0)  # roles stay apart
-    assert not registry.live("agent_id", OTHER, first, 50.0)  # one user's sid is nobody else's
-    assert not registry.live("agent_id", AGENT, None, 50.0)
-    assert not registry.live("agent_id", AGENT, first, 100.5)  # older than the max age
-    assert registry.end_all("agent_id", AGENT) == 1  # the first had already ended
-    assert not registry.live("agent_id", AGENT, second, 60.0)
-    assert registry.live("agent_id", OTHER, other, 60.0)
-
-
-def test_registry_keeps_the_newest_sessions_of_a_user() -> None:
-    registry = SessionRegistry()
-    sids = [registry.open("agent_id", AGENT, float(i)) for i in range(SessionRegistry.MAX_PER_USER + 5)]
-    assert not registry.live("agent_id", AGENT, sids[0], 100.0)
-    assert registry.live("agent_id", AGENT, sids[-1], 100.0)
-
-
-async def test_a_session_past_its_max_age_is_signed_out_and_its_cookie_emptied(client: Client) -> None:
+async def test_a_session_whose_lifetime_is_over_is_signed_out_and_its_cookie_deleted(
+        client: Client, web_store: Store) -> None:
     assert (await _post_login(client, AGENT, AGENT_PASSWORD)).status == 303
     token = await _page_token(client)
-    client.app[SESSION_REGISTRY].max_age_s = 0.0
+    await web_store._db.execute("UPDATE web_sessions SET expires_at = 0")
     response = await client.get("/console", allow_redirects=False)
     assert (response.status, response.headers["Location"]) == (303, "/console/login")
-    client.app[SESSION_REGISTRY].max_age_s = 3600.0  # the session stays ended; the cookie was emptied
+    assert re.search(rf"{SESSION_COOKIE}=\"?\"?;", response.headers["Set-Cookie"])  # deleted
     response = await client.post("/console/api/agent/login", json={}, headers={"X-CSRF-Token": token})
     assert response.status == 401
+
+
+async def test_a_session_idle_too_long_is_signed_out(client: Client, web_store: Store) -> None:
+    assert (await _post_login(client, AGENT, AGENT_PASSWORD)).status == 303
+    assert (await client.get("/console", allow_redirects=False)).status == 200
+    await web_store._db.execute("UPDATE web_sessions SET last_seen_at = last_seen_at - 8 * 3600 - 1")
+    assert (await client.get("/console", allow_redirects=False)).status == 303
 
 
 async def test_a_logout_ends_the_open_event_streams_of_that_user(client: Client) -> None:
@@ -242,6 +241,80 @@ async def test_a_logout_ends_the_open_event_streams_of_that_user(client: Client)
     async with asyncio.timeout(5):  # within a heartbeat (0.2 s here), the stream ends
         rest = await stream.content.read()
     assert b"data: " not in rest
+
+
+@contextlib.asynccontextmanager
+async def _two_hosts(store_database: StoreDatabase, desks: tuple[SlowDesk, SlowDesk]
+                     ) -> AsyncIterator[tuple[Client, Client]]:
+    """Two control processes' consoles on one database: two stores, two servers."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        for desk in desks:
+            store = await stack.enter_async_context(open_store(store_database.target, fixed_protector()))
+            clients.append(await stack.enter_async_context(TestClient(TestServer(_console_app(desk, store)))))
+        yield clients[0], clients[1]
+
+
+def _cookie(client: Client) -> dict[str, str]:
+    """The session cookie of one host's browser, to send to the other host (on another port)."""
+    token = client.session.cookie_jar.filter_cookies(client.make_url("/"))[SESSION_COOKIE].value
+    return {"Cookie": f"{SESSION_COOKIE}={token}"}
+
+
+async def test_fifty_wrong_passwords_at_two_hosts_are_checked_five_times(store_database: StoreDatabase) -> None:
+    desks = (_slow_desk(), _slow_desk())
+    try:
+        async with _two_hosts(store_database, desks) as hosts, contextlib.AsyncExitStack() as stack:
+            # One browser each, half at each host, each with its own login form, all posting at once.
+            browsers: list[TestClient[Any, Any]] = [
+                await stack.enter_async_context(TestClient(hosts[n % 2].server)) for n in range(50)]
+            tokens = [_csrf(await (await b.get("/console/login")).text()) for b in browsers]
+            responses = await asyncio.gather(*(
+                b.post("/console/login", data={"agent_id": AGENT, "password": f"guess-{i}", "csrf": token},
+                       allow_redirects=False) for i, (b, token) in enumerate(zip(browsers, tokens, strict=True))))
+            statuses = sorted(r.status for r in responses)
+        assert statuses == [401] * LOGIN_FAILURES_ALLOWED + [429] * (50 - LOGIN_FAILURES_ALLOWED)
+        assert desks[0].checks + desks[1].checks == LOGIN_FAILURES_ALLOWED
+    finally:
+        for desk in desks:
+            await desk.close()
+
+
+async def test_a_session_made_on_one_host_works_on_the_other_and_a_logout_there_ends_it(
+        store_database: StoreDatabase) -> None:
+    desks = (_slow_desk(), _slow_desk())
+    try:
+        async with _two_hosts(store_database, desks) as (a, b):
+            assert (await _post_login(a, AGENT, AGENT_PASSWORD)).status == 303
+            cookie = _cookie(a)
+            page = await b.get("/console", headers=cookie, allow_redirects=False)
+            assert page.status == 200
+            token = _csrf(await page.text(), r'<meta name="csrf-token" content="([^"]+)"')
+            assert token == await _page_token(a)  # one session, one CSRF secret, on both hosts
+            stream = await a.get("/console/events")
+            assert (await stream.content.readline()).startswith(b"data: ")
+            logout = await b.post("/console/logout", data={"csrf": token}, headers=cookie, allow_redirects=False)
+            assert logout.status == 303
+            async with asyncio.timeout(5):  # host A's stream ends at its next heartbeat
+                assert b"data: " not in await stream.content.read()
+            assert (await a.get("/console", allow_redirects=False)).status == 303
+    finally:
+        for desk in desks:
+            await desk.close()
+
+
+async def test_a_session_survives_a_restart(store_database: StoreDatabase) -> None:
+    desk = _slow_desk()
+    try:
+        async with open_store(store_database.target, fixed_protector()) as store:
+            async with TestClient(TestServer(_console_app(desk, store))) as before:
+                assert (await _post_login(before, AGENT, AGENT_PASSWORD)).status == 303
+                cookie = _cookie(before)
+        async with open_store(store_database.target, fixed_protector()) as store:
+            async with TestClient(TestServer(_console_app(desk, store))) as after:
+                assert (await after.get("/console", headers=cookie, allow_redirects=False)).status == 200
+    finally:
+        await desk.close()
 
 
 # -- JSON bodies -------------------------------------------------------------------------------
@@ -295,11 +368,11 @@ def _secure_cookie(response: ClientResponse) -> str:
     return cookie
 
 
-async def test_https_site_of_the_softswitch_sets_secure_cookies(tmp_path: Path) -> None:
+async def test_https_site_of_the_softswitch_sets_secure_cookies(tmp_path: Path, web_store: Store) -> None:
     cert_file, key_file = _self_signed(tmp_path)
     config = Config(data_dir=tmp_path, http=HttpConfig(port=0, tls_cert_file=cert_file, tls_key_file=key_file))
     desk = FakeDesk([(fake_account(AGENT, "مریم احمدی"), AGENT_PASSWORD)])
-    switch = SimpleNamespace(config=config, desk=desk, store=None, synthesizer=EspeakSynthesizer(),
+    switch = SimpleNamespace(config=config, desk=desk, store=web_store, synthesizer=EspeakSynthesizer(),
                              intake_filed=lambda channel, duplicate: None)
     runner = await Softswitch._start_http(switch)  # type: ignore[arg-type]  # the real site, as `run` starts it
     try:
@@ -324,11 +397,12 @@ async def test_https_site_of_the_softswitch_sets_secure_cookies(tmp_path: Path) 
         await desk.close()
 
 
-async def test_secure_cookies_behind_a_tls_terminating_proxy(desk: SlowDesk) -> None:
+async def test_secure_cookies_behind_a_tls_terminating_proxy(desk: SlowDesk, web_store: Store) -> None:
     http = HttpConfig(secure_cookies=True)
     assert http.cookies_secure and not http.tls and http.ssl_context() is None
     app = web.Application()
-    add_console_routes(app, desk, secure_cookies=http.cookies_secure)
+    install_sessions(app, web_store, secure_cookies=http.cookies_secure)
+    add_console_routes(app, desk)
     async with TestClient(TestServer(app)) as plain:  # the proxy speaks plain HTTP to the softswitch
         _secure_cookie(await plain.get("/console/login"))
     assert not HttpConfig().cookies_secure
