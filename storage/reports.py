@@ -73,6 +73,11 @@ class RatingSummary:
         return sum(score * n for score, n in zip(SCORES, self.distribution)) / self.count
 
 
+def rating_day(at: float, tz: tzinfo) -> str:
+    """The day a rating made at ``at`` counts for: the hotline's local date, YYYY-MM-DD."""
+    return datetime.fromtimestamp(at, tz).date().isoformat()
+
+
 def rating_summaries(counts: Iterable[tuple[str | None, int, int]]) -> list[RatingSummary]:
     """(key, score, how many) rows, as ``Store.rating_counts`` gives them, as one summary per key;
     sorted by key, the ratings without one last."""

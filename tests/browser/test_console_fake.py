@@ -138,6 +138,30 @@ def test_supervisor_sees_agents_queue_and_calls_per_hour(browser: WebDriver, con
     attribute_is(browser, "[data-test=agent-tile][data-agent-id=sara]", "data-state", "ready")
 
 
+def test_supervisor_sees_todays_survey_ratings_per_agent(browser: WebDriver, console_server: Serve) -> None:
+    desk, clock = demo_desk()
+    # Maryam: 5 and 4; Ali: 2; a follow-up's rating (no agent) counts only in the day's total.
+    desk.ratings = [("maryam", 5), ("maryam", 4), ("ali", 2), (None, 3)]
+    server = console_server(desk)
+    server.run(lambda: populate_morning(desk, clock))
+    login(browser, server.base_url, SUPERVISOR[0], SUPERVISOR[2])
+
+    def rating_of(agent_id: str) -> Any:
+        return browser.find_element(By.CSS_SELECTOR, f"[data-agent-id={agent_id}] [data-test=agent-rating]")
+    assert rating_of("maryam").text == "رضایت امروز: ۴٫۵ از ۲ نظر"
+    assert rating_of("maryam").get_attribute("data-count") == "2"
+    assert rating_of("ali").text == "رضایت امروز: ۲٫۰ از ۱ نظر"
+    assert rating_of("zahra").text == "امروز نظری ثبت نشده است"
+    assert text_of(browser, "kpi-rating") == "۳٫۵" and text_of(browser, "kpi-rating-note") == "امروز، از ۴ نظر"
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("dir") == "rtl"
+
+    # A new rating shows with the next snapshot (here brought by an agent's change of state).
+    server.call(desk.ratings.append, ("zahra", 1))
+    server.call(desk.acd.login, "sara")
+    wait_until(browser, lambda d: rating_of("zahra").text == "رضایت امروز: ۱٫۰ از ۱ نظر")
+    assert text_of(browser, "kpi-rating-note") == "امروز، از ۵ نظر"
+
+
 def test_an_agent_may_not_open_the_supervisor_view(browser: WebDriver, console_server: Serve) -> None:
     server = console_server(make_desk())
     login(browser, server.base_url, AGENT[0], AGENT[2])
