@@ -52,7 +52,7 @@
     return fa(value.toFixed(1)).replace(".", "٫");
   }
 
-  // Today's survey results of one agent: "رضایت: ۴٫۵ از ۲ نظر", or that there are none yet.
+  // Today's survey results of one agent: "رضایت امروز: ۴٫۵ از ۲ نظر", or that there are none yet.
   function agentRating(id) {
     const rating = snapshot.ratings.agents[id];
     const text = rating ? labels.messages.agent_rating.replace("{avg}", average(rating.average))
