@@ -10,6 +10,7 @@ real timers apply (6 s menu timeouts, 15 s of no input), at no wall time.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from softswitch.domain.acd import Acd
 from softswitch.domain.national_id import is_valid_national_id
 from softswitch.domain.office_hours import OfficeHours
 from softswitch.domain.tracking_code import is_tracking_code, verhoeff_check_digit
-from storage.errors import NotFound
+from storage.errors import NotFound, StoreError
 from storage.models import CallRecord
 from tests.fakes.ivr_parts import FakeCases, FakeDesk, FakeFollowUpCases, FakePrompts, FakeRatings, FakeRecognizer
 from tests.fakes.scripted_worker import AgentPhone, Played, Script, ScriptedWorker
@@ -550,6 +551,23 @@ def test_a_survey_switched_off_or_not_offered_after_agents_asks_nothing(cfg: dic
     run = live_call(script.key(asked + 1.0, "4"), agent_phone(), survey=rules)
     assert run.session.path[-1] == "queue:handled" and "survey_ask" not in run.worker.prompts_heard()
     assert ratings.kept == []
+
+
+class FailingRatings:
+    """A store that cannot take the rating (a fake: the real store's failures are StoreError too)."""
+
+    async def keep_rating(self, topic: SurveyTopic, score: int) -> None:
+        raise StoreError("the database is gone")
+
+
+def test_a_rating_the_store_cannot_take_is_still_thanked_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    script, asked, _, _ = after_the_agent()
+    rules = Survey(SurveyConfig(), FailingRatings())
+    run = live_call(script.key(asked + 1.0, "3"), agent_phone(), survey=rules)
+    assert run.session.path[-1] == "survey:rated" and run.session.ended_by is None
+    assert run.worker.prompts_heard()[-1] == "survey_thanks"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [getattr(r, "event", None) for r in errors] == ["survey_rating_lost"]
 
 
 ANSWER = Path("/answers/case-1.wav")
