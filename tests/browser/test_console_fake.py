@@ -17,7 +17,7 @@ from selenium.webdriver.support.ui import Select
 from softswitch.domain.persian import persian_digits
 from tests.browser.conftest import AGENT, SUPERVISOR, ConsoleServer, make_desk
 from tests.browser.demo import (CALL_KEY, NATIONAL_ID, SUBJECT_ID, add_history_cases, demo_desk, populate_morning,
-                                screen_pop, write_wav)
+                                rate_morning, screen_pop, write_wav)
 from tests.browser.driver import attribute_is, login, screenshot, visible, wait_until
 from tests.fakes.desk import FakeDesk
 
@@ -120,6 +120,7 @@ def test_supervisor_sees_agents_queue_and_calls_per_hour(browser: WebDriver, con
     desk, clock = demo_desk()
     server = console_server(desk)
     server.run(lambda: populate_morning(desk, clock))
+    rate_morning(desk)
     snapshot = server.call(desk.acd.snapshot)
 
     login(browser, server.base_url, SUPERVISOR[0], SUPERVISOR[2])
