@@ -9,7 +9,9 @@ live queue (ivr/live.py), or the message after the tone, tracking code read
 back, goodbye. A caller who leaves the queue for a recorded message keeps the
 IDs already captured. Whatever point the call ends at, what was recorded is kept
 and attached to the call, and a message (even a partial one) always becomes a
-case, filed under the person it concerns.
+case, filed under the person it concerns. After an agent's call, or an agency's
+answer heard in a follow-up, the caller may be asked to rate the service
+(ivr/survey.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ivr.live import LiveCall, LiveService
 from ivr.menu import choose
 from ivr.recorded_message import CaseSink, read_tracking_code, record_message
 from ivr.steps import took
+from ivr.survey import Survey, SurveyTopic, ask_rating
 from softswitch.domain.tracking_code import code_tail
 from softswitch.config import FollowUpConfig, IvrConfig
 from softswitch.domain.office_hours import OfficeHours
@@ -46,6 +49,7 @@ class IvrState(enum.Enum):
     ROUTE = "route"
     QUEUE = "queue"
     FOLLOW_UP = "follow_up"
+    SURVEY = "survey"
     MESSAGE = "message"
     TRACKING_CODE = "tracking_code"
     GOODBYE = "goodbye"
@@ -60,6 +64,13 @@ TRANSITIONS: dict[tuple[IvrState, str | None], IvrState] = {
     (IvrState.MENU, "message"): IvrState.ABOUT_WHOM,
     (IvrState.MENU, "follow_up"): IvrState.FOLLOW_UP,
     (IvrState.FOLLOW_UP, None): IvrState.GOODBYE,
+    # The survey, after an agency's answer or once the agent has left; its thanks say goodbye.
+    (IvrState.FOLLOW_UP, "survey"): IvrState.SURVEY,
+    (IvrState.QUEUE, "survey"): IvrState.SURVEY,
+    (IvrState.SURVEY, "rated"): IvrState.DONE,
+    (IvrState.SURVEY, "no_key"): IvrState.GOODBYE,
+    (IvrState.SURVEY, "invalid"): IvrState.GOODBYE,
+    (IvrState.SURVEY, "hangup"): IvrState.DONE,
     (IvrState.ABOUT_WHOM, "self"): IvrState.ROUTE,
     (IvrState.ABOUT_WHOM, "other"): IvrState.SUBJECT_ID,
     (IvrState.SUBJECT_ID, None): IvrState.ROUTE,
@@ -86,6 +97,7 @@ class Session:
     message: RecordingResult | None = None
     tracking_code: str | None = None
     agent_id: str | None = None
+    survey: SurveyTopic | None = None  # what the caller is asked to rate, once it is offered
     ended_by: str | None = None
 
     def parties(self) -> tuple[PersonId, PersonId | None]:
@@ -114,7 +126,7 @@ class Live:
 class CallFlow:
     def __init__(self, channel: CallChannel, prompts: Any, cases: CaseSink, cfg: IvrConfig,
                  label: str, recognizer: SpeechDigits | None = None, live: Live | None = None,
-                 caller_number: str = "", follow_up: FollowUp | None = None) -> None:
+                 caller_number: str = "", follow_up: FollowUp | None = None, survey: Survey | None = None) -> None:
         self.channel = channel
         self.recognizer = recognizer
         self.prompts = prompts
@@ -124,6 +136,7 @@ class CallFlow:
         self.live = live
         self.caller_number = caller_number
         self.follow_up = follow_up
+        self.survey = survey
         self.session = Session()
 
     def _set_state(self, new: IvrState) -> None:
@@ -162,9 +175,11 @@ class CallFlow:
                 assert self.follow_up is not None
                 f = self.follow_up
                 caller = s.caller if s.caller is not None and s.caller.status == "verified" else None
-                outcome = await follow_up(self.channel, self.prompts, f.cases, f.cfg, self.cfg, f.throttle,
-                                          self.caller_number, caller.national_id if caller else None)
-                took(s.path, f"follow_up:{outcome}")
+                told = await follow_up(self.channel, self.prompts, f.cases, f.cfg, self.cfg, f.throttle,
+                                       self.caller_number, caller.national_id if caller else None)
+                took(s.path, f"follow_up:{told.outcome}")
+                if told.answered_code is not None:
+                    return self._offer_survey(SurveyTopic("follow_up", told.answered_code))
             case IvrState.ABOUT_WHOM:
                 other = await ask_about_whom(self.channel, self.prompts, self.cfg)
                 took(s.path, "about:" + ("other" if other else "self"))
@@ -187,7 +202,15 @@ class CallFlow:
                     # The conversation is a case already: the caller is told its code.
                     s.tracking_code = result.tracking_code
                     await self.channel.play([self.prompts.path("agent_lost")])
+                else:
+                    return self._offer_survey(SurveyTopic("agent", result.tracking_code, result.agent_id),
+                                              otherwise=result.outcome)
                 return result.outcome
+            case IvrState.SURVEY:
+                assert self.survey is not None and s.survey is not None
+                rating = await ask_rating(self.channel, self.prompts, self.survey, s.survey)
+                took(s.path, f"survey:{rating.outcome}")
+                return rating.outcome
             case IvrState.MESSAGE:
                 s.message = await record_message(self.channel, self.prompts, self.cfg)
                 await self.cases.keep_recording(s.message)
@@ -208,6 +231,13 @@ class CallFlow:
                 took(s.path, "goodbye")
                 await self.channel.hangup()
         return None
+
+    def _offer_survey(self, topic: SurveyTopic, otherwise: str | None = None) -> str | None:
+        """The outcome "survey" when the survey follows this topic and the caller is still on the line."""
+        if self.survey is None or not self.survey.offered_after(topic.kind) or self.channel.ended:
+            return otherwise
+        self.session.survey = topic
+        return "survey"
 
     async def _menu(self) -> str:
         """1: an agent (in office hours, with agents on duty), 2: a recorded message, 3: follow-up.

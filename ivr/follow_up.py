@@ -134,6 +134,12 @@ def _over(limits: Mapping[str, int], counts: Mapping[str, int]) -> bool:
     return any(counts.get(key, 0) >= limit for key, limit in limits.items())
 
 
+@dataclass(frozen=True)
+class FollowUpResult:
+    outcome: str  # for the CDR path: no_id | throttled | not_found | told:<status>
+    answered_code: str | None = None  # the case whose agency's answer the caller heard (the survey may follow)
+
+
 def status_prompts(prompts: Prompts, case: CaseStatus) -> list[Path]:
     files: list[Path]
     match case.status:
@@ -155,15 +161,15 @@ def agency_prompt(agency_id: str) -> str:
 
 async def follow_up(channel: CallChannel, prompts: Prompts, cases: FollowUpCases, cfg: FollowUpConfig,
                     ivr: IvrConfig, throttle: FailureThrottle, caller_number: str,
-                    national_id: str | None) -> str:
-    """Tell the caller the status of a case; return the outcome for the CDR path (never the code)."""
+                    national_id: str | None) -> FollowUpResult:
+    """Tell the caller the status of a case; the outcome for the CDR path (never the code)."""
     if national_id is None:
         await channel.play([prompts.path("follow_up_need_id")])
-        return "no_id"
+        return FollowUpResult("no_id")
     source = await throttle.source(channel)
     if await throttle.blocked(caller_number, source):
         await channel.play([prompts.path("follow_up_blocked")])
-        return "throttled"
+        return FollowUpResult("throttled")
     for _ in range(cfg.code_attempts):
         channel.clear_digits()
         await channel.play([prompts.path("follow_up_ask_code")], interrupt=ANY_KEY)
@@ -179,16 +185,18 @@ async def follow_up(channel: CallChannel, prompts: Prompts, cases: FollowUpCases
             # case's ID cannot be guessed at call by call. Any code counts, known or not,
             # so being refused here says nothing of whether the case exists.
             await channel.play([prompts.path("follow_up_blocked")])
-            return "throttled"
+            return FollowUpResult("throttled")
         case = await cases.status_for(code, national_id)
         if case is None:
             # Unknown code or someone else's case: the same words either way; the try stays counted.
             await channel.play([prompts.path("follow_up_not_found")])
             if await throttle.blocked(caller_number, source):
                 await channel.play([prompts.path("follow_up_blocked")])
-                return "throttled"
+                return FollowUpResult("throttled")
             continue
         await throttle.succeeded(counted)
-        await channel.play([*status_prompts(prompts, case)])
-        return f"told:{case.status}"
-    return "not_found"
+        told = status_prompts(prompts, case)
+        await channel.play(told)
+        heard_answer = case.answer_audio is not None and case.answer_audio in told
+        return FollowUpResult(f"told:{case.status}", code if heard_answer else None)
+    return FollowUpResult("not_found")

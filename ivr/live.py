@@ -65,7 +65,7 @@ class LiveResult:
     outcome: str  # handled | to_message | agent_lost (the agent's phone died mid-call)
     agent_id: str | None = None
     conversation: RecordingResult | None = None
-    tracking_code: str | None = None  # the case the conversation became, for agent_lost
+    tracking_code: str | None = None  # the case the conversation became (told to the caller after agent_lost)
 
 
 @dataclass
@@ -254,7 +254,7 @@ class LiveCall:
             with contextlib.suppress(ValueError):
                 live.acd.pause(agent_id, "agent_lost")
             return LiveResult("agent_lost", agent_id, conversation, tracking_code)
-        return LiveResult("handled", agent_id, conversation)
+        return LiveResult("handled", agent_id, conversation, tracking_code)
 
 
 async def _drop(leg: Leg) -> None:

@@ -329,6 +329,18 @@ class FollowUpConfig(_Section):
     failure_window_s: float = Field(3600.0, gt=0)
 
 
+class SurveyConfig(_Section):
+    """The post-call survey: the caller may rate the service 1 to 5 on the keypad.
+
+    ``offer_after``: ``agent`` once the agent has left a live call (the caller still
+    on the line), ``follow_up`` once the caller heard an agency's answer.
+    """
+
+    enabled: bool = True
+    wait_s: float = Field(8.0, gt=0, le=60, description="how long the question waits for a key")
+    offer_after: tuple[Literal["agent", "follow_up"], ...] = ("agent", "follow_up")
+
+
 class RetentionConfig(_Section):
     """How long recordings, CDRs and closed cases are kept (storage/retention.py has the rules).
 
@@ -472,6 +484,7 @@ class Config(_Section):
     api_tokens: tuple[ApiToken, ...] = ()
     cases: CasesConfig = CasesConfig()
     follow_up: FollowUpConfig = FollowUpConfig()
+    survey: SurveyConfig = SurveyConfig()
     retention: RetentionConfig = RetentionConfig()
     recordings_store: RecordingsStoreConfig = RecordingsStoreConfig()
 

@@ -200,6 +200,31 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX acd_day_events_at ON acd_day_events (at)",
         ),
     ),
+    Migration(
+        version=6,
+        description="the post-call survey: one rating per call",
+        statements=(
+            # A rating holds no personal data and outlives the CDR and case it names: retention
+            # deleting either only clears the link (SET NULL), so reports of past days stay whole.
+            # `day` is the hotline's local date of `at` (YYYY-MM-DD), so both engines group by it alike.
+            """
+            CREATE TABLE ratings (
+                id       INTEGER PRIMARY KEY,
+                call_id  INTEGER REFERENCES calls (id) ON DELETE SET NULL,
+                case_id  INTEGER REFERENCES cases (id) ON DELETE SET NULL,
+                kind     TEXT    NOT NULL CHECK (kind IN ('agent', 'follow_up')),
+                agent_id TEXT,
+                agency   TEXT,
+                score    INTEGER NOT NULL CHECK (score BETWEEN 1 AND 5),
+                at       REAL    NOT NULL,
+                day      TEXT    NOT NULL
+            )
+            """,
+            # Unique: a retried survey step cannot rate one call twice.
+            "CREATE UNIQUE INDEX ratings_call_id ON ratings (call_id)",
+            "CREATE INDEX ratings_day ON ratings (day, agent_id)",
+        ),
+    ),
 ]
 
 

@@ -97,3 +97,18 @@ class IntakeResult:
 
     case: Case
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """A caller's rating of the service (1-5) in the post-call survey; ``day`` is the hotline's local date."""
+
+    id: int
+    call_id: int | None  # None once retention deleted the CDR (the rating stays for the reports)
+    case_id: int | None
+    kind: str  # agent | follow_up
+    agent_id: str | None
+    agency: str | None
+    score: int
+    at: float
+    day: str  # YYYY-MM-DD

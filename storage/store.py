@@ -19,7 +19,7 @@ from storage.crypto import IdProtector
 from storage.engines import Executor, Row, open_engine
 from storage.errors import Conflict, ForeignKeyViolation, NotFound, StoreError, UniqueViolation
 from storage.migrations import migrate
-from storage.models import CallRecord, Case, CaseEvent, IntakeResult, PersonId, Recording
+from storage.models import CallRecord, Case, CaseEvent, IntakeResult, PersonId, Rating, Recording
 from storage.web_sessions import WebSessions
 
 ID_SOURCES = frozenset({"keypad", "speech", "none"})
@@ -38,6 +38,10 @@ _CASE_COLUMNS = (
     " answer_text, answer_audio, answer_audio_sha256, answered_at, answered_by"
 )
 _RECORDING_COLUMNS = "id, call_id, case_id, kind, path, duration_s, sha256, complete, created_at"
+_RATING_COLUMNS = "id, call_id, case_id, kind, agent_id, agency, score, at, day"
+RATING_KINDS = ("agent", "follow_up")
+# What the survey's results are grouped by (``Store.rating_counts``), and the column of each.
+RATING_GROUPS = {"agent": "agent_id", "agency": "agency", "day": "day"}
 
 
 def _call_from_row(row: Row) -> CallRecord:
@@ -602,6 +606,42 @@ class Store:
         changed = await self._update(
             "UPDATE recordings SET path = ? WHERE id = ? AND path = ?", (to_path, recording_id, from_path))
         return changed == 1
+
+    async def add_rating(self, call_id: int, kind: str, score: int, *, at: float, day: str,
+                         case_id: int | None = None, agent_id: str | None = None,
+                         agency: str | None = None) -> bool:
+        """The call's survey rating (1-5); False, and nothing changed, when the call has one already."""
+        if kind not in RATING_KINDS:
+            raise ValueError(f"a rating's kind must be one of {', '.join(RATING_KINDS)}, not {kind!r}")
+        if not 1 <= score <= 5:
+            raise ValueError(f"a rating is 1 to 5, not {score}")
+        try:
+            await self._insert(
+                "INSERT INTO ratings (call_id, case_id, kind, agent_id, agency, score, at, day)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (call_id, case_id, kind, agent_id, agency, score, at, day))
+        except UniqueViolation as exc:
+            if exc.where == "ratings.call_id":
+                return False
+            raise
+        except ForeignKeyViolation as exc:
+            raise NotFound(f"no call {call_id} or no case {case_id}") from exc
+        return True
+
+    async def rating_for_call(self, call_id: int) -> Rating | None:
+        row = await self._fetchone(f"SELECT {_RATING_COLUMNS} FROM ratings WHERE call_id = ?", (call_id,))
+        return None if row is None else Rating(*(row[column] for column in _RATING_COLUMNS.split(", ")))
+
+    async def rating_counts(self, by: str, *, since_day: str | None = None, until_day: str | None = None
+                            ) -> list[tuple[str | None, int, int]]:
+        """(agent id, agency or day; score; how many) of the ratings of the days from ``since_day`` to
+        ``until_day`` (YYYY-MM-DD, both included), grouped by ``by`` (a key of RATING_GROUPS)."""
+        column = RATING_GROUPS.get(by)
+        if column is None:
+            raise ValueError(f"ratings are grouped by one of {', '.join(RATING_GROUPS)}, not {by!r}")
+        where, params = _where({"day >= ?": since_day, "day <= ?": until_day})
+        rows = await self._fetchall(
+            f"SELECT {column}, score, COUNT(*) FROM ratings{where} GROUP BY {column}, score", params)
+        return [(row[0], int(row[1]), int(row[2])) for row in rows]
 
 
 @asynccontextmanager

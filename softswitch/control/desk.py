@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ivr.call_flow import Session
 from ivr.channel import LiveChannel, RecordingResult
@@ -31,6 +33,7 @@ from softswitch.web.console import ReasonRequired
 from softswitch.web.credentials import verify_password
 from storage.errors import NotFound
 from storage.models import Case, PersonId, Recording
+from storage.reports import RatingSummary, rating_day, rating_summaries
 from storage.store import Store
 
 log = logging.getLogger("softswitch.desk")
@@ -83,6 +86,7 @@ class ControlDesk:
         self.agencies: Sequence[Agency] = config.agencies
         self.categories: Sequence[str] = config.categories
         self._accounts = {a.id: a for a in config.agents.accounts}
+        self._tz = ZoneInfo(config.office_hours.timezone)
         self._calls: dict[str, DeskCall] = {}
         self._by_agent: dict[str, DeskCall] = {}
         self._listeners: dict[str, Fanout] = {}
@@ -293,6 +297,11 @@ class ControlDesk:
         await self.store.add_case_event(call.case.id, f"agent:{agent_id}", "tracking_code_read", call_id=call.call_id)
         self._publish(agent_id, {"type": "tracking_code_read", "call_key": call_key, "tracking_code": code})
         return code
+
+    async def ratings_today(self) -> list[RatingSummary]:
+        """Today's survey results (the hotline's date) per agent, from the store that every host shares."""
+        today = rating_day(time.time(), self._tz)
+        return rating_summaries(await self.store.rating_counts("agent", since_day=today, until_day=today))
 
     async def recording_path(self, agent_id: str, recording_id: int) -> Path | None:
         call = self._by_agent.get(agent_id)

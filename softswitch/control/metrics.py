@@ -154,6 +154,9 @@ class Metrics:
                                    ["whose", "source", "result"], registry=self.registry)
         self.follow_ups = Counter("softswitch_follow_ups", "Follow-up calls by outcome", ["outcome"],
                                   registry=self.registry)
+        # By score only: an agent's ratings are the reports' and the supervisor view's, never a label.
+        self.survey_ratings = Counter("softswitch_survey_ratings", "Post-call survey ratings kept, by score (1-5)",
+                                      ["score"], registry=self.registry)
         self.intake = Counter("softswitch_intake_requests", "Requests filed through the one duplicate rule, by "
                               "channel and whether they were linked to an existing case", ["channel", "duplicate"],
                               registry=self.registry)
@@ -194,6 +197,9 @@ class Metrics:
 
     def store_operation(self, operation: str, seconds: float) -> None:
         self.store_seconds.labels(operation).observe(seconds)
+
+    def survey_rated(self, score: int) -> None:
+        self.survey_ratings.labels(str(score)).inc()
 
     def intake_filed(self, channel: str, duplicate: bool) -> None:
         self.intake.labels(channel, str(duplicate).lower()).inc()

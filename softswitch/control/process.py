@@ -13,8 +13,10 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -22,6 +24,7 @@ from ivr.call_flow import CallFlow, FollowUp, Live, Session
 from ivr.channel import RecordingResult
 from ivr.follow_up import CaseStatus, FailureThrottle, agency_prompt
 from ivr.live import LiveService
+from ivr.survey import Survey, SurveyTopic
 from media.prompts import PromptLibrary
 from media.recognizer import AsyncRecognizer, load_recognizer
 from media.synth import load_synthesizer
@@ -47,6 +50,7 @@ from softswitch.worker.settings import WorkerSettings
 from storage.crypto import IdProtector
 from storage.errors import NotFound, StoreError
 from storage.models import CallRecord, PersonId, Recording
+from storage.reports import rating_day
 from storage.store import Store, open_store
 
 log = logging.getLogger("softswitch.control")
@@ -72,6 +76,32 @@ class StoreCaseSink:
         case = await self.store.open_call_case(self.call_id, subject, caller, complete=complete)
         await self.store.attach_recordings(self.call_id, case.id)
         return case.tracking_code
+
+
+class StoreRatings:
+    """The survey's view of the store for one call: its one rating, filed with the case it was about."""
+
+    def __init__(self, store: Store, call_id: int, metrics: Metrics, tz: tzinfo) -> None:
+        self.store = store
+        self.call_id = call_id
+        self.metrics = metrics
+        self.tz = tz
+
+    async def keep_rating(self, topic: SurveyTopic, score: int) -> None:
+        case = None
+        if topic.tracking_code is not None:
+            with contextlib.suppress(NotFound):
+                case = await self.store.get_case(topic.tracking_code)
+        at = time.time()
+        # The hotline's date, so that "today" and the reports' days are the agents' days.
+        kept = await self.store.add_rating(self.call_id, topic.kind, score, at=at, day=rating_day(at, self.tz),
+                                           case_id=case.id if case else None, agent_id=topic.agent_id,
+                                           agency=case.agency if case else None)
+        if kept:
+            self.metrics.survey_rated(score)
+        log.info("survey: rated %d after %s%s", score, "the agent's call" if topic.kind == "agent" else "a follow-up",
+                 "" if kept else " (the call was rated already: kept the first)",
+                 extra={"event": "survey_rating", "kind": topic.kind, "score": score, "agent": topic.agent_id})
 
 
 class StoreFollowUp:
@@ -465,9 +495,11 @@ class Softswitch:
             if await call.wait_answered(self.config.ivr.answer_timeout_s):
                 await self.store.answer_call(call_id, time.time())
                 sink = StoreCaseSink(self.store, call_id, self.metrics, self._recording_kept)
+                ratings = StoreRatings(self.store, call_id, self.metrics, ZoneInfo(self.config.office_hours.timezone))
                 flow = CallFlow(call, self.prompts, sink, self.config.ivr,
                                 label=handle, recognizer=self.recognizer, live=self.live,
-                                caller_number=caller_number(facts.from_uri), follow_up=self.follow_up)
+                                caller_number=caller_number(facts.from_uri), follow_up=self.follow_up,
+                                survey=Survey(self.config.survey, ratings))
                 active.session = session = flow.session
                 self.desk.track(handle, call_id, flow.caller_number, session)
                 await flow.run()

@@ -49,6 +49,11 @@ def jalali_date(ts: float, tz: tzinfo | str) -> str:
     return _jalali(ts, tz, "%Y/%m/%d")
 
 
+def jalali_day(day: date) -> str:
+    """The Jalali date of a (Gregorian) day, in Persian digits, e.g. ۱۴۰۵/۰۹/۰۷."""
+    return persian_digits(jdatetime.date.fromgregorian(date=day).strftime("%Y/%m/%d"))
+
+
 def jalali_datetime(ts: float, tz: tzinfo | str) -> str:
     """The Jalali date and the time of ts in tz, in Persian digits, e.g. ۱۴۰۵/۰۹/۰۷ ۱۴:۳۰."""
     return _jalali(ts, tz, "%Y/%m/%d %H:%M")

@@ -30,6 +30,7 @@ from softswitch.domain.tracking_code import is_tracking_code
 from softswitch.web.responses import json_error
 from softswitch.web.sessions import PAGE_ERRORS, STATIC_DIR, SessionPages, page_error
 from storage.web_sessions import WebSession
+from storage.reports import RatingSummary, all_ratings
 
 log = logging.getLogger("softswitch.console")
 
@@ -90,6 +91,10 @@ class Desk(Protocol):
     async def recording_path(self, agent_id: str, recording_id: int) -> Path | None:
         """A recording of this agent's current call, else None."""
 
+    async def ratings_today(self) -> Sequence[RatingSummary]:
+        """Today's post-call survey results (the hotline's date) per agent id; those after a follow-up
+        (no agent) under the key None."""
+
 
 # -- what the agent reads ------------------------------------------------------
 
@@ -120,6 +125,8 @@ LABELS: dict[str, Any] = {
         "service_level_within": "پاسخ تا {n} ثانیه", "per_hour": "تماس‌های امروز به تفکیک ساعت",
         "case_filed_separately": "پرونده جداگانه ثبت شد.",
         "refer_this": "ارجاع", "case_referred": "پرونده {code} به {agency} ارجاع شد.",
+        "ratings_count": "امروز، از {n} نظر", "agent_rating": "رضایت امروز: {avg} از {n} نظر",
+        "no_ratings": "امروز نظری ثبت نشده است",
     },
     "queue_ringing": "در حال زنگ برای",
 }
@@ -233,12 +240,16 @@ class _Console(SessionPages):
             case _:
                 return dict(event)
 
-    def snapshot_view(self) -> dict[str, Any]:
-        """The ACD's snapshot (caller numbers already masked, no national IDs) and the local hour for the chart."""
+    async def snapshot_view(self) -> dict[str, Any]:
+        """The ACD's snapshot (caller numbers already masked, no national IDs), the local hour for the chart,
+        and today's survey results: per agent, and all of them together."""
         snapshot = self.desk.acd.snapshot()
         wall = snapshot.get("wall")
         local = datetime.fromtimestamp(wall if isinstance(wall, (int, float)) else time.time(), self.tz)
-        return {**snapshot, "local_hour": local.hour}
+        ratings = await self.desk.ratings_today()
+        return {**snapshot, "local_hour": local.hour, "ratings": {
+            "agents": {s.key: _rating_view(s) for s in ratings if s.key is not None},
+            "all": _rating_view(all_ratings(ratings))}}
 
     def page_context(self, account: AgentAccount, session: WebSession) -> dict[str, Any]:
         return {"account": account, "csrf": session.csrf, "today": self.today()}
@@ -409,12 +420,12 @@ class _Console(SessionPages):
         if not account.supervisor:
             return self.render("message.html", status=403, **context, title="دسترسی ممنوع",
                                message=ERRORS["not_supervisor"])
-        data = {"snapshot": self.snapshot_view(), "labels": LABELS}
+        data = {"snapshot": await self.snapshot_view(), "labels": LABELS}
         return self.render("supervisor.html", **context, data=data)
 
     async def supervisor_snapshot(self, request: web.Request) -> web.Response:
         await self.supervisor_api(request)
-        return web.json_response(self.snapshot_view(), dumps=lambda v: json.dumps(v, ensure_ascii=False))
+        return web.json_response(await self.snapshot_view(), dumps=lambda v: json.dumps(v, ensure_ascii=False))
 
     async def supervisor_events(self, request: web.Request) -> web.StreamResponse:
         await self.supervisor_api(request)
@@ -424,7 +435,7 @@ class _Console(SessionPages):
         events = acd.subscribe()
         try:
             while await live():  # a logout in any browser, or the max age, ends the stream too
-                await self.send(response, {"type": "snapshot", "snapshot": self.snapshot_view()})
+                await self.send(response, {"type": "snapshot", "snapshot": await self.snapshot_view()})
                 # Every event, or the heartbeat, brings a fresh snapshot; a burst brings one.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(events.get(), self.heartbeat_s)
@@ -464,6 +475,10 @@ class _Console(SessionPages):
         """On shutdown: event streams never end by themselves, so end them."""
         for task in list(self.streams):
             task.cancel()
+
+
+def _rating_view(summary: RatingSummary) -> dict[str, Any]:
+    return {"count": summary.count, "average": None if summary.average is None else round(summary.average, 2)}
 
 
 def add_console_routes(app: web.Application, desk: Desk, *, timezone: str = "Asia/Tehran",

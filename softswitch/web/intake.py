@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Collection
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
 import yaml
@@ -18,11 +18,12 @@ from pydantic_core import PydanticCustomError
 from softswitch.config import CHANNELS, CONFIG_DIR, ApiToken, Config
 from softswitch.domain.cases import CASE_STATUSES, duplicate_window_s
 from softswitch.domain.national_id import parse_national_id
+from softswitch.domain.persian import jalali_day
 from softswitch.domain.text import clean_text
 from softswitch.web.responses import json_error
 from storage.errors import NotFound
 from storage.models import CallRecord, Case, PersonId, Recording
-from storage.reports import calls_csv, cases_csv
+from storage.reports import calls_csv, cases_csv, rating_summaries, ratings_csv
 from storage.store import Store
 
 OPENAPI_DOCUMENT = CONFIG_DIR / "openapi.yaml"
@@ -137,6 +138,7 @@ def _case(case: Case) -> dict[str, Any]:
 
 
 _Filter = TypeVar("_Filter", bound=SinceFilter)
+_Model = TypeVar("_Model", bound=BaseModel)
 _T = TypeVar("_T")
 
 
@@ -145,6 +147,17 @@ def _field_errors(exc: ValidationError) -> web.HTTPError:
     fields = [{"field": ".".join(str(part) for part in err["loc"]) or "body", "message": err["msg"]}
               for err in exc.errors()]
     return json_error(web.HTTPUnprocessableEntity, "invalid request", fields=fields)
+
+
+class RatingFilter(BaseModel):
+    """The query of the survey results' CSV: grouped by agent, agency or day, over whole days (the hotline's
+    dates, YYYY-MM-DD, both included)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    by: Literal["agent", "agency", "day"] = "day"
+    since: date | None = None
+    until: date | None = None
 
 
 class IntakeApi:
@@ -156,6 +169,7 @@ class IntakeApi:
         self.on_filed = on_filed  # (channel, duplicate), for the metrics
         self.tokens = config.api_tokens
         self.agency_names = {agency.id: agency.name for agency in config.agencies}
+        self.agent_names = {account.id: account.name for account in config.agents.accounts}
         self.agencies = frozenset(self.agency_names)
         self.categories = frozenset(config.categories)
         self.window_s = duplicate_window_s(config.cases.duplicate_window_days)
@@ -181,12 +195,16 @@ class IntakeApi:
             raise json_error(web.HTTPForbidden, "this token may not read reports")
         return token
 
-    def _query(self, request: web.Request, model: type[_Filter]) -> tuple[_Filter, float | None]:
-        """The validated query and its ``since`` as Unix seconds."""
+    @staticmethod
+    def _validated(request: web.Request, model: type[_Model]) -> _Model:
         try:
-            query = model.model_validate(dict(request.query))
+            return model.model_validate(dict(request.query))
         except ValidationError as exc:
             raise _field_errors(exc) from None
+
+    def _query(self, request: web.Request, model: type[_Filter]) -> tuple[_Filter, float | None]:
+        """The validated query and its ``since`` as Unix seconds."""
+        query = self._validated(request, model)
         if isinstance(query, CaseFilter) and query.agency is not None and query.agency not in self.agencies:
             raise json_error(web.HTTPUnprocessableEntity, "invalid request",
                              fields=[{"field": "agency", "message": "unknown agency"}])
@@ -247,6 +265,18 @@ class IntakeApi:
         codes = await self.store.tracking_codes_by_call(since=since)
         return _csv_response("calls.csv", calls_csv(calls, codes, tz=self.tz))
 
+    async def ratings_csv(self, request: web.Request) -> web.Response:
+        self.reporter(request)
+        query = self._validated(request, RatingFilter)
+        summaries = rating_summaries(await self.store.rating_counts(
+            query.by, since_day=query.since.isoformat() if query.since else None,
+            until_day=query.until.isoformat() if query.until else None))
+        if query.by == "day":
+            names = {s.key: jalali_day(date.fromisoformat(s.key)) for s in summaries if s.key is not None}
+        else:
+            names = self.agent_names if query.by == "agent" else self.agency_names
+        return _csv_response(f"ratings-by-{query.by}.csv", ratings_csv(summaries, query.by, names))
+
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.openapi_document)
 
@@ -255,11 +285,14 @@ class IntakeApi:
         call = await _found(self.store.get_call_by_sip_id(request.match_info["sip_call_id"]), "call")
         case = await self.store.case_for_call(call.id)
         recordings = await self.store.recordings_for_call(call.id)
+        rating = await self.store.rating_for_call(call.id)
         return web.json_response({
             "call": _call(call),
             "case": _case(case) if case else None,
             "tracking_code": case.tracking_code if case else None,
             "recordings": [_recording(r) for r in recordings],
+            "rating": None if rating is None else {"score": rating.score, "kind": rating.kind,
+                                                   "agent_id": rating.agent_id, "agency": rating.agency},
         })
 
     async def get_case(self, request: web.Request) -> web.Response:
@@ -303,6 +336,7 @@ def add_intake_routes(app: web.Application, store: Store, config: Config,
     app.router.add_get("/api/cases", api.list_cases)
     app.router.add_get("/api/reports/cases.csv", api.cases_csv)
     app.router.add_get("/api/reports/calls.csv", api.calls_csv)
+    app.router.add_get("/api/reports/ratings.csv", api.ratings_csv)
     app.router.add_get("/api/openapi.json", api.openapi)
     app.router.add_get("/api/calls/{sip_call_id}", api.get_call)
     app.router.add_get("/api/cases/{tracking_code}", api.get_case)

@@ -191,3 +191,11 @@ async def populate_morning(desk: FakeDesk, clock: DemoClock, seed: int = 111) ->
     clock.advance(21)
     acd.join("demo-third", _caller(rng))
     clock.advance(9)
+
+
+def rate_morning(desk: FakeDesk, seed: int = 111) -> None:
+    """Survey ratings for the morning: a few per agent on duty, mostly good, and some after follow-ups."""
+    rng = random.Random(seed)
+    for agent_id, _ in DEMO_AGENTS[:6]:
+        desk.ratings += [(agent_id, rng.choices((1, 2, 3, 4, 5), (1, 1, 2, 5, 8))[0]) for _ in range(rng.randint(3, 9))]
+    desk.ratings += [(None, rng.choice((3, 4, 5))) for _ in range(4)]

@@ -48,7 +48,9 @@ def start_chromium(width: int = 1440, height: int = 960) -> WebDriver:
 
 def wait_until(browser: WebDriver, condition: Callable[[WebDriver], T], timeout: float = WAIT_S,
                message: str = "") -> T:
-    return WebDriverWait(browser, timeout, poll_frequency=0.05).until(condition, message)
+    # A page that re-renders between finding an element and reading it makes it stale: look again.
+    return WebDriverWait(browser, timeout, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(condition, message)
 
 
 def visible(browser: WebDriver, css: str, timeout: float = WAIT_S) -> WebElement:

@@ -17,7 +17,7 @@ from selenium.webdriver.support.ui import Select
 from softswitch.domain.persian import persian_digits
 from tests.browser.conftest import AGENT, SUPERVISOR, ConsoleServer, make_desk
 from tests.browser.demo import (CALL_KEY, NATIONAL_ID, SUBJECT_ID, add_history_cases, demo_desk, populate_morning,
-                                screen_pop, write_wav)
+                                rate_morning, screen_pop, write_wav)
 from tests.browser.driver import attribute_is, login, screenshot, visible, wait_until
 from tests.fakes.desk import FakeDesk
 
@@ -118,6 +118,7 @@ def test_supervisor_sees_agents_queue_and_calls_per_hour(browser: WebDriver, con
     desk, clock = demo_desk()
     server = console_server(desk)
     server.run(lambda: populate_morning(desk, clock))
+    rate_morning(desk)
     snapshot = server.call(desk.acd.snapshot)
 
     login(browser, server.base_url, SUPERVISOR[0], SUPERVISOR[2])
@@ -134,6 +135,30 @@ def test_supervisor_sees_agents_queue_and_calls_per_hour(browser: WebDriver, con
 
     server.call(desk.acd.login, "sara")  # live: the board follows the ACD's events
     attribute_is(browser, "[data-test=agent-tile][data-agent-id=sara]", "data-state", "ready")
+
+
+def test_supervisor_sees_todays_survey_ratings_per_agent(browser: WebDriver, console_server: Serve) -> None:
+    desk, clock = demo_desk()
+    # Maryam: 5 and 4; Ali: 2; a follow-up's rating (no agent) counts only in the day's total.
+    desk.ratings = [("maryam", 5), ("maryam", 4), ("ali", 2), (None, 3)]
+    server = console_server(desk)
+    server.run(lambda: populate_morning(desk, clock))
+    login(browser, server.base_url, SUPERVISOR[0], SUPERVISOR[2])
+
+    def rating_of(agent_id: str) -> Any:
+        return browser.find_element(By.CSS_SELECTOR, f"[data-agent-id={agent_id}] [data-test=agent-rating]")
+    assert rating_of("maryam").text == "رضایت امروز: ۴٫۵ از ۲ نظر"
+    assert rating_of("maryam").get_attribute("data-count") == "2"
+    assert rating_of("ali").text == "رضایت امروز: ۲٫۰ از ۱ نظر"
+    assert rating_of("zahra").text == "امروز نظری ثبت نشده است"
+    assert text_of(browser, "kpi-rating") == "۳٫۵" and text_of(browser, "kpi-rating-note") == "امروز، از ۴ نظر"
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("dir") == "rtl"
+
+    # A new rating shows with the next snapshot (here brought by an agent's change of state).
+    server.call(desk.ratings.append, ("zahra", 1))
+    server.call(desk.acd.login, "sara")
+    wait_until(browser, lambda d: rating_of("zahra").text == "رضایت امروز: ۱٫۰ از ۱ نظر")
+    wait_until(browser, lambda d: text_of(browser, "kpi-rating-note") == "امروز، از ۵ نظر")
 
 
 def test_an_agent_may_not_open_the_supervisor_view(browser: WebDriver, console_server: Serve) -> None:

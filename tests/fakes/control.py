@@ -30,6 +30,7 @@ from tests.fakes.scripted_worker import AgentPhone, Script, ScriptedWorker
 PROMPT_S = 0.02  # every fake prompt (a digit too)
 FAST_IVR = {"id_max_s": 5.0, "id_silence_s": 0.3, "id_no_input_s": 1.0, "confirm_timeout_s": 0.5,
             "menu_timeout_s": 0.5, "message_max_s": 10.0, "message_silence_s": 0.3, "message_no_input_s": 1.0}
+SURVEY_WAIT_S = 0.5
 ALWAYS_OPEN = {day: ["00:00-24:00"] for day in
                ("saturday", "sunday", "monday", "tuesday", "wednesday", "thursday", "friday")}
 CALLER = "02188776655"
@@ -38,7 +39,7 @@ CALLER = "02188776655"
 def write_config(directory: Path, agents: Sequence[str] = ()) -> Path:
     """A config file for a switch whose data directory is ``directory/var``; `agents` are logged-in agent ids."""
     data: dict[str, Any] = {"data_dir": str(directory / "var"), "ivr": FAST_IVR,
-                            "office_hours": {"weekly": ALWAYS_OPEN}}
+                            "office_hours": {"weekly": ALWAYS_OPEN}, "survey": {"wait_s": SURVEY_WAIT_S}}
     if agents:
         data["agents"] = {"accounts": [{"id": a, "name": f"کارشناس {a}", "sip_ha1": "0" * 32,
                                         "console_password": "scrypt$not-used"} for a in agents], "wrap_up_s": 1.0}

@@ -23,6 +23,7 @@ from softswitch.domain.cases import FiledCase
 from softswitch.domain.fanout import Fanout
 from softswitch.domain.tracking_code import new_tracking_code
 from softswitch.web.console import ReasonRequired
+from storage.reports import RatingSummary, rating_summaries
 
 DEFAULTS = Config()
 
@@ -54,6 +55,7 @@ class FakeDesk:
         self.recordings: dict[int, Path] = {}
         self.queued: dict[str, tuple[QueueEntry, str]] = {}  # call key -> (entry, agent rung)
         self.subscribers: dict[str, Fanout] = {}
+        self.ratings: list[tuple[str | None, int]] = []  # today's survey ratings: (agent id or None, score)
         self._forwarder: asyncio.Task[None] | None = None
 
     # -- the Desk protocol -------------------------------------------------------------
@@ -165,6 +167,10 @@ class FakeDesk:
         if pop is None or recording_id not in [*pop.get("id_audio", ()), *pop.get("subject_id_audio", ())]:
             return None
         return self.recordings.get(recording_id)
+
+    async def ratings_today(self) -> list[RatingSummary]:
+        """The real summaries (storage.reports) of the ratings the test gave."""
+        return rating_summaries((agent, score, 1) for agent, score in self.ratings)
 
     # -- scripting the calls -----------------------------------------------------------
 

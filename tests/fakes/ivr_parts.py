@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ivr.channel import RecordingResult
 from ivr.follow_up import CaseStatus
+from ivr.survey import SurveyTopic
 from softswitch.domain.tracking_code import verhoeff_check_digit
 from storage.models import PersonId
 
@@ -101,3 +102,13 @@ class FakeDesk:
         self.events.append(("finished", agent_id))
         self.conversations.append(conversation)
         return "100000009"
+
+
+@dataclass
+class FakeRatings:
+    """The survey's sink: keeps each rating the flow gives it, in order (the store keeps only a call's first)."""
+
+    kept: list[tuple[SurveyTopic, int]] = field(default_factory=list)
+
+    async def keep_rating(self, topic: SurveyTopic, score: int) -> None:
+        self.kept.append((topic, score))

@@ -45,6 +45,8 @@ CONFIG = {
         {"name": "letters", "sha256": hashlib.sha256(LETTER_TOKEN.encode()).hexdigest(), "channel": "letter"},
     ],
     "follow_up": {"max_failures": 2, "failure_window_s": 600},
+    # The callers here do not rate: the survey after an agent or an answer only waits its (short) time.
+    "survey": {"wait_s": 2.0},
     "agents": {"accounts": agent_accounts([("1001", "مریم احمدی", PASSWORD)], "softswitch-111")},
     "agencies": [
         {"id": "energy", "name": "وزارت نیرو",

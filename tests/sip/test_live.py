@@ -35,6 +35,8 @@ LIVE = {
     "office_hours": {"weekly": ALWAYS_OPEN},
     "agents": {"ring_timeout_s": 2.5, "wrap_up_s": 2.0, "accounts": ACCOUNTS},
     "queue": {"announce_every_s": 2.0, "max_wait_s": 4.0},
+    # These tests hear how a conversation ends; the survey after it has its own (tests/sip/test_survey.py).
+    "survey": {"enabled": False},
 }
 
 

@@ -120,7 +120,7 @@ async def test_a_live_call_logs_the_queue_the_bridge_and_the_conversation(
     assert call_events(records, "live-1@trunk") == [
         "arrival", "routed", "ivr_step:greeting", "recording_end:national_id_utterance", "ivr_step:national_id",
         "ivr_step:menu", "ivr_step:about", "queue_join", "queue_leave", "bridged", "recording_end:conversation",
-        "bridge_end", "ivr_step:queue", "hangup"]
+        "bridge_end", "ivr_step:queue", "ivr_step:survey", "ivr_step:goodbye", "hangup"]
     mine = {r["event"]: r for r in records if r.get("call_id") == "live-1@trunk" and "event" in r}
     assert mine["queue_leave"]["reason"] == "answered" and mine["bridged"]["agent"] == "1001"
     code = stored["tracking_code"]

@@ -10,8 +10,10 @@ real timers apply (6 s menu timeouts, 15 s of no input), at no wall time.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,17 +21,18 @@ import pytest
 from ivr.call_flow import CallFlow, FollowUp, Live, Session
 from ivr.follow_up import CASE_FAILURE_FACTOR, CaseStatus, FailureThrottle
 from ivr.live import LiveService
+from ivr.survey import Survey, SurveyTopic
 from softswitch import protocol
 from softswitch.config import (AgentAccount, AgentsConfig, FollowUpConfig, IvrConfig, OfficeHoursConfig,
-                               QueueConfig)
+                               QueueConfig, SurveyConfig)
 from softswitch.domain.acd import Acd
 from softswitch.domain.national_id import is_valid_national_id
 from softswitch.domain.office_hours import OfficeHours
 from softswitch.domain.tracking_code import is_tracking_code, verhoeff_check_digit
-from storage.errors import NotFound
+from storage.errors import NotFound, StoreError
 from storage.models import CallRecord
 from tests.fakes.counters import FakeCounts
-from tests.fakes.ivr_parts import FakeCases, FakeDesk, FakeFollowUpCases, FakePrompts, FakeRecognizer
+from tests.fakes.ivr_parts import FakeCases, FakeDesk, FakeFollowUpCases, FakePrompts, FakeRatings, FakeRecognizer
 from tests.fakes.scripted_worker import AgentPhone, Played, Script, ScriptedWorker
 from tests.fakes.virtual_time import run_virtual
 
@@ -50,8 +53,8 @@ def test_ids_are_what_the_tests_say() -> None:
 
 
 def call(script: Script, recognizer: FakeRecognizer | None = None, *, known: FakeFollowUpCases | None = None,
-         throttle: FailureThrottle | None = None, caller_number: str = "02188776655", **ivr: Any
-         ) -> tuple[Session, ScriptedWorker, FakeCases]:
+         throttle: FailureThrottle | None = None, caller_number: str = "02188776655",
+         survey: Survey | None = None, **ivr: Any) -> tuple[Session, ScriptedWorker, FakeCases]:
     """One call through the flow: out of office hours (menu: 2 a message, 3 follow-up)."""
     worker = ScriptedWorker(script, PROMPTS)
     cases = FakeCases()
@@ -61,7 +64,7 @@ def call(script: Script, recognizer: FakeRecognizer | None = None, *, known: Fak
     async def run() -> Session:
         channel = worker.answer()
         flow = CallFlow(channel, FakePrompts(), cases, IvrConfig(**ivr), "test-call", recognizer=recognizer,
-                        caller_number=caller_number, follow_up=follow)
+                        caller_number=caller_number, follow_up=follow, survey=survey)
         return await flow.run()
     return run_virtual(run()), worker, cases
 
@@ -353,7 +356,8 @@ class LiveRun:
 
 
 def live_call(script: Script, agents: dict[str, AgentPhone], *, busy: int = 0,
-              weekly: Mapping[str, tuple[str, ...]] = ALWAYS_OPEN, **queue: Any) -> LiveRun:
+              weekly: Mapping[str, tuple[str, ...]] = ALWAYS_OPEN, survey: Survey | None = None,
+              **queue: Any) -> LiveRun:
     """One call with the given agents logged in (``busy`` of them on other calls first); open all week."""
     worker = ScriptedWorker(script, PROMPTS, agents=agents)
     cases, desk = FakeCases(), FakeDesk()
@@ -373,7 +377,7 @@ def live_call(script: Script, agents: dict[str, AgentPhone], *, busy: int = 0,
                               agent_uri=lambda a: f"sip:{a}@front")
         live = Live(service, OfficeHours.from_config(OfficeHoursConfig(weekly=dict(weekly), holidays=())))
         flow = CallFlow(worker.answer(), FakePrompts(), cases, IvrConfig(), "test-call", live=live,
-                        caller_number="02188776655")
+                        caller_number="02188776655", survey=survey)
         session = await flow.run()
         outcome["acd"] = acd.snapshot()
         outcome["states"] = {a["id"]: a["state"] for a in outcome["acd"]["agents"]}
@@ -464,6 +468,131 @@ def test_out_of_hours_the_caller_hears_when_service_resumes_and_no_agent_is_rung
     assert heard[heard.index("live_closed") + 1] == "live_resumes" and "live_resumes_end" in heard
     assert "menu_main" not in heard  # option 1 is never offered (with no other option, no menu at all)
     assert "menu:message" in run.session.path and run.worker.dialled == []
+
+
+# -- the post-call survey ----------------------------------------------------------------------------
+
+TALK_S = 10.0  # the agent hangs up this long after answering
+
+
+def survey(**cfg: Any) -> tuple[Survey, FakeRatings]:
+    ratings = FakeRatings()
+    return Survey(SurveyConfig(**cfg), ratings), ratings
+
+
+def after_the_agent(**cfg: Any) -> tuple[Script, float, Survey, FakeRatings]:
+    """A caller put through to agent 1001, who hangs up first; when the survey's question has ended."""
+    script, queued = to_the_queue()
+    # "please wait" (1 s), the ring (1 s), the talk, then the question (1 s).
+    return (script, queued + 1.0 + 1.0 + TALK_S + 1.0, *survey(**cfg))
+
+
+def agent_phone() -> dict[str, AgentPhone]:
+    return {"1001": AgentPhone(answer_after_s=1.0, talk_s=TALK_S)}
+
+
+def test_after_the_agent_hangs_up_the_caller_rates_4_and_it_is_kept_with_the_agent_and_case() -> None:
+    script, asked, rules, ratings = after_the_agent()
+    run = live_call(script.key(asked + 1.0, "4"), agent_phone(), survey=rules)
+    assert run.session.path[-2:] == ["queue:handled", "survey:rated"]
+    # The case the conversation became (FakeDesk.finished's code) and the agent who took the call.
+    assert ratings.kept == [(SurveyTopic("agent", "100000009", "1001"), 4)]
+    heard = run.worker.prompts_heard()
+    assert heard[-2:] == ["survey_ask", "survey_thanks"] and "goodbye" not in heard  # the thanks say goodbye
+    ask = next(p for p in run.worker.played if p.files[0].endswith("survey_ask.wav"))
+    assert ask.start >= TALK_S and run.session.ended_by is None
+    # The thanks are heard to their end; the control process hangs up after the flow (as after any agent call).
+    assert run.worker.played[-1].completed is True
+
+
+def test_an_invalid_key_is_asked_once_more_and_the_5_after_it_is_kept() -> None:
+    script, asked, rules, ratings = after_the_agent()
+    run = live_call(script.key(asked + 1.0, "8").key(asked + 5.0, "5"), agent_phone(), survey=rules)
+    assert [score for _, score in ratings.kept] == [5]
+    assert run.worker.prompts_heard()[-4:] == ["survey_ask", "survey_invalid", "survey_ask", "survey_thanks"]
+    assert run.session.path[-1] == "survey:rated"
+
+
+def test_two_invalid_keys_leave_no_rating_and_the_caller_hears_goodbye() -> None:
+    script, asked, rules, ratings = after_the_agent()
+    run = live_call(script.key(asked + 1.0, "9").key(asked + 5.0, "0"), agent_phone(), survey=rules)
+    assert ratings.kept == [] and run.session.path[-2:] == ["survey:invalid", "goodbye"]
+    assert run.worker.prompts_heard().count("survey_invalid") == 1
+
+
+def test_silence_leaves_no_rating_after_the_bounded_wait() -> None:
+    script, _, rules, ratings = after_the_agent(wait_s=6.0)
+    run = live_call(script, agent_phone(), survey=rules)
+    assert ratings.kept == [] and run.session.path[-2:] == ["survey:no_key", "goodbye"]
+    ask = next(p for p in run.worker.played if p.files[0].endswith("survey_ask.wav"))
+    goodbye = next(p for p in run.worker.played if p.files[0].endswith("goodbye.wav"))
+    assert ask.end is not None and goodbye.start - ask.end == pytest.approx(6.0, abs=0.01)
+    assert run.worker.prompts_heard().count("survey_ask") == 1  # silence is an answer: no second question
+
+
+def test_a_hang_up_during_the_question_is_no_rating_and_no_error() -> None:
+    script, asked, rules, ratings = after_the_agent()
+    run = live_call(script.hang_up(asked - 0.5), agent_phone(), survey=rules)
+    assert ratings.kept == [] and run.session.path[-2:] == ["queue:handled", "survey:hangup"]
+    assert run.session.ended_by is None  # the call ended as it should: "completed", as before the survey
+    assert "goodbye" not in run.worker.prompts_heard()
+
+
+def test_a_caller_who_hangs_up_on_the_agent_is_not_asked() -> None:
+    script, queued = to_the_queue()
+    rules, ratings = survey()
+    run = live_call(script.hang_up(queued + 8.0), {"1001": AgentPhone(answer_after_s=1.0)}, survey=rules)
+    assert run.session.path[-1] == "queue:handled" and "survey_ask" not in run.worker.prompts_heard()
+    assert ratings.kept == []
+
+
+@pytest.mark.parametrize("cfg", [{"enabled": False}, {"offer_after": ("follow_up",)}])
+def test_a_survey_switched_off_or_not_offered_after_agents_asks_nothing(cfg: dict[str, Any]) -> None:
+    script, asked, rules, ratings = after_the_agent(**cfg)
+    run = live_call(script.key(asked + 1.0, "4"), agent_phone(), survey=rules)
+    assert run.session.path[-1] == "queue:handled" and "survey_ask" not in run.worker.prompts_heard()
+    assert ratings.kept == []
+
+
+class FailingRatings:
+    """A store that cannot take the rating (a fake: the real store's failures are StoreError too)."""
+
+    async def keep_rating(self, topic: SurveyTopic, score: int) -> None:
+        raise StoreError("the database is gone")
+
+
+def test_a_rating_the_store_cannot_take_is_still_thanked_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    script, asked, _, _ = after_the_agent()
+    rules = Survey(SurveyConfig(), FailingRatings())
+    run = live_call(script.key(asked + 1.0, "3"), agent_phone(), survey=rules)
+    assert run.session.path[-1] == "survey:rated" and run.session.ended_by is None
+    assert run.worker.prompts_heard()[-1] == "survey_thanks"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [getattr(r, "event", None) for r in errors] == ["survey_rating_lost"]
+
+
+ANSWER = Path("/answers/case-1.wav")
+
+
+def test_after_an_agencys_answer_in_a_follow_up_the_caller_rates_it() -> None:
+    known = FakeFollowUpCases({KNOWN_CODE: ({NATIONAL_ID}, CaseStatus("answered", "tax", ANSWER))})
+    rules, ratings = survey()
+    # The code's keys end at about 7.0 + 8 x 0.25 after the menu key; the status and the answer (1 s each).
+    t = after_ask() + 1.0 + 2.5 + READ_BACK_S + 0.5 + 7.0 + 2.0 + 3.5
+    session, worker, _ = call(follow_up_script(KNOWN_CODE).key(t, "2"), known=known, survey=rules)
+    assert session.path[-2:] == ["follow_up:told:answered", "survey:rated"]
+    assert ratings.kept == [(SurveyTopic("follow_up", KNOWN_CODE), 2)]
+    heard = worker.prompts_heard()
+    assert heard.index("case-1") < heard.index("survey_ask")
+
+
+@pytest.mark.parametrize("status", [CaseStatus("referred", "tax", None), CaseStatus("closed", None, None)])
+def test_a_follow_up_without_an_answer_heard_has_no_survey(status: CaseStatus) -> None:
+    known = FakeFollowUpCases({KNOWN_CODE: ({NATIONAL_ID}, status)})
+    rules, ratings = survey()
+    session, worker, _ = call(follow_up_script(KNOWN_CODE), known=known, survey=rules)
+    assert session.path[-1] == "goodbye" and "survey_ask" not in worker.prompts_heard()
+    assert ratings.kept == []
 
 
 # -- the follow-up throttle counts by trunk source and by case, not only by the chosen From user --------

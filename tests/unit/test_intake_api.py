@@ -85,7 +85,7 @@ async def test_requests_without_a_valid_token_get_401(client: Client) -> None:
     for headers in ({}, {"Authorization": f"Basic {SMS}"}, {"Authorization": "Bearer "},
                     _bearer("not-a-token"), {"Authorization": SMS}):
         for method, path in (("POST", "/api/cases"), ("GET", "/api/cases"), ("GET", "/api/reports/cases.csv"),
-                             ("GET", "/api/reports/calls.csv")):
+                             ("GET", "/api/reports/calls.csv"), ("GET", "/api/reports/ratings.csv")):
             response = await client.request(method, path, headers=headers, json=_request())
             assert response.status == 401, (headers, path)
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -98,7 +98,7 @@ async def test_tokens_only_do_what_they_are_for(client: Client) -> None:
     status, body = await _submit(client, SMS, _request(channel="letter"))
     assert status == 403 and "sms" in body["error"]
     for token in (SMS, LETTER, NOTHING):
-        for path in ("/api/cases", "/api/reports/cases.csv", "/api/reports/calls.csv"):
+        for path in ("/api/cases", "/api/reports/cases.csv", "/api/reports/calls.csv", "/api/reports/ratings.csv"):
             assert (await client.get(path, headers=_bearer(token))).status == 403, (token, path)
 
 
@@ -260,6 +260,33 @@ async def test_case_and_call_reports(client: Client, store: Store) -> None:
                             ("1000000001", 0)):
         response = await client.get("/api/reports/calls.csv", params={"since": since}, headers=_bearer(REPORTS))
         assert len(_parse_csv(await response.read())) == expected, since
+
+
+async def test_survey_results_per_agent_agency_and_day(client: Client, store: Store) -> None:
+    # 2026-03-21 and 2026-03-22 in Tehran: 1 and 2 Farvardin 1405.
+    for n, (day, agent, agency, score) in enumerate([("2026-03-21", "1001", "health", 5),
+                                                      ("2026-03-21", "1001", "roads", 2),
+                                                      ("2026-03-22", None, "health", 4)]):
+        call_id = await store.add_call(f"rated-{n}@pstn", "sip:0912@pstn", "sip:111@gw", "127.0.0.1", 0, 1.0e9)
+        await store.add_rating(call_id, "agent" if agent else "follow_up", score, at=1.0e9, day=day,
+                               agent_id=agent, agency=agency)
+
+    async def rows(**params: str) -> list[dict[str, str]]:
+        response = await client.get("/api/reports/ratings.csv", params=params, headers=_bearer(REPORTS))
+        assert response.status == 200 and response.content_type == "text/csv", await response.text()
+        return _parse_csv(await response.read())
+    assert [(r["agent"], r["count"], r["average"], r["score_2"], r["score_5"]) for r in await rows(by="agent")] == [
+        ("1001", "2", "3.5", "1", "1"), ("", "1", "4.0", "0", "0")]
+    assert [(r["agency"], r["name"], r["count"]) for r in await rows(by="agency")] == [
+        ("health", "وزارت بهداشت، درمان و آموزش پزشکی", "2"), ("roads", "وزارت راه و شهرسازی", "1")]
+    assert [(r["day"], r["name"], r["count"]) for r in await rows()] == [
+        ("2026-03-21", "۱۴۰۵/۰۱/۰۱", "2"), ("2026-03-22", "۱۴۰۵/۰۱/۰۲", "1")]
+    assert [r["day"] for r in await rows(since="2026-03-22", until="2026-03-22")] == ["2026-03-22"]
+    for bad in ({"by": "caller"}, {"since": "yesterday"}, {"group": "agent"}):
+        response = await client.get("/api/reports/ratings.csv", params=bad, headers=_bearer(REPORTS))
+        assert response.status == 422, bad
+    call = await (await client.get("/api/calls/rated-0@pstn", headers=_bearer(REPORTS))).json()
+    assert call["rating"] == {"score": 5, "kind": "agent", "agent_id": "1001", "agency": "health"}
 
 
 async def test_openapi_document_is_served_as_json(client: Client) -> None:

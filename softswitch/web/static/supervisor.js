@@ -38,10 +38,27 @@
             labels.messages.service_level_within.replace("{n}", fa(Math.round(today.answered_within_s))));
     const handle = today.average_handle_time_s;
     setText("kpi-handle-time", handle === null || handle === undefined ? "—" : duration(handle));
+    const ratings = snapshot.ratings.all;
+    setText("kpi-rating", ratings.count ? average(ratings.average) : "—");
+    setText("kpi-rating-note", labels.messages.ratings_count.replace("{n}", fa(ratings.count)));
     renderAgents();
     renderQueue();
     renderChart(today.per_hour, snapshot.local_hour);
     tick();
+  }
+
+  // 4.25 -> "۴٫۳" (one decimal, the Persian decimal separator)
+  function average(value) {
+    return fa(value.toFixed(1)).replace(".", "٫");
+  }
+
+  // Today's survey results of one agent: "رضایت امروز: ۴٫۵ از ۲ نظر", or that there are none yet.
+  function agentRating(id) {
+    const rating = snapshot.ratings.agents[id];
+    const text = rating ? labels.messages.agent_rating.replace("{avg}", average(rating.average))
+      .replace("{n}", fa(rating.count)) : labels.messages.no_ratings;
+    return el("div", {class: "agent-rating", dataset: {test: "agent-rating", count: rating ? rating.count : 0,
+                                                       average: rating ? rating.average : ""}}, text);
   }
 
   function renderAgents() {
@@ -56,7 +73,8 @@
         el("div", {class: "agent-state"}, labels.states[a.state] || a.state),
         el("div", {class: "agent-time num", dataset: {seconds: a.seconds_in_state}}, ""),
         el("div", {class: "agent-note"}, note),
-        el("div", {class: "agent-answered"}, labels.messages.answered + ": ", el("bdi", {class: "num"}, fa(a.answered_today || 0))));
+        el("div", {class: "agent-answered"}, labels.messages.answered + ": ", el("bdi", {class: "num"}, fa(a.answered_today || 0))),
+        agentRating(a.id));
     });
     byId("agent-tiles").replaceChildren(...tiles);
     const parts = ["ready", "on_call", "ringing", "wrap_up", "paused"]
