@@ -12,6 +12,7 @@ from pathlib import Path
 from ivr.channel import RecordingResult
 from ivr.follow_up import CaseStatus
 from softswitch.domain.tracking_code import verhoeff_check_digit
+from storage.errors import StoreError
 from storage.models import PersonId
 
 
@@ -101,3 +102,16 @@ class FakeDesk:
         self.events.append(("finished", agent_id))
         self.conversations.append(conversation)
         return "100000009"
+
+
+@dataclass
+class FakeSmsRequests:
+    """The outbox as the IVR sees it: the requests it was given, (tracking code, recipient); or a full store."""
+
+    requested: list[tuple[str, str]] = field(default_factory=list)
+    failing: bool = False
+
+    async def request_sms(self, tracking_code: str, recipient: str) -> None:
+        if self.failing:
+            raise StoreError("the database is full")
+        self.requested.append((tracking_code, recipient))
