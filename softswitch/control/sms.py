@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -133,7 +134,9 @@ class SmsSender:
             self._http = None
 
     async def _run(self) -> None:
-        log.info("sms: sending through %s as %s, %d attempts at most", self.url, self.cfg.sender, self.cfg.attempts)
+        # The URL without its query: an operator may have put a key there.
+        where = urlsplit(self.url)._replace(query="", fragment="").geturl()
+        log.info("sms: sending through %s as %s, %d attempts at most", where, self.cfg.sender, self.cfg.attempts)
         failing = False
         while not self._stopping:
             self._due.clear()

@@ -347,10 +347,12 @@ async def test_a_late_outcome_of_a_lapsed_lease_changes_nothing(setup: Setup) ->
 
 
 async def test_the_running_sender_sends_a_queued_message_at_once_and_counts_what_waits(
-        tmp_path: Path, gateway: Gateway) -> None:
+        tmp_path: Path, gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="softswitch.sms")
     async with open_store(tmp_path / "store.db", _protector()) as store:
         metrics = Metrics(idle_state)
-        cfg = sms_config(gateway, poll_interval_s=60.0)  # only the wake-up can make it quick
+        # Only the wake-up can make it quick; a key in the URL's query is never logged.
+        cfg = sms_config(gateway, poll_interval_s=60.0, url=gateway.url + "?key=url-secret-77")
         sender = SmsSender.start(cfg, store, metrics)
         assert sender is not None and SmsSender.start(SmsConfig(), store, metrics) is None
         try:
@@ -364,6 +366,10 @@ async def test_the_running_sender_sends_a_queued_message_at_once_and_counts_what
         finally:
             await sender.close()
         assert 'softswitch_sms_pending 0.0' in metrics.text().decode()
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name == "softswitch.sms")
+    assert "sent on attempt 1" in ours and "url-secret-77" not in ours
+    for secret in (TOKEN, RECIPIENT, MOBILE[1:], gateway.received[0].body["text"]):
+        assert secret not in ours
 
 
 # -- both engines: two hosts, the answer-ready notice, retention -----------------------------------------
