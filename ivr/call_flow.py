@@ -6,8 +6,9 @@ caller hears when live service resumes), 2 record a message, 3 follow up on a
 tracking code (ivr/follow_up.py, then goodbye) -> about whom (the
 caller, or someone else whose ID is then taken the same way) -> either the
 live queue (ivr/live.py), or the message after the tone, tracking code read
-back, the offer of its SMS (ivr/sms_offer.py, once, to a mobile number), goodbye. A caller who leaves the queue for a recorded message keeps the
-IDs already captured. Whatever point the call ends at, what was recorded is kept
+back, the offer of its SMS (ivr/sms_offer.py, once, to a mobile number),
+goodbye. A caller who leaves the queue for a recorded message keeps the IDs
+already captured. Whatever point the call ends at, what was recorded is kept
 and attached to the call, and a message (even a partial one) always becomes a
 case, filed under the person it concerns.
 """

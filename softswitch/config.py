@@ -372,7 +372,7 @@ def _is_loopback(host: str) -> bool:
 class SmsConfig(_Section):
     """SMS of tracking codes (and of "your answer is ready") through the operator's SMS gateway.
 
-    ``url`` is an HTTP endpoint taking the JSON body of README "SMS gateway"
+    ``url`` is an HTTP endpoint taking the JSON body of README "SMS of the tracking code"
     with ``Authorization: Bearer <token>``; unset (the default), no SMS is
     offered or sent. HTTPS is required beyond loopback: the body holds the
     caller's number and the header the token. ``token`` is a secret, printed

@@ -1,6 +1,6 @@
 """Control process: the SMS sender, which takes due messages off the outbox and posts them to the gateway.
 
-The gateway contract (README, "SMS gateway"): ``POST sms.url`` with the JSON
+The gateway contract (README, "SMS of the tracking code"): ``POST sms.url`` with the JSON
 body ``{"to", "text", "sender", "reference"}`` and ``Authorization: Bearer
 <sms.token>``. A 2xx answer means sent; 429, 5xx, a timeout or no connection
 is tried again after a backoff (``retry_initial_s`` doubling up to

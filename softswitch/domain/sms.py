@@ -15,10 +15,6 @@ TRACKING_CODE = "tracking_code"  # sent when the caller pressed 1 after the code
 ANSWER_READY = "answer_ready"  # sent when an agency answers a case whose caller asked for the first
 SMS_KINDS = (TRACKING_CODE, ANSWER_READY)
 
-# An SMS in Persian is UCS-2: 70 characters fit one message, 67 each part of a longer one.
-UCS2_SINGLE_CHARS = 70
-UCS2_PART_CHARS = 67
-
 # 09xxxxxxxxx, +989xxxxxxxxx, 00989xxxxxxxxx, and 989xxxxxxxxx as trunks write E.164 without the plus.
 _IRAN_MOBILE = re.compile(r"(?:0|\+98|0098|98)(9[0-9]{9})")
 
@@ -40,8 +36,3 @@ def sms_text(kind: str, tracking_code: str, service_number: str = "111") -> str:
             return (f"سامانه {service}: پاسخ درخواست شما با کد پیگیری {code} آماده است. "
                     f"برای شنیدن، با {service} تماس بگیرید و کلید {persian_digits(3)} را بزنید.")
     raise ValueError(f"SMS kind must be one of {', '.join(SMS_KINDS)}, not {kind!r}")
-
-
-def sms_parts(text: str) -> int:
-    """How many UCS-2 messages the text takes (what the gateway bills)."""
-    return 1 if len(text) <= UCS2_SINGLE_CHARS else -(-len(text) // UCS2_PART_CHARS)

@@ -19,8 +19,7 @@ from softswitch.config import ConfigError, SmsConfig, load_config
 from softswitch.control.metrics import Metrics, idle_state
 from softswitch.control.sms import SmsSender, StoreSmsRequests, retry_delay_s, verdict
 from softswitch.domain.persian import persian_digits
-from softswitch.domain.sms import (ANSWER_READY, TRACKING_CODE, UCS2_SINGLE_CHARS, iran_mobile, sms_parts,
-                                   sms_text)
+from softswitch.domain.sms import ANSWER_READY, TRACKING_CODE, iran_mobile, sms_text
 from storage.crypto import IdProtector
 from storage.models import Case, PersonId
 from storage.outbox import LOST_ATTEMPT, SmsMessage
@@ -58,8 +57,8 @@ def test_texts_are_persian_with_the_code_in_persian_digits_and_nothing_else_of_t
         text = sms_text(kind, code)
         assert persian_digits(code) in text and persian_digits("111") in text
         assert not any(c.isascii() and c.isdigit() for c in text)  # no Latin digit at all
-    assert len(sms_text(TRACKING_CODE, code)) <= UCS2_SINGLE_CHARS  # one message
-    assert sms_parts(sms_text(ANSWER_READY, code)) == 2
+    # Persian SMS are UCS-2: 70 characters make one message, 2 x 67 two.
+    assert len(sms_text(TRACKING_CODE, code)) <= 70 and 70 < len(sms_text(ANSWER_READY, code)) <= 134
     assert persian_digits("1999") in sms_text(TRACKING_CODE, code, "1999")
     with pytest.raises(ValueError, match="tracking_code, answer_ready"):
         sms_text("promotion", code)
