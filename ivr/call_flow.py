@@ -6,8 +6,9 @@ caller hears when live service resumes), 2 record a message, 3 follow up on a
 tracking code (ivr/follow_up.py, then goodbye) -> about whom (the
 caller, or someone else whose ID is then taken the same way) -> either the
 live queue (ivr/live.py), or the message after the tone, tracking code read
-back, goodbye. A caller who leaves the queue for a recorded message keeps the
-IDs already captured. Whatever point the call ends at, what was recorded is kept
+back, the offer of its SMS (ivr/sms_offer.py, once, to a mobile number),
+goodbye. A caller who leaves the queue for a recorded message keeps the IDs
+already captured. Whatever point the call ends at, what was recorded is kept
 and attached to the call, and a message (even a partial one) always becomes a
 case, filed under the person it concerns. After an agent's call, or an agency's
 answer heard in a follow-up, the caller may be asked to rate the service
@@ -30,6 +31,7 @@ from ivr.identify import SpeechDigits, Whose, ask_about_whom, identify
 from ivr.live import LiveCall, LiveService
 from ivr.menu import choose
 from ivr.recorded_message import CaseSink, read_tracking_code, record_message
+from ivr.sms_offer import SmsOffer, offer_sms
 from ivr.steps import took
 from ivr.survey import Survey, SurveyTopic, ask_rating
 from softswitch.domain.tracking_code import code_tail
@@ -52,6 +54,7 @@ class IvrState(enum.Enum):
     SURVEY = "survey"
     MESSAGE = "message"
     TRACKING_CODE = "tracking_code"
+    SMS_OFFER = "sms"
     GOODBYE = "goodbye"
     DONE = "done"
 
@@ -80,7 +83,8 @@ TRANSITIONS: dict[tuple[IvrState, str | None], IvrState] = {
     (IvrState.QUEUE, "handled"): IvrState.DONE,
     (IvrState.QUEUE, "agent_lost"): IvrState.TRACKING_CODE,
     (IvrState.MESSAGE, None): IvrState.TRACKING_CODE,
-    (IvrState.TRACKING_CODE, None): IvrState.GOODBYE,
+    (IvrState.TRACKING_CODE, None): IvrState.SMS_OFFER,
+    (IvrState.SMS_OFFER, None): IvrState.GOODBYE,
     (IvrState.GOODBYE, None): IvrState.DONE,
 }
 
@@ -99,6 +103,7 @@ class Session:
     agent_id: str | None = None
     survey: SurveyTopic | None = None  # what the caller is asked to rate, once it is offered
     ended_by: str | None = None
+    sms_offered: bool = False  # a caller is asked at most once a call
 
     def parties(self) -> tuple[PersonId, PersonId | None]:
         """(the person a case is filed under, the caller when they called for someone else)."""
@@ -126,7 +131,8 @@ class Live:
 class CallFlow:
     def __init__(self, channel: CallChannel, prompts: Any, cases: CaseSink, cfg: IvrConfig,
                  label: str, recognizer: SpeechDigits | None = None, live: Live | None = None,
-                 caller_number: str = "", follow_up: FollowUp | None = None, survey: Survey | None = None) -> None:
+                 caller_number: str = "", follow_up: FollowUp | None = None, survey: Survey | None = None,
+                 sms: SmsOffer | None = None) -> None:
         self.channel = channel
         self.recognizer = recognizer
         self.prompts = prompts
@@ -137,6 +143,7 @@ class CallFlow:
         self.caller_number = caller_number
         self.follow_up = follow_up
         self.survey = survey
+        self.sms = sms
         self.session = Session()
 
     def _set_state(self, new: IvrState) -> None:
@@ -226,6 +233,11 @@ class CallFlow:
                     took(s.path, "tracking_code")
                     await read_tracking_code(self.channel, self.prompts, s.tracking_code,
                                              self.cfg.tracking_code_repeats)
+            case IvrState.SMS_OFFER:
+                if self.sms is not None and s.tracking_code is not None and not s.sms_offered:
+                    s.sms_offered = True
+                    took(s.path, "sms:" + await offer_sms(self.channel, self.prompts, self.sms, s.tracking_code,
+                                                          self.caller_number))
             case IvrState.GOODBYE:
                 await self.channel.play([self.prompts.path("goodbye")])
                 took(s.path, "goodbye")

@@ -373,6 +373,86 @@ class RetentionConfig(_Section):
         return time(int(hour), int(minute))
 
 
+_LOOPBACK_HOSTS = ("localhost",)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SmsConfig(_Section):
+    """SMS of tracking codes (and of "your answer is ready") through the operator's SMS gateway.
+
+    ``url`` is an HTTP endpoint taking the JSON body of README "SMS of the tracking code"
+    with ``Authorization: Bearer <token>``; unset (the default), no SMS is
+    offered or sent. HTTPS is required beyond loopback: the body holds the
+    caller's number and the header the token. ``token`` is a secret, printed
+    as stars by check-config and never logged.
+    """
+
+    url: str | None = None
+    token: SecretStr | None = None
+    sender: str = Field("111", pattern=r"^[A-Za-z0-9+]{1,20}$", description="the sender line or name")
+    # Whether the IVR offers the SMS after reading back a tracking code (with a url set).
+    offer: bool = True
+    # How long the caller has to press 1 after the offer.
+    offer_wait_s: float = Field(5.0, gt=0, le=30)
+    timeout_s: float = Field(10.0, gt=0, le=120)
+    # Attempts per message in all; a retry waits retry_initial_s, doubling up to retry_max_s.
+    attempts: int = Field(5, ge=1, le=20)
+    retry_initial_s: float = Field(30.0, gt=0)
+    retry_max_s: float = Field(900.0, gt=0)
+    # How often the outbox is read for messages due (a message queued on this host wakes it at once).
+    poll_interval_s: float = Field(2.0, gt=0, le=60)
+    batch: int = Field(10, ge=1, le=100)
+
+    @field_validator("url")
+    @classmethod
+    def _gateway_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s):// URL naming a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold credentials: the gateway's token goes in sms.token")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError("must be https:// beyond loopback: the body holds callers' numbers and the header "
+                             "the token")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        # The messages never quote the token.
+        if value is not None and not re.fullmatch(r"[\x21-\x7e]{8,4096}", value.get_secret_value()):
+            raise ValueError("must be 8 or more printable ASCII characters without spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SmsConfig:
+        if self.url is not None and self.token is None:
+            raise ValueError("a gateway url needs its bearer token (sms.token)")
+        if self.retry_max_s < self.retry_initial_s:
+            raise ValueError("retry_max_s must be at least retry_initial_s")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether messages are sent at all: a gateway is configured."""
+        return self.url is not None
+
+    @property
+    def offered(self) -> bool:
+        """Whether the IVR offers callers the SMS of their tracking code."""
+        return self.enabled and self.offer
+
+
 class SecurityConfig(_Section):
     id_key_file: Path = Path("keys/national_id.json")
 
@@ -487,6 +567,7 @@ class Config(_Section):
     survey: SurveyConfig = SurveyConfig()
     retention: RetentionConfig = RetentionConfig()
     recordings_store: RecordingsStoreConfig = RecordingsStoreConfig()
+    sms: SmsConfig = SmsConfig()
 
     @field_validator("database_url")
     @classmethod

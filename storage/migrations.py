@@ -225,6 +225,38 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX ratings_day ON ratings (day, agent_id)",
         ),
     ),
+    Migration(
+        version=7,
+        description="the SMS outbox: tracking codes and answer-ready notices to callers, with their delivery",
+        statements=(
+            # recipient is the caller's number (E.164): personal data, deleted with its case by retention.
+            # While a message is sending, next_attempt_at is when its lease ends: a host that stopped
+            # mid-send leaves it to be taken again then (its attempt counted).
+            """
+            CREATE TABLE sms_outbox (
+                id              INTEGER PRIMARY KEY,
+                case_id         INTEGER NOT NULL REFERENCES cases (id),
+                kind            TEXT    NOT NULL CHECK (kind IN ('tracking_code', 'answer_ready')),
+                recipient       TEXT    NOT NULL,
+                text            TEXT    NOT NULL,
+                status          TEXT    NOT NULL
+                    CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'gave_up')),
+                attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+                last_error      TEXT,
+                next_attempt_at REAL    NOT NULL,
+                created_at      REAL    NOT NULL,
+                updated_at      REAL    NOT NULL,
+                sent_at         REAL
+            )
+            """,
+            "CREATE INDEX sms_outbox_case_id ON sms_outbox (case_id)",
+            # One "your answer is ready" per case, however often its answer is replaced, on every host.
+            "CREATE UNIQUE INDEX sms_outbox_answer_ready ON sms_outbox (case_id) WHERE kind = 'answer_ready'",
+            # Partial: sent and failed messages pile up, the due ones stay few. The claim repeats
+            # "status IN ('pending', 'sending')" word for word so SQLite can use it.
+            "CREATE INDEX sms_outbox_due ON sms_outbox (next_attempt_at) WHERE status IN ('pending', 'sending')",
+        ),
+    ),
 ]
 
 

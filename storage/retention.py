@@ -7,8 +7,8 @@ that kind forever):
   cut-off, goes only if it belongs to no case or to a closed one: never a
   recording of a case that is received, received_incomplete, referred or answered;
 - a closed case whose last change (its ``updated_at`` and every history row) is
-  older than ``closed_cases_days`` goes with its history, its recordings and
-  every answer audio file it has had;
+  older than ``closed_cases_days`` goes with its history, its SMS messages, its
+  recordings and every answer audio file it has had;
 - a CDR older than ``calls_days`` (ended) goes only when no case or recording
   that stays refers to it.
 
@@ -125,7 +125,8 @@ class Failure:
 
 @dataclass
 class RetentionResult:
-    """What a run did. ``deleted`` counts rows (recording, case, case_event, call) and files (answer_audio);
+    """What a run did. ``deleted`` counts rows (recording, case, case_event, sms_message, call) and files
+    (answer_audio);
     ``missing`` counts files already gone whose rows went all the same; ``kept`` holds the ids (by kind) of
     what the plan named but the run left: changed since, or held by a file that could not be removed."""
 
@@ -327,6 +328,9 @@ async def _apply_cases(store: Store, due: RetentionPlan, result: RetentionResult
             # closed case is left without its history, still past its time: the next run deletes it.
             result.deleted["case_event"] += await store._update(
                 f"DELETE FROM case_events WHERE case_id IN ({_marks(whole)})", whole)
+            # Its SMS messages hold the caller's number: they go with the case (counted only when there are any).
+            if sms := await store._update(f"DELETE FROM sms_outbox WHERE case_id IN ({_marks(whole)})", whole):
+                result.deleted["sms_message"] += sms
             result.deleted["case"] += await store._update(
                 f"DELETE FROM cases WHERE id IN ({_marks(whole)}) AND status = ?", (*whole, CLOSED))
 

@@ -1,11 +1,13 @@
 """Storage layer: the case store for call records, cases and recordings, on SQLite or PostgreSQL."""
 
+from __future__ import annotations
+
 import functools
 import hmac
 import inspect
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -20,6 +22,7 @@ from storage.engines import Executor, Row, open_engine
 from storage.errors import Conflict, ForeignKeyViolation, NotFound, StoreError, UniqueViolation
 from storage.migrations import migrate
 from storage.models import CallRecord, Case, CaseEvent, IntakeResult, PersonId, Rating, Recording
+from storage.outbox import SmsOutbox
 from storage.web_sessions import WebSessions
 
 ID_SOURCES = frozenset({"keypad", "speech", "none"})
@@ -162,6 +165,11 @@ class Store:
         self.sessions = WebSessions(db)
         self.counters = WindowCounters(db)
         self.acd_days = AcdDayEvents(db)
+
+    @property
+    def sms(self) -> SmsOutbox:
+        """The SMS outbox, on this store's connection (inside a transaction: in that transaction)."""
+        return SmsOutbox(self._db)
 
     async def _insert(self, sql: str, params: Sequence[Any]) -> int:
         return await self._db.insert(sql, params)
@@ -338,10 +346,12 @@ class Store:
             lambda before: {"from": before.agency, "to": agency, "status_from": before.status})
 
     async def set_answer(self, case_id: int, actor: str, *, text: str | None = None,
-                         audio_path: str | None = None, audio_sha256: str | None = None) -> Case:
+                         audio_path: str | None = None, audio_sha256: str | None = None,
+                         also: Callable[[Store, Case], Awaitable[None]] | None = None) -> Case:
         """The agency's answer, written, recorded or both; it replaces any earlier answer.
 
-        ``audio_path`` is an 8 kHz WAV: the recorded answer, or ``text`` synthesized.
+        ``audio_path`` is an 8 kHz WAV: the recorded answer, or ``text`` synthesized. ``also`` runs in
+        the same transaction once the case is answered (the answer-ready SMS is queued with it, or neither).
         """
         if text is None and audio_path is None:
             raise ValueError("an answer needs a text or an audio file")
@@ -350,11 +360,13 @@ class Store:
         return await self._change_case(
             case_id, actor, "answered", changes,
             lambda before: {"from": before.status, "to": "answered", "text": text, "audio": audio_path,
-                            "audio_sha256": audio_sha256})
+                            "audio_sha256": audio_sha256}, also)
 
     async def _change_case(self, case_id: int, actor: str, kind: str, changes: Mapping[str, Any],
-                           detail: Callable[[Case], dict[str, Any]]) -> Case:
-        """Set columns of a case and add its history row, whose detail is made from the case before."""
+                           detail: Callable[[Case], dict[str, Any]],
+                           also: Callable[[Store, Case], Awaitable[None]] | None = None) -> Case:
+        """Set columns of a case and add its history row, whose detail is made from the case before;
+        then ``also`` with the case after, in the same transaction."""
         # One transaction, the case's row locked (SQLite: the database) from the read on: the history's
         # "from" is what the change replaced, whichever process or host changes the case too.
         async with self._db.transaction() as tx:
@@ -367,7 +379,10 @@ class Store:
             await store._update(f"UPDATE cases SET {assignments}updated_at = ? WHERE id = ?",
                                 (*changes.values(), time.time(), case_id))
             await store.add_case_event(case_id, actor, kind, **detail(before))
-            return await store.get_case_by_id(case_id)
+            after = await store.get_case_by_id(case_id)
+            if also is not None:
+                await also(store, after)
+            return after
 
     async def find_duplicate(self, subject_national_id: str, agency: str, category: str, window_s: float,
                              now: float | None = None) -> Case | None:

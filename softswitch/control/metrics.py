@@ -49,7 +49,7 @@ def idle_state() -> dict[str, Any]:
     """The live state a switch with no call, queue, agent, worker or front reads as; the one list of its keys."""
     return {"calls_active": 0, "queue_length": 0, "longest_wait_s": 0.0, "agents": {}, "workers": {},
             "restarts": {}, "problems": 0, "recordings_waiting": 0, "recordings_oldest_wait_s": 0.0,
-            "today": {}, "front": {}}
+            "today": {}, "front": {}, "sms_waiting": 0}
 
 
 class _Live(Collector):
@@ -83,6 +83,8 @@ class _Live(Collector):
         yield GaugeMetricFamily("softswitch_recordings_copy_oldest_wait_seconds",
                                 "How long the oldest recording waiting for its shared copy has waited",
                                 value=state["recordings_oldest_wait_s"])
+        yield GaugeMetricFamily("softswitch_sms_pending", "SMS messages in the outbox not yet sent, failed or "
+                                "given up (as of the sender's last round)", value=state["sms_waiting"])
         yield GaugeMetricFamily("softswitch_health_problems", "Problems that keep new calls out (0: taking calls)",
                                 value=state["problems"])
         today = state["today"]
@@ -176,6 +178,9 @@ class Metrics:
                                        "method, failures included", ["operation"], registry=self.registry,
                                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                                 1.0, 2.5, 10.0))
+        # Each attempt's outcome: sent, retry, failed (refused for good) or gave_up (attempts spent).
+        self.sms = Counter("softswitch_sms", "SMS attempts by kind (tracking_code, answer_ready) and outcome "
+                           "(sent, retry, failed, gave_up)", ["kind", "outcome"], registry=self.registry)
         self.registry.register(_Live(read_live))
 
     def call_ended(self, disposition: str, ivr_path: Sequence[str]) -> None:
@@ -214,6 +219,9 @@ class Metrics:
 
     def recording_copied(self, outcome: str) -> None:
         self.copies.labels(outcome).inc()
+
+    def sms_attempted(self, kind: str, outcome: str) -> None:
+        self.sms.labels(kind, outcome).inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,6 +25,7 @@ from ivr.channel import RecordingResult
 from ivr.follow_up import CaseStatus, FailureThrottle, agency_prompt
 from ivr.live import LiveService
 from ivr.survey import Survey, SurveyTopic
+from ivr.sms_offer import SmsOffer
 from media.prompts import PromptLibrary
 from media.recognizer import AsyncRecognizer, load_recognizer
 from media.synth import load_synthesizer
@@ -41,6 +42,7 @@ from softswitch.control.metrics import Metrics, front_statistics
 from softswitch.control.recording_copy import RecordingCopier
 from softswitch.control.processes import ExecChild, ProcessSupervisor, stop_leftovers, worker_command
 from softswitch.control.retention import RetentionJob
+from softswitch.control.sms import SmsSender, StoreSmsRequests
 from softswitch.control.routing import Accept, CallFacts, Reject, caller_number, dialled_number, route
 from softswitch.domain.acd import Acd, mask_number
 from softswitch.domain.office_hours import OfficeHours
@@ -164,6 +166,8 @@ class Softswitch:
         self.recognizer: AsyncRecognizer | None = None
         # Copies closed recordings to the shared directory, when one is configured.
         self.copier: RecordingCopier | None = None
+        # Sends the SMS outbox, when a gateway is configured.
+        self.sms_sender: SmsSender | None = None
         # Agencies are named in follow-up answers: their names are prompts too.
         texts = load_prompt_texts(config.prompts.texts) | {agency_prompt(a.id): a.name for a in config.agencies}
         self.prompts = PromptLibrary(texts, config.prompt_cache, config.prompts.override_dir,
@@ -211,6 +215,7 @@ class Softswitch:
             watch = asyncio.create_task(self._watch_registrations()) if cfg.agents.accounts else None
             health_watch = asyncio.create_task(self._watch_health())
             retention = RetentionJob.start(cfg, store, self.metrics)  # None while the config keeps everything
+            self.sms_sender = SmsSender.start(cfg.sms, store, self.metrics)  # None without a gateway
             log.info("softswitch up: SIP %s:%d, HTTP %s:%d, %d workers", cfg.sip.listen, cfg.sip.port,
                      cfg.http.host, runner.addresses[0][1] if runner.addresses else cfg.http.port,
                      plan.count)
@@ -229,6 +234,8 @@ class Softswitch:
             await self.day_journal.close()
             if self.copier is not None:
                 await self.copier.close()
+            if self.sms_sender is not None:
+                await self.sms_sender.close()
 
     def _recording_kept(self, recording: Recording) -> None:
         """A recording's row is stored, its tape closed: on to the shared directory, if there is one."""
@@ -246,10 +253,23 @@ class Softswitch:
         self.acd = Acd(cfg.agents, cfg.queue, journal=self.day_journal.record)
         self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept)
         self.live = self._live_mode()
+        self.sms_offer = self._sms_offer()
         # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.
         self.follow_up = FollowUp(StoreFollowUp(store), cfg.follow_up, FailureThrottle(
             store.counters, cfg.follow_up.max_failures, cfg.follow_up.failure_window_s,
             cdr_of=lambda channel: store.get_call(channel.call_id if isinstance(channel, ControlCall) else 0)))
+
+    def _sms_offer(self) -> SmsOffer | None:
+        """The IVR offers the SMS of a tracking code only with a gateway configured and the offer on."""
+        cfg = self.config
+        if not cfg.sms.offered:
+            return None
+        return SmsOffer(StoreSmsRequests(self.store, cfg.sip.service_number, self._wake_sms), cfg.sms.offer_wait_s)
+
+    def _wake_sms(self) -> None:
+        """A message was queued on this host: the sender need not wait for its next poll."""
+        if self.sms_sender is not None:
+            self.sms_sender.wake()
 
     def _live_mode(self) -> Live | None:
         """Live mode exists once agents are configured; office hours and logins decide when it is offered."""
@@ -499,7 +519,7 @@ class Softswitch:
                 flow = CallFlow(call, self.prompts, sink, self.config.ivr,
                                 label=handle, recognizer=self.recognizer, live=self.live,
                                 caller_number=caller_number(facts.from_uri), follow_up=self.follow_up,
-                                survey=Survey(self.config.survey, ratings))
+                                survey=Survey(self.config.survey, ratings), sms=self.sms_offer)
                 active.session = session = flow.session
                 self.desk.track(handle, call_id, flow.caller_number, session)
                 await flow.run()
@@ -543,6 +563,7 @@ class Softswitch:
             "today": snapshot.get("today", {}), "front": self.front_statistics,
             "recordings_waiting": self.copier.waiting if self.copier else 0,
             "recordings_oldest_wait_s": self.copier.oldest_wait_s() if self.copier else 0.0,
+            "sms_waiting": self.sms_sender.waiting if self.sms_sender else 0,
         }
 
     # -- the admin socket (softswitch.control.admin.Switchboard) -------------

@@ -47,7 +47,8 @@ def next_run(after: datetime, run_at: time, tz: tzinfo) -> datetime:
 def summary(result: RetentionResult) -> str:
     """One line: what was deleted, found already missing, kept, and which files could not be removed."""
     d, m = result.deleted, result.missing
-    text = (f"deleted {d['case']} closed cases ({d['case_event']} history rows), {d['recording']} recordings, "
+    text = (f"deleted {d['case']} closed cases ({d['case_event']} history rows, {d['sms_message']} SMS messages), "
+            f"{d['recording']} recordings, "
             f"{d['answer_audio']} answer audio files, {d['call']} CDRs; "
             f"files already missing {m['recording'] + m['answer_audio']}")
     kept = ", ".join(f"{len(ids)} {kind}" for kind, ids in sorted(result.kept.items()) if ids)

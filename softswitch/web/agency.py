@@ -31,6 +31,7 @@ from media.synth import (MAX_INPUT_CHANNELS, MAX_INPUT_RATE, MIN_INPUT_RATE, Aud
 from softswitch.config import Agency, AgencyUser
 from softswitch.domain.cases import AGENCY_STATUSES, STATUS_LABELS, STATUS_ORDER
 from softswitch.domain.persian import jalali_datetime, persian_digits
+from softswitch.domain.sms import ANSWER_READY, sms_text
 from softswitch.domain.text import clean_text
 from softswitch.domain.tracking_code import is_tracking_code
 from softswitch.web.credentials import verify_password
@@ -70,6 +71,10 @@ class AgencyDeps(Protocol):
     def answers_dir(self) -> Path:
         """Where answers' audio is kept (under data_dir, e.g. var/answers), one folder per case."""
 
+    @property
+    def service_number(self) -> str:
+        """The hotline's number, as the answer-ready SMS names it."""
+
 
 @dataclass(frozen=True)
 class AgencyServices:
@@ -79,6 +84,7 @@ class AgencyServices:
     agencies: Sequence[Agency]
     synthesizer: Synthesizer
     answers_dir: Path
+    service_number: str = "111"
 
 
 # -- what the agency user reads ------------------------------------------------------
@@ -381,9 +387,15 @@ class _AgencyPages(SessionPages):
             upload.unlink(missing_ok=True)
         digest = await asyncio.to_thread(_sha256, out)
         case = await self.deps.store.set_answer(case.id, user.actor, text=answer_text, audio_path=str(out),
-                                                audio_sha256=digest)
+                                                audio_sha256=digest, also=self.answer_ready)
         log.info("agency: %s answered %s (%s)", user.actor, case.tracking_code, mode)
         return web.json_response({"status": case.status, "message": MESSAGES["answer_saved"]})
+
+    async def answer_ready(self, store: Store, case: Case) -> None:
+        """With the answer: "your answer is ready" by SMS, if the case's caller asked for its code by SMS."""
+        if await store.sms.queue_answer_ready(case.id, sms_text(ANSWER_READY, case.tracking_code,
+                                                                self.deps.service_number)):
+            log.info("agency: the answer-ready SMS of case %d is queued", case.id)
 
     async def read_answer_form(self, request: web.Request, upload: Path) -> tuple[str, str]:
         """(mode, text) of the multipart form; an audio file is streamed to ``upload``, bounded in size."""

@@ -65,7 +65,8 @@ def build_app(service: Service) -> web.Application:
     add_console_routes(app, service.desk, timezone=timezone)
     add_intake_routes(app, service.store, service.config, service.intake_filed)
     add_agency_routes(app, AgencyServices(service.store, service.config.agencies, service.synthesizer,
-                                          service.config.under_data(Path("answers"))),
+                                          service.config.under_data(Path("answers")),
+                                          service.config.sip.service_number),
                       timezone=timezone)
     return app
 

@@ -13,6 +13,7 @@ from ivr.channel import RecordingResult
 from ivr.follow_up import CaseStatus
 from ivr.survey import SurveyTopic
 from softswitch.domain.tracking_code import verhoeff_check_digit
+from storage.errors import StoreError
 from storage.models import PersonId
 
 
@@ -112,3 +113,16 @@ class FakeRatings:
 
     async def keep_rating(self, topic: SurveyTopic, score: int) -> None:
         self.kept.append((topic, score))
+
+
+@dataclass
+class FakeSmsRequests:
+    """The outbox as the IVR sees it: the requests it was given, (tracking code, recipient); or a full store."""
+
+    requested: list[tuple[str, str]] = field(default_factory=list)
+    failing: bool = False
+
+    async def request_sms(self, tracking_code: str, recipient: str) -> None:
+        if self.failing:
+            raise StoreError("the database is full")
+        self.requested.append((tracking_code, recipient))

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from media.synth import EspeakSynthesizer
 from media.wavfile import is_silence, read_format
 from softswitch.config import Agency, AgencyUser
+from softswitch.domain.sms import ANSWER_READY, TRACKING_CODE, sms_text
 from softswitch.web import agency as agency_module
 from softswitch.web.agency import AGENCY_ERRORS, AgencyServices, add_agency_routes
 from softswitch.web.console import ERRORS, add_console_routes
@@ -256,6 +257,20 @@ async def test_text_answer_is_synthesised_and_kept_with_its_text(world: World) -
     for text, key in (("   ", "empty_answer"), ("ب" * 4001, "answer_too_long")):
         response = await _answer(world.client, code, token, mode="text", text=text)
         assert response.status == 400 and (await response.json())["error"] == AGENCY_ERRORS[key]
+
+
+async def test_an_answer_queues_the_answer_ready_sms_once_when_the_caller_asked_for_one(world: World) -> None:
+    health = world.health_case
+    await world.store.sms.queue(health.id, TRACKING_CODE, "+989121234567", sms_text(TRACKING_CODE,
+                                                                                     health.tracking_code))
+    token = await _login(world.client)
+    for text in (ANSWER, "پاسخ تکمیلی"):  # the second answer replaces the first: still one notice
+        response = await _answer(world.client, health.tracking_code, token, mode="text", text=text)
+        assert response.status == 200, await response.text()
+    notices = [m for m in await world.store.sms.for_case(health.id) if m.kind == ANSWER_READY]
+    assert [(m.recipient, m.text, m.status) for m in notices] == [
+        ("+989121234567", sms_text(ANSWER_READY, health.tracking_code), "pending")]
+    assert SUBJECT_ID not in notices[0].text
 
 
 async def test_uploaded_answer_is_converted_to_8k_mono(world: World, tmp_path: Path,

@@ -22,6 +22,7 @@ from ivr.call_flow import CallFlow, FollowUp, Live, Session
 from ivr.follow_up import CASE_FAILURE_FACTOR, CaseStatus, FailureThrottle
 from ivr.live import LiveService
 from ivr.survey import Survey, SurveyTopic
+from ivr.sms_offer import SmsOffer
 from softswitch import protocol
 from softswitch.config import (AgentAccount, AgentsConfig, FollowUpConfig, IvrConfig, OfficeHoursConfig,
                                QueueConfig, SurveyConfig)
@@ -54,7 +55,8 @@ def test_ids_are_what_the_tests_say() -> None:
 
 def call(script: Script, recognizer: FakeRecognizer | None = None, *, known: FakeFollowUpCases | None = None,
          throttle: FailureThrottle | None = None, caller_number: str = "02188776655",
-         survey: Survey | None = None, **ivr: Any) -> tuple[Session, ScriptedWorker, FakeCases]:
+         survey: Survey | None = None, sms: SmsOffer | None = None,
+         **ivr: Any) -> tuple[Session, ScriptedWorker, FakeCases]:
     """One call through the flow: out of office hours (menu: 2 a message, 3 follow-up)."""
     worker = ScriptedWorker(script, PROMPTS)
     cases = FakeCases()
@@ -64,7 +66,7 @@ def call(script: Script, recognizer: FakeRecognizer | None = None, *, known: Fak
     async def run() -> Session:
         channel = worker.answer()
         flow = CallFlow(channel, FakePrompts(), cases, IvrConfig(**ivr), "test-call", recognizer=recognizer,
-                        caller_number=caller_number, follow_up=follow, survey=survey)
+                        caller_number=caller_number, follow_up=follow, survey=survey, sms=sms)
         return await flow.run()
     return run_virtual(run()), worker, cases
 
@@ -357,7 +359,7 @@ class LiveRun:
 
 def live_call(script: Script, agents: dict[str, AgentPhone], *, busy: int = 0,
               weekly: Mapping[str, tuple[str, ...]] = ALWAYS_OPEN, survey: Survey | None = None,
-              **queue: Any) -> LiveRun:
+              caller_number: str = "02188776655", sms: SmsOffer | None = None, **queue: Any) -> LiveRun:
     """One call with the given agents logged in (``busy`` of them on other calls first); open all week."""
     worker = ScriptedWorker(script, PROMPTS, agents=agents)
     cases, desk = FakeCases(), FakeDesk()
@@ -377,7 +379,7 @@ def live_call(script: Script, agents: dict[str, AgentPhone], *, busy: int = 0,
                               agent_uri=lambda a: f"sip:{a}@front")
         live = Live(service, OfficeHours.from_config(OfficeHoursConfig(weekly=dict(weekly), holidays=())))
         flow = CallFlow(worker.answer(), FakePrompts(), cases, IvrConfig(), "test-call", live=live,
-                        caller_number="02188776655", survey=survey)
+                        caller_number=caller_number, survey=survey, sms=sms)
         session = await flow.run()
         outcome["acd"] = acd.snapshot()
         outcome["states"] = {a["id"]: a["state"] for a in outcome["acd"]["agents"]}

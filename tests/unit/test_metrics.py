@@ -117,6 +117,7 @@ def test_every_alert_rule_is_complete_and_names_only_metrics_that_exist() -> Non
     metrics.recording_kept("message", 1.0, False, 16044, "lost")
     metrics.intake_filed("sms", False)
     metrics.store_operation("add_call", 0.002)
+    metrics.sms_attempted("tracking_code", "gave_up")
     exported = {re.sub(r"_(total|created)$", "", sample.partition("{")[0]) for sample in _samples(metrics)}
     rules = [rule for group in yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"] for rule in group["rules"]]
     assert len(rules) >= 10
