@@ -558,6 +558,15 @@ class Store:
             "UPDATE recordings SET path = ? WHERE id = ? AND path = ?", (to_path, recording_id, from_path))
         return changed == 1
 
+    async def registered_sip_users(self, now: float) -> set[str]:
+        """SIP users with a registration unexpired at ``now`` in the SIP fronts' shared ``location`` table.
+
+        Only PostgreSQL stores hold registrations (every host's front keeps them
+        there); on SQLite the table stays empty and the front keeps them in memory.
+        """
+        rows = await self._fetchall("SELECT DISTINCT username FROM location WHERE expires > ?", (int(now),))
+        return {str(row["username"]) for row in rows}
+
 
 @asynccontextmanager
 async def open_store(target: Path | str, protector: IdProtector) -> AsyncIterator[Store]:
