@@ -323,13 +323,16 @@ class Softswitch:
             writer.close()
 
     async def _watch_registrations(self) -> None:
-        """Agents' reachability follows the front's registrations (usrloc drops a phone that stops answering)."""
+        """Agents' reachability follows the front's registrations (usrloc drops a phone that stops answering);
+        with a PostgreSQL store, every host's front's, read from the table they share."""
+        shared = self.config.database_url is not None
         failing = False
         while True:
             try:
-                self.acd.set_registered(await self.front.registered_users())
+                self.acd.set_registered(await self.store.registered_sip_users(time.time()) if shared
+                                        else await self.front.registered_users())
                 failing = False
-            except sipfront.FrontRpcError as exc:
+            except (sipfront.FrontRpcError, StoreError) as exc:
                 if not failing:
                     log.warning("cannot read the front's registrations: %s", exc)
                 failing = True
