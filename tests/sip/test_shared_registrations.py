@@ -1,0 +1,195 @@
+"""Shared registrations: two hosts' SIP fronts on one PostgreSQL database, each reaching every agent.
+
+Two real Kamailio fronts, A on 127.0.0.21:23060 (server_id 1) and B on
+127.0.0.22:23060 (server_id 2), keep their registrations in the `location`
+table of one database on the tests' PostgreSQL server, created by the store's
+migrations. Their dispatcher sets name 127.0.0.21:23070, where a softphone
+stands in for a media worker. Ports 23000-23999, RTP 44000-44999 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from softswitch.config import AgentsConfig, Config, load_config
+from softswitch.control import sipfront
+from storage.crypto import IdProtector
+from storage.store import Store, open_store
+from tests.sip.conftest import agent_accounts
+from tests.sip.front import front_alone
+from tests.sip.softphones import Softphone
+from tests.support.postgres import PostgresServer
+
+pytestmark = [pytest.mark.sip, pytest.mark.timeout(180)]
+
+HOST_A, HOST_B = "127.0.0.21", "127.0.0.22"
+SIP_PORT = 23060
+WORKER_PORT = 23070  # on HOST_A: both fronts' dispatcher sets name it
+PROBE_PORT = 23290
+REALM = AgentsConfig().realm
+KEEPALIVE_INTERVAL_S, KEEPALIVE_TIMEOUT_S = 1, 3
+AGENTS = (("2101", "Agent One", "first-agent-pw"), ("2102", "Agent Two", "second-agent-pw"))
+PASSWORD = {agent_id: password for agent_id, _, password in AGENTS}
+
+
+@dataclass
+class Cluster:
+    """Two fronts sharing one database, and a store open on it (what each host's control process reads)."""
+
+    work: Path
+    store: Store
+    loop: asyncio.AbstractEventLoop
+    logs: dict[str, Path]
+
+    def registered(self) -> set[str]:
+        return self.loop.run_until_complete(self.store.registered_sip_users(time.time()))
+
+    def rows(self, sql: str) -> list[tuple[object, ...]]:
+        return [tuple(row) for row in self.loop.run_until_complete(self.store._fetchall(sql))]
+
+
+def _front_config(base: Path, database_url: str, host: str, server_id: int) -> Config:
+    return load_config(overrides={
+        "data_dir": str(base), "database_url": database_url, "sip.listen": host, "sip.port": SIP_PORT,
+        "workers.count": 1, "workers.host": HOST_A, "workers.base_port": WORKER_PORT, "kamailio.children": 2,
+        "kamailio.server_id": server_id, "agents.accounts": agent_accounts(AGENTS, REALM),
+        "agents.registration_expires_s": 60, "agents.keepalive_interval_s": KEEPALIVE_INTERVAL_S,
+        "agents.keepalive_timeout_s": KEEPALIVE_TIMEOUT_S})
+
+
+@contextlib.asynccontextmanager
+async def _store(url: str, key_dir: Path) -> AsyncIterator[Store]:
+    # Opening the store applies the migrations, the `location` table with them, as a control process does.
+    async with open_store(url, IdProtector.from_key_file(key_dir / "id.key")) as store:
+        yield store
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    work = tmp_path_factory.mktemp("shared-registrations")
+    server = PostgresServer.start()
+    loop = asyncio.new_event_loop()
+    try:
+        url = server.url(loop.run_until_complete(server.create_database()))
+        opened = _store(url, work)
+        store = loop.run_until_complete(opened.__aenter__())
+        try:
+            with front_alone(_front_config(work / "a", url, HOST_A, 1), len(AGENTS), (HOST_A, PROBE_PORT)) as a, \
+                    front_alone(_front_config(work / "b", url, HOST_B, 2), len(AGENTS), (HOST_B, PROBE_PORT)) as b:
+                yield Cluster(work, store, loop, {"a": a, "b": b})
+        finally:
+            loop.run_until_complete(opened.__aexit__(None, None, None))
+    finally:
+        loop.close()
+        server.stop()
+
+
+def _agent_phone(n: int, log_dir: Path, agent_id: str, host: str = HOST_B, sip_trace: bool = False) -> Softphone:
+    """Softphone n: SIP port 23200+n on ``host``, RTP ports from 44000+20n."""
+    return Softphone(f"{n}-{agent_id}", log_dir, user=agent_id, host=host, sip_port=23200 + n,
+                     rtp_port=44000 + 20 * n, sip_trace=sip_trace)
+
+
+def _worker(log_dir: Path) -> Softphone:
+    return Softphone("worker", log_dir, user="111", host=HOST_A, sip_port=WORKER_PORT, rtp_port=44400)
+
+
+def _registrar(host: str) -> str:
+    return f"sip:{host}:{SIP_PORT}"
+
+
+def _agent_via(host: str, agent_id: str) -> str:
+    return f"sip:{agent_id}@{host}:{SIP_PORT}"
+
+
+def _wait(predicate: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_an_agent_registered_at_b_is_rung_through_a(cluster: Cluster, tmp_path: Path) -> None:
+    with _agent_phone(0, tmp_path, "2101", sip_trace=True) as agent, _worker(tmp_path) as worker:
+        registered = agent.register(_registrar(HOST_B), "2101", PASSWORD["2101"], realm=REALM)
+        assert (registered["event"], registered["code"]) == ("registered", 200), registered
+        # Both hosts' control processes read the one table; front A's memory holds nothing (DB-only usrloc).
+        assert cluster.registered() == {"2101"}
+        assert cluster.loop.run_until_complete(sipfront.FrontRpc(cluster.work / "a" / "kamailio")
+                                               .registered_users()) == set()
+        agent.answer_policy(answer_after_s=0.3)
+        call = worker.dial(_agent_via(HOST_A, "2101"), headers={"X-111-Call": "w0-1"})
+        incoming = agent.wait_for("incoming")
+        assert incoming["source"] == f"{HOST_A}:{SIP_PORT}"  # front A relays, to the contact B stored
+        assert incoming["request_uri"] == f"sip:2101@{HOST_B}:{agent.sip_port}"
+        assert incoming["headers"] == {"X-111-Call": "w0-1"}
+        worker.wait_for("state", call=call, state="CONFIRMED", timeout_s=5)
+        agent.hangup()
+        assert worker.wait_for("ended", call=call)["code"] == 200
+        # Probed by B alone, the front whose NAT binding the phone holds: two rounds at least meanwhile.
+        _wait(lambda: len(_probes_from(agent, HOST_B)) >= 2, 5 * KEEPALIVE_INTERVAL_S, "B's probes")
+        assert _probes_from(agent, HOST_A) == []
+        assert agent.unregister()["event"] == "unregistered"
+    assert (agent.returncode, worker.returncode) == (0, 0)
+
+
+def _probes_from(phone: Softphone, host: str) -> list[str]:
+    return re.findall(rf"RX \d+ bytes Request msg OPTIONS/cseq=\d+ \(\w+\) from UDP {re.escape(host)}:{SIP_PORT}:",
+                      phone.log_path.read_text())
+
+
+def test_an_unregistration_at_a_is_seen_at_b(cluster: Cluster, tmp_path: Path) -> None:
+    with _agent_phone(1, tmp_path, "2102", host=HOST_A) as agent, _worker(tmp_path) as worker:
+        assert agent.register(_registrar(HOST_A), "2102", PASSWORD["2102"], realm=REALM)["code"] == 200
+        agent.answer_policy(answer_after_s=0.2)
+        call = worker.dial(_agent_via(HOST_B, "2102"))
+        assert agent.wait_for("incoming")["source"] == f"{HOST_B}:{SIP_PORT}"
+        worker.wait_for("state", call=call, state="CONFIRMED", timeout_s=5)
+        worker.hangup(call)
+        assert worker.wait_for("ended", call=call)["code"] == 200
+
+        assert agent.unregister()["event"] == "unregistered"
+        assert cluster.registered() == set()
+        after = worker.dial(_agent_via(HOST_B, "2102"))
+        assert worker.wait_for("ended", call=after)["code"] == 480
+
+
+def test_a_wrong_password_at_a_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    with _agent_phone(2, tmp_path, "2101", host=HOST_A) as phone:
+        outcome = phone.register(_registrar(HOST_A), "2101", "not-the-password", realm=REALM)
+    assert (outcome["event"], outcome["code"]) == ("reg_failed", 403), outcome
+    assert cluster.registered() == set()
+
+
+def test_a_second_place_is_refused_at_the_other_front(cluster: Cluster, tmp_path: Path) -> None:
+    with _agent_phone(3, tmp_path, "2101") as at_b, _agent_phone(4, tmp_path, "2101", host=HOST_A) as elsewhere:
+        assert at_b.register(_registrar(HOST_B), "2101", PASSWORD["2101"], realm=REALM)["code"] == 200
+        # Another address, at the other front, while the registration made at B is live.
+        outcome = elsewhere.register(_registrar(HOST_A), "2101", PASSWORD["2101"], realm=REALM)
+        assert (outcome["event"], outcome["code"]) == ("reg_failed", 403), outcome
+        assert cluster.rows("SELECT received, server_id FROM location") == [(f"sip:{HOST_B}:{at_b.sip_port}", 2)]
+        assert at_b.unregister()["event"] == "unregistered"
+
+
+def test_a_silent_phone_is_dropped_by_its_front_for_every_front(cluster: Cluster, tmp_path: Path) -> None:
+    with _agent_phone(5, tmp_path, "2102") as agent, _worker(tmp_path) as worker:
+        assert agent.register(_registrar(HOST_B), "2102", PASSWORD["2102"], realm=REALM)["code"] == 200
+        # Alive: B's probes are answered, so the row outlives the silence limit.
+        time.sleep(KEEPALIVE_TIMEOUT_S + 2 * KEEPALIVE_INTERVAL_S)
+        assert cluster.registered() == {"2102"}
+        agent.kill()  # no unregistration, no more answers
+        killed = time.monotonic()
+        _wait(lambda: cluster.registered() == set(), KEEPALIVE_TIMEOUT_S + 4 * KEEPALIVE_INTERVAL_S,
+              "the silent phone's row to go")
+        assert time.monotonic() - killed >= KEEPALIVE_TIMEOUT_S - KEEPALIVE_INTERVAL_S
+        gone = worker.dial(_agent_via(HOST_A, "2102"))
+        assert worker.wait_for("ended", call=gone)["code"] == 480
