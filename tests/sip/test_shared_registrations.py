@@ -55,6 +55,9 @@ class Cluster:
     def rows(self, sql: str) -> list[tuple[object, ...]]:
         return [tuple(row) for row in self.loop.run_until_complete(self.store._fetchall(sql))]
 
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> None:
+        self.loop.run_until_complete(self.store._update(sql, params))
+
 
 def _front_config(base: Path, database_url: str, host: str, server_id: int) -> Config:
     return load_config(overrides={
@@ -178,6 +181,26 @@ def test_a_second_place_is_refused_at_the_other_front(cluster: Cluster, tmp_path
         assert (outcome["event"], outcome["code"]) == ("reg_failed", 403), outcome
         assert cluster.rows("SELECT received, server_id FROM location") == [(f"sip:{HOST_B}:{at_b.sip_port}", 2)]
         assert at_b.unregister()["event"] == "unregistered"
+
+
+def test_the_contact_limit_counts_every_fronts_registrations(cluster: Cluster, tmp_path: Path) -> None:
+    # Five phones of the agent's desk registered at a third host's front (server_id 3, which nobody
+    # here probes), written as that front writes them.
+    now = int(time.time())
+    for n in range(5):
+        cluster.execute(
+            "INSERT INTO location (ruid, username, contact, received, expires, last_modified, callid, server_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 3)",
+            (f"uloc-3-test-{n}", "2101", f"sip:2101@{HOST_B}:{23300 + n}", f"sip:{HOST_B}:{23300 + n}", now + 60,
+             now, f"desk-{n}@test"))
+    try:
+        assert cluster.registered() == {"2101"}
+        with _agent_phone(6, tmp_path, "2101") as sixth:
+            outcome = sixth.register(_registrar(HOST_A), "2101", PASSWORD["2101"], realm=REALM)
+        assert (outcome["event"], outcome["code"]) == ("reg_failed", 503), outcome
+        assert cluster.rows("SELECT count(*) FROM location") == [(5,)]
+    finally:
+        cluster.execute("DELETE FROM location WHERE server_id = 3")
 
 
 def test_a_silent_phone_is_dropped_by_its_front_for_every_front(cluster: Cluster, tmp_path: Path) -> None:
