@@ -7,8 +7,8 @@ import getpass
 import itertools
 import json
 import os
-import secrets
 import re
+import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +72,7 @@ def registrar_database(config: Config, run_dir: Path) -> RegistrarDatabase | Non
         if not _PLAIN_NAME.match(value):
             raise ConfigError(f"database_url: the SIP front keeps registrations there and needs its {what} "
                               "in the URL as a plain name (letters, digits, _ . -)")
-    environment = {}
+    environment: dict[str, str] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name not in _LIBPQ_ENVIRONMENT:
             raise ConfigError(f"database_url: the SIP front cannot pass {name!r} on to PostgreSQL; "
