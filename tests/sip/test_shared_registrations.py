@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,9 +114,9 @@ def _agent_via(host: str, agent_id: str) -> str:
     return f"sip:{agent_id}@{host}:{SIP_PORT}"
 
 
-def _wait(predicate: object, timeout_s: float, what: str) -> None:
+def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(0.2)
@@ -201,6 +202,37 @@ def test_the_contact_limit_counts_every_fronts_registrations(cluster: Cluster, t
         assert cluster.rows("SELECT count(*) FROM location") == [(5,)]
     finally:
         cluster.execute("DELETE FROM location WHERE server_id = 3")
+
+
+def _probe_answer(ruid: str, front: str) -> bytes:
+    """A 200 to one of usrloc's probes, as a phone answers it (From tag: ruid-aorhash-sec-usec-counter.branch)."""
+    return (f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {front}:{SIP_PORT};branch=z9hG4bKx.1.1.0\r\n"
+            f"From: <sip:front@{front}>;tag={ruid}-1a2b-6b106800-3c4d-1.1\r\nTo: <sip:2102@{front}>;tag=p\r\n"
+            "Call-ID: ksrulka-1.1\r\nCSeq: 80 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def test_only_an_answer_from_the_phones_address_keeps_its_registration(cluster: Cluster) -> None:
+    # Two registrations at B from addresses where nothing answers B's probes; a socket on the
+    # first address answers for both, and tries its luck with SQL in a tag.
+    now = int(time.time())
+    for ruid, port in (("uloc-2-feed-a", 23211), ("uloc-2-feed-b", 23212)):
+        cluster.execute(
+            "INSERT INTO location (ruid, username, contact, received, expires, last_modified, callid, server_id)"
+            " VALUES (?, '2102', ?, ?, ?, ?, ?, 2)",
+            (ruid, f"sip:2102@{HOST_B}:{port}", f"sip:{HOST_B}:{port}", now + 60, now, f"{ruid}@test"))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as answering:
+            answering.bind((HOST_B, 23211))
+            deadline = time.monotonic() + KEEPALIVE_TIMEOUT_S + 3 * KEEPALIVE_INTERVAL_S
+            while time.monotonic() < deadline:
+                # The last would refresh every row if its quotes reached the SQL ("--" comments out the rest).
+                for ruid in ("uloc-2-feed-a", "uloc-2-feed-b", "x'OR'1'--"):
+                    answering.sendto(_probe_answer(ruid, HOST_B), (HOST_B, SIP_PORT))
+                time.sleep(0.5)
+        # The first is alive by its answers; the second, answered for from elsewhere, is gone.
+        assert cluster.rows("SELECT ruid FROM location") == [("uloc-2-feed-a",)]
+    finally:
+        cluster.execute("DELETE FROM location WHERE ruid LIKE 'uloc-2-feed-%'")
 
 
 def test_a_silent_phone_is_dropped_by_its_front_for_every_front(cluster: Cluster, tmp_path: Path) -> None:
