@@ -84,6 +84,7 @@ def test_with_sqlite_the_registrations_stay_in_the_fronts_memory(tmp_path: Path)
     assert f'modparam("usrloc", "ka_timeout", {config.agents.keepalive_timeout_s})' in text
     assert "db_postgres" not in text and "db_url" not in text and "server_id=" not in text
     assert "\nreply_route {" not in text and "DROP_SILENT" not in text
+    assert "}\n\n# A failed authentication" in text  # the shared registrations' routes leave no trace
     assert sipfront.registrar_database(config, tmp_path) is None
     assert sipfront.command(config, cfg, tmp_path)[0] == "kamailio"  # no environment of its own
     assert not (tmp_path / "pgpass").exists()
