@@ -4,7 +4,9 @@ Two real Kamailio fronts, A on 127.0.0.21:23060 (server_id 1) and B on
 127.0.0.22:23060 (server_id 2), keep their registrations in the `location`
 table of one database on the tests' PostgreSQL server, created by the store's
 migrations. Their dispatcher sets name 127.0.0.21:23070, where a softphone
-stands in for a media worker. Ports 23000-23999, RTP 44000-44999 only.
+stands in for a media worker. One test runs a whole softswitch as host A
+(SIP 127.0.0.21:23560, HTTP :23511, worker :23570, RTP from 44500) beside
+host B's front on 127.0.0.22:23560. Ports 23000-23999, RTP 44000-44999 only.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from softswitch.config import AgentsConfig, Config, load_config
-from softswitch.control import sipfront
+from softswitch.control import admin, sipfront
 from storage.crypto import IdProtector
 from storage.store import Store, open_store
-from tests.sip.conftest import agent_accounts
+from tests.sip.conftest import agent_accounts, running_softswitch
 from tests.sip.front import front_alone
 from tests.sip.softphones import Softphone
 from tests.support.postgres import PostgresServer
@@ -46,6 +48,7 @@ class Cluster:
     """Two fronts sharing one database, and a store open on it (what each host's control process reads)."""
 
     work: Path
+    server: PostgresServer
     store: Store
     loop: asyncio.AbstractEventLoop
     logs: dict[str, Path]
@@ -88,7 +91,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         try:
             with front_alone(_front_config(work / "a", url, HOST_A, 1), len(AGENTS), (HOST_A, PROBE_PORT)) as a, \
                     front_alone(_front_config(work / "b", url, HOST_B, 2), len(AGENTS), (HOST_B, PROBE_PORT)) as b:
-                yield Cluster(work, store, loop, {"a": a, "b": b})
+                yield Cluster(work, server, store, loop, {"a": a, "b": b})
         finally:
             loop.run_until_complete(opened.__aexit__(None, None, None))
     finally:
@@ -248,3 +251,33 @@ def test_a_silent_phone_is_dropped_by_its_front_for_every_front(cluster: Cluster
         assert time.monotonic() - killed >= KEEPALIVE_TIMEOUT_S - KEEPALIVE_INTERVAL_S
         gone = worker.dial(_agent_via(HOST_A, "2102"))
         assert worker.wait_for("ended", call=gone)["code"] == 480
+
+
+def test_a_hosts_control_process_sees_an_agent_registered_at_another_hosts_front(cluster: Cluster,
+                                                                                 tmp_path: Path) -> None:
+    """A whole softswitch on host A (its own database on the server, ports 23500-23599) and host B's front."""
+    url = cluster.server.url(cluster.loop.run_until_complete(cluster.server.create_database()))
+    sip_port = 23560
+    overrides = {"database_url": url, "sip": {"listen": HOST_A}, "http": {"host": HOST_A},
+                 # A few call slots: its RTP ports stay in 44500-44999.
+                 "workers": {"host": HOST_A, "max_calls": 4, "rtp_ports_per_worker": 64},
+                 "kamailio": {"server_id": 1, "children": 2},
+                 "agents": {"registration_poll_s": 0.3}}
+    with running_softswitch(tmp_path / "host-a", sip_port=sip_port, http_port=23511, workers=1,
+                            worker_base_port=23570, rtp_base_port=44500, agents=AGENTS,
+                            config_overrides=overrides) as host_a:
+        b_config = load_config(overrides={
+            "data_dir": str(tmp_path / "host-b"), "database_url": url, "sip.listen": HOST_B, "sip.port": sip_port,
+            "workers.count": 1, "workers.host": HOST_A, "workers.base_port": 23570, "kamailio.children": 2,
+            "kamailio.server_id": 2, "agents.accounts": agent_accounts(AGENTS, REALM)})
+        admin_socket = host_a.data_dir / "run" / "admin.sock"
+
+        def registered() -> set[str]:
+            return {a["id"] for a in admin.request(admin_socket, "status")["agents"] if a["registered"]}
+        with front_alone(b_config, len(AGENTS), (HOST_B, 23590)), \
+                Softphone("agent-at-b", tmp_path, user="2101", host=HOST_B, sip_port=23591, rtp_port=44600) as phone:
+            assert registered() == set()
+            assert phone.register(f"sip:{HOST_B}:{sip_port}", "2101", PASSWORD["2101"], realm=REALM)["code"] == 200
+            _wait(lambda: registered() == {"2101"}, 5, "host A's control process to see the registration at B")
+            assert phone.unregister()["event"] == "unregistered"
+            _wait(lambda: registered() == set(), 5, "host A's control process to see the unregistration")
