@@ -38,9 +38,10 @@ def worker_uri(config: Config, worker_id: int) -> str:
 
 
 # What libpq takes from a postgresql:// URL's query and the front passes on in its environment:
-# Kamailio's own database URL has no query.
-_LIBPQ_ENVIRONMENT = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT",
-                      "sslkey": "PGSSLKEY", "sslcrl": "PGSSLCRL", "connect_timeout": "PGCONNECT_TIMEOUT"}
+# Kamailio's own database URL has no query. host= names a Unix socket's directory.
+_LIBPQ_ENVIRONMENT = {"host": "PGHOST", "port": "PGPORT", "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT",
+                      "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY", "sslcrl": "PGSSLCRL",
+                      "connect_timeout": "PGCONNECT_TIMEOUT"}
 # Kamailio's URL parser knows no escapes: user, host and database must be plain names.
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -67,8 +68,7 @@ def registrar_database(config: Config, run_dir: Path) -> RegistrarDatabase | Non
     # The messages never quote the URL: it may hold a password.
     # No user: libpq's default, the name this process runs as.
     user, database = unquote(parts.username or getpass.getuser()), unquote(parts.path.strip("/"))
-    host = parts.hostname or ""
-    for what, value in (("user", user), ("server host", host), ("database", database)):
+    for what, value in (("user", user), ("database", database)):
         if not _PLAIN_NAME.match(value):
             raise ConfigError(f"database_url: the SIP front keeps registrations there and needs its {what} "
                               "in the URL as a plain name (letters, digits, _ . -)")
@@ -81,6 +81,13 @@ def registrar_database(config: Config, run_dir: Path) -> RegistrarDatabase | Non
     password = unquote(parts.password) if parts.password is not None else None
     if password is not None:
         environment["PGPASSFILE"] = str(run_dir / "pgpass")
+    host = parts.hostname
+    if not host:
+        # No host in the URL: libpq takes PGHOST (a socket directory) and PGPORT from the environment.
+        return RegistrarDatabase(f"postgres://{user}@/{database}", environment, password)
+    if not _PLAIN_NAME.match(host):
+        raise ConfigError("database_url: the SIP front keeps registrations there and needs its server host "
+                          "as a name or IPv4 address")
     return RegistrarDatabase(f"postgres://{user}@{host}:{parts.port or 5432}/{database}", environment, password)
 
 

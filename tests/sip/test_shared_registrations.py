@@ -3,7 +3,7 @@
 Two real Kamailio fronts, A on 127.0.0.21:23060 (server_id 1) and B on
 127.0.0.22:23060 (server_id 2), keep their registrations in the `location`
 table of one database on the tests' PostgreSQL server, created by the store's
-migrations. Their dispatcher sets name 127.0.0.21:23070, where a softphone
+migrations; A reaches it over TCP, B through its Unix socket. Their dispatcher sets name 127.0.0.21:23070, where a softphone
 stands in for a media worker. One test runs a whole softswitch as host A
 (SIP 127.0.0.21:23560, HTTP :23511, worker :23570, RTP from 44500) beside
 host B's front on 127.0.0.22:23560. Ports 23000-23999, RTP 44000-44999 only.
@@ -85,12 +85,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     server = PostgresServer.start()
     loop = asyncio.new_event_loop()
     try:
-        url = server.url(loop.run_until_complete(server.create_database()))
+        name = loop.run_until_complete(server.create_database())
+        url = server.url(name)
+        # B reaches the server through its Unix socket (no password anywhere), A over TCP.
+        socket_url = f"postgresql://postgres@/{name}?host={server.directory}&port={server.port}"
         opened = _store(url, work)
         store = loop.run_until_complete(opened.__aenter__())
         try:
             with front_alone(_front_config(work / "a", url, HOST_A, 1), len(AGENTS), (HOST_A, PROBE_PORT)) as a, \
-                    front_alone(_front_config(work / "b", url, HOST_B, 2), len(AGENTS), (HOST_B, PROBE_PORT)) as b:
+                    front_alone(_front_config(work / "b", socket_url, HOST_B, 2), len(AGENTS),
+                                (HOST_B, PROBE_PORT)) as b:
                 yield Cluster(work, server, store, loop, {"a": a, "b": b})
         finally:
             loop.run_until_complete(opened.__aexit__(None, None, None))

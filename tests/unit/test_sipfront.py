@@ -128,11 +128,23 @@ def test_without_a_password_no_password_file_is_written(tmp_path: Path) -> None:
     assert sipfront.command(config, cfg, tmp_path)[:2] == ["env", "kamailio"]
 
 
+def test_a_unix_socket_url_needs_no_password_anywhere(tmp_path: Path) -> None:
+    config = load_config(overrides={"data_dir": str(tmp_path), "workers.count": 1,
+                                    "database_url": "postgresql://softswitch@/calls?host=/run/postgresql&port=5433"})
+    plan = plan_workers(config.workers, BUILT, sip_port=config.sip.port, agents=0)
+    cfg = sipfront.render(config, plan, tmp_path)
+    assert 'modparam("usrloc", "db_url", "postgres://softswitch@/calls")' in cfg.read_text()
+    assert sipfront.command(config, cfg, tmp_path)[:4] == ["env", "PGHOST=/run/postgresql", "PGPORT=5433",
+                                                           "kamailio"]
+    assert not (tmp_path / "pgpass").exists()
+    _kamailio_check(cfg)
+
+
 @pytest.mark.parametrize(("url", "message"), [
     ("postgresql://softswitch:pw@db.example/calls?application_name=x", "cannot pass 'application_name'"),
-    ("postgresql:///calls?host=/run/postgresql", "needs its server host"),
+    ("postgresql://softswitch:pw@[2001:db8::5]/calls", "needs its server host"),
     ("postgresql://soft%40switch:pw@db.example/calls", "needs its user"),
-], ids=["unknown-parameter", "socket-directory", "escaped-user"])
+], ids=["unknown-parameter", "ipv6-host", "escaped-user"])
 def test_a_url_the_front_cannot_use_is_refused_without_quoting_it(tmp_path: Path, url: str, message: str) -> None:
     config = load_config(overrides={"data_dir": str(tmp_path), "workers.count": 1, "database_url": url})
     plan = plan_workers(config.workers, BUILT, sip_port=config.sip.port, agents=0)
