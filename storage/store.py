@@ -567,6 +567,12 @@ class Store:
         rows = await self._fetchall("SELECT DISTINCT username FROM location WHERE expires > ?", (int(now),))
         return {str(row["username"]) for row in rows}
 
+    async def registered_contacts(self, server_id: int, now: float) -> int:
+        """Phones registered at the front numbered ``server_id`` (unexpired at ``now``) in the shared table."""
+        row = await self._fetchone("SELECT count(*) FROM location WHERE server_id = ? AND expires > ?",
+                                   (server_id, int(now)))
+        return int(row[0]) if row is not None else 0
+
 
 @asynccontextmanager
 async def open_store(target: Path | str, protector: IdProtector) -> AsyncIterator[Store]:

@@ -564,6 +564,11 @@ class Softswitch:
             self.front_statistics = front_statistics(await self.front.call("stats.get_statistics", "all"))
         except sipfront.FrontRpcError:
             self.front_statistics = {}  # the front is down: its counters are absent, softswitch_workers_up says more
+        if self.front_statistics and self.config.database_url is not None:
+            # DB-only usrloc counts nothing in memory: this front's phones are its rows of the shared table.
+            with contextlib.suppress(StoreError):
+                self.front_statistics.setdefault("usrloc", {})["location_contacts"] = \
+                    await self.store.registered_contacts(self.config.kamailio.server_id, time.time())
         return self.metrics.text()
 
     def intake_filed(self, channel: str, duplicate: bool) -> None:

@@ -16,11 +16,13 @@ import contextlib
 import re
 import socket
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from softswitch.config import AgentsConfig, Config, load_config
 from softswitch.control import admin, sipfront
@@ -279,9 +281,21 @@ def test_a_hosts_control_process_sees_an_agent_registered_at_another_hosts_front
         def registered() -> set[str]:
             return {a["id"] for a in admin.request(admin_socket, "status")["agents"] if a["registered"]}
         with front_alone(b_config, len(AGENTS), (HOST_B, 23590)), \
-                Softphone("agent-at-b", tmp_path, user="2101", host=HOST_B, sip_port=23591, rtp_port=44600) as phone:
+                Softphone("agent-at-b", tmp_path, user="2101", host=HOST_B, sip_port=23591, rtp_port=44600) as phone, \
+                Softphone("agent-at-a", tmp_path, user="2102", host=HOST_A, sip_port=23592, rtp_port=44620) as own:
             assert registered() == set()
             assert phone.register(f"sip:{HOST_B}:{sip_port}", "2101", PASSWORD["2101"], realm=REALM)["code"] == 200
             _wait(lambda: registered() == {"2101"}, 5, "host A's control process to see the registration at B")
+            assert own.register(f"sip:{HOST_A}:{sip_port}", "2102", PASSWORD["2102"], realm=REALM)["code"] == 200
+            _wait(lambda: registered() == {"2101", "2102"}, 5, "host A's control process to see both")
+            # A's gauge counts the phones registered at A's front, from the table (Kamailio's own says 0).
+            assert _registered_contacts_gauge(host_a.http) == 1
             assert phone.unregister()["event"] == "unregistered"
-            _wait(lambda: registered() == set(), 5, "host A's control process to see the unregistration")
+            _wait(lambda: registered() == {"2102"}, 5, "host A's control process to see the unregistration")
+
+
+def _registered_contacts_gauge(http: str) -> float:
+    with urllib.request.urlopen(http + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return next(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == "softswitch_front_registered_contacts")

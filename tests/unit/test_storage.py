@@ -642,3 +642,4 @@ async def test_registered_sip_users_are_those_with_an_unexpired_registration(sto
                      ruid, user, f"sip:{user}@192.0.2.1:{5060 + len(ruid)}", expires)
     assert await store.registered_sip_users(1_000.5) == {"1001", "1003"}
     assert await store.registered_sip_users(2_000) == set()
+    assert (await store.registered_contacts(1, 1_000.5), await store.registered_contacts(2, 0)) == (2, 0)
