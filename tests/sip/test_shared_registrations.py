@@ -3,8 +3,9 @@
 Two real Kamailio fronts, A on 127.0.0.21:23060 (server_id 1) and B on
 127.0.0.22:23060 (server_id 2), keep their registrations in the `location`
 table of one database on the tests' PostgreSQL server, created by the store's
-migrations; A reaches it over TCP, B through its Unix socket. Their dispatcher sets name 127.0.0.21:23070, where a softphone
-stands in for a media worker. One test runs a whole softswitch as host A
+migrations; A reaches it over TCP, B through its Unix socket. Their
+dispatcher sets name 127.0.0.21:23070, where a softphone stands in for a
+media worker. One test runs a whole softswitch as host A
 (SIP 127.0.0.21:23560, HTTP :23511, worker :23570, RTP from 44500) beside
 host B's front on 127.0.0.22:23560. Ports 23000-23999, RTP 44000-44999 only.
 """
@@ -53,7 +54,6 @@ class Cluster:
     server: PostgresServer
     store: Store
     loop: asyncio.AbstractEventLoop
-    logs: dict[str, Path]
 
     def registered(self) -> set[str]:
         return self.loop.run_until_complete(self.store.registered_sip_users(time.time()))
@@ -82,9 +82,8 @@ async def _store(url: str, key_dir: Path) -> AsyncIterator[Store]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    work = tmp_path_factory.mktemp("shared-registrations")
-    server = PostgresServer.start()
+def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer) -> Iterator[Cluster]:
+    work, server = tmp_path_factory.mktemp("shared-registrations"), postgres_server
     loop = asyncio.new_event_loop()
     try:
         name = loop.run_until_complete(server.create_database())
@@ -94,15 +93,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         opened = _store(url, work)
         store = loop.run_until_complete(opened.__aenter__())
         try:
-            with front_alone(_front_config(work / "a", url, HOST_A, 1), len(AGENTS), (HOST_A, PROBE_PORT)) as a, \
-                    front_alone(_front_config(work / "b", socket_url, HOST_B, 2), len(AGENTS),
-                                (HOST_B, PROBE_PORT)) as b:
-                yield Cluster(work, server, store, loop, {"a": a, "b": b})
+            with front_alone(_front_config(work / "a", url, HOST_A, 1), len(AGENTS), (HOST_A, PROBE_PORT)), \
+                    front_alone(_front_config(work / "b", socket_url, HOST_B, 2), len(AGENTS), (HOST_B, PROBE_PORT)):
+                yield Cluster(work, server, store, loop)
         finally:
             loop.run_until_complete(opened.__aexit__(None, None, None))
     finally:
         loop.close()
-        server.stop()
 
 
 def _agent_phone(n: int, log_dir: Path, agent_id: str, host: str = HOST_B, sip_trace: bool = False) -> Softphone:
