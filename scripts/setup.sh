@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the softswitch needs on a fresh Debian machine: the SIP front
-# (Kamailio), SIPp, espeak-ng and sox from apt (PostgreSQL too, for the tests);
+# (Kamailio, with its PostgreSQL module), SIPp, espeak-ng and sox from apt (PostgreSQL too, for the tests);
 # the media engine (PJSUA2 built from Debian's source archive with a server
 # profile, scripts/build-pjsua2.sh) and the Python packages into .venv.
 # Usage: scripts/setup.sh          runtime only
@@ -15,7 +15,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 engine=${SOFTSWITCH_ENGINE:-build}
 case "$engine" in build|wheel) ;; *) echo "setup: SOFTSWITCH_ENGINE must be build or wheel" >&2; exit 2 ;; esac
 
-packages=(kamailio sip-tester espeak-ng sox)
+# kamailio-postgres-modules: the fronts of several hosts keep registrations in a shared PostgreSQL.
+packages=(kamailio kamailio-postgres-modules sip-tester espeak-ng sox)
 # What building pjproject and its SWIG module takes.
 [ "$engine" = build ] && packages+=(build-essential swig libssl-dev uuid-dev xz-utils)
 # The console's browser test drives headless Chromium through chromedriver; the storage

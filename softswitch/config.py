@@ -203,6 +203,11 @@ class KamailioConfig(_Section):
     register_failures: int = Field(10, ge=1)
     register_failure_window_s: int = Field(300, ge=1)
     register_block_s: int = Field(300, ge=1)
+    # With a PostgreSQL database_url the fronts of all hosts keep the agents'
+    # registrations in its `location` table; each front needs a number of its own
+    # there (Kamailio's server_id): it probes and drops only the phones that
+    # registered with it. Give every host sharing the database a different one.
+    server_id: int = Field(0, ge=0, le=2**31 - 1)
 
     _template_in_project = field_validator("template")(_in_project)
 

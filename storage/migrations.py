@@ -257,6 +257,48 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX sms_outbox_due ON sms_outbox (next_attempt_at) WHERE status IN ('pending', 'sending')",
         ),
     ),
+    Migration(
+        version=8,
+        description="the SIP front's registrations (Kamailio usrloc), shared by the fronts of every host",
+        statements=(
+            # Kamailio 5.6's own `location` table (usrloc-create.sql, table version 9: the front
+            # runs with version_table 0 because this list, not Kamailio's `version` table, owns
+            # the schema), with expires and last_modified as Unix seconds (usrloc expires_type 1)
+            # so that no front's or server's time zone enters a comparison. Used only when
+            # database_url is PostgreSQL; on SQLite it stays empty, the front keeping its
+            # registrations in memory.
+            """
+            CREATE TABLE location (
+                id            INTEGER PRIMARY KEY,
+                ruid          VARCHAR(64)  NOT NULL DEFAULT '' UNIQUE,
+                username      VARCHAR(64)  NOT NULL DEFAULT '',
+                domain        VARCHAR(64)  DEFAULT NULL,
+                contact       VARCHAR(512) NOT NULL DEFAULT '',
+                received      VARCHAR(128) DEFAULT NULL,
+                path          VARCHAR(512) DEFAULT NULL,
+                expires       BIGINT       NOT NULL DEFAULT 0,
+                q             REAL         NOT NULL DEFAULT 1.0,
+                callid        VARCHAR(255) NOT NULL DEFAULT 'Default-Call-ID',
+                cseq          INTEGER      NOT NULL DEFAULT 1,
+                last_modified BIGINT       NOT NULL DEFAULT 0,
+                flags         INTEGER      NOT NULL DEFAULT 0,
+                cflags        INTEGER      NOT NULL DEFAULT 0,
+                user_agent    VARCHAR(255) NOT NULL DEFAULT '',
+                socket        VARCHAR(64)  DEFAULT NULL,
+                methods       INTEGER      DEFAULT NULL,
+                instance      VARCHAR(255) DEFAULT NULL,
+                reg_id        INTEGER      NOT NULL DEFAULT 0,
+                server_id     INTEGER      NOT NULL DEFAULT 0,
+                connection_id INTEGER      NOT NULL DEFAULT 0,
+                keepalive     INTEGER      NOT NULL DEFAULT 0,
+                partition     INTEGER      NOT NULL DEFAULT 0
+            )
+            """,
+            "CREATE INDEX location_account_contact_idx ON location (username, domain, contact)",
+            "CREATE INDEX location_expires_idx ON location (expires)",
+            "CREATE INDEX location_connection_idx ON location (server_id, connection_id)",
+        ),
+    ),
 ]
 
 

@@ -658,6 +658,21 @@ class Store:
             f"SELECT {column}, score, COUNT(*) FROM ratings{where} GROUP BY {column}, score", params)
         return [(row[0], int(row[1]), int(row[2])) for row in rows]
 
+    async def registered_sip_users(self, now: float) -> set[str]:
+        """SIP users with a registration unexpired at ``now`` in the SIP fronts' shared ``location`` table.
+
+        Only PostgreSQL stores hold registrations (every host's front keeps them
+        there); on SQLite the table stays empty and the front keeps them in memory.
+        """
+        rows = await self._fetchall("SELECT DISTINCT username FROM location WHERE expires > ?", (int(now),))
+        return {str(row["username"]) for row in rows}
+
+    async def registered_contacts(self, server_id: int, now: float) -> int:
+        """Phones registered at the front numbered ``server_id`` (unexpired at ``now``) in the shared table."""
+        row = await self._fetchone("SELECT count(*) FROM location WHERE server_id = ? AND expires > ?",
+                                   (server_id, int(now)))
+        return int(row[0]) if row is not None else 0
+
 
 @asynccontextmanager
 async def open_store(target: Path | str, protector: IdProtector) -> AsyncIterator[Store]:

@@ -380,13 +380,16 @@ class Softswitch:
             writer.close()
 
     async def _watch_registrations(self) -> None:
-        """Agents' reachability follows the front's registrations (usrloc drops a phone that stops answering)."""
+        """Agents' reachability follows the front's registrations (usrloc drops a phone that stops answering);
+        with a PostgreSQL store, every host's front's, read from the table they share."""
+        shared = self.config.database_url is not None
         failing = False
         while True:
             try:
-                self.acd.set_registered(await self.front.registered_users())
+                self.acd.set_registered(await self.store.registered_sip_users(time.time()) if shared
+                                        else await self.front.registered_users())
                 failing = False
-            except sipfront.FrontRpcError as exc:
+            except (sipfront.FrontRpcError, StoreError) as exc:
                 if not failing:
                     log.warning("cannot read the front's registrations: %s", exc)
                 failing = True
@@ -621,6 +624,11 @@ class Softswitch:
             self.front_statistics = front_statistics(await self.front.call("stats.get_statistics", "all"))
         except sipfront.FrontRpcError:
             self.front_statistics = {}  # the front is down: its counters are absent, softswitch_workers_up says more
+        if self.front_statistics and self.config.database_url is not None:
+            # DB-only usrloc counts nothing in memory: this front's phones are its rows of the shared table.
+            with contextlib.suppress(StoreError):
+                self.front_statistics.setdefault("usrloc", {})["location_contacts"] = \
+                    await self.store.registered_contacts(self.config.kamailio.server_id, time.time())
         return self.metrics.text()
 
     def intake_filed(self, channel: str, duplicate: bool) -> None:

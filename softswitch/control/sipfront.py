@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import itertools
 import json
 import os
+import re
 import secrets
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import jinja2
 
-from softswitch.config import Config
+from softswitch.config import Config, ConfigError
 from softswitch.control.capacity import WorkerPlan
 
 # A worker enters the dispatcher set inactive and probed: it takes calls only
@@ -33,6 +37,60 @@ def worker_uri(config: Config, worker_id: int) -> str:
     return f"sip:{config.workers.host}:{config.workers.base_port + worker_id}"
 
 
+# What libpq takes from a postgresql:// URL's query and the front passes on in its environment:
+# Kamailio's own database URL has no query. host= names a Unix socket's directory.
+_LIBPQ_ENVIRONMENT = {"host": "PGHOST", "port": "PGPORT", "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT",
+                      "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY", "sslcrl": "PGSSLCRL",
+                      "connect_timeout": "PGCONNECT_TIMEOUT"}
+# Kamailio's URL parser knows no escapes: user, host and database must be plain names.
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class RegistrarDatabase:
+    """Where the front keeps the agents' registrations when the hosts share PostgreSQL.
+
+    ``url`` is Kamailio's db_postgres URL, never with a password: that goes
+    to a libpq password file of the front's own (mode 0600), named with the
+    TLS settings in ``environment``, the front's process environment.
+    """
+
+    url: str
+    environment: dict[str, str]
+    password: str | None
+
+
+def registrar_database(config: Config, run_dir: Path) -> RegistrarDatabase | None:
+    """The shared registrations' database, from database_url; None with SQLite (registrations in memory)."""
+    if config.database_url is None:
+        return None
+    parts = urlsplit(config.database_url.get_secret_value())
+    # The messages never quote the URL: it may hold a password.
+    # No user: libpq's default, the name this process runs as.
+    user, database = unquote(parts.username or getpass.getuser()), unquote(parts.path.strip("/"))
+    for what, value in (("user", user), ("database", database)):
+        if not _PLAIN_NAME.match(value):
+            raise ConfigError(f"database_url: the SIP front keeps registrations there and needs its {what} "
+                              "in the URL as a plain name (letters, digits, _ . -)")
+    environment: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _LIBPQ_ENVIRONMENT:
+            raise ConfigError(f"database_url: the SIP front cannot pass {name!r} on to PostgreSQL; "
+                              f"it takes {', '.join(sorted(_LIBPQ_ENVIRONMENT))}")
+        environment[_LIBPQ_ENVIRONMENT[name]] = value
+    password = unquote(parts.password) if parts.password is not None else None
+    if password is not None:
+        environment["PGPASSFILE"] = str(run_dir / "pgpass")
+    host = parts.hostname
+    if not host:
+        # No host in the URL: libpq takes PGHOST (a socket directory) and PGPORT from the environment.
+        return RegistrarDatabase(f"postgres://{user}@/{database}", environment, password)
+    if not _PLAIN_NAME.match(host):
+        raise ConfigError("database_url: the SIP front keeps registrations there and needs its server host "
+                          "as a name or IPv4 address")
+    return RegistrarDatabase(f"postgres://{user}@{host}:{parts.port or 5432}/{database}", environment, password)
+
+
 def render(config: Config, plan: WorkerPlan, run_dir: Path, debug: int = 1) -> Path:
     """Write the dispatcher list and kamailio.cfg under run_dir; return the cfg path.
 
@@ -41,8 +99,15 @@ def render(config: Config, plan: WorkerPlan, run_dir: Path, debug: int = 1) -> P
     call to the least loaded worker and refuses it itself when all are full.
     The cfg holds the agents' HA1s (which authenticate as well as the password
     does) and the key that signs its Record-Routes, so it is readable by its owner only.
+    With a PostgreSQL database_url the registrations live in its ``location``
+    table (usrloc DB-only), which every host's front reads and writes.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    registrar_db = registrar_database(config, run_dir)
+    if registrar_db is not None and registrar_db.password is not None:
+        # libpq's password file: any server, port, database and user (this front reaches one).
+        escaped = registrar_db.password.replace("\\", "\\\\").replace(":", "\\:")
+        _write_private(Path(registrar_db.environment["PGPASSFILE"]), f"*:*:*:*:{escaped}\n")
     dispatcher_list = run_dir / "dispatcher.list"
     dispatcher_list.write_text("".join(
         f"1 {worker_uri(config, i)} {_INACTIVE_AND_PROBED} 0 duid=w{i};maxload={plan.dispatch_limit}\n"
@@ -60,7 +125,8 @@ def render(config: Config, plan: WorkerPlan, run_dir: Path, debug: int = 1) -> P
         # Unknown users are checked against this: no password has it, and it changes with every start.
         unknown_ha1=secrets.token_hex(16),
         # Call-load slots: a few calls per slot for the most the workers can hold.
-        load_hash_bits=max(4, (plan.count * plan.dispatch_limit // 8).bit_length()))
+        load_hash_bits=max(4, (plan.count * plan.dispatch_limit // 8).bit_length()),
+        registrar_db=registrar_db.url if registrar_db is not None else None, server_id=config.kamailio.server_id)
     cfg = run_dir / "kamailio.cfg"
     _write_private(cfg, text)
     return cfg
@@ -88,10 +154,18 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def command(config: Config, cfg: Path, run_dir: Path) -> list[str]:
-    """Kamailio in the foreground (-DD), logging to stderr (-E), with its own runtime dir."""
+    """Kamailio in the foreground (-DD), logging to stderr (-E), with its own runtime dir.
+
+    With shared registrations it starts through env(1) with libpq's settings
+    in its environment; env execs Kamailio, so the PID started is Kamailio's.
+    """
     k = config.kamailio
-    return [k.binary, "-DD", "-E", "-f", str(cfg), "-Y", str(run_dir), "-P", str(run_dir / "kamailio.pid"),
+    argv = [k.binary, "-DD", "-E", "-f", str(cfg), "-Y", str(run_dir), "-P", str(run_dir / "kamailio.pid"),
             "-m", str(k.shared_memory_mb), "-M", str(k.private_memory_mb)]
+    registrar_db = registrar_database(config, run_dir)
+    if registrar_db is None:
+        return argv
+    return ["env", *(f"{name}={value}" for name, value in sorted(registrar_db.environment.items())), *argv]
 
 
 def rpc_socket(run_dir: Path) -> Path:

@@ -261,8 +261,9 @@ def running_softswitch(base: Path, *, sip_port: int, http_port: int, workers: in
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "softswitch.cli", "--config", str(config_path), "run"],
                                    cwd=str(PROJECT_ROOT), stdout=log, stderr=subprocess.STDOUT)
-    running = RunningSoftswitch(data_dir=data_dir, http=f"http://127.0.0.1:{http_port}",
-                                sip_target=f"127.0.0.1:{sip_port}", process=process, log_path=log_path,
+    http_host, sip_host = config["http"].get("host", "127.0.0.1"), config["sip"].get("listen", "127.0.0.1")
+    running = RunningSoftswitch(data_dir=data_dir, http=f"http://{http_host}:{http_port}",
+                                sip_target=f"{sip_host}:{sip_port}", process=process, log_path=log_path,
                                 work=base / "sipp")
 
     def ready() -> bool:

@@ -73,12 +73,13 @@ class Softphone:
     """
 
     def __init__(self, name: str, log_dir: Path, *, sip_port: int, rtp_port: int, rtp_port_range: int = 20,
-                 user: str = "phone", sip_trace: bool = False, nat_host: str | None = None) -> None:
+                 user: str = "phone", sip_trace: bool = False, nat_host: str | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.name = name
-        self.sip_port = sip_port
-        self.uri = f"sip:{user}@127.0.0.1:{sip_port}"
+        self.host, self.sip_port = host, sip_port
+        self.uri = f"sip:{user}@{host}:{sip_port}"
         self.log_path = log_dir / f"{name}.log"
-        self._argv = [sys.executable, "-m", "tests.sip.softphone", "--sip-port", str(sip_port),
+        self._argv = [sys.executable, "-m", "tests.sip.softphone", "--host", host, "--sip-port", str(sip_port),
                       "--rtp-port", str(rtp_port), "--rtp-port-range", str(rtp_port_range), "--user", user]
         if sip_trace:
             self._argv.append("--sip-trace")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-import socket
 import subprocess
 import time
 import wave
@@ -16,10 +15,8 @@ import numpy as np
 import pytest
 
 from softswitch.config import AgentsConfig, load_config
-from softswitch.control import sipfront
-from softswitch.control.capacity import plan_workers
-from softswitch.worker.engine import EngineInfo
 from tests.sip.conftest import RunningSoftswitch, agent_accounts, running_softswitch
+from tests.sip.front import front_alone as sipfront_alone
 from tests.sip.softphones import Softphone
 from tests.support.sipp import refused_scenario
 
@@ -143,21 +140,6 @@ class TestRegistrationAtTheFront:
         assert record["call"]["source"] == "127.0.0.1"
 
 
-def _options_answered(port: int) -> bool:
-    """An OPTIONS to the front gets its 200: the front is up."""
-    request = (f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{SIPP_PORT};branch=z9hG4bK-up\r\n"
-               f"From: <sip:probe@127.0.0.1>;tag=up\r\nTo: <sip:127.0.0.1:{port}>\r\nCall-ID: up@test\r\n"
-               "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", SIPP_PORT))
-        sock.settimeout(0.3)
-        sock.sendto(request.encode(), ("127.0.0.1", port))
-        try:
-            return sock.recv(4096).startswith(b"SIP/2.0 200")
-        except OSError:  # no answer yet, or nothing listening (ICMP port unreachable)
-            return False
-
-
 @contextlib.contextmanager
 def front_alone(base: Path) -> Iterator[Path]:
     """Only the SIP front (Kamailio) of a softswitch with the agents; no media worker behind it.
@@ -169,27 +151,8 @@ def front_alone(base: Path) -> Iterator[Path]:
         "data_dir": str(base), "sip.port": SIP_PORT, "workers.count": 1, "workers.base_port": WORKER_PORT,
         "kamailio.children": 2, "agents.accounts": agent_accounts(AGENTS, REALM),
         "agents.registration_expires_s": EXPIRES_S})
-    run_dir = base / "kamailio"
-    # Sized as for an engine of 4 calls: the front alone never asks the library.
-    plan = plan_workers(config.workers, EngineInfo(version="test", max_calls=4), sip_port=SIP_PORT,
-                        agents=len(AGENTS))
-    argv = sipfront.command(config, sipfront.render(config, plan, run_dir), run_dir)
-    log = base / "kamailio.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 15
-        while not _options_answered(SIP_PORT):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the SIP front did not come up:\n{log.read_text()[-3000:]}")
+    with sipfront_alone(config, len(AGENTS), probe=("127.0.0.1", SIPP_PORT)) as log:
         yield log
-    finally:
-        process.terminate()  # Kamailio's main process stops its children
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _rms(path: Path) -> float:

@@ -647,3 +647,14 @@ async def test_each_public_operation_reports_its_time_to_the_observer_failures_i
     store.observe = None
     await store.get_call(call_id)
     assert len(seen) == 3
+
+
+async def test_registered_sip_users_are_those_with_an_unexpired_registration(store: Store, db: StoreDatabase) -> None:
+    # Rows as a SIP front writes them (usrloc DB-only, times in Unix seconds), on either engine.
+    for ruid, user, expires in (("uloc-1-a", "1001", 1_000), ("uloc-1-b", "1001", 2_000),
+                                ("uloc-2-c", "1002", 999), ("uloc-2-d", "1003", 1_001)):
+        await db.raw("INSERT INTO location (ruid, username, contact, expires, server_id) VALUES (?, ?, ?, ?, 1)",
+                     ruid, user, f"sip:{user}@192.0.2.1:{5060 + len(ruid)}", expires)
+    assert await store.registered_sip_users(1_000.5) == {"1001", "1003"}
+    assert await store.registered_sip_users(2_000) == set()
+    assert (await store.registered_contacts(1, 1_000.5), await store.registered_contacts(2, 0)) == (2, 0)
