@@ -208,21 +208,24 @@ class Softswitch:
         self.store = store
         store.observe = self.metrics.store_operation
         self.acd = Acd(cfg.agents, cfg.queue)
-        self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept)
+        self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept,
+                                agent_uri=self._agent_uri)
         self.live = self._live_mode()
         # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.
         self.follow_up = FollowUp(StoreFollowUp(store), cfg.follow_up, FailureThrottle(
             cfg.follow_up.max_failures, cfg.follow_up.failure_window_s,
             cdr_of=lambda channel: store.get_call(channel.call_id if isinstance(channel, ControlCall) else 0)))
 
+    def _agent_uri(self, agent_id: str) -> str:
+        """An agent's (or a supervisor's) phones, rung through the front from a worker."""
+        return f"sip:{agent_id}@{sip_address(self.config.sip.listen, self.config.sip.port)}"
+
     def _live_mode(self) -> Live | None:
         """Live mode exists once agents are configured; office hours and logins decide when it is offered."""
         cfg = self.config
         if not cfg.agents.accounts:
             return None
-        front = sip_address(cfg.sip.listen, cfg.sip.port)
-        service = LiveService(self.acd, self.desk, cfg.queue, cfg.agents.ring_timeout_s,
-                              agent_uri=lambda agent_id: f"sip:{agent_id}@{front}")
+        service = LiveService(self.acd, self.desk, cfg.queue, cfg.agents.ring_timeout_s, agent_uri=self._agent_uri)
         return Live(service, OfficeHours.from_config(cfg.office_hours))
 
     def _start_children(self, plan: WorkerPlan) -> None:
