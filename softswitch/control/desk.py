@@ -24,7 +24,7 @@ from ivr.recorded_message import read_tracking_code
 from softswitch import logs
 from softswitch.protocol import MONITOR_MODES
 from softswitch.config import Agency, AgentAccount, Config
-from softswitch.domain.acd import Acd
+from softswitch.domain.acd import Acd, AgentState
 from softswitch.domain.cases import UNFILED_STATUSES, FiledCase, duplicate_window_s
 from softswitch.domain.fanout import Fanout
 from softswitch.domain.text import clean_text
@@ -364,6 +364,9 @@ class ControlDesk:
             return current.view()
         if supervisor_id in self._by_agent:
             raise ValueError("شما اکنون خودتان در تماس هستید.")
+        if self.acd.agent(supervisor_id).state not in (AgentState.LOGGED_OUT, AgentState.PAUSED):
+            # The queue would ring the phone that is listening.
+            raise ValueError("شما در صف پاسخ‌گویی هستید؛ برای شنود، ابتدا مکث کنید.")
         monitor = DeskMonitor(supervisor_id, call, mode, call.channel.dial(self.agent_uri(supervisor_id)))
         self._monitors[supervisor_id] = monitor
         self._publish(supervisor_id, {"type": "monitor", "monitor": monitor.view()})
