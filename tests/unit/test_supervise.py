@@ -3,7 +3,8 @@
 The desk is the real one, on a real SQLite store; the media worker is the
 scripted fake (tests/fakes/scripted_worker.py): the caller's call and the legs
 dialled from it are real ``ControlCall`` objects, every command goes through
-the protocol's line, and phones answer as their ``AgentPhone`` says.
+the protocol's line, and phones answer as their ``AgentPhone`` says. The HTTP
+API (softswitch/web/console.py) is tested over the fake desk (tests/fakes/desk.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from ivr.call_flow import Session
 from softswitch import protocol
@@ -21,13 +24,18 @@ from softswitch.config import AgentsConfig, Config
 from softswitch.control.calls import ControlCall
 from softswitch.control.desk import ControlDesk
 from softswitch.domain.acd import Acd
+from softswitch.web.console import ERRORS, add_console_routes
 from storage.crypto import IdProtector
 from storage.models import PersonId
 from storage.store import Store, open_store
-from tests.fakes.desk import fake_account
+from tests.browser.demo import CALL_KEY, screen_pop
+from tests.fakes.desk import FakeDesk, fake_account
 from tests.fakes.scripted_worker import AgentPhone, Script, ScriptedWorker
+from tests.unit.test_console import _api, _login, _next_data, _second_client
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30),
+              # aiohttp-session 2.12 keys the request with plain strings
+              pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")]
 
 AGENT, OTHER, SUPERVISOR, DEPUTY = "1001", "1002", "9001", "9002"
 NATIONAL_ID = "0499370899"
@@ -123,6 +131,10 @@ async def test_who_may_monitor_what(desk: ControlDesk, store: Store) -> None:
         await desk.monitor(SUPERVISOR, "own", "listen")
     with pytest.raises(ValueError, match="خودتان در تماس"):
         await desk.monitor(SUPERVISOR, "call-1", "listen")  # on a call of their own
+    desk.acd.login(DEPUTY)  # ready for queue calls: the queue would ring the listening phone
+    with pytest.raises(ValueError, match="مکث کنید"):
+        await desk.monitor(DEPUTY, "call-1", "listen")
+    desk.acd.pause(DEPUTY, "break")
     await desk.monitor(DEPUTY, "call-1", "listen")
     with pytest.raises(ValueError, match="تماس دیگر"):
         await desk.monitor(DEPUTY, "own", "listen")  # one call at a time
@@ -158,3 +170,53 @@ async def test_a_supervisor_phone_that_does_not_answer_is_hung_up(desk: ControlD
     assert worker.monitored == []
     assert isinstance(worker.commands[-1], protocol.HangupCall)
     assert desk.monitoring(SUPERVISOR) is None
+
+
+# -- the supervisor's HTTP API, over the fake desk ------------------------------------------------------
+
+
+@pytest.fixture
+async def console() -> AsyncIterator[tuple[TestClient[web.Request, web.Application], FakeDesk]]:
+    fake = FakeDesk([(fake_account(AGENT, "مریم احمدی"), "agent-pass"),
+                     (fake_account(SUPERVISOR, "زهرا کریمی", supervisor=True), "supervisor-pass")])
+    app = web.Application()
+    add_console_routes(app, fake, heartbeat_s=1.0)
+    async with TestClient(TestServer(app)) as client:
+        yield client, fake
+    await fake.close()
+
+
+async def test_the_monitor_api_checks_who_asks_and_answers_in_persian(
+        console: tuple[TestClient[web.Request, web.Application], FakeDesk]) -> None:
+    client, fake = console
+    fake.acd.login(AGENT)
+    await fake.ring(screen_pop())
+    fake.answer(CALL_KEY)
+
+    token = await _login(client, SUPERVISOR, "supervisor-pass")
+    assert (await _api(client, "/supervisor/api/monitor", "", {"call_key": CALL_KEY, "mode": "listen"}))[0] == 403
+    assert (await _api(client, "/supervisor/api/monitor", token, {"call_key": CALL_KEY, "mode": "spy"}))[0] == 400
+    status, body = await _api(client, "/supervisor/api/monitor", token, {"call_key": "gone", "mode": "listen"})
+    assert status == 404 and body["error"] == ERRORS["no_live_call"]
+    fake.monitor_refusal = "تلفن شما پاسخ نداد."
+    status, body = await _api(client, "/supervisor/api/monitor", token, {"call_key": CALL_KEY, "mode": "listen"})
+    assert status == 400 and body["error"] == "تلفن شما پاسخ نداد."
+
+    status, body = await _api(client, "/supervisor/api/monitor", token, {"call_key": CALL_KEY, "mode": "whisper"})
+    assert status == 200 and body["monitor"] == {"call_key": CALL_KEY, "agent_id": AGENT, "mode": "whisper",
+                                                 "state": "joined"}
+    async with client.get("/supervisor/events") as events:
+        assert (await _next_data(events))["monitor"]["mode"] == "whisper"
+        assert (await client.delete("/supervisor/api/monitor")).status == 403  # no CSRF token
+        stopped = await client.delete("/supervisor/api/monitor", headers={"X-CSRF-Token": token})
+        assert stopped.status == 200 and await stopped.json() == {"monitor": None}
+        assert (await _next_data(events))["monitor"] is None  # the leg's end reaches the board at once
+    again = await client.delete("/supervisor/api/monitor", headers={"X-CSRF-Token": token})
+    assert again.status == 404 and (await again.json())["error"] == ERRORS["no_monitor"]
+    assert ("stop_monitor", SUPERVISOR) in fake.calls
+    # An agent who is not a supervisor (last: the second client closes the server as it goes).
+    async with _second_client(client) as agent:
+        agent_token = await _login(agent, AGENT, "agent-pass")
+        status, body = await _api(agent, "/supervisor/api/monitor", agent_token, {"call_key": CALL_KEY,
+                                                                                  "mode": "listen"})
+        assert status == 403 and body["error"] == ERRORS["not_supervisor"]
