@@ -22,13 +22,13 @@ from ivr.call_flow import Session
 from ivr.channel import Leg, LiveChannel, RecordingResult
 from ivr.recorded_message import read_tracking_code
 from softswitch import logs
-from softswitch.protocol import MONITOR_MODES
 from softswitch.config import Agency, AgentAccount, Config
 from softswitch.domain.acd import Acd, AgentState
 from softswitch.domain.cases import UNFILED_STATUSES, FiledCase, duplicate_window_s
 from softswitch.domain.fanout import Fanout
 from softswitch.domain.text import clean_text
 from softswitch.domain.tracking_code import code_tail
+from softswitch.protocol import MONITOR_MODES
 from softswitch.web.console import ReasonRequired
 from softswitch.web.credentials import verify_password
 from storage.errors import NotFound
