@@ -53,7 +53,7 @@ class LiveDesk(Protocol):
 
     def withdraw(self, key: str, agent_id: str) -> None: ...
 
-    def connected(self, key: str, agent_id: str, channel: LiveChannel) -> None: ...
+    def connected(self, key: str, agent_id: str, channel: LiveChannel, leg: Leg) -> None: ...
 
     async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> str | None:
         """Keep the tape and make sure the matter is a case; its tracking code."""
@@ -227,7 +227,7 @@ class LiveCall:
         try:
             channel.bridge(leg)
             log.info("bridged to agent %s", agent_id, extra={"event": "bridged", "agent": agent_id})
-            live.desk.connected(self.key, agent_id, channel)
+            live.desk.connected(self.key, agent_id, channel, leg)
             tape = asyncio.ensure_future(channel.record_conversation(leg, CONVERSATION_MAX_S))
             caller_gone = asyncio.ensure_future(channel.wait_ended())
             agent_gone = asyncio.ensure_future(leg.wait_ended())

@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args
 
 MAX_LINE = 64 * 1024
 
@@ -210,6 +210,22 @@ class Bridge(Command):
     peer: str
 
 
+MonitorMode = Literal["listen", "whisper", "barge"]
+MONITOR_MODES: tuple[MonitorMode, ...] = get_args(MonitorMode)
+
+
+@dataclass(frozen=True)
+class Monitor(Command):
+    """A supervisor's leg (``call``) joins the bridge of a caller and an agent, all three on this worker:
+    listen hears both, whisper also speaks to the agent only, barge speaks to both. In whisper and barge
+    the supervisor is on the conversation's tape too. Sent again to switch mode; the leg's end ends it."""
+    TYPE = "monitor"
+    call: str
+    caller: str
+    agent: str
+    mode: MonitorMode
+
+
 @dataclass(frozen=True)
 class Drain(Command):
     """Refuse new calls with 503."""
@@ -227,7 +243,7 @@ class Admit(Command):
 EVENTS: dict[str, type[Event]] = {c.TYPE: c for c in (
     Hello, Capacity, Incoming, Refused, Ringing, Answered, Dtmf, PlayDone, RecordDone, Hangup, Error)}
 COMMANDS: dict[str, type[Command]] = {c.TYPE: c for c in (
-    Answer, Reject, Play, StopPlay, Record, StopRecord, HangupCall, Dial, Bridge, Drain, Admit)}
+    Answer, Reject, Play, StopPlay, Record, StopRecord, HangupCall, Dial, Bridge, Monitor, Drain, Admit)}
 
 M = TypeVar("M", bound=Message)
 
@@ -290,9 +306,15 @@ def _shape(kind: type) -> tuple[tuple[str, Callable[[Any], Any], bool], ...]:
         hints = typing.get_type_hints(kind)
         shape = tuple((f.name, _checker(hints[f.name]), f.default is dataclasses.MISSING)
                       for f in dataclasses.fields(kind))
-        _HINT_NAMES.update({(kind, name): getattr(hints[name], "__name__", str(hints[name])) for name, _, _ in shape})
+        _HINT_NAMES.update({(kind, name): _hint_name(hints[name]) for name, _, _ in shape})
         _SHAPES[kind] = shape
     return shape
+
+
+def _hint_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    return getattr(hint, "__name__", str(hint))
 
 
 def _checker(hint: Any) -> Callable[[Any], Any]:
@@ -300,6 +322,9 @@ def _checker(hint: Any) -> Callable[[Any], Any]:
     if typing.get_origin(hint) in (Union, types.UnionType):
         inner = _checker(next(o for o in typing.get_args(hint) if o is not type(None)))
         return lambda v: None if v is None else inner(v)
+    if typing.get_origin(hint) is Literal:
+        allowed = typing.get_args(hint)
+        return lambda v: v if isinstance(v, str) and v in allowed else _WRONG
     if typing.get_origin(hint) is tuple:
         return lambda v: tuple(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else _WRONG
     if hint is float:

@@ -120,6 +120,12 @@ class ControlCall:
         self._check()
         self.link.send(protocol.Bridge(self.handle, leg.handle))
 
+    def monitor(self, supervisor: Any, agent: Any, mode: str) -> None:
+        self._check()
+        if mode not in protocol.MONITOR_MODES:
+            raise ValueError(f"unknown monitor mode {mode!r}")
+        self.link.send(protocol.Monitor(supervisor.handle, self.handle, agent.handle, mode))  # type: ignore[arg-type]
+
     async def stop_play(self) -> None:
         if self._plays:
             self.link.send(protocol.StopPlay(self.handle))

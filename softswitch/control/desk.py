@@ -20,15 +20,16 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ivr.call_flow import Session
-from ivr.channel import LiveChannel, RecordingResult
+from ivr.channel import Leg, LiveChannel, RecordingResult
 from ivr.recorded_message import read_tracking_code
 from softswitch import logs
 from softswitch.config import Agency, AgentAccount, Config
-from softswitch.domain.acd import Acd
+from softswitch.domain.acd import Acd, AgentState
 from softswitch.domain.cases import UNFILED_STATUSES, FiledCase, duplicate_window_s
 from softswitch.domain.fanout import Fanout
 from softswitch.domain.text import clean_text
 from softswitch.domain.tracking_code import code_tail
+from softswitch.protocol import MONITOR_MODES
 from softswitch.web.console import ReasonRequired
 from softswitch.web.credentials import verify_password
 from storage.errors import NotFound
@@ -63,6 +64,9 @@ class DeskCall:
     pop: dict[str, Any] | None = None  # the screen-pop as last sent
     # The call's log fields, for what the console does to it (from requests, not the call's task).
     log_context: logs.CallContext | None = None
+    agent_leg: Leg | None = None  # while connected: the agent's leg, for a supervisor to join
+    # Supervision of this call noted before it had a case: written into its history once it has one.
+    monitor_notes: list[dict[str, Any]] = field(default_factory=list)
 
     def current_pop(self) -> dict[str, Any] | None:
         if self.pop is None:
@@ -73,11 +77,28 @@ class DeskCall:
         return {"tracking_code": self.case.tracking_code, "duplicate": self.linked} if self.case else None
 
 
+@dataclass
+class DeskMonitor:
+    """A supervisor on a live call: their phone rung from the caller's worker, then joined in ``mode``."""
+
+    supervisor_id: str
+    call: DeskCall
+    mode: str
+    leg: Leg
+    state: str = "ringing"  # ringing | joined
+    watch: asyncio.Future[None] | None = None
+
+    def view(self) -> dict[str, Any]:
+        return {"call_key": self.call.key, "agent_id": self.call.agent_id, "mode": self.mode, "state": self.state}
+
+
 class ControlDesk:
     def __init__(self, config: Config, store: Store, acd: Acd, prompts: Any,
                  on_filed: Callable[[str, bool], None] = lambda channel, duplicate: None,
-                 kept: Callable[[Recording], None] = lambda recording: None) -> None:
+                 kept: Callable[[Recording], None] = lambda recording: None,
+                 agent_uri: Callable[[str], str] = lambda agent_id: f"sip:{agent_id}@front") -> None:
         self.config = config
+        self.agent_uri = agent_uri  # where an agent's (or a supervisor's) phone is rung
         self.on_filed = on_filed  # (channel, duplicate) of each filing through the duplicate rule, for the metrics
         self.kept = kept  # told of each recording stored (the conversation's tape): the shared copy
         self.store = store
@@ -89,6 +110,7 @@ class ControlDesk:
         self._tz = ZoneInfo(config.office_hours.timezone)
         self._calls: dict[str, DeskCall] = {}
         self._by_agent: dict[str, DeskCall] = {}
+        self._monitors: dict[str, DeskMonitor] = {}  # by supervisor
         self._listeners: dict[str, Fanout] = {}
         self._acd_events = acd.subscribe()
         self._forwarder = asyncio.ensure_future(self._forward_agent_events())
@@ -132,9 +154,9 @@ class ControlDesk:
             call.agent_id, call.state = None, "queued"
         self._publish(agent_id, {"type": "call_ended", "call_key": key, "reason": "not_answered"})
 
-    def connected(self, key: str, agent_id: str, channel: LiveChannel) -> None:
+    def connected(self, key: str, agent_id: str, channel: LiveChannel, leg: Leg) -> None:
         call = self._calls[key]
-        call.state, call.channel = "connected", channel
+        call.state, call.channel, call.agent_leg = "connected", channel, leg
         asyncio.ensure_future(self.store.set_call_agent(call.call_id, agent_id))
         self._publish(agent_id, {"type": "connected", "call_key": key})
 
@@ -143,7 +165,9 @@ class ControlDesk:
         call = self._calls.get(key)
         if call is None:
             return None
-        call.state, call.channel = "ended", None
+        call.state, call.channel, call.agent_leg = "ended", None, None
+        for monitor in [m for m in self._monitors.values() if m.call is call]:
+            await self._end_monitor(monitor, "call_ended")
         if conversation is not None:
             self.kept(await self.store.add_recording(call.call_id, None, conversation.kind, str(conversation.path),
                                                      conversation.duration_s, conversation.sha256,
@@ -153,6 +177,9 @@ class ControlDesk:
             # the agent completes during wrap-up (or the back office later).
             call.case = await self._new_case(call, "ivr")
         await self.store.attach_recordings(call.call_id, call.case.id)
+        for note in call.monitor_notes:
+            await self.store.add_case_event(call.case.id, f"supervisor:{note['supervisor']}", "monitored", **note)
+        call.monitor_notes.clear()
         self._publish(agent_id, {"type": "call_ended", "call_key": key,
                                  "tracking_code": call.case.tracking_code})
         return call.case.tracking_code
@@ -312,6 +339,102 @@ class ControlDesk:
         except NotFound:
             return None
         return Path(recording.path) if recording.call_id == call.call_id else None
+
+    # -- supervision: listen, whisper, barge -----------------------------------
+    def monitoring(self, supervisor_id: str) -> dict[str, Any] | None:
+        """The call this supervisor is on (``call_key``, ``mode``, ``state``: ringing | joined), or None."""
+        monitor = self._monitors.get(supervisor_id)
+        return None if monitor is None else monitor.view()
+
+    async def monitor(self, supervisor_id: str, call_key: str, mode: str) -> dict[str, Any]:
+        """Ring the supervisor's phone from the call's worker and join it in ``mode``; on a call already
+        joined, switch the mode. Returns once joined. PermissionError for an agent who is not a
+        supervisor, LookupError for a call not in conversation, ValueError (Persian) for the rest."""
+        account = self._accounts.get(supervisor_id)
+        if account is None or not account.supervisor:
+            raise PermissionError("این کار فقط برای سرپرستان است.")
+        if mode not in MONITOR_MODES:
+            raise ValueError("حالت شنود نامعتبر است.")
+        call = self._calls.get(call_key)
+        if call is None or call.state != "connected" or call.channel is None or call.agent_leg is None:
+            raise LookupError("این تماس در جریان نیست.")
+        if call.agent_id == supervisor_id:
+            raise ValueError("تماس خودتان را نمی‌توانید شنود کنید.")
+        current = self._monitors.get(supervisor_id)
+        if current is not None and current.call is not call:
+            raise ValueError("ابتدا شنود تماس دیگر را پایان دهید.")
+        if current is not None:
+            if current.state == "joined" and mode != current.mode:
+                call.channel.monitor(current.leg, call.agent_leg, mode)
+                current.mode = mode
+                await self._note_monitor(current, "switch")
+            current.mode = mode  # still ringing: it joins in the mode asked last
+            return current.view()
+        if supervisor_id in self._by_agent:
+            raise ValueError("شما اکنون خودتان در تماس هستید.")
+        if self.acd.agent(supervisor_id).state not in (AgentState.LOGGED_OUT, AgentState.PAUSED):
+            # The queue would ring the phone that is listening.
+            raise ValueError("شما در صف پاسخ‌گویی هستید؛ برای شنود، ابتدا مکث کنید.")
+        monitor = DeskMonitor(supervisor_id, call, mode, call.channel.dial(self.agent_uri(supervisor_id)))
+        self._monitors[supervisor_id] = monitor
+        self._publish(supervisor_id, {"type": "monitor", "monitor": monitor.view()})
+        try:
+            answered = await monitor.leg.wait_answered(self.config.agents.ring_timeout_s)
+        except BaseException:
+            await self._end_monitor(monitor, "cancelled")
+            raise
+        if self._monitors.get(supervisor_id) is not monitor:
+            raise LookupError("این تماس در جریان نیست.")  # it ended while the supervisor's phone rang
+        if not answered or call.channel is None or call.agent_leg is None:
+            await self._end_monitor(monitor, "not_answered")
+            raise ValueError("تلفن شما پاسخ نداد.")
+        call.channel.monitor(monitor.leg, call.agent_leg, monitor.mode)
+        monitor.state = "joined"
+        monitor.watch = asyncio.ensure_future(self._watch_monitor(monitor))
+        await self._note_monitor(monitor, "start")
+        return monitor.view()
+
+    async def stop_monitor(self, supervisor_id: str) -> None:
+        """The supervisor leaves the call: their leg is hung up. LookupError if they are on none."""
+        monitor = self._monitors.get(supervisor_id)
+        if monitor is None:
+            raise LookupError("شنودی در جریان نیست.")
+        await self._end_monitor(monitor, "stopped")
+
+    async def _watch_monitor(self, monitor: DeskMonitor) -> None:
+        await monitor.leg.wait_ended()
+        await self._end_monitor(monitor, "supervisor_hung_up")
+
+    async def _end_monitor(self, monitor: DeskMonitor, reason: str) -> None:
+        if self._monitors.get(monitor.supervisor_id) is not monitor:
+            return  # ended already, by another way
+        del self._monitors[monitor.supervisor_id]
+        if monitor.watch is not None and monitor.watch is not asyncio.current_task():
+            monitor.watch.cancel()
+        if not monitor.leg.ended:
+            await monitor.leg.hangup()
+        if monitor.state == "joined":
+            await self._note_monitor(monitor, "stop", reason)
+        self._publish(monitor.supervisor_id, {"type": "monitor", "monitor": None, "reason": reason})
+
+    async def _note_monitor(self, monitor: DeskMonitor, action: str, reason: str | None = None) -> None:
+        """Every start, switch and stop: a log line under the call's Call-ID, and the case's history."""
+        call = monitor.call
+        note: dict[str, Any] = {"action": action, "mode": monitor.mode, "supervisor": monitor.supervisor_id,
+                                "call_id": call.call_id, "at": time.time()}
+        if reason is not None:
+            note["reason"] = reason
+        with logs.call_context(call.log_context):
+            log.info("supervisor %s: %s %s on agent %s's call%s", monitor.supervisor_id, action, monitor.mode,
+                     call.agent_id, f" ({reason})" if reason else "",
+                     extra={"event": "monitor", "action": action, "mode": monitor.mode,
+                            "supervisor": monitor.supervisor_id})
+        if call.case is not None:
+            await self.store.add_case_event(call.case.id, f"supervisor:{monitor.supervisor_id}", "monitored", **note)
+        else:
+            call.monitor_notes.append(note)
+        if action != "stop":
+            self._publish(monitor.supervisor_id, {"type": "monitor", "monitor": monitor.view()})
 
     # -- helpers -------------------------------------------------------------
     def _agents_call(self, agent_id: str, call_key: str) -> DeskCall:

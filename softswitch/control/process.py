@@ -251,7 +251,8 @@ class Softswitch:
         self.day_journal = DayJournal(store.acd_days, cfg.recordings_store.host_name)
         self.day_journal.start()
         self.acd = Acd(cfg.agents, cfg.queue, journal=self.day_journal.record)
-        self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept)
+        self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept,
+                                agent_uri=self._agent_uri)
         self.live = self._live_mode()
         self.sms_offer = self._sms_offer()
         # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.
@@ -271,14 +272,16 @@ class Softswitch:
         if self.sms_sender is not None:
             self.sms_sender.wake()
 
+    def _agent_uri(self, agent_id: str) -> str:
+        """An agent's (or a supervisor's) phones, rung through the front from a worker."""
+        return f"sip:{agent_id}@{sip_address(self.config.sip.listen, self.config.sip.port)}"
+
     def _live_mode(self) -> Live | None:
         """Live mode exists once agents are configured; office hours and logins decide when it is offered."""
         cfg = self.config
         if not cfg.agents.accounts:
             return None
-        front = sip_address(cfg.sip.listen, cfg.sip.port)
-        service = LiveService(self.acd, self.desk, cfg.queue, cfg.agents.ring_timeout_s,
-                              agent_uri=lambda agent_id: f"sip:{agent_id}@{front}")
+        service = LiveService(self.acd, self.desk, cfg.queue, cfg.agents.ring_timeout_s, agent_uri=self._agent_uri)
         return Live(service, OfficeHours.from_config(cfg.office_hours))
 
     def _start_children(self, plan: WorkerPlan) -> None:

@@ -95,6 +95,17 @@ class Desk(Protocol):
         """Today's post-call survey results (the hotline's date) per agent id; those after a follow-up
         (no agent) under the key None."""
 
+    def monitoring(self, supervisor_id: str) -> dict[str, Any] | None:
+        """The live call this supervisor is on: ``call_key``, ``agent_id``, ``mode``, ``state``; or None."""
+
+    async def monitor(self, supervisor_id: str, call_key: str, mode: str) -> dict[str, Any]:
+        """Ring the supervisor's phone and join it to the call in ``mode`` (listen | whisper | barge), or switch
+        the mode of the call they are on; returns ``monitoring`` once joined. PermissionError if not a
+        supervisor, LookupError if the call is not in conversation, ValueError (a Persian message) otherwise."""
+
+    async def stop_monitor(self, supervisor_id: str) -> None:
+        """Hang up the supervisor's leg; LookupError if they monitor no call."""
+
 
 # -- what the agent reads ------------------------------------------------------
 
@@ -146,6 +157,13 @@ ERRORS = {
     "empty_reason": "دلیل ثبت جداگانه را بنویسید.",
     "not_your_case": "این پرونده در میز شما نیست.",
     "attach_reason": "این پرونده به تماس‌گیرنده یا شخص موضوع درخواست تعلق ندارد؛ برای پیوست، دلیل آن را بنویسید.",
+    "no_live_call": "این تماس در جریان نیست.",
+    "no_monitor": "شنودی در جریان نیست.",
+}
+# Supervision: the modes as the supervisor's buttons name them, and the state of their leg.
+MONITOR_LABELS = {
+    "modes": {"listen": "شنود", "whisper": "نجوا", "barge": "ورود به مکالمه"},
+    "stop": "پایان", "ringing": "در حال زنگ زدن به تلفن شما…", "current": "حالت فعلی",
 }
 
 
@@ -202,8 +220,8 @@ class _Console(SessionPages):
             self.check_csrf(request, session)
         return account
 
-    async def supervisor_api(self, request: web.Request) -> AgentAccount:
-        account = await self.api_account(request, writes=False)
+    async def supervisor_api(self, request: web.Request, *, writes: bool = False) -> AgentAccount:
+        account = await self.api_account(request, writes=writes)
         if not account.supervisor:
             raise page_error(web.HTTPForbidden, "not_supervisor", ERRORS)
         return account
@@ -420,7 +438,8 @@ class _Console(SessionPages):
         if not account.supervisor:
             return self.render("message.html", status=403, **context, title="دسترسی ممنوع",
                                message=ERRORS["not_supervisor"])
-        data = {"snapshot": await self.snapshot_view(), "labels": LABELS}
+        data = {"snapshot": await self.snapshot_view(), "labels": LABELS, "monitor_labels": MONITOR_LABELS,
+                "monitor": self.desk.monitoring(account.id)}
         return self.render("supervisor.html", **context, data=data)
 
     async def supervisor_snapshot(self, request: web.Request) -> web.Response:
@@ -428,26 +447,53 @@ class _Console(SessionPages):
         return web.json_response(await self.snapshot_view(), dumps=lambda v: json.dumps(v, ensure_ascii=False))
 
     async def supervisor_events(self, request: web.Request) -> web.StreamResponse:
-        await self.supervisor_api(request)
+        account = await self.supervisor_api(request)
         live = await self.live_check(request)
         acd = self.desk.acd
         response = await self.open_stream(request)
         events = acd.subscribe()
+        own = self.desk.subscribe(account.id)  # the supervisor's own monitor leg changes too
         try:
             while await live():  # a logout in any browser, or the max age, ends the stream too
-                await self.send(response, {"type": "snapshot", "snapshot": await self.snapshot_view()})
+                await self.send(response, {"type": "snapshot", "snapshot": await self.snapshot_view(),
+                                           "monitor": self.desk.monitoring(account.id)})
                 # Every event, or the heartbeat, brings a fresh snapshot; a burst brings one.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(events.get(), self.heartbeat_s)
+                waits = [asyncio.ensure_future(events.get()), asyncio.ensure_future(own.get())]
+                try:
+                    done, _ = await asyncio.wait(waits, timeout=self.heartbeat_s,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for wait in waits:
+                        wait.cancel()
+                if done:
                     await asyncio.sleep(SUPERVISOR_COALESCE_S)
-                while not events.empty():
-                    events.get_nowait()
+                for queue in (events, own):
+                    while not queue.empty():
+                        queue.get_nowait()
         except ConnectionResetError:
             log.debug("supervisor events: client disconnected")
         finally:
             acd.unsubscribe(events)
+            self.desk.unsubscribe(account.id, own)
             self.forget_stream()
         return response
+
+    async def supervisor_monitor(self, request: web.Request) -> web.Response:
+        """POST {call_key, mode}: join (or switch) the supervisor's phone; DELETE: leave the call."""
+        account = await self.supervisor_api(request, writes=True)
+        if request.method == "DELETE":
+            await self.desk_result(self.desk.stop_monitor(account.id), (web.HTTPNotFound, "no_monitor"))
+            log.info("console: supervisor %s left the call they monitored", account.id)
+            return web.json_response({"monitor": None})
+        body = await self.json_body(request)
+        call_key = self.text_field(body, "call_key")
+        mode = self.text_field(body, "mode")
+        if mode not in MONITOR_LABELS["modes"]:
+            raise page_error(web.HTTPBadRequest, "bad_request", ERRORS)
+        monitor = await self.desk_result(self.desk.monitor(account.id, call_key, mode),
+                                         (web.HTTPNotFound, "no_live_call"), desk_messages=True,
+                                         forbidden="not_supervisor")
+        return web.json_response({"monitor": monitor}, dumps=lambda v: json.dumps(v, ensure_ascii=False))
 
     # -- Server-Sent Events ------------------------------------------------------------
 
@@ -503,3 +549,5 @@ def add_console_routes(app: web.Application, desk: Desk, *, timezone: str = "Asi
     router.add_get("/supervisor", console.supervisor_page)
     router.add_get("/supervisor/api/snapshot", console.supervisor_snapshot)
     router.add_get("/supervisor/events", console.supervisor_events)
+    router.add_post("/supervisor/api/monitor", console.supervisor_monitor)
+    router.add_delete("/supervisor/api/monitor", console.supervisor_monitor)

@@ -134,6 +134,32 @@ class Leg:
 
 
 
+TAPE = "tape"  # in a monitor's connections: the conversation's recorder
+
+
+@dataclass
+class Monitoring:
+    """A supervisor's leg on a caller–agent bridge, and the connections its mode makes."""
+
+    supervisor: str
+    caller: str
+    agent: str
+    mode: str
+    # (source leg, sink leg or TAPE) as connected now.
+    links: frozenset[tuple[str, str]] = frozenset()
+
+    def wanted(self) -> frozenset[tuple[str, str]]:
+        """Listen hears both; whisper also speaks to the agent; barge to both. Their voice is evidence."""
+        links = {(self.caller, self.supervisor), (self.agent, self.supervisor)}
+        if self.mode in ("whisper", "barge"):
+            links |= {(self.supervisor, self.agent), (self.supervisor, TAPE)}
+        if self.mode == "barge":
+            links.add((self.supervisor, self.caller))
+        return frozenset(links)
+
+    def legs(self) -> tuple[str, str, str]:
+        return self.supervisor, self.caller, self.agent
+
 
 def _playing_time_s(path: str) -> float:
     try:
@@ -157,6 +183,7 @@ def _raise_file_limit() -> int:
 class Worker:
     settings: WorkerSettings
     calls: dict[str, Leg] = field(default_factory=dict)
+    monitors: dict[str, Monitoring] = field(default_factory=dict)  # by the supervisor's leg
     deferred: collections.deque[Callable[[], None]] = field(default_factory=collections.deque)
     retired: collections.deque[tuple[float, Player]] = field(default_factory=collections.deque)
     recordings: dict[tuple[str, str], Recording] = field(default_factory=dict)  # in progress
@@ -365,6 +392,8 @@ class Worker:
         if self.control_lost:
             return
         self.control_lost = self.stopping = self.draining = True
+        for monitoring in list(self.monitors.values()):
+            self._end_monitor(monitoring)
         longest = 0.0
         for leg in list(self.calls.values()):
             if leg.recording is not None:
@@ -430,6 +459,8 @@ class Worker:
                 self._hangup(leg)
             case protocol.Bridge(peer=peer):
                 self._bridge(leg, self.calls.get(peer))
+            case protocol.Monitor(caller=caller, agent=agent, mode=mode):
+                self._monitor(leg, caller, agent, mode)
 
     # -- calls -------------------------------------------------------------
     def on_incoming(self, account: pj.Account, prm: pj.OnIncomingCallParam) -> None:
@@ -526,6 +557,9 @@ class Worker:
         except pj.Error as exc:
             log.error("%s: cannot reconnect the renewed media: %s", leg.handle, exc.info())
             return
+        for monitoring in self._monitors_of(leg.handle):
+            # The new port has none of the old one's connections: make them all again.
+            self._link_monitor(monitoring, monitoring.links)
         log.info("%s: media renewed and reconnected", leg.handle)
 
     def post(self, job: Callable[[], None]) -> None:
@@ -575,6 +609,80 @@ class Worker:
             return
         leg.bridged_to, peer.bridged_to = peer.handle, leg.handle
 
+    # -- supervision ------------------------------------------------------------
+    def _monitor(self, supervisor: Leg, caller_handle: str, agent_handle: str, mode: str) -> None:
+        """Join the supervisor's leg to the caller–agent bridge in ``mode``, or switch its mode."""
+        caller, agent = self.calls.get(caller_handle), self.calls.get(agent_handle)
+        if any(leg is None or leg.state is LegState.ENDED or not leg.media_ready
+               for leg in (supervisor, caller, agent)):
+            self.send(protocol.Error(supervisor.handle, "monitor: a leg is gone or has no audio"))
+            return
+        monitoring = self.monitors.get(supervisor.handle)
+        if monitoring is None or (monitoring.caller, monitoring.agent) != (caller_handle, agent_handle):
+            if monitoring is not None:
+                self._end_monitor(monitoring)
+            monitoring = Monitoring(supervisor.handle, caller_handle, agent_handle, mode)
+            self.monitors[supervisor.handle] = monitoring
+        self._stop_play(supervisor, completed=False)
+        monitoring.mode = mode
+        wanted = monitoring.wanted()
+        self._unlink_monitor(monitoring, monitoring.links - wanted)
+        self._link_monitor(monitoring, wanted)
+        log.info("%s: monitoring %s and %s (%s)", supervisor.handle, caller_handle, agent_handle, mode)
+
+    def _monitors_of(self, handle: str) -> list[Monitoring]:
+        return [m for m in self.monitors.values() if handle in m.legs()]
+
+    def _end_monitor(self, monitoring: Monitoring) -> None:
+        """Any of the three legs ended (or the control link did): the others keep only their own audio."""
+        self.monitors.pop(monitoring.supervisor, None)
+        self._unlink_monitor(monitoring, monitoring.links)
+
+    def _tape(self, monitoring: Monitoring) -> Recording | None:
+        """The conversation's recording: the caller's leg's, fed by both parties."""
+        for handle in (monitoring.caller, monitoring.agent):
+            leg = self.calls.get(handle)
+            if leg is not None and leg.recording is not None and len(leg.recording.sources) > 1:
+                return leg.recording
+        return None
+
+    def _port(self, monitoring: Monitoring, name: str) -> pj.AudioMedia | None:
+        if name == TAPE:
+            tape = self._tape(monitoring)
+            return tape.recorder if tape is not None else None
+        leg = self.calls.get(name)
+        if leg is None or leg.state is LegState.ENDED:
+            return None
+        return leg.call.getAudioMedia(-1)
+
+    def _link_monitor(self, monitoring: Monitoring, links: frozenset[tuple[str, str]]) -> None:
+        made = set(monitoring.links)
+        for source, sink in links:
+            try:
+                ours, theirs = self._port(monitoring, source), self._port(monitoring, sink)
+                if ours is None or theirs is None:
+                    continue
+                ours.startTransmit(theirs)  # a connection already made stays as it is
+            except pj.Error as exc:
+                log.error("%s: cannot connect %s to %s: %s", monitoring.supervisor, source, sink, exc.info())
+                continue
+            made.add((source, sink))
+            tape = self._tape(monitoring) if sink == TAPE else None
+            if tape is not None and source not in tape.sources:
+                tape.sources += (source,)
+        monitoring.links = frozenset(made)
+
+    def _unlink_monitor(self, monitoring: Monitoring, links: frozenset[tuple[str, str]]) -> None:
+        for source, sink in links:
+            with contextlib.suppress(pj.Error):
+                ours, theirs = self._port(monitoring, source), self._port(monitoring, sink)
+                if ours is not None and theirs is not None:
+                    ours.stopTransmit(theirs)
+            tape = self._tape(monitoring) if sink == TAPE else None
+            if tape is not None:
+                tape.sources = tuple(s for s in tape.sources if s != source)
+        monitoring.links -= links
+
     def _check_rtp(self, now: float) -> None:
         """End a call whose far end should be sending RTP and has sent none for rtp_timeout_s: a dead phone."""
         for leg in list(self.calls.values()):
@@ -619,6 +727,8 @@ class Worker:
             return
         leg.state = LegState.ENDED
         self._stop_play(leg, completed=False)
+        for monitoring in self._monitors_of(leg.handle):
+            self._end_monitor(monitoring)
         # A far end this worker found dead is reported as lost (408), whatever the BYE got back.
         hangup = protocol.Hangup(leg.handle, 408 if leg.end_reason else status_code, leg.end_reason or reason)
         if leg.recording is not None:
@@ -731,6 +841,8 @@ class Worker:
             log.error("%s: cannot connect the recorder: %s", leg.handle, exc.info())
         leg.recording = rec
         self.recordings[(leg.handle, rec_id)] = rec
+        for monitoring in self._monitors_of(leg.handle):
+            self._link_monitor(monitoring, monitoring.wanted())  # a whispering supervisor joins a new tape too
 
     def _follow_recordings(self, now: float) -> None:
         for rec in list(self.recordings.values()):

@@ -56,6 +56,8 @@ class FakeDesk:
         self.queued: dict[str, tuple[QueueEntry, str]] = {}  # call key -> (entry, agent rung)
         self.subscribers: dict[str, Fanout] = {}
         self.ratings: list[tuple[str | None, int]] = []  # today's survey ratings: (agent id or None, score)
+        self.monitors: dict[str, dict[str, Any]] = {}  # supervisor id -> what ControlDesk.monitoring answers
+        self.monitor_refusal: str | None = None  # the next monitor() fails with this (Persian) message
         self._forwarder: asyncio.Task[None] | None = None
 
     # -- the Desk protocol -------------------------------------------------------------
@@ -171,6 +173,29 @@ class FakeDesk:
     async def ratings_today(self) -> list[RatingSummary]:
         """The real summaries (storage.reports) of the ratings the test gave."""
         return rating_summaries((agent, score, 1) for agent, score in self.ratings)
+
+    def monitoring(self, supervisor_id: str) -> dict[str, Any] | None:
+        return self.monitors.get(supervisor_id)
+
+    async def monitor(self, supervisor_id: str, call_key: str, mode: str) -> dict[str, Any]:
+        """As ControlDesk's, without phones: a supervisor joins any call an agent is on, at once."""
+        self.calls.append(("monitor", supervisor_id, call_key, mode))
+        if not self.accounts[supervisor_id].supervisor:
+            raise PermissionError(supervisor_id)
+        refusal, self.monitor_refusal = self.monitor_refusal, None
+        if refusal is not None:
+            raise ValueError(refusal)
+        agent_id = next((a for a, pop in self.offers.items() if pop["call_key"] == call_key), None)
+        if agent_id is None:
+            raise LookupError(call_key)
+        self.monitors[supervisor_id] = {"call_key": call_key, "agent_id": agent_id, "mode": mode, "state": "joined"}
+        return self.monitors[supervisor_id]
+
+    async def stop_monitor(self, supervisor_id: str) -> None:
+        self.calls.append(("stop_monitor", supervisor_id))
+        if self.monitors.pop(supervisor_id, None) is None:
+            raise LookupError(supervisor_id)
+        self.publish(supervisor_id, {"type": "monitor", "monitor": None})
 
     # -- scripting the calls -----------------------------------------------------------
 

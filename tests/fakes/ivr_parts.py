@@ -96,7 +96,7 @@ class FakeDesk:
     def withdraw(self, key: str, agent_id: str) -> None:
         self.events.append(("withdraw", agent_id))
 
-    def connected(self, key: str, agent_id: str, channel: object) -> None:
+    def connected(self, key: str, agent_id: str, channel: object, leg: object) -> None:
         self.events.append(("connected", agent_id))
 
     async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> str | None:

@@ -106,6 +106,7 @@ class ScriptedWorker:
         self.commands: list[protocol.Command] = []
         self.dialled: list[str] = []
         self.bridged: list[tuple[str, str]] = []
+        self.monitored: list[protocol.Monitor] = []
         self._playing: dict[str, tuple[str, Played, asyncio.TimerHandle]] = {}
         self._recording: dict[str, _Recording] = {}
         self._ended: set[str] = set()
@@ -169,6 +170,8 @@ class ScriptedWorker:
                 self._dial(handle, uri)
             case protocol.Bridge(call=handle, peer=peer):
                 self.bridged.append((handle, peer))
+            case protocol.Monitor():
+                self.monitored.append(command)
             case _:
                 raise AssertionError(f"the scripted worker does not expect {command!r}")
 

@@ -23,8 +23,9 @@ class ConsoleClient:
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         self.csrf = ""
 
-    def _open(self, path: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, str]:
-        request = urllib.request.Request(self.base + path, data=data, headers=headers or {})
+    def _open(self, path: str, data: bytes | None = None, headers: dict[str, str] | None = None,
+              method: str | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(self.base + path, data=data, headers=headers or {}, method=method)
         try:
             with self.opener.open(request, timeout=10) as response:
                 return response.status, response.read().decode()
@@ -49,6 +50,10 @@ class ConsoleClient:
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         status, text = self._open(path, json.dumps(body).encode(),
                                   {"Content-Type": "application/json", "X-CSRF-Token": self.csrf})
+        return status, json.loads(text) if text else None
+
+    def delete(self, path: str) -> tuple[int, Any]:
+        status, text = self._open(path, None, {"X-CSRF-Token": self.csrf}, method="DELETE")
         return status, json.loads(text) if text else None
 
     def action(self, action: str, **body: Any) -> Any:

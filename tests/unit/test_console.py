@@ -540,7 +540,7 @@ async def _desk_call(desk: ControlDesk, store: Store, key: str, voice: SpokenCod
     desk.track(key, call_id, "09121234567", Session(caller=PersonId(NATIONAL_ID, "keypad", "verified"),
                                                    subject=subject))
     await desk.offer(key, AGENT, 3.0)
-    desk.connected(key, AGENT, voice)  # type: ignore[arg-type]
+    desk.connected(key, AGENT, voice, voice)  # type: ignore[arg-type]  # (no agent leg: no supervisor joins)
     return call_id
 
 

@@ -27,7 +27,8 @@ EXAMPLES: list[protocol.Message] = [
     protocol.Record("w1-1", "5", "/r/c.wav", max_s=60.0, silence_s=60.0, no_input_s=60.0, stop_digits="",
                     peer="w1-1-leg2"),
     protocol.StopRecord("w1-1", "4"), protocol.HangupCall("w1-1"), protocol.Dial("w1-1-leg2", "sip:1001@front"),
-    protocol.Bridge("w1-1", "w1-1-leg2"), protocol.Drain(), protocol.Admit(False), protocol.Admit(True),
+    protocol.Bridge("w1-1", "w1-1-leg2"), protocol.Monitor("w1-1-leg3", "w1-1", "w1-1-leg2", "whisper"),
+    protocol.Drain(), protocol.Admit(False), protocol.Admit(True),
 ]
 
 
@@ -56,6 +57,10 @@ def line_of(body: dict[str, object]) -> bytes:
     ({"type": "reject", "call": "w1-1", "status_code": True}, "field 'status_code' is not int"),
     ({"type": "answer", "call": "w1-1", "extra": 1}, "answer: unknown fields \\['extra'\\]"),
     ({"type": "answer", "call": None}, "field 'call' is not str"),
+    ({"type": "monitor", "call": "a", "caller": "b", "agent": "c", "mode": "spy"},
+     "field 'mode' is not one of 'listen', 'whisper', 'barge'"),
+    ({"type": "monitor", "call": "a", "caller": "b", "agent": "c", "mode": 1},
+     "field 'mode' is not one of 'listen', 'whisper', 'barge'"),
 ])
 def test_a_command_that_is_not_what_it_says_is_refused_with_its_fault(body: dict[str, object], fault: str) -> None:
     with pytest.raises(ValueError, match=fault):

@@ -50,11 +50,11 @@ const Console111 = (() => {
     return meta ? meta.content : "";
   }
 
-  // POST a JSON body; resolves to {ok, status, data}; data.error holds a Persian message on failure.
-  async function postJson(url, body, networkError) {
+  // POST (or another method) a JSON body; resolves to {ok, status, data}; data.error holds a Persian message on failure.
+  async function postJson(url, body, networkError, method = "POST") {
     try {
       const response = await fetch(url, {
-        method: "POST",
+        method,
         credentials: "same-origin",
         headers: {"Content-Type": "application/json", "X-CSRF-Token": csrfToken()},
         body: JSON.stringify(body || {}),

@@ -140,5 +140,6 @@
   setInterval(tick, 1000);
   openStream("/supervisor/events", labels.messages, (message) => {
     if (message.type === "snapshot") setSnapshot(message.snapshot);
+    document.dispatchEvent(new CustomEvent("supervisor:message", {detail: message}));  // supervisor-monitor.js
   });
 })();
