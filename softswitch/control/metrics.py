@@ -49,7 +49,7 @@ def idle_state() -> dict[str, Any]:
     """The live state a switch with no call, queue, agent, worker or front reads as; the one list of its keys."""
     return {"calls_active": 0, "queue_length": 0, "longest_wait_s": 0.0, "agents": {}, "workers": {},
             "restarts": {}, "problems": 0, "recordings_waiting": 0, "recordings_oldest_wait_s": 0.0,
-            "today": {}, "front": {}}
+            "today": {}, "front": {}, "hosts_up": 1}
 
 
 class _Live(Collector):
@@ -83,6 +83,8 @@ class _Live(Collector):
         yield GaugeMetricFamily("softswitch_recordings_copy_oldest_wait_seconds",
                                 "How long the oldest recording waiting for its shared copy has waited",
                                 value=state["recordings_oldest_wait_s"])
+        yield GaugeMetricFamily("softswitch_hosts_up", "Hosts of the cluster alive by their heartbeats "
+                                "(this one included; 1 with a store of its own)", value=state["hosts_up"])
         yield GaugeMetricFamily("softswitch_health_problems", "Problems that keep new calls out (0: taking calls)",
                                 value=state["problems"])
         today = state["today"]
@@ -169,6 +171,8 @@ class Metrics:
         self.copies = Counter("softswitch_recording_copies", "Copies of recordings to the shared directory, by "
                               "outcome (copied, failed, mismatch, damaged, lost, conflict)", ["outcome"],
                               registry=self.registry)
+        self.hosts_taken_over = Counter("softswitch_hosts_taken_over", "Dead hosts this host took over (closed "
+                                        "their calls as host_lost, filed their cut messages)", registry=self.registry)
         self.registry.register(_Live(read_live))
 
     def call_ended(self, disposition: str, ivr_path: Sequence[str]) -> None:
@@ -201,6 +205,9 @@ class Metrics:
 
     def recording_copied(self, outcome: str) -> None:
         self.copies.labels(outcome).inc()
+
+    def host_taken_over(self) -> None:
+        self.hosts_taken_over.inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
