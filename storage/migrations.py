@@ -157,8 +157,9 @@ MIGRATIONS: list[Migration] = [
         description="several hosts on one store: their heartbeats, each call's host, a message being recorded",
         statements=(
             # One row a host, by its name (cluster.name). last_seen is the database's clock, so hosts' clocks
-            # never decide who is dead; taken_over_by is the survivor that closed its calls (NULL: alive).
-            # recordings_dir and shared_folder say where its recordings lie (its disk) and their shared copies.
+            # never decide who is dead; taken_over_by is the survivor that closed its calls, left_at when it
+            # stopped cleanly (both NULL while it runs). recordings_dir and shared_folder say where its
+            # recordings lie (its disk) and their shared copies.
             """
             CREATE TABLE hosts (
                 name           TEXT PRIMARY KEY,
@@ -167,7 +168,8 @@ MIGRATIONS: list[Migration] = [
                 recordings_dir TEXT NOT NULL,
                 shared_folder  TEXT,
                 taken_over_by  TEXT,
-                taken_over_at  REAL
+                taken_over_at  REAL,
+                left_at        REAL
             )
             """,
             # NULL for calls from before this step (a single host).

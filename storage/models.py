@@ -112,6 +112,7 @@ class HostRecord:
     shared_folder: str | None  # its folder in the shared recordings directory, if it copies there
     taken_over_by: str | None  # the survivor that closed its calls; None while it counts as alive
     taken_over_at: float | None
+    left_at: float | None  # when it stopped cleanly (its calls closed); None while it runs or was taken over
     silent_s: float  # since its last heartbeat, when read
 
 

@@ -25,7 +25,8 @@ _CALL_COLUMNS = (
     "id, sip_call_id, from_uri, to_uri, source, worker_id,"
     " arrived_at, answered_at, ended_at, disposition, ivr_path, agent_id, host, message_started_at"
 )
-_HOST_COLUMNS = "name, started_at, last_seen, recordings_dir, shared_folder, taken_over_by, taken_over_at"
+_HOST_COLUMNS = ("name, started_at, last_seen, recordings_dir, shared_folder, taken_over_by, taken_over_at,"
+                 " left_at")
 _CASE_COLUMNS = (
     "id, tracking_code, status, created_at, call_id, national_id_masked, id_source, id_status,"
     " subject_is_caller, caller_id_masked, caller_id_source, caller_id_status,"
@@ -58,7 +59,7 @@ def _host_from_row(row: Row) -> HostRecord:
     return HostRecord(name=row["name"], started_at=row["started_at"], last_seen=row["last_seen"],
                       recordings_dir=row["recordings_dir"], shared_folder=row["shared_folder"],
                       taken_over_by=row["taken_over_by"], taken_over_at=row["taken_over_at"],
-                      silent_s=max(0.0, row["now"] - row["last_seen"]))
+                      left_at=row["left_at"], silent_s=max(0.0, row["now"] - row["last_seen"]))
 
 
 def _case_from_row(row: Row) -> Case:
@@ -599,17 +600,22 @@ class Store:
             row = await tx.fetchone(f"SELECT {_HOST_COLUMNS}, {tx.clock} AS now FROM hosts WHERE name = ?"
                                     f"{tx.for_update}", (name,))
             await tx.execute(
-                f"INSERT INTO hosts ({_HOST_COLUMNS}) VALUES (?, {tx.clock}, {tx.clock}, ?, ?, NULL, NULL)"
+                f"INSERT INTO hosts ({_HOST_COLUMNS}) VALUES (?, {tx.clock}, {tx.clock}, ?, ?, NULL, NULL, NULL)"
                 " ON CONFLICT (name) DO UPDATE SET started_at = excluded.started_at, last_seen = excluded.last_seen,"
                 " recordings_dir = excluded.recordings_dir, shared_folder = excluded.shared_folder,"
-                " taken_over_by = NULL, taken_over_at = NULL",
+                " taken_over_by = NULL, taken_over_at = NULL, left_at = NULL",
                 (name, recordings_dir, shared_folder))
             return None if row is None else _host_from_row(row)
 
     async def heartbeat(self, name: str) -> bool:
         """This host is alive now; False when it was taken over meanwhile (it then has to join again)."""
-        return await self._update(
-            f"UPDATE hosts SET last_seen = {self._db.clock} WHERE name = ? AND taken_over_by IS NULL", (name,)) == 1
+        return await self._update(f"UPDATE hosts SET last_seen = {self._db.clock}"
+                                  " WHERE name = ? AND taken_over_by IS NULL AND left_at IS NULL", (name,)) == 1
+
+    async def leave_cluster(self, name: str) -> None:
+        """This host stops cleanly, its calls closed: nobody is to take it over."""
+        await self._update(f"UPDATE hosts SET left_at = {self._db.clock} WHERE name = ? AND taken_over_by IS NULL",
+                           (name,))
 
     async def hosts(self) -> list[HostRecord]:
         """Every host that has joined the store, by name."""
@@ -617,15 +623,16 @@ class Store:
         return [_host_from_row(row) for row in rows]
 
     async def take_over(self, dead: str, by: str, timeout_s: float) -> TakeOver | None:
-        """If host ``dead`` has been silent for ``timeout_s`` (the database's clock) and nobody has taken it
-        over, claim it for ``by`` and, in the same transaction, close its open calls as host_lost (ended at
+        """If host ``dead`` has been silent for ``timeout_s`` (the database's clock), did not leave, and nobody
+        has taken it over, claim it for ``by`` and, in the same transaction, close its open calls as host_lost (ended at
         its last heartbeat) and make each cut message a received_incomplete case. None: it is alive, or
         another survivor has it; of two survivors trying at once exactly one gets it."""
         async with self._db.transaction() as tx:
             # The claim is a conditional UPDATE: a second survivor's waits on the row and then finds it taken.
             claimed = await tx.execute(
                 f"UPDATE hosts SET taken_over_by = ?, taken_over_at = {tx.clock}"
-                f" WHERE name = ? AND name <> ? AND taken_over_by IS NULL AND last_seen < {tx.clock} - ?",
+                " WHERE name = ? AND name <> ? AND taken_over_by IS NULL AND left_at IS NULL"
+                f" AND last_seen < {tx.clock} - ?",
                 (by, dead, by, timeout_s))
             if not claimed:
                 return None

@@ -59,19 +59,26 @@ class ClusterMember:
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._beat()), asyncio.create_task(self._watch())]
 
-    async def close(self) -> None:
+    async def close(self, *, leave: bool = False) -> None:
+        """Stop beating and watching; ``leave``: this host stopped cleanly with its calls closed, so it is
+        not to be taken over (best effort: if the store cannot be told, a survivor finds nothing open)."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if leave:
+            try:
+                await asyncio.wait_for(self.store.leave_cluster(self.name), self._timeout_s)
+            except (StoreError, asyncio.TimeoutError) as exc:
+                log.warning("could not tell the cluster that host %s left: %s", self.name, exc or "no answer")
 
     def up(self) -> int:
         """Hosts alive by their last heartbeat, as last read (this one included)."""
         return sum(1 for host in self.hosts if self.alive(host))
 
     def alive(self, host: HostRecord) -> bool:
-        return host.taken_over_by is None and host.silent_s <= self.settings.host_timeout_s
+        return host.taken_over_by is None and host.left_at is None and host.silent_s <= self.settings.host_timeout_s
 
     def _state(self, what: str, problem: str | None) -> None:
         """Log a failure when it starts and when it ends, not at every round."""
@@ -101,7 +108,7 @@ class ClusterMember:
             try:
                 self.hosts = await asyncio.wait_for(self.store.hosts(), self._timeout_s)
                 for host in self.hosts:
-                    if host.name != self.name and host.taken_over_by is None \
+                    if host.name != self.name and host.taken_over_by is None and host.left_at is None \
                             and host.silent_s > self.settings.host_timeout_s:
                         await self._take_over(host)
                 self._state("watch", None)
@@ -147,5 +154,5 @@ def cluster_hosts(member: ClusterMember | None) -> dict[str, object] | None:
         return None
     return {"host": member.name, "hosts_up": member.up(), "hosts": [{
         "name": host.name, "last_seen": host.last_seen, "silent_s": round(host.silent_s, 1),
-        "alive": member.alive(host), "taken_over_by": host.taken_over_by,
+        "alive": member.alive(host), "taken_over_by": host.taken_over_by, "left": host.left_at is not None,
     } for host in member.hosts]}

@@ -209,7 +209,8 @@ class Softswitch:
             if self.copier is not None:
                 await self.copier.close()
             if self.cluster is not None:
-                await self.cluster.close()
+                # Drained with every call's CDR closed: nothing for a survivor to do. Else it is taken over.
+                await self.cluster.close(leave=not self.flows)
 
     async def _join_cluster(self, store: Store) -> HostRecord | None:
         """On PostgreSQL: this host's heartbeat and the watch over the others start; its row as it was."""

@@ -84,6 +84,17 @@ async def test_a_live_host_is_never_taken_over_a_silent_one_once(
     assert [c.id for c in await b.calls_lost_with_host("b", since=before.started_at - 60)] == [lost]
     assert await b.unfinished_calls("b") == []  # nothing of its own to close again
 
+    # A host that stops cleanly is not taken over, however long it stays away; back, it is alive again.
+    await b.leave_cluster("b")
+    await _silence(store_database, "b", TIMEOUT_S + 1)
+    assert await a.take_over("b", "a", TIMEOUT_S) is None
+    [_, left] = await a.hosts()
+    assert left.left_at is not None and left.taken_over_by is None
+    assert not await b.heartbeat("b")
+    assert (await b.join_cluster("b", "/var/b/recordings", None)).left_at is not None  # type: ignore[union-attr]
+    [_, back] = await a.hosts()
+    assert back.left_at is None and await b.heartbeat("b")
+
 
 async def test_the_takeover_files_cut_messages_and_keeps_every_other_host_s_calls(
         two_stores: tuple[Store, Store], store_database: StoreDatabase) -> None:
@@ -173,7 +184,7 @@ async def test_a_member_whose_peer_stops_beating_takes_it_over_within_the_timeou
             assert taken == [] and a.up() == 2
             health = cluster_hosts(a)
             assert health is not None and health["host"] == "a" and health["hosts_up"] == 2
-            await b.close()
+            await b.close()  # dies: it does not leave
             stopped = time.monotonic()
             while not taken and time.monotonic() - stopped < 3:
                 await asyncio.sleep(0.05)
