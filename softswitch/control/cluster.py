@@ -12,7 +12,9 @@ disk cannot be read from here: they are named in the log, and the host takes
 them up again when it comes back with its disk (``Softswitch`` at start).
 
 The database failing must not stall calls: each heartbeat and read is bounded,
-and a failure is logged once when it starts and once when it ends.
+and a failure is logged once when it starts and once when it ends. A host takes
+nobody over until its own heartbeats have worked for ``host_timeout_s``: after
+the store was out of reach, everyone's heartbeat is old until they beat again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +54,8 @@ class ClusterMember:
         # Bounded: a heartbeat that cannot be written in this time would be late anyway.
         self._timeout_s = settings.host_timeout_s / 2
         self._failing: dict[str, str] = {}  # what fails now (heartbeat, watch) and why
+        # Since when (monotonic) this host's heartbeats have worked without a break; None while failing.
+        self._beating_since: float | None = None
 
     async def join(self) -> HostRecord | None:
         """Enter (again) as alive; the row as it was before, if this host had one."""
@@ -99,17 +104,27 @@ class ClusterMember:
                     log.error("host %s was taken over while it ran: joining the cluster again", self.name)
                     await asyncio.wait_for(self.join(), self._timeout_s)
                 self._state("heartbeat", None)
+                if self._beating_since is None:
+                    self._beating_since = time.monotonic()
             except (StoreError, asyncio.TimeoutError) as exc:
                 self._state("heartbeat", str(exc) or "no answer in time")
+                self._beating_since = None
             await asyncio.sleep(self.settings.heartbeat_s)
+
+    def _steady(self) -> bool:
+        """Whether this host may take others over: its own heartbeats have worked for a whole host_timeout_s.
+        After the store was out of reach every host's heartbeat is old; the live ones beat again within
+        heartbeat_s, and this wait keeps them from being taken for dead (at start too)."""
+        since = self._beating_since
+        return since is not None and time.monotonic() - since >= self.settings.host_timeout_s
 
     async def _watch(self) -> None:
         while True:
             try:
                 self.hosts = await asyncio.wait_for(self.store.hosts(), self._timeout_s)
                 for host in self.hosts:
-                    if host.name != self.name and host.taken_over_by is None and host.left_at is None \
-                            and host.silent_s > self.settings.host_timeout_s:
+                    if self._steady() and host.name != self.name and host.taken_over_by is None \
+                            and host.left_at is None and host.silent_s > self.settings.host_timeout_s:
                         await self._take_over(host)
                 self._state("watch", None)
             except (StoreError, asyncio.TimeoutError) as exc:

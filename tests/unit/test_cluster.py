@@ -202,3 +202,26 @@ async def test_a_member_whose_peer_stops_beating_takes_it_over_within_the_timeou
             assert a.up() == 1 and len(taken) == 1
         finally:
             await a.close()
+
+
+@pytest.mark.parametrize("store_database", ["postgresql"], indirect=True)
+async def test_a_member_takes_nobody_over_before_its_own_heartbeats_have_held_for_the_timeout(
+        store_database: StoreDatabase, tmp_path: Path) -> None:
+    """As after an outage of the store: every other host's heartbeat is old until it beats again."""
+    taken: list[TakeOver] = []
+    async with open_store(store_database.target, store_protector()) as store:
+        await store.join_cluster("c", "/var/c/recordings", None)
+        await _silence(store_database, "c", 100)
+        a = ClusterMember(store, ClusterConfig(name="a", heartbeat_s=0.1, host_timeout_s=0.5),
+                          tmp_path / "recordings", None, None, taken_over=taken.append)
+        await a.join()
+        a.start()
+        started = time.monotonic()
+        try:
+            await asyncio.sleep(0.3)
+            assert taken == [] and a.hosts and a.up() == 1  # c read as dead, not yet taken over
+            while not taken and time.monotonic() - started < 3:
+                await asyncio.sleep(0.05)
+            assert [t.host.name for t in taken] == ["c"] and time.monotonic() - started >= 0.5
+        finally:
+            await a.close()
