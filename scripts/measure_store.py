@@ -1,5 +1,6 @@
-"""Measures the case store's create_case and intake throughput, and a console request's session check and a login
-attempt's throttle step, on SQLite and PostgreSQL (not a test).
+"""Measures the case store's create_case and intake throughput, a console request's session check, a login
+attempt's throttle step, and the one write a message call adds for several hosts (message_started), on
+SQLite and PostgreSQL (not a test).
 
 Usage: PYTHONPATH=. .venv/bin/python scripts/measure_store.py [--cases N] [--concurrency C] [--url URL]
 Without --url a throwaway PostgreSQL server is started (tests/support/postgres.py, fsync off: the
@@ -73,11 +74,30 @@ async def _web_state(store: Store, count: int) -> dict[str, dict[str, float]]:
     return {"session_check": checks, "login_attempt": attempts}
 
 
+async def _message_started_ms(store: Store, count: int, concurrency: int) -> dict[str, float]:
+    """Median and 99th percentile of ``message_started``, ``concurrency`` at a time, in milliseconds."""
+    calls = [await store.add_call(f"m{n}@measure", "sip:c@t", "sip:111@s", "127.0.0.1", 0, time.time(), host="h")
+             for n in range(count)]
+    pending = iter(calls)
+    took: list[float] = []
+
+    async def runner() -> None:
+        for call in pending:
+            started = time.perf_counter()
+            await store.message_started(call, time.time())
+            took.append((time.perf_counter() - started) * 1000)
+
+    await asyncio.gather(*(runner() for _ in range(concurrency)))
+    took.sort()
+    return {"message_started_median_ms": round(took[len(took) // 2], 3),
+            "message_started_p99_ms": round(took[int(len(took) * 0.99)], 3)}
+
+
 async def measure(target: Path | str, count: int, concurrency: int) -> dict[str, object]:
     async with open_store(target, PROTECTOR) as store:
         rates: dict[str, object] = {name: await _rate(store, count, concurrency, one) for name, one in
                                     (("create_case", _create), ("intake", _intake))}
-        return rates | await _web_state(store, count)
+        return rates | await _web_state(store, count) | await _message_started_ms(store, count, concurrency)
 
 
 def main() -> None:

@@ -533,7 +533,38 @@ class RecordingsStoreConfig(_Section):
     @property
     def host_name(self) -> str:
         """The folder of this host's copies: ``host``, else the first label of the machine's host name."""
-        return self.host if self.host is not None else socket.gethostname().split(".")[0]
+        return self.host if self.host is not None else machine_host_name()
+
+
+def machine_host_name() -> str:
+    """The first label of the machine's host name."""
+    return socket.gethostname().split(".")[0]
+
+
+class ClusterConfig(_Section):
+    """Several hosts on one PostgreSQL store (README, "Several hosts"); with SQLite there is one host and
+    this section is not used.
+
+    Each host writes its heartbeat every ``heartbeat_s``; a host whose last heartbeat is older than
+    ``host_timeout_s`` is dead, and one survivor closes its calls (``host_lost``) and files their cases.
+    """
+
+    # This host's name in the store, on its CDRs and (by default) its folder in the shared recordings
+    # directory; null: the machine's host name. Two hosts must never share one.
+    name: str | None = Field(None, pattern=HOST_NAME_PATTERN)
+    heartbeat_s: float = Field(1.0, gt=0, le=60)
+    host_timeout_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterConfig:
+        # A host must miss at least two heartbeats in a row before it is taken for dead.
+        if self.host_timeout_s < 2 * self.heartbeat_s:
+            raise ValueError("host_timeout_s must be at least twice heartbeat_s")
+        return self
+
+    @property
+    def host_name(self) -> str:
+        return self.name if self.name is not None else machine_host_name()
 
 
 class Config(_Section):
@@ -573,6 +604,17 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     recordings_store: RecordingsStoreConfig = RecordingsStoreConfig()
     sms: SmsConfig = SmsConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recordings_folder_is_the_host(cls, data: Any) -> Any:
+        # The shared recordings folder of a host is named after it, unless recordings_store.host says otherwise.
+        if isinstance(data, dict) and isinstance(data.get("cluster"), dict) and data["cluster"].get("name"):
+            store = data.get("recordings_store")
+            if store is None or (isinstance(store, dict) and store.get("host") is None):
+                data = {**data, "recordings_store": {**(store or {}), "host": data["cluster"]["name"]}}
+        return data
 
     @field_validator("database_url")
     @classmethod
@@ -602,6 +644,9 @@ class Config(_Section):
             raise ValueError(problem)
         if any(a.id == self.sip.service_number for a in self.agents.accounts):
             raise ValueError(f"agent id {self.sip.service_number} is the service number")
+        if self.database_url is not None and not re.fullmatch(HOST_NAME_PATTERN, self.cluster.host_name):
+            raise ValueError(f"the machine's host name {self.cluster.host_name!r} cannot name a host in the "
+                             "shared store: set cluster.name")
         shared = self.recordings_store.shared_dir
         if shared is not None:
             # data_dir is resolved from the working directory after validation (load_config): the same here.

@@ -50,6 +50,9 @@ class Executor(ABC):
     """Runs SQL with ``?`` placeholders: on its own (each statement committed) or inside a transaction."""
 
     dialect: ClassVar[str]
+    # An SQL expression of the database's own time, in Unix epoch seconds: what hosts sharing the
+    # database agree on, whatever their clocks say.
+    clock: ClassVar[str]
 
     @abstractmethod
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -118,6 +121,7 @@ def _sqlite_errors(path: Path) -> Iterator[None]:
 
 class _SqliteExecutor(Executor):
     dialect = "sqlite"
+    clock = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
@@ -321,6 +325,8 @@ def _rowcount(status: str) -> int:
 
 class _PostgresExecutor(Executor):
     dialect = "postgresql"
+    # clock_timestamp(), not now(): now() stands still for the whole transaction.
+    clock = "CAST(extract(epoch FROM clock_timestamp()) AS DOUBLE PRECISION)"
 
     # A pool and a connection take the same calls.
     def __init__(self, conn: asyncpg.Pool | asyncpg.Connection, location: str) -> None:

@@ -299,6 +299,34 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX location_connection_idx ON location (server_id, connection_id)",
         ),
     ),
+    Migration(
+        version=9,
+        description="several hosts on one store: their heartbeats, each call's host, a message being recorded",
+        statements=(
+            # One row a host, by its name (cluster.name). last_seen is the database's clock, so hosts' clocks
+            # never decide who is dead; taken_over_by is the survivor that closed its calls, left_at when it
+            # stopped cleanly (both NULL while it runs). recordings_dir and shared_folder say where its
+            # recordings lie (its disk) and their shared copies.
+            """
+            CREATE TABLE hosts (
+                name           TEXT PRIMARY KEY,
+                started_at     REAL NOT NULL,
+                last_seen      REAL NOT NULL,
+                recordings_dir TEXT NOT NULL,
+                shared_folder  TEXT,
+                taken_over_by  TEXT,
+                taken_over_at  REAL,
+                left_at        REAL
+            )
+            """,
+            # NULL for calls from before this step (a single host).
+            "ALTER TABLE calls ADD COLUMN host TEXT",
+            # Written once, when the message's tape starts: a host may die with the tape on its disk, and the
+            # survivor must still know that this call was leaving a message.
+            "ALTER TABLE calls ADD COLUMN message_started_at REAL",
+            "CREATE INDEX calls_unfinished_by_host ON calls (host) WHERE ended_at IS NULL",
+        ),
+    ),
 ]
 
 

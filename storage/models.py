@@ -20,6 +20,8 @@ class CallRecord:
     disposition: str | None
     ivr_path: tuple[str, ...]
     agent_id: str | None = None  # the agent who talked with the caller
+    host: str | None = None  # the host whose workers carried it (None: from before several hosts)
+    message_started_at: float | None = None  # when its message's tape started, if it got that far
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,3 +114,27 @@ class Rating:
     score: int
     at: float
     day: str  # YYYY-MM-DD
+
+
+@dataclass(frozen=True, slots=True)
+class HostRecord:
+    """A host sharing the store; times are the database's clock (Unix epoch seconds)."""
+
+    name: str
+    started_at: float
+    last_seen: float
+    recordings_dir: str  # on its own disk
+    shared_folder: str | None  # its folder in the shared recordings directory, if it copies there
+    taken_over_by: str | None  # the survivor that closed its calls; None while it counts as alive
+    taken_over_at: float | None
+    left_at: float | None  # when it stopped cleanly (its calls closed); None while it runs or was taken over
+    silent_s: float  # since its last heartbeat, when read
+
+
+@dataclass(frozen=True, slots=True)
+class TakeOver:
+    """What a survivor did with a dead host's calls, in the one transaction that claimed it."""
+
+    host: HostRecord  # as it was when claimed
+    calls_closed: tuple[int, ...]  # CDR ids, now host_lost
+    cases_opened: tuple[tuple[int, str], ...]  # (CDR id, tracking code) of the cut messages' cases

@@ -21,7 +21,8 @@ from storage.crypto import IdProtector
 from storage.engines import Executor, Row, open_engine
 from storage.errors import Conflict, ForeignKeyViolation, NotFound, StoreError, UniqueViolation
 from storage.migrations import migrate
-from storage.models import CallRecord, Case, CaseEvent, IntakeResult, PersonId, Rating, Recording
+from storage.models import (CallRecord, Case, CaseEvent, HostRecord, IntakeResult, PersonId, Rating, Recording,
+                            TakeOver)
 from storage.outbox import SmsOutbox
 from storage.web_sessions import WebSessions
 
@@ -32,8 +33,10 @@ _TRACKING_CODE_ATTEMPTS = 8
 
 _CALL_COLUMNS = (
     "id, sip_call_id, from_uri, to_uri, source, worker_id,"
-    " arrived_at, answered_at, ended_at, disposition, ivr_path, agent_id"
+    " arrived_at, answered_at, ended_at, disposition, ivr_path, agent_id, host, message_started_at"
 )
+_HOST_COLUMNS = ("name, started_at, last_seen, recordings_dir, shared_folder, taken_over_by, taken_over_at,"
+                 " left_at")
 _CASE_COLUMNS = (
     "id, tracking_code, status, created_at, call_id, national_id_masked, id_source, id_status,"
     " subject_is_caller, caller_id_masked, caller_id_source, caller_id_status,"
@@ -61,7 +64,16 @@ def _call_from_row(row: Row) -> CallRecord:
         disposition=row["disposition"],
         ivr_path=tuple(json.loads(row["ivr_path"])),
         agent_id=row["agent_id"],
+        host=row["host"],
+        message_started_at=row["message_started_at"],
     )
+
+
+def _host_from_row(row: Row) -> HostRecord:
+    return HostRecord(name=row["name"], started_at=row["started_at"], last_seen=row["last_seen"],
+                      recordings_dir=row["recordings_dir"], shared_folder=row["shared_folder"],
+                      taken_over_by=row["taken_over_by"], taken_over_at=row["taken_over_at"],
+                      left_at=row["left_at"], silent_s=max(0.0, row["now"] - row["last_seen"]))
 
 
 def _case_from_row(row: Row) -> Case:
@@ -191,14 +203,21 @@ class Store:
         source: str,
         worker_id: int | None,
         arrived_at: float,
+        host: str | None = None,
     ) -> int:
-        """Record an arriving call and return its id."""
+        """Record an arriving call, carried by ``host``'s workers, and return its id."""
         call_id = await self._insert(
-            "INSERT INTO calls (sip_call_id, from_uri, to_uri, source, worker_id, arrived_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (sip_call_id, from_uri, to_uri, source, worker_id, arrived_at),
+            "INSERT INTO calls (sip_call_id, from_uri, to_uri, source, worker_id, arrived_at, host)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (sip_call_id, from_uri, to_uri, source, worker_id, arrived_at, host),
         )
         return call_id
+
+    async def message_started(self, call_id: int, at: float) -> None:
+        """The call's message tape has started (one write a call): should its host die now, the survivor
+        still files the message's case."""
+        await self._update("UPDATE calls SET message_started_at = ? WHERE id = ? AND message_started_at IS NULL",
+                           (at, call_id))
 
     async def answer_call(self, call_id: int, answered_at: float) -> None:
         """Mark a call answered; Conflict if it was already answered or has ended."""
@@ -240,12 +259,34 @@ class Store:
             raise NotFound(f"no call with SIP Call-ID {sip_call_id!r}")
         return _call_from_row(row)
 
-    async def unfinished_calls(self) -> list[CallRecord]:
-        """Return calls never ended, oldest first, so they can be closed after a crash."""
-        rows = await self._fetchall(
-            f"SELECT {_CALL_COLUMNS} FROM calls WHERE ended_at IS NULL ORDER BY id"
-        )
+    async def unfinished_calls(self, host: str | None = None) -> list[CallRecord]:
+        """Return calls never ended, oldest first, so they can be closed after a crash: every one, or
+        ``host``'s (and those from before several hosts, which have none)."""
+        if host is None:
+            return await self._unfinished("1 = 1", ())
+        return await self._unfinished("(host = ? OR host IS NULL)", (host,))
+
+    async def calls_lost_with_host(self, host: str, since: float) -> list[CallRecord]:
+        """The host's calls arrived since a time that a survivor closed as host_lost, oldest first."""
+        return await self._calls_where("host = ? AND disposition = 'host_lost' AND arrived_at >= ?", (host, since))
+
+    async def _unfinished(self, condition: str, params: Sequence[Any]) -> list[CallRecord]:
+        return await self._calls_where(f"ended_at IS NULL AND {condition}", params)
+
+    async def _calls_where(self, condition: str, params: Sequence[Any]) -> list[CallRecord]:
+        rows = await self._fetchall(f"SELECT {_CALL_COLUMNS} FROM calls WHERE {condition} ORDER BY id", params)
         return [_call_from_row(row) for row in rows]
+
+    async def open_cut_message_case(self, call_id: int, *, spoken_id: bool, actor: str) -> Case:
+        """A message cut short by a crash or a lost host becomes a received_incomplete case with the call's
+        recordings. The ID was in the lost process's memory: the case has none, to be transcribed from its
+        tape when one was spoken."""
+        async with self._db.transaction() as tx:
+            store = Store(tx, self._protector)
+            subject = PersonId(None, "speech", "to_transcribe") if spoken_id else PersonId(None, "none", "none")
+            case = await store.open_call_case(call_id, subject, complete=False, actor=actor)
+            await store.attach_recordings(call_id, case.id)
+            return case
 
     async def probe(self) -> None:
         """A read of the newest row: raises StoreError when the database cannot be read."""
@@ -615,6 +656,68 @@ class Store:
         """The recording whose row names this path, if any."""
         row = await self._fetchone(f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE path = ?", (path,))
         return None if row is None else _recording_from_row(row)
+
+    # -- several hosts on one store -------------------------------------------------------------------
+    async def join_cluster(self, name: str, recordings_dir: str, shared_folder: str | None) -> HostRecord | None:
+        """This host starts (or starts again): its row fresh and alive. Returns the row as it was (None the
+        first time): ``taken_over_by`` set if a survivor closed its calls while it was down."""
+        async with self._db.transaction() as tx:
+            row = await tx.fetchone(f"SELECT {_HOST_COLUMNS}, {tx.clock} AS now FROM hosts WHERE name = ?"
+                                    f"{tx.for_update}", (name,))
+            await tx.execute(
+                f"INSERT INTO hosts ({_HOST_COLUMNS}) VALUES (?, {tx.clock}, {tx.clock}, ?, ?, NULL, NULL, NULL)"
+                " ON CONFLICT (name) DO UPDATE SET started_at = excluded.started_at, last_seen = excluded.last_seen,"
+                " recordings_dir = excluded.recordings_dir, shared_folder = excluded.shared_folder,"
+                " taken_over_by = NULL, taken_over_at = NULL, left_at = NULL",
+                (name, recordings_dir, shared_folder))
+            return None if row is None else _host_from_row(row)
+
+    async def heartbeat(self, name: str) -> bool:
+        """This host is alive now; False when it was taken over meanwhile (it then has to join again)."""
+        return await self._update(f"UPDATE hosts SET last_seen = {self._db.clock}"
+                                  " WHERE name = ? AND taken_over_by IS NULL AND left_at IS NULL", (name,)) == 1
+
+    async def leave_cluster(self, name: str) -> None:
+        """This host stops cleanly, its calls closed: nobody is to take it over."""
+        await self._update(f"UPDATE hosts SET left_at = {self._db.clock} WHERE name = ? AND taken_over_by IS NULL",
+                           (name,))
+
+    async def hosts(self) -> list[HostRecord]:
+        """Every host that has joined the store, by name."""
+        rows = await self._fetchall(f"SELECT {_HOST_COLUMNS}, {self._db.clock} AS now FROM hosts ORDER BY name")
+        return [_host_from_row(row) for row in rows]
+
+    async def take_over(self, dead: str, by: str, timeout_s: float) -> TakeOver | None:
+        """If host ``dead`` has been silent for ``timeout_s`` (the database's clock), did not leave, and nobody
+        has taken it over, claim it for ``by`` and, in the same transaction, close its open calls as host_lost (ended at
+        its last heartbeat) and make each cut message a received_incomplete case. None: it is alive, or
+        another survivor has it; of two survivors trying at once exactly one gets it."""
+        async with self._db.transaction() as tx:
+            # The claim is a conditional UPDATE: a second survivor's waits on the row and then finds it taken.
+            claimed = await tx.execute(
+                f"UPDATE hosts SET taken_over_by = ?, taken_over_at = {tx.clock}"
+                " WHERE name = ? AND name <> ? AND taken_over_by IS NULL AND left_at IS NULL"
+                f" AND last_seen < {tx.clock} - ?",
+                (by, dead, by, timeout_s))
+            if not claimed:
+                return None
+            row = await tx.fetchone(f"SELECT {_HOST_COLUMNS}, {tx.clock} AS now FROM hosts WHERE name = ?", (dead,))
+            assert row is not None
+            host = _host_from_row(row)
+            store = Store(tx, self._protector)
+            closed, opened = [], []
+            for call in await store._unfinished("host = ?", (dead,)):
+                kinds = {recording.kind for recording in await store.recordings_for_call(call.id)}
+                case = await store.case_for_call(call.id)
+                if case is not None:
+                    await store.attach_recordings(call.id, case.id)  # tapes stored after its case was opened
+                elif call.message_started_at is not None or "message" in kinds:
+                    case = await store.open_cut_message_case(call.id, spoken_id="national_id_utterance" in kinds,
+                                                             actor=f"takeover:{by}")
+                    opened.append((call.id, case.tracking_code))
+                await store.end_call(call.id, max(host.last_seen, call.arrived_at), "host_lost", call.ivr_path)
+                closed.append(call.id)
+            return TakeOver(host, tuple(closed), tuple(opened))
 
     async def move_recording(self, recording_id: int, from_path: str, to_path: str) -> bool:
         """Point a recording's row at its verified copy; False (nothing changed) unless it named ``from_path``."""

@@ -9,7 +9,7 @@ import itertools
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from ivr.channel import CallEnded, RecordingResult
 from media.wavfile import repair_wav
@@ -45,11 +45,13 @@ class ControlCall:
 
     _ids = itertools.count(1)
 
-    def __init__(self, link: WorkerLink, handle: str, call_id: int, recordings_dir: Path) -> None:
+    def __init__(self, link: WorkerLink, handle: str, call_id: int, recordings_dir: Path, *,
+                 tape_started: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.link = link
         self.handle = handle
         self.call_id = call_id
         self.recordings_dir = recordings_dir
+        self.tape_started = tape_started  # told each recording's kind once the worker has been asked to tape it
         self.answered = asyncio.Event()
         self.ringing = asyncio.Event()
         self.end_reason: str | None = None
@@ -101,6 +103,8 @@ class ControlCall:
         self.link.send(protocol.Record(self.handle, rec_id, str(path), max_s=max_s, silence_s=silence_s,
                                        no_input_s=no_input_s, stop_digits=stop_digits,
                                        peer=peer.handle if peer is not None else None))
+        if self.tape_started is not None:
+            await self.tape_started(kind)  # while the worker tapes: the caller loses no audio to it
         recording = await result
         log.info("recording %s ended (%s): %.1f s, speech %.1f s%s", kind, recording.reason, recording.duration_s,
                  recording.speech_s, "" if recording.complete else ", incomplete",

@@ -36,6 +36,7 @@ from softswitch.control import sipfront
 from softswitch.control.admin import AdminError, serve_admin
 from softswitch.control.calls import ControlCall, WorkerLink
 from softswitch.control.capacity import WorkerPlan, plan_workers
+from softswitch.control.cluster import ClusterMember, cluster_hosts
 from softswitch.control.day_journal import DayJournal
 from softswitch.control.desk import ControlDesk
 from softswitch.control.metrics import Metrics, front_statistics
@@ -50,8 +51,8 @@ from softswitch.domain.tracking_code import code_tail
 from softswitch.worker.engine import EngineInfo, probe
 from softswitch.worker.settings import WorkerSettings
 from storage.crypto import IdProtector
-from storage.errors import NotFound, StoreError
-from storage.models import CallRecord, PersonId, Recording
+from storage.errors import Conflict, NotFound, StoreError
+from storage.models import CallRecord, HostRecord, PersonId, Recording
 from storage.reports import rating_day
 from storage.store import Store, open_store
 
@@ -122,6 +123,11 @@ class StoreFollowUp:
         return CaseStatus(case.status, case.agency, Path(case.answer_audio) if case.answer_audio else None)
 
 
+# How far this host's clock may be off the database's when its calls are looked up by a time of the database.
+CLOCK_MARGIN_S = 60.0
+# A message's start is written before the tape gets far; a store slower than this is logged, the call goes on.
+TAPE_START_WRITE_S = 2.0
+
 # How long `softswitch hangup` waits for the call's CDR to be closed before it answers.
 ADMIN_HANGUP_WAIT_S = 10.0
 
@@ -168,6 +174,9 @@ class Softswitch:
         self.copier: RecordingCopier | None = None
         # Sends the SMS outbox, when a gateway is configured.
         self.sms_sender: SmsSender | None = None
+        # This host among others on one PostgreSQL store; None with SQLite (one host).
+        self.host = config.cluster.host_name
+        self.cluster: ClusterMember | None = None
         # Agencies are named in follow-up answers: their names are prompts too.
         texts = load_prompt_texts(config.prompts.texts) | {agency_prompt(a.id): a.name for a in config.agencies}
         self.prompts = PromptLibrary(texts, config.prompt_cache, config.prompts.override_dir,
@@ -197,7 +206,10 @@ class Softswitch:
         async with open_store(cfg.store_target, protector) as store:
             self.use_store(store)
             await self.day_journal.restore(self.acd)
+            before = await self._join_cluster(store)
             await self._close_orphaned_calls()
+            if before is not None and before.taken_over_by is not None:
+                await self._keep_taken_over_tapes(before)
             if cfg.recordings_store.shared_dir is not None:
                 # Started before any call, with the orphans' tapes stored: what waits now is the backlog.
                 self.copier = RecordingCopier(store, cfg.recordings_store, cfg.recordings_path, self.metrics)
@@ -236,6 +248,24 @@ class Softswitch:
                 await self.copier.close()
             if self.sms_sender is not None:
                 await self.sms_sender.close()
+            if self.cluster is not None:
+                # Drained with every call's CDR closed: nothing for a survivor to do. Else it is taken over.
+                await self.cluster.close(leave=not self.flows)
+
+    async def _join_cluster(self, store: Store) -> HostRecord | None:
+        """On PostgreSQL: this host's heartbeat and the watch over the others start; its row as it was."""
+        cfg = self.config
+        if cfg.database_url is None:
+            log.info("cluster: off, one host (the SQLite store is this host's own)")
+            return None
+        shared = cfg.recordings_store
+        self.cluster = ClusterMember(store, cfg.cluster, cfg.recordings_path, shared.shared_dir,
+                                     shared.host_name, taken_over=lambda _: self.metrics.host_taken_over())
+        before = await self.cluster.join()
+        self.cluster.start()
+        log.info("cluster: host %s on the shared store, a heartbeat every %g s; a host silent for %g s is "
+                 "taken over", self.host, cfg.cluster.heartbeat_s, cfg.cluster.host_timeout_s)
+        return before
 
     def _recording_kept(self, recording: Recording) -> None:
         """A recording's row is stored, its tape closed: on to the shared directory, if there is one."""
@@ -321,15 +351,47 @@ class Softswitch:
         self.stopped.set()
 
     async def _close_orphaned_calls(self) -> None:
-        """Calls left open by a crash of the control process. Their workers ended them, but the tapes are
+        """Calls left open by a crash of this host's control process (with several hosts, only this host's:
+        another's are its own or its survivor's to close). Their workers ended them, but the tapes are
         on disk: each is finished and kept with its CDR, a message cut short becomes a case (without an
         ID: that was in the lost process's memory; a spoken ID's tape goes with it), as after a worker
         loss, and the CDR is closed as interrupted."""
-        for call in await self.store.unfinished_calls():
+        for call in await self.store.unfinished_calls(self.host if self.cluster is not None else None):
             with logs.call_context(logs.CallContext(call.sip_call_id, call.id, call.worker_id)):
                 await self._close_orphaned_call(call)
 
     async def _close_orphaned_call(self, call: CallRecord) -> None:
+        kinds = await self._keep_local_tapes(call)
+        case = await self.store.case_for_call(call.id)
+        if case is not None:
+            await self.store.attach_recordings(call.id, case.id)
+        elif "message" in kinds or call.message_started_at is not None:
+            case = await self.store.open_cut_message_case(call.id, spoken_id="national_id_utterance" in kinds,
+                                                          actor="recovery")
+            log.warning("its message, cut by a crash, is case %s", code_tail(case.tracking_code),
+                        extra={"event": "case", "tracking_code_tail": code_tail(case.tracking_code)})
+        await self._end_call(call.id, "interrupted", call.ivr_path, started_at=call.arrived_at)
+
+    async def _keep_taken_over_tapes(self, before: HostRecord) -> None:
+        """This host was taken over while it was down: the survivor closed its calls and filed their cases
+        without the tapes on this disk. They are here: each is finished and kept with its call's case."""
+        # Its calls since that run's start (the database's clock; this host's may be a little off).
+        calls = await self.store.calls_lost_with_host(self.host, since=before.started_at - CLOCK_MARGIN_S)
+        kept = 0
+        for call in calls:
+            with logs.call_context(logs.CallContext(call.sip_call_id, call.id, call.worker_id)):
+                stored = len(await self.store.recordings_for_call(call.id))
+                await self._keep_local_tapes(call)
+                kept += len(await self.store.recordings_for_call(call.id)) - stored
+                case = await self.store.case_for_call(call.id)
+                if case is not None:
+                    await self.store.attach_recordings(call.id, case.id)
+        log.warning("host %s had been taken over by %s: %d of its calls were closed as host_lost; %d tapes of "
+                    "them kept from this disk", self.host, before.taken_over_by, len(calls), kept)
+
+    async def _keep_local_tapes(self, call: CallRecord) -> set[str]:
+        """Store the call's tapes found on this host's disk that have no row yet (repaired first: their
+        writer may have died); the kinds of all its tapes found here."""
         loop = asyncio.get_running_loop()
         # By name: a stored tape may already be in the shared directory (its local file not yet removed).
         stored = {Path(r.path).name for r in await self.store.recordings_for_call(call.id)}
@@ -347,14 +409,7 @@ class Softswitch:
                 continue
             await self.store.add_recording(call.id, None, kind, str(path), info.duration_s, info.sha256,
                                            complete=False)
-        if "message" in kinds and await self.store.case_for_call(call.id) is None:
-            spoken = "national_id_utterance" in kinds
-            subject = PersonId(None, "speech" if spoken else "none", "to_transcribe" if spoken else "none")
-            case = await self.store.open_call_case(call.id, subject, complete=False, actor="recovery")
-            await self.store.attach_recordings(call.id, case.id)
-            log.warning("its message, cut by a crash, is case %s", code_tail(case.tracking_code),
-                        extra={"event": "case", "tracking_code_tail": code_tail(case.tracking_code)})
-        await self._end_call(call.id, "interrupted", call.ivr_path, started_at=call.arrived_at)
+        return kinds
 
     # -- workers -----------------------------------------------------------
     async def _serve_worker(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -473,7 +528,7 @@ class Softswitch:
         logs.bind_call(logs.CallContext(event.sip_call_id, None, link.worker_id))
         try:
             call_id = await self.store.add_call(event.sip_call_id, event.from_uri, event.to_uri, event.source,
-                                                link.worker_id, now)
+                                                link.worker_id, now, host=self.host)
             logs.bind_call(logs.CallContext(event.sip_call_id, call_id, link.worker_id))
             log.info("call arrived from %s, refused %d by the media worker", event.source, event.status_code,
                      extra={"event": "arrival"})
@@ -489,7 +544,7 @@ class Softswitch:
         arrived_at = time.time()
         try:
             call_id = await self.store.add_call(event.sip_call_id, facts.from_uri, event.to_uri, facts.source,
-                                                link.worker_id, arrived_at)
+                                                link.worker_id, arrived_at, host=self.host)
         except StoreError as exc:
             # No CDR can be written, so neither could its case: the trunk tries elsewhere.
             log.error("%s: refused 503, the store cannot take the call: %s", handle, exc)
@@ -500,7 +555,8 @@ class Softswitch:
         service = dialled_number(facts.to_uri) == self.config.sip.service_number
         log.info("call arrived from %s for %s", facts.source, "the service number" if service else "another number",
                  extra={"event": "arrival", "source": facts.source})
-        call = ControlCall(link, handle, call_id, self.config.recordings_path)
+        call = ControlCall(link, handle, call_id, self.config.recordings_path,
+                           tape_started=functools.partial(self._tape_started, call_id))
         link.calls[handle] = call
         destination = route(facts, self.config.sip.service_number, self.config.sip.trunk_allow)
         if self.troubles and isinstance(destination, Accept):
@@ -544,11 +600,26 @@ class Softswitch:
                 del self.active[call_id]
                 active.closed.set()
 
+    async def _tape_started(self, call_id: int, kind: str) -> None:
+        """A message's tape has started: the store knows it, should this host die before the tape ends."""
+        if kind != "message":
+            return
+        try:
+            await asyncio.wait_for(self.store.message_started(call_id, time.time()), TAPE_START_WRITE_S)
+        except (StoreError, asyncio.TimeoutError) as exc:
+            log.warning("the message's start could not be stored (%s); the call goes on",
+                        exc or "no answer in time")
+
     async def _end_call(self, call_id: int, disposition: str, ivr_path: Sequence[str], *, started_at: float,
                         at: float | None = None) -> None:
         """The CDR closed, and the call counted."""
         ended_at = time.time() if at is None else at
-        await self.store.end_call(call_id, ended_at, disposition, ivr_path)
+        try:
+            await self.store.end_call(call_id, ended_at, disposition, ivr_path)
+        except Conflict:
+            # This host was silent too long while the call ran, and a survivor closed its CDR as host_lost.
+            log.error("hang-up: %s, but the CDR was closed already (this host was taken over)", disposition)
+            return
         self.metrics.call_ended(disposition, ivr_path)
         log.info("hang-up: %s after %.1f s", disposition, max(0.0, ended_at - started_at),
                  extra={"event": "hangup", "disposition": disposition})
@@ -570,6 +641,7 @@ class Softswitch:
             "recordings_waiting": self.copier.waiting if self.copier else 0,
             "recordings_oldest_wait_s": self.copier.oldest_wait_s() if self.copier else 0.0,
             "sms_waiting": self.sms_sender.waiting if self.sms_sender else 0,
+            "hosts_up": self.cluster.up() if self.cluster is not None else 1,
         }
 
     # -- the admin socket (softswitch.control.admin.Switchboard) -------------
@@ -684,6 +756,7 @@ class Softswitch:
                 "in_service": worker_id in serving,
             } for worker_id, link in sorted(workers.items())],
             "restarts": self.children.restarts(),
+            "cluster": cluster_hosts(self.cluster),
         }
 
 

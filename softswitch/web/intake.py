@@ -120,7 +120,7 @@ def _call(call: CallRecord) -> dict[str, Any]:
     return {"sip_call_id": call.sip_call_id, "from": call.from_uri, "to": call.to_uri, "source": call.source,
             "worker_id": call.worker_id, "arrived_at": call.arrived_at, "answered_at": call.answered_at,
             "ended_at": call.ended_at, "disposition": call.disposition, "ivr_path": list(call.ivr_path),
-            "agent_id": call.agent_id}
+            "agent_id": call.agent_id, "host": call.host}
 
 
 def _case(case: Case) -> dict[str, Any]:

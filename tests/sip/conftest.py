@@ -226,12 +226,13 @@ def _merge(config: dict[str, Any], overrides: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def running_softswitch(base: Path, *, sip_port: int, http_port: int, workers: int, worker_base_port: int,
                        rtp_base_port: int, drain_timeout_s: float = 5, recycle_after_calls: int = 0,
-                       agents: Sequence[tuple[str, str, str]] = (),
+                       agents: Sequence[tuple[str, str, str]] = (), host: str = "127.0.0.1",
                        config_overrides: dict[str, Any] | None = None) -> Iterator[RunningSoftswitch]:
     """A softswitch process with the test configuration; stopped with SIGTERM (drain) at the end.
 
-    `agents` are (id, name, password) triples; `config_overrides` is merged into
-    the YAML configuration last (nested mappings key by key).
+    `agents` are (id, name, password) triples; `host` is the loopback address its front, workers and
+    HTTP server bind; `config_overrides` is merged into the YAML configuration last (nested mappings
+    key by key).
     """
     for tool in ("sipp", "kamailio", "sox", "espeak-ng"):
         _need(tool)
@@ -241,10 +242,10 @@ def running_softswitch(base: Path, *, sip_port: int, http_port: int, workers: in
     config: dict[str, Any] = {
         "data_dir": str(data_dir),
         "drain_timeout_s": drain_timeout_s,
-        "sip": {"port": sip_port, "trunk_allow": [f"{ALLOWED_SOURCE}/32", "::1/128"]},
-        "workers": {"count": workers, "base_port": worker_base_port, "rtp_base_port": rtp_base_port,
+        "sip": {"listen": host, "port": sip_port, "trunk_allow": [f"{ALLOWED_SOURCE}/32", "::1/128"]},
+        "workers": {"count": workers, "host": host, "base_port": worker_base_port, "rtp_base_port": rtp_base_port,
                     "restart_backoff_s": 0.2, "recycle_after_calls": recycle_after_calls},
-        "http": {"port": http_port},
+        "http": {"host": host, "port": http_port},
         "ivr": IVR,
         "prompts": {"override_dir": str(overrides), "cache_dir": str(base / "prompt-cache")},
     }

@@ -25,8 +25,7 @@ from storage.models import Case, PersonId
 from storage.outbox import LOST_ATTEMPT, SmsMessage
 from storage.retention import RetentionWindows, apply, plan
 from storage.store import Store, open_store
-# Two stores on one database (its own connection or pool each), as two hosts: on SQLite, then PostgreSQL.
-from tests.unit.test_store_atomicity import _protector, two_stores  # noqa: F401
+from tests.unit.conftest import store_protector
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
@@ -206,7 +205,7 @@ async def message_case(store: Store, sip_call_id: str = "sms@trunk") -> Case:
 
 @pytest.fixture
 async def setup(tmp_path: Path, gateway: Gateway) -> AsyncIterator[Setup]:
-    async with open_store(tmp_path / "store.db", _protector()) as store:
+    async with open_store(tmp_path / "store.db", store_protector()) as store:
         clock, metrics = Clock(), Metrics(idle_state)
         sender = SmsSender(sms_config(gateway), store.sms, metrics, clock=clock)
         try:
@@ -348,7 +347,7 @@ async def test_a_late_outcome_of_a_lapsed_lease_changes_nothing(setup: Setup) ->
 async def test_the_running_sender_sends_a_queued_message_at_once_and_counts_what_waits(
         tmp_path: Path, gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("DEBUG", logger="softswitch.sms")
-    async with open_store(tmp_path / "store.db", _protector()) as store:
+    async with open_store(tmp_path / "store.db", store_protector()) as store:
         metrics = Metrics(idle_state)
         # Only the wake-up can make it quick; a key in the URL's query is never logged.
         cfg = sms_config(gateway, poll_interval_s=60.0, url=gateway.url + "?key=url-secret-77")

@@ -10,8 +10,6 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
@@ -21,27 +19,15 @@ from storage.crypto import IdProtector
 from storage.models import PersonId
 from storage.store import Store, open_store
 from tests.support.postgres import StoreDatabase
+from tests.unit.conftest import KEY, PEPPER, store_protector
 
 pytestmark = pytest.mark.unit
 
 SUBJECT = "0499370899"
-KEY, PEPPER = bytes(range(32)), b"p" * 32
 PROCESS_TIMEOUT_S = 60.0
 
 REQUEST: dict[str, Any] = {"channel": "sms", "agency": "health", "category": "شکایت", "summary": "نوبت جراحی",
                            "actor": "api:sms-gateway", "window_s": 3600.0}
-
-
-def _protector() -> IdProtector:
-    return IdProtector({"k1": KEY}, "k1", PEPPER)
-
-
-@pytest.fixture
-async def two_stores(store_database: StoreDatabase) -> AsyncIterator[tuple[Store, Store]]:
-    async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(open_store(store_database.target, _protector()))
-        second = await stack.enter_async_context(open_store(store_database.target, _protector()))
-        yield first, second
 
 
 async def test_same_request_on_two_hosts_opens_one_case(
