@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from softswitch import protocol
-from softswitch.config import Config, load_config
+from softswitch.config import Config
 from softswitch.control.process import Softswitch
 from storage.crypto import IdProtector
 from storage.store import open_store

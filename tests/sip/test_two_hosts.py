@@ -33,7 +33,7 @@ import pytest
 from tests.sip.conftest import RunningSoftswitch, espeak_wav, running_softswitch
 from tests.sip.test_recorded_message import keyed_id_then_message
 from tests.support.postgres import PostgresServer, StoreDatabase
-from tests.support.sipp import SippResult, SippRun, caller_scenario
+from tests.support.sipp import SippRun, caller_scenario
 
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(170)]
 

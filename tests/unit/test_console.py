@@ -23,7 +23,6 @@ from softswitch.domain.persian import jalali_datetime
 from softswitch.domain.tracking_code import verhoeff_check_digit
 from softswitch.web.console import ERRORS, ReasonRequired, add_console_routes
 from softswitch.web.sessions import install_sessions
-from storage.store import Store
 from softswitch.web.sessions import jalali_date_text
 from storage.crypto import IdProtector
 from storage.models import PersonId

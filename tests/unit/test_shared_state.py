@@ -7,8 +7,6 @@ pool); closing a store and opening another is a restart.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any
 
@@ -17,25 +15,18 @@ import pytest
 from softswitch.config import AgentAccount, AgentsConfig, QueueConfig
 from softswitch.domain.acd import TEHRAN, Acd, DayFact
 from storage import counters, web_sessions
-from storage.crypto import IdProtector
 from storage.store import Store, open_store
 from tests.support.postgres import StoreDatabase
+from tests.unit.conftest import store_protector
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
 IDLE_S, LIFETIME_S = 3600.0, 8 * 3600.0
 
 
-def _protector() -> IdProtector:
-    return IdProtector({"k1": bytes(range(32))}, "k1", b"p" * 32)
-
-
 @pytest.fixture
-async def two_hosts(store_database: StoreDatabase) -> AsyncIterator[tuple[Store, Store]]:
-    async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(open_store(store_database.target, _protector()))
-        second = await stack.enter_async_context(open_store(store_database.target, _protector()))
-        yield first, second
+def two_hosts(two_stores: tuple[Store, Store]) -> tuple[Store, Store]:
+    return two_stores
 
 
 # -- sessions ------------------------------------------------------------------------------------
@@ -58,10 +49,10 @@ async def test_a_session_opened_on_one_host_works_on_the_other_and_ends_on_both(
 
 
 async def test_a_session_survives_a_restart(store_database: StoreDatabase) -> None:
-    async with open_store(store_database.target, _protector()) as store:
+    async with open_store(store_database.target, store_protector()) as store:
         token, opened = await store.sessions.open("agency_user", "health/u1", now=10.0, lifetime_s=LIFETIME_S,
                                                   idle_s=IDLE_S)
-    async with open_store(store_database.target, _protector()) as restarted:
+    async with open_store(store_database.target, store_protector()) as restarted:
         assert await restarted.sessions.find(token, now=20.0, idle_s=IDLE_S) == opened
 
 
@@ -171,7 +162,7 @@ async def _a_morning(acd: Acd, clocks: Clocks) -> None:
 
 async def test_the_day_after_a_restart_is_the_day_before_it(store_database: StoreDatabase) -> None:
     clocks = Clocks()
-    async with open_store(store_database.target, _protector()) as store:
+    async with open_store(store_database.target, store_protector()) as store:
         written: list[asyncio.Task[None]] = []
         acd = _acd(clocks, lambda fact: written.append(asyncio.ensure_future(store.acd_days.add("host-a", fact))))
         await _a_morning(acd, clocks)
@@ -180,7 +171,7 @@ async def test_the_day_after_a_restart_is_the_day_before_it(store_database: Stor
         before = acd.snapshot()
         acd.close()
     assert before["today"]["answered"] == 3 and before["today"]["service_level"] == pytest.approx(2 / 3)
-    async with open_store(store_database.target, _protector()) as restarted:
+    async with open_store(store_database.target, store_protector()) as restarted:
         again = _acd(clocks)
         facts = await restarted.acd_days.since("host-a", clocks.wall - 86400.0)
         assert again.restore(facts) == len(facts) == 3 * 3 + 2 * 2 + 1

@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 
 import storage.store
-from storage.crypto import IdProtector
 from storage.models import PersonId
-from storage.store import Store, open_store
+from storage.store import Store
 from tests.support.postgres import StoreDatabase
-from tests.unit.conftest import KEY, PEPPER, store_protector
+from tests.unit.conftest import KEY, PEPPER
 
 pytestmark = pytest.mark.unit
 
