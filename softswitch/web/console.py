@@ -148,6 +148,7 @@ ERRORS = {
     "not_supervisor": "این صفحه فقط برای سرپرستان است.",
     "unknown_agent": "این کارشناس در سامانه توزیع تماس تعریف نشده است.",
     "transition": "این تغییر وضعیت اکنون ممکن نیست.",
+    "monitoring_not_ready": "تا وقتی شنود می‌کنید نمی‌توانید آماده پاسخ‌گویی شوید؛ ابتدا شنود را پایان دهید.",
     "pause_reason": "علت مکث نامعتبر است.",
     "not_your_call": "این تماس به شما مربوط نیست.",
     "no_such_case": "پرونده‌ای با این کد پیگیری پیدا نشد.",
@@ -322,6 +323,9 @@ class _Console(SessionPages):
                 case "logout":
                     acd.logout(account.id)
                 case "ready":
+                    if self.desk.monitoring(account.id) is not None:
+                        # The queue would ring the phone that is listening in on another call.
+                        raise page_error(web.HTTPConflict, "monitoring_not_ready", ERRORS)
                     acd.set_ready(account.id)
                 case "pause":
                     reason = body.get("reason", "break")

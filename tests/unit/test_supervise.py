@@ -205,6 +205,10 @@ async def test_the_monitor_api_checks_who_asks_and_answers_in_persian(
     status, body = await _api(client, "/supervisor/api/monitor", token, {"call_key": CALL_KEY, "mode": "whisper"})
     assert status == 200 and body["monitor"] == {"call_key": CALL_KEY, "agent_id": AGENT, "mode": "whisper",
                                                  "state": "joined"}
+    # While listening in, not ready for the queue: it would ring the phone on the monitored call.
+    status, body = await _api(client, "/console/api/agent/ready", token)
+    assert status == 409 and body["error"] == ERRORS["monitoring_not_ready"]
+    assert fake.acd.agent(SUPERVISOR).state.value != "ready"
     async with client.get("/supervisor/events") as events:
         assert (await _next_data(events))["monitor"]["mode"] == "whisper"
         assert (await client.delete("/supervisor/api/monitor")).status == 403  # no CSRF token
