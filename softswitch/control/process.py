@@ -278,7 +278,7 @@ class Softswitch:
         self.store = store
         store.observe = self.metrics.store_operation
         # The day's queue figures are this host's; the facts are kept so that a restart shows them again.
-        self.day_journal = DayJournal(store.acd_days, cfg.recordings_store.host_name)
+        self.day_journal = DayJournal(store.acd_days, self.host)
         self.day_journal.start()
         self.acd = Acd(cfg.agents, cfg.queue, journal=self.day_journal.record)
         self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept,
