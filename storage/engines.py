@@ -14,6 +14,7 @@ import functools
 import os
 import re
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext, suppress
@@ -209,11 +210,27 @@ class SqliteEngine(_SqliteExecutor, Engine):
                 await self._db.execute("COMMIT")
 
 
+async def _switch_to_wal(db: aiosqlite.Connection) -> sqlite3.Row | None:
+    """Switching a new file to WAL needs its exclusive lock, and SQLite answers "database is locked"
+    at once, without its busy handler, while another connection holds any lock on it (hosts or
+    processes opening a fresh store together). Retried for as long as the busy timeout allows."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            async with db.execute("PRAGMA journal_mode = WAL") as cursor:
+                row: sqlite3.Row | None = await cursor.fetchone()
+                return row
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 async def _configure_sqlite(db: aiosqlite.Connection) -> None:
-    # busy_timeout first: switching to WAL needs a lock another process may hold.
     await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    async with db.execute("PRAGMA journal_mode = WAL") as cursor:
-        row = await cursor.fetchone()
+    row = await _switch_to_wal(db)
     # SQLite silently keeps the old mode where WAL is unsupported (e.g. some network filesystems).
     mode = None if row is None else str(row[0]).lower()
     if mode != "wal":
