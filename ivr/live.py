@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from ivr.channel import CallEnded, Leg, LiveChannel, RecordingResult
 from softswitch.config import QueueConfig
-from softswitch.domain.acd import Acd, AgentStatus, QueueEntry
+from softswitch.domain.acd import Acd, AgentStatus, QueueEntry, mask_number
 from softswitch.domain.tracking_code import code_tail
 
 log = logging.getLogger("ivr.live")
@@ -75,6 +75,7 @@ class LiveService:
     queue: QueueConfig
     ring_timeout_s: float
     agent_uri: Callable[[str], str]
+    host: str = ""  # this host's cluster name: whose calls a replicated queue's entries are
 
 
 def wait_prompts(prompts: Prompts, position: int, estimate_s: float, offer: bool) -> list[Path]:
@@ -143,19 +144,21 @@ class LiveCall:
             log.info("queue refused (%s)", reason, extra={"event": "queue_refused", "reason": reason})
             await self.channel.play([self.prompts.path("live_unavailable")])
             return LiveResult("to_message")
-        self.entry = acd.join(self.key, caller_number)
+        # The queue (replicated: every host's database rows) keeps only the masked number it shows.
+        self.entry = await acd.submit("join", key=self.key, caller_number=mask_number(caller_number),
+                                      host=self.live.host)
         try:
             return await self._wait()
         except CallEnded:
-            self._leave("abandoned")
+            await self._leave("abandoned")
             raise
         finally:
-            self._leave("error")
+            await self._leave("error")
 
-    def _leave(self, reason: str) -> None:
+    async def _leave(self, reason: str) -> None:
         if self.entry is not None:
-            self.live.acd.leave(self.entry, reason)
-            self.entry = None
+            entry, self.entry = self.entry, None
+            await self.live.acd.submit("leave", key=entry.key, reason=reason)
 
     async def _wait(self) -> LiveResult:
         acd, cfg = self.live.acd, self.live.queue
@@ -179,7 +182,7 @@ class LiveCall:
                     await self.player.play_until([self.prompts.path("hold_music")], agent_task,
                                                  timeout_s=max(0.1, next_announce - _now()))
                 if self.player.take_digit() == cfg.overflow_key:
-                    self._leave("to_message")
+                    await self._leave("to_message")
                     return LiveResult("to_message")
                 if agent_task.done():
                     agent = agent_task.result()
@@ -210,13 +213,13 @@ class LiveCall:
             await _drop(leg)
             live.desk.withdraw(self.key, agent.id)
             if leg.end_status == 503:  # our worker had no slot for the leg: not the agent's fault
-                live.acd.dial_failed(entry, agent.id)
+                await live.acd.submit("dial_failed", key=entry.key, agent_id=agent.id)
             else:
                 log.info("agent %s did not answer (%s)", agent.id, leg.end_status or "timeout",
                          extra={"event": "agent_no_answer", "agent": agent.id})
-                live.acd.no_answer(entry, agent.id)
+                await live.acd.submit("no_answer", key=entry.key, agent_id=agent.id)
             return None
-        live.acd.connected(entry, agent.id)
+        await live.acd.submit("connected", key=entry.key, agent_id=agent.id)
         self.entry = None
         return await self._converse(agent.id, leg)
 
@@ -240,7 +243,7 @@ class LiveCall:
         finally:
             # Either side hanging up ends the other leg.
             await _drop(leg)
-            live.acd.call_ended(agent_id)
+            await live.acd.submit("call_ended", agent_id=agent_id)
             tracking_code = await live.desk.finished(self.key, agent_id, conversation)
             log.info("conversation with agent %s over, ended on the %s leg%s", agent_id,
                      "caller's" if channel.ended else "agent's",
@@ -252,7 +255,7 @@ class LiveCall:
             # of theirs. The caller is told, and keeps the case the call became.
             log.warning("lost agent %s mid-call", agent_id, extra={"event": "agent_lost", "agent": agent_id})
             with contextlib.suppress(ValueError):
-                live.acd.pause(agent_id, "agent_lost")
+                await live.acd.submit("pause", agent_id=agent_id, reason="agent_lost")
             return LiveResult("agent_lost", agent_id, conversation, tracking_code)
         return LiveResult("handled", agent_id, conversation, tracking_code)
 

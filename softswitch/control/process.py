@@ -311,7 +311,8 @@ class Softswitch:
         cfg = self.config
         if not cfg.agents.accounts:
             return None
-        service = LiveService(self.acd, self.desk, cfg.queue, cfg.agents.ring_timeout_s, agent_uri=self._agent_uri)
+        service = LiveService(self.acd, self.desk, cfg.queue, cfg.agents.ring_timeout_s, agent_uri=self._agent_uri,
+                              host=self.host)
         return Live(service, OfficeHours.from_config(cfg.office_hours))
 
     def _start_children(self, plan: WorkerPlan) -> None:
@@ -444,8 +445,10 @@ class Softswitch:
         failing = False
         while True:
             try:
-                self.acd.set_registered(await self.store.registered_sip_users(time.time()) if shared
-                                        else await self.front.registered_users())
+                registered = (await self.store.registered_sip_users(time.time()) if shared
+                              else await self.front.registered_users())
+                if self.acd.registration_changes(registered):
+                    await self.acd.submit("set_registered", agent_ids=sorted(registered))
                 failing = False
             except (sipfront.FrontRpcError, StoreError) as exc:
                 if not failing:
@@ -586,7 +589,7 @@ class Softswitch:
                 self.desk.track(handle, call_id, flow.caller_number, session)
                 await flow.run()
                 if session.message is not None and session.tracking_code is not None:
-                    self.acd.count_recorded()
+                    await self.acd.submit("count_recorded")
             elif not call.ended:
                 log.warning("%s: not confirmed within %.1fs", handle, self.config.ivr.answer_timeout_s)
         finally:

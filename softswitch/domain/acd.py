@@ -25,6 +25,13 @@ Choices worth knowing:
   agents (logged in and not paused, at least 1). No credit is taken for the
   time agents have already spent on their current calls, and the head of the
   queue is estimated at 0 s.
+- Changes go through ``submit(name, **args)``: here it applies the change at
+  once. A replicated ACD (``softswitch.control.shared_acd``) first orders each
+  change through the database and every host applies the same changes in the
+  same order, each at the time the database gave it, so that every host holds
+  the same queue and agent states. The changes are the methods named in
+  ``CHANGES``, with queue entries named by their call's key; each one's checks
+  depend only on the state, so a change refused on one host is refused on all.
 - The day's figures are counted by the local date (``tz``) of the moment a
   thing happens and start again at local midnight. Each thing counted is a
   ``DayFact`` handed to ``journal`` as it is counted; ``restore`` replays the
@@ -119,6 +126,14 @@ NOT_REGISTERED = "not_registered"  # the pause of an agent whose phone the front
 STAFFED = frozenset({AgentState.READY, AgentState.RINGING, AgentState.ON_CALL, AgentState.WRAP_UP})
 
 
+# What ``submit`` and ``apply`` accept: the changes of state, by method name. Those in
+# ``ENTRY_CHANGES`` name their queue entry by its ``key``.
+CHANGES = frozenset({"login", "logout", "set_ready", "pause", "set_registered", "join", "offer", "no_answer",
+                     "dial_failed", "connected", "call_ended", "end_wrap_up", "leave", "count_recorded",
+                     "host_lost"})
+ENTRY_CHANGES = frozenset({"offer", "no_answer", "dial_failed", "connected", "leave"})
+
+
 class NotQueued(LookupError):
     """The entry is not (or no longer) in the queue: it was connected or left."""
 
@@ -155,6 +170,7 @@ class QueueEntry:
     offered_to: str | None = None  # agent being rung for this caller
     tried: set[str] = field(default_factory=set)  # agents whose dial failed for this caller
     last_dial_failure: float = 0.0  # monotonic
+    host: str = ""  # the host whose media worker holds the call (a replicated ACD's)
 
 
 @dataclass
@@ -163,6 +179,7 @@ class _Agent:
     since: float = 0.0  # monotonic twin of status.since_wall
     connected_at: float = 0.0  # monotonic; start of the current call, for its handling time
     wrap_up: asyncio.TimerHandle | None = None
+    call_host: str = ""  # the host of the call it rings for, talks on or wraps up
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +235,12 @@ class _Day:
                 raise ValueError(f"no day figure counts {fact.kind!r}")
 
 
+# What export_state keeps of an agent's status (beside its state) and of a queue entry (beside its tried set).
+_STATUS_FIELDS = ("since_wall", "idle_since", "pause_reason", "pause_requested", "call_key", "answered_today",
+                  "registered")
+_ENTRY_FIELDS = ("key", "caller_number", "joined", "joined_wall", "offered_to", "last_dial_failure", "host")
+
+
 def mask_number(number: str) -> str:
     """Every character but the last four replaced by ``*``; four or fewer are hidden entirely."""
     if len(number) <= 4:
@@ -234,8 +257,9 @@ class Acd:
                  journal: Callable[[DayFact], None] = lambda fact: None) -> None:
         self._agents_cfg = agents
         self._queue_cfg = queue
-        self._clock = clock
-        self._wall = wall
+        self._clock_source = clock
+        self._wall_source = wall
+        self._at: float | None = None  # while applying a change ordered elsewhere: the time it was given
         self._tz = tz
         self._dial_retry_s = dial_retry_s
         self._journal = journal
@@ -250,6 +274,41 @@ class Acd:
         self._seq = 0
         self._change: asyncio.Future[None] | None = None
 
+    # -- changes -----------------------------------------------------------------
+
+    async def submit(self, name: str, **args: Any) -> Any:
+        """Make one change (a method of ``CHANGES``) and return its result. Here it is applied at
+        once; a replicated ACD orders it among every host's changes first. Its errors are the method's."""
+        return self.apply(name, args)
+
+    def apply(self, name: str, args: dict[str, Any], at: float | None = None) -> Any:
+        """Apply one change; ``at``: the wall time it was ordered at, which it then happens at."""
+        if name not in CHANGES:
+            raise ValueError(f"no ACD change is called {name!r}")
+        args = dict(args)
+        if name in ENTRY_CHANGES:
+            key = args.pop("key")
+            entry = self._entry(key)
+            if entry is None:
+                if name == "leave":
+                    return None  # gone already: leave has no effect
+                raise NotQueued(key)
+            args["entry"] = entry
+        self._at = at
+        try:
+            return getattr(self, name)(**args)
+        finally:
+            self._at = None
+
+    def _clock(self) -> float:
+        return self._clock_source() if self._at is None else self._at
+
+    def _wall(self) -> float:
+        return self._wall_source() if self._at is None else self._at
+
+    def _entry(self, key: str) -> QueueEntry | None:
+        return next((e for e in self._queue if e.key == key), None)
+
     # -- agents (the console) --------------------------------------------------
 
     def login(self, agent_id: str) -> None:
@@ -260,9 +319,15 @@ class Acd:
             if agent.status.registered is False:
                 self._set_state(agent, AgentState.PAUSED, pause_reason=NOT_REGISTERED)
 
-    def set_registered(self, agent_ids: set[str]) -> None:
+    def registration_changes(self, agent_ids: Iterable[str]) -> bool:
+        """Whether ``set_registered(agent_ids)`` would change anything."""
+        registered = set(agent_ids)
+        return any(a.status.registered is not (a.status.id in registered) for a in self._agents.values())
+
+    def set_registered(self, agent_ids: Iterable[str]) -> None:
         """What the SIP front says: which agents have a phone registered. One without cannot take calls:
         it is paused (``not_registered``, after its current call) and made ready again once its phone is back."""
+        agent_ids = set(agent_ids)
         for agent in self._agents.values():
             status = agent.status
             registered = status.id in agent_ids
@@ -353,11 +418,11 @@ class Acd:
             return "estimated_wait"
         return None
 
-    def join(self, key: str, caller_number: str) -> QueueEntry:
+    def join(self, key: str, caller_number: str, host: str = "") -> QueueEntry:
         """Append a caller; ``overflow_reason()`` is the gate, join itself refuses only a key already queued."""
-        if any(e.key == key for e in self._queue):
+        if self._entry(key) is not None:
             raise ValueError(f"call {key!r} is already queued")
-        entry = QueueEntry(key, caller_number, self._clock(), self._wall())
+        entry = QueueEntry(key, caller_number, self._clock(), self._wall(), host=host)
         self._queue.append(entry)
         self._count(DayFact("offered", entry.joined_wall))
         log.info("queue: joined at position %d", len(self._queue),
@@ -399,10 +464,27 @@ class Acd:
                 raise ValueError(f"call {entry.key!r} is already being offered to {entry.offered_to!r}")
             agent, retry_in = self._pick(entry)
             if agent is not None:
-                entry.offered_to = agent.status.id
-                self._set_state(agent, AgentState.RINGING, call_key=entry.key)
-                return dataclasses.replace(agent.status)
+                reserved: AgentStatus | None = await self.submit("offer", key=entry.key, agent_id=agent.status.id)
+                if reserved is not None:
+                    return reserved
+                continue  # another host's change came first: look again
             await self._next_change(retry_in)
+
+    def offer(self, entry: QueueEntry, agent_id: str) -> AgentStatus | None:
+        """Reserve the agent (RINGING) for this caller if it still may take it: the agent is READY and every
+        caller ahead is being offered one. None if not (another change came first). ``next_agent``'s step."""
+        agent = self._get(agent_id)
+        if entry.offered_to is not None:
+            raise ValueError(f"call {entry.key!r} is already being offered to {entry.offered_to!r}")
+        ahead = self._queue[:self.position(entry) - 1]
+        if agent.status.state is not AgentState.READY or any(e.offered_to is None for e in ahead):
+            return None
+        if agent_id in entry.tried:
+            entry.tried.clear()  # its retry time had come where the offer was chosen
+        entry.offered_to = agent_id
+        agent.call_host = entry.host
+        self._set_state(agent, AgentState.RINGING, call_key=entry.key)
+        return dataclasses.replace(agent.status)
 
     def no_answer(self, entry: QueueEntry, agent_id: str) -> None:
         """The agent let the ring time out: PAUSED ("no_answer"); the caller keeps its place."""
@@ -444,7 +526,7 @@ class Acd:
             self._set_state(agent, AgentState.PAUSED, pause_reason=agent.status.pause_requested)
         elif wrap_up_s > 0:
             self._set_state(agent, AgentState.WRAP_UP)
-            agent.wrap_up = asyncio.get_running_loop().call_later(wrap_up_s, self._end_wrap_up, agent)
+            self._start_wrap_up(agent, wrap_up_s)
         else:
             self._set_state(agent, AgentState.READY)
         self._publish_today()
@@ -465,6 +547,23 @@ class Acd:
                  extra={"event": "queue_leave", "reason": reason, "waited_s": self._clock() - entry.joined})
         self._publish_queue("left", entry, reason=reason)
         self._publish_today()
+
+    def end_wrap_up(self, agent_id: str, since: float) -> None:
+        """The wrap-up the agent began at ``since`` is over: READY. No effect once it has left that wrap-up."""
+        agent = self._get(agent_id)
+        if agent.status.state is AgentState.WRAP_UP and agent.since == since:
+            self._set_state(agent, AgentState.READY)
+
+    def host_lost(self, host: str) -> int:
+        """Every call of ``host`` is gone with it: its callers leave the queue (``host_lost``) and agents
+        ringing for, talking to or wrapping up one of its calls are free again. How many callers left."""
+        gone = [e for e in self._queue if e.host == host]
+        for entry in gone:
+            self.leave(entry, "host_lost")
+        for agent in self._agents.values():
+            if agent.call_host == host and agent.status.state in (AgentState.ON_CALL, AgentState.WRAP_UP):
+                self._release(agent)
+        return len(gone)
 
     def count_recorded(self) -> None:
         """A recorded-message call was completed."""
@@ -518,6 +617,36 @@ class Acd:
             "today": self._today_dict(day),
         }
 
+    def export_state(self) -> dict[str, Any]:
+        """Everything the changes have made, JSON-serialisable: what a replica starts from (``load_state``)."""
+        return {
+            "agents": {agent_id: {**{f: getattr(a.status, f) for f in _STATUS_FIELDS}, "state": a.status.state.value,
+                                  "since": a.since, "connected_at": a.connected_at, "call_host": a.call_host}
+                       for agent_id, a in self._agents.items()},
+            "queue": [{**{f: getattr(e, f) for f in _ENTRY_FIELDS}, "tried": sorted(e.tried)} for e in self._queue],
+            "handle_times": list(self._handle_times),
+            "day": {**dataclasses.asdict(self._day), "day": self._day.day.isoformat()},
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take the state another replica exported. Agents no longer configured are left out, new ones
+        start logged out; wrap-up timers are not restarted (their host ends them, or its takeover)."""
+        self.close()
+        for agent_id, saved in state["agents"].items():
+            agent = self._agents.get(agent_id)
+            if agent is None:
+                continue
+            for name in _STATUS_FIELDS:
+                setattr(agent.status, name, saved[name])
+            agent.status.state = AgentState(saved["state"])
+            agent.since, agent.connected_at, agent.call_host = saved["since"], saved["connected_at"], saved["call_host"]
+        self._queue = [QueueEntry(**{**saved, "tried": set(saved["tried"])}) for saved in state["queue"]]
+        self._handle_times.clear()
+        self._handle_times.extend(state["handle_times"])
+        self._day = _Day(**{**state["day"], "day": date.fromisoformat(state["day"]["day"])})
+        self._roll_day()
+        self._publish_today()
+
     def close(self) -> None:
         """Cancel the wrap-up timers; agents in WRAP_UP stay there."""
         for agent in self._agents.values():
@@ -566,10 +695,14 @@ class Acd:
         else:
             self._set_state(agent, AgentState.READY, keep_idle=True)
 
-    def _end_wrap_up(self, agent: _Agent) -> None:
-        agent.wrap_up = None
-        if agent.status.state is AgentState.WRAP_UP:
-            self._set_state(agent, AgentState.READY)
+    def _start_wrap_up(self, agent: _Agent, seconds: float) -> None:
+        agent.wrap_up = asyncio.get_running_loop().call_later(seconds, self._wrap_up_over, agent.status.id,
+                                                              agent.since)
+
+    def _wrap_up_over(self, agent_id: str, since: float) -> None:
+        """The wrap-up timer fired."""
+        self._agents[agent_id].wrap_up = None
+        self.end_wrap_up(agent_id, since)
 
     def _offered(self, entry: QueueEntry, agent_id: str) -> _Agent:
         """The agent, checked to be ringing for this queued caller."""

@@ -201,7 +201,7 @@ class _Console(SessionPages):
     async def logged_out(self, login_id: str) -> None:
         # An agent who leaves the console should not be rung any more; on a call the ACD refuses.
         with contextlib.suppress(KeyError, ValueError):
-            self.desk.acd.logout(login_id)
+            await self.desk.acd.submit("logout", agent_id=login_id)
 
     async def account(self, request: web.Request) -> tuple[AgentAccount | None, WebSession | None]:
         agent_id, session = await self.signed_in(request)
@@ -319,19 +319,19 @@ class _Console(SessionPages):
         try:
             match action:
                 case "login":
-                    acd.login(account.id)
+                    await acd.submit("login", agent_id=account.id)
                 case "logout":
-                    acd.logout(account.id)
+                    await acd.submit("logout", agent_id=account.id)
                 case "ready":
                     if self.desk.monitoring(account.id) is not None:
                         # The queue would ring the phone that is listening in on another call.
                         raise page_error(web.HTTPConflict, "monitoring_not_ready", ERRORS)
-                    acd.set_ready(account.id)
+                    await acd.submit("set_ready", agent_id=account.id)
                 case "pause":
                     reason = body.get("reason", "break")
                     if reason not in PAUSE_CHOICES:
                         raise page_error(web.HTTPBadRequest, "pause_reason", ERRORS)
-                    acd.pause(account.id, reason)
+                    await acd.submit("pause", agent_id=account.id, reason=reason)
                 case _:
                     raise page_error(web.HTTPNotFound, "bad_request", ERRORS)
         except KeyError:
