@@ -16,7 +16,7 @@ import re
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -85,12 +85,21 @@ class Transaction(Executor):
     async def lock(self, key: str) -> None:
         """Wait until no other transaction (of any process or host) holds ``key``, then hold it until commit."""
 
+    async def notify(self, channel: str) -> None:
+        """Wake the listeners of ``channel`` (``Engine.listen``) once this transaction commits."""
+
 
 class Engine(Executor):
     """One database: statements outside a transaction each commit on their own."""
 
     # Where the database is, for messages: a path, or the URL without its password.
     location: str
+
+    @asynccontextmanager
+    async def listen(self, channel: str, callback: Callable[[], None]) -> AsyncIterator[bool]:
+        """While the block runs, ``callback()`` follows each committed ``Transaction.notify(channel)``, from
+        any process or host. Yields False where the engine has no such thing (SQLite): poll instead."""
+        yield False
 
 
 # -- SQLite -----------------------------------------------------------------------------------------------
@@ -380,6 +389,9 @@ class PostgresTransaction(_PostgresExecutor, Transaction):
         # A transaction-level advisory lock: released by COMMIT or ROLLBACK, also when the connection drops.
         await self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
 
+    async def notify(self, channel: str) -> None:
+        await self.execute("SELECT pg_notify(?, '')", (channel,))
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         # Nested, asyncpg's transaction is a savepoint. A failed statement spoils the whole transaction
@@ -396,6 +408,23 @@ class PostgresEngine(_PostgresExecutor, Engine):
         super().__init__(pool, location)
         self._pool = pool
         self.location = location
+
+    @asynccontextmanager
+    async def listen(self, channel: str, callback: Callable[[], None]) -> AsyncIterator[bool]:
+        # A connection of its own, held for as long as the block runs: LISTEN belongs to a session.
+        with _postgres_errors(self.location):
+            conn = await self._pool.acquire()
+        def heard(*_: Any) -> None:
+            callback()
+
+        try:
+            with _postgres_errors(self.location):
+                await conn.add_listener(channel, heard)
+            yield True
+        finally:
+            with suppress(asyncpg.InterfaceError, *_UNREACHABLE):
+                await conn.remove_listener(channel, heard)
+            await self._pool.release(conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

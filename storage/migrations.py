@@ -327,6 +327,31 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX calls_unfinished_by_host ON calls (host) WHERE ended_at IS NULL",
         ),
     ),
+    Migration(
+        version=10,
+        description="one queue for every host: the ACD's changes in their one order, and its snapshots",
+        statements=(
+            # A replicated ACD's changes (storage.acd_changes): name is an ACD method, args its JSON
+            # arguments (a caller's number only masked). Appended under one lock, so ids are commit order.
+            """
+            CREATE TABLE acd_changes (
+                id   INTEGER PRIMARY KEY,
+                at   REAL NOT NULL,
+                host TEXT NOT NULL,
+                name TEXT NOT NULL,
+                args TEXT NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE acd_snapshots (
+                id        INTEGER PRIMARY KEY,
+                change_id INTEGER NOT NULL,
+                at        REAL NOT NULL,
+                state     TEXT NOT NULL
+            )
+            """,
+        ),
+    ),
 ]
 
 

@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 
 from softswitch.domain.cases import CASE_STATUSES, ID_STATUSES, arrival_status
 from softswitch.domain.tracking_code import new_tracking_code
+from storage.acd_changes import AcdChanges
 from storage.acd_days import AcdDayEvents
 from storage.counters import WindowCounters
 from storage.crypto import IdProtector
-from storage.engines import Executor, Row, open_engine
+from storage.engines import Engine, Executor, Row, open_engine
 from storage.errors import Conflict, ForeignKeyViolation, NotFound, StoreError, UniqueViolation
 from storage.migrations import migrate
 from storage.models import (CallRecord, Case, CaseEvent, HostRecord, IntakeResult, PersonId, Rating, Recording,
@@ -177,6 +178,12 @@ class Store:
         self.sessions = WebSessions(db)
         self.counters = WindowCounters(db)
         self.acd_days = AcdDayEvents(db)
+
+    @property
+    def acd_changes(self) -> AcdChanges:
+        """The replicated ACD's order of changes (needs the store itself, not a transaction of it)."""
+        assert isinstance(self._db, Engine)
+        return AcdChanges(self._db)
 
     @property
     def sms(self) -> SmsOutbox:

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from media.wavfile import sha256_file
@@ -41,7 +41,7 @@ class ClusterMember:
     """This host's heartbeat and the watch over the others (two small tasks of the control loop)."""
 
     def __init__(self, store: Store, settings: ClusterConfig, recordings_dir: Path, shared_dir: Path | None,
-                 shared_folder: str | None, *, taken_over: Callable[[TakeOver], None]) -> None:
+                 shared_folder: str | None, *, taken_over: Callable[[TakeOver], Awaitable[None]]) -> None:
         self.store = store
         self.settings = settings
         self.name = settings.host_name
@@ -135,7 +135,7 @@ class ClusterMember:
         done = await self.store.take_over(host.name, self.name, self.settings.host_timeout_s)
         if done is None:
             return  # alive again, or another survivor has it
-        self.taken_over(done)
+        await self.taken_over(done)
         log.warning("host %s silent for %.1f s: took it over, %d calls closed as host_lost, %d cut messages "
                     "made cases", host.name, done.host.silent_s, len(done.calls_closed), len(done.cases_opened),
                     extra={"event": "host_taken_over", "host": host.name, "calls": len(done.calls_closed)})

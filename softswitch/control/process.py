@@ -44,6 +44,7 @@ from softswitch.control.recording_copy import RecordingCopier
 from softswitch.control.processes import ExecChild, ProcessSupervisor, stop_leftovers, worker_command
 from softswitch.control.retention import RetentionJob
 from softswitch.control.sms import SmsSender, StoreSmsRequests
+from softswitch.control.shared_acd import ReplicatedAcd
 from softswitch.control.routing import Accept, CallFacts, Reject, caller_number, dialled_number, route
 from softswitch.domain.acd import Acd, mask_number
 from softswitch.domain.office_hours import OfficeHours
@@ -52,7 +53,7 @@ from softswitch.worker.engine import EngineInfo, probe
 from softswitch.worker.settings import WorkerSettings
 from storage.crypto import IdProtector
 from storage.errors import Conflict, NotFound, StoreError
-from storage.models import CallRecord, HostRecord, PersonId, Recording
+from storage.models import CallRecord, HostRecord, PersonId, Recording, TakeOver
 from storage.reports import rating_day
 from storage.store import Store, open_store
 
@@ -205,7 +206,10 @@ class Softswitch:
         protector = IdProtector.from_key_file(cfg.under_data(cfg.security.id_key_file))
         async with open_store(cfg.store_target, protector) as store:
             self.use_store(store)
-            await self.day_journal.restore(self.acd)
+            if isinstance(self.acd, ReplicatedAcd):
+                await self.acd.start()  # the shared queue as the other hosts have it (their day included)
+            else:
+                await self.day_journal.restore(self.acd)
             before = await self._join_cluster(store)
             await self._close_orphaned_calls()
             if before is not None and before.taken_over_by is not None:
@@ -260,12 +264,19 @@ class Softswitch:
             return None
         shared = cfg.recordings_store
         self.cluster = ClusterMember(store, cfg.cluster, cfg.recordings_path, shared.shared_dir,
-                                     shared.host_name, taken_over=lambda _: self.metrics.host_taken_over())
+                                     shared.host_name, taken_over=self._host_taken_over)
         before = await self.cluster.join()
         self.cluster.start()
         log.info("cluster: host %s on the shared store, a heartbeat every %g s; a host silent for %g s is "
                  "taken over", self.host, cfg.cluster.heartbeat_s, cfg.cluster.host_timeout_s)
         return before
+
+    async def _host_taken_over(self, done: TakeOver) -> None:
+        """This host took a dead one over: counted, and its callers and agents are freed in the shared queue."""
+        self.metrics.host_taken_over()
+        if isinstance(self.acd, ReplicatedAcd):
+            gone = await self.acd.take_over(done.host.name)
+            log.warning("host %s: %d of its callers left the shared queue", done.host.name, gone)
 
     def _recording_kept(self, recording: Recording) -> None:
         """A recording's row is stored, its tape closed: on to the shared directory, if there is one."""
@@ -277,10 +288,12 @@ class Softswitch:
         cfg = self.config
         self.store = store
         store.observe = self.metrics.store_operation
-        # The day's queue figures are this host's; the facts are kept so that a restart shows them again.
+        # The facts the day's queue figures count are kept, by host, so that a restart shows them again.
         self.day_journal = DayJournal(store.acd_days, self.host)
         self.day_journal.start()
-        self.acd = Acd(cfg.agents, cfg.queue, journal=self.day_journal.record)
+        # On PostgreSQL every host's queue is one: the ACD is replicated through the store.
+        self.acd = (ReplicatedAcd(cfg.agents, cfg.queue, store.acd_changes, self.host, journal=self.day_journal.record)
+                    if cfg.database_url is not None else Acd(cfg.agents, cfg.queue, journal=self.day_journal.record))
         self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept,
                                 agent_uri=self._agent_uri)
         self.live = self._live_mode()
@@ -738,6 +751,9 @@ class Softswitch:
         complete = expected is not None and len(serving) >= expected and len(self.greeted) >= expected
         # Troubles that do not keep calls out (they are kept locally meanwhile): degraded, still HTTP 200.
         warnings = self.copier.problems() if self.copier is not None else []
+        acd = getattr(self, "acd", None)
+        if isinstance(acd, ReplicatedAcd) and acd.problem is not None:
+            warnings.append(f"the shared queue is not followed: {acd.problem}")
         if complete:
             self.started = True
         if self.draining:

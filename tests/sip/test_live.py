@@ -78,12 +78,12 @@ def tone_share(pcm: bytes, hz: float) -> float:
 
 
 def caller_through_ivr(caller: Softphone, front_port: int = SIP_PORT,
-                       send: Callable[[str, str], None] | None = None) -> str:
+                       send: Callable[[str, str], None] | None = None, front_host: str = "127.0.0.1") -> str:
     """Dial 111, key and confirm the national ID, choose 1 (an agent), say it is about oneself.
 
     Keys go as RFC 4733 unless ``send(call, digit)`` sends each one otherwise (e.g. SIP INFO).
     """
-    call = caller.dial(f"sip:111@127.0.0.1:{front_port}")
+    call = caller.dial(f"sip:111@{front_host}:{front_port}")
     caller.wait_for("state", call=call, state="CONFIRMED", timeout_s=10)
     time.sleep(1.0)  # greeting and the ID prompt (0.3 s tones each)
     for digit in NATIONAL_ID:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -31,6 +32,12 @@ TIMEOUT_S = 5.0
 async def _silence(db: StoreDatabase, host: str, seconds: float) -> None:
     """As if the host had stopped beating ``seconds`` ago."""
     await db.raw("UPDATE hosts SET last_seen = last_seen - ? WHERE name = ?", seconds, host)
+
+
+def _noting(taken: list[TakeOver]) -> Callable[[TakeOver], Awaitable[None]]:
+    async def note(done: TakeOver) -> None:
+        taken.append(done)
+    return note
 
 
 async def _call(store: Store, name: str, host: str | None) -> int:
@@ -170,8 +177,8 @@ async def test_a_member_whose_peer_stops_beating_takes_it_over_within_the_timeou
     async with open_store(store_database.target, store_protector()) as a_store, \
             open_store(store_database.target, store_protector()) as b_store:
         b = ClusterMember(b_store, ClusterConfig(name="b", heartbeat_s=0.1, host_timeout_s=0.4), b_recordings,
-                          shared, "b", taken_over=taken.append)
-        a = ClusterMember(a_store, settings, tmp_path / "a" / "recordings", shared, "a", taken_over=taken.append)
+                          shared, "b", taken_over=_noting(taken))
+        a = ClusterMember(a_store, settings, tmp_path / "a" / "recordings", shared, "a", taken_over=_noting(taken))
         call = await _call(b_store, "b-call", "b")
         rows = {name: await b_store.add_recording(call, None, "message", str(tape), 1.0,
                                                   hashlib.sha256(tape.read_bytes()).hexdigest(), True)
@@ -213,7 +220,7 @@ async def test_a_member_takes_nobody_over_before_its_own_heartbeats_have_held_fo
         await store.join_cluster("c", "/var/c/recordings", None)
         await _silence(store_database, "c", 100)
         a = ClusterMember(store, ClusterConfig(name="a", heartbeat_s=0.1, host_timeout_s=0.5),
-                          tmp_path / "recordings", None, None, taken_over=taken.append)
+                          tmp_path / "recordings", None, None, taken_over=_noting(taken))
         await a.join()
         a.start()
         started = time.monotonic()
