@@ -1,6 +1,7 @@
 """Measures the case store's create_case and intake throughput, a console request's session check, a login
 attempt's throttle step, and the one write a message call adds for several hosts (message_started), on
-SQLite and PostgreSQL (not a test).
+SQLite and PostgreSQL; and on PostgreSQL a change of the replicated ACD, one host alone and two hosts at
+once (not a test).
 
 Usage: PYTHONPATH=. .venv/bin/python scripts/measure_store.py [--cases N] [--concurrency C] [--url URL]
 Without --url a throwaway PostgreSQL server is started (tests/support/postgres.py, fsync off: the
@@ -17,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from softswitch.config import AgentAccount, AgentsConfig, QueueConfig
+from softswitch.control.shared_acd import ReplicatedAcd
 from storage.crypto import IdProtector
 from storage.models import PersonId
 from storage.store import Store, open_store
@@ -93,11 +96,52 @@ async def _message_started_ms(store: Store, count: int, concurrency: int) -> dic
             "message_started_p99_ms": round(took[int(len(took) * 0.99)], 3)}
 
 
+async def _acd_change_ms(target: str, count: int, concurrency: int) -> dict[str, dict[str, float]]:
+    """A replicated ACD's change as its caller waits for it (appended under the lock, notified, applied):
+    one host alone, and ``concurrency`` agents' changes at once, half from each of two hosts' replicas."""
+    accounts = tuple(AgentAccount(id=f"a{n}", name=f"a{n}", sip_ha1="0" * 32, console_password="scrypt$x")
+                     for n in range(concurrency + 1))  # a0 alone, then a1.. at once
+    async with open_store(target, PROTECTOR) as store_a, open_store(target, PROTECTOR) as store_b:
+        replicas = [ReplicatedAcd(AgentsConfig(accounts=accounts), QueueConfig(), store.acd_changes, host)
+                    for host, store in (("a", store_a), ("b", store_b))]
+        for acd in replicas:
+            await acd.start()
+        try:
+            for account in accounts:
+                await replicas[0].submit("login", agent_id=account.id)  # ready; then paused and ready in turn
+
+            async def toggle(acd: ReplicatedAcd, agent_id: str, n: int) -> object:
+                if n % 2 == 0:
+                    return await acd.submit("pause", agent_id=agent_id, reason="break")
+                return await acd.submit("set_ready", agent_id=agent_id)
+            alone = await _latencies_ms(count, lambda n: toggle(replicas[0], "a0", n))
+            took: list[float] = []
+
+            async def runner(i: int) -> None:
+                for n in range(count // concurrency):
+                    started = time.perf_counter()
+                    await toggle(replicas[i % 2], f"a{i + 1}", n)
+                    took.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            await asyncio.gather(*(runner(i) for i in range(concurrency)))
+            rate = len(took) / (time.perf_counter() - started)
+        finally:
+            for acd in replicas:
+                acd.close()
+    took.sort()
+    return {"acd_change_one_host": alone,
+            "acd_change_two_hosts": {"median_ms": round(took[len(took) // 2], 3),
+                                     "p99_ms": round(took[int(len(took) * 0.99)], 3), "per_s": round(rate, 1)}}
+
+
 async def measure(target: Path | str, count: int, concurrency: int) -> dict[str, object]:
     async with open_store(target, PROTECTOR) as store:
         rates: dict[str, object] = {name: await _rate(store, count, concurrency, one) for name, one in
                                     (("create_case", _create), ("intake", _intake))}
-        return rates | await _web_state(store, count) | await _message_started_ms(store, count, concurrency)
+        found = rates | await _web_state(store, count) | await _message_started_ms(store, count, concurrency)
+    if isinstance(target, str):  # only PostgreSQL replicates the ACD
+        found |= await _acd_change_ms(target, count, concurrency)
+    return found
 
 
 def main() -> None:

@@ -554,6 +554,12 @@ class ClusterConfig(_Section):
     name: str | None = Field(None, pattern=HOST_NAME_PATTERN)
     heartbeat_s: float = Field(1.0, gt=0, le=60)
     host_timeout_s: float = Field(5.0, gt=0)
+    # Where the other hosts reach this host's web server, to relay an agent's console requests for a call
+    # of this host (README, "Several hosts"); null: http(s)://<http.host>:<http.port>, the machine's name
+    # when it listens on every address.
+    console_url: str | None = Field(None, pattern=r"^https?://[^/?#\s]+/?$")
+    # CA bundle to check the other hosts' HTTPS certificates by (an internal CA); null: the system's.
+    peer_ca_file: Path | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterConfig:
@@ -672,6 +678,18 @@ class Config(_Section):
     @property
     def recordings_path(self) -> Path:
         return self.under_data(self.recordings_dir)
+
+    @property
+    def console_url(self) -> str:
+        """The base URL the other hosts reach this host's web server at (``cluster.console_url``)."""
+        if self.cluster.console_url is not None:
+            return self.cluster.console_url.rstrip("/")
+        host = self.http.host
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.getfqdn()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.http.tls_cert_file is not None else 'http'}://{host}:{self.http.port}"
 
     @property
     def control_socket(self) -> Path:

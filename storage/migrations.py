@@ -352,6 +352,14 @@ MIGRATIONS: list[Migration] = [
             """,
         ),
     ),
+    Migration(
+        version=11,
+        description="where each host's web server is: an agent's console relays to the host of their call",
+        statements=(
+            # NULL for a host of before this step: nothing is relayed to it.
+            "ALTER TABLE hosts ADD COLUMN console_url TEXT",
+        ),
+    ),
 ]
 
 

@@ -129,6 +129,7 @@ class HostRecord:
     taken_over_at: float | None
     left_at: float | None  # when it stopped cleanly (its calls closed); None while it runs or was taken over
     silent_s: float  # since its last heartbeat, when read
+    console_url: str | None = None  # its web server's base URL, for the other hosts' consoles to relay to
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ _CALL_COLUMNS = (
     " arrived_at, answered_at, ended_at, disposition, ivr_path, agent_id, host, message_started_at"
 )
 _HOST_COLUMNS = ("name, started_at, last_seen, recordings_dir, shared_folder, taken_over_by, taken_over_at,"
-                 " left_at")
+                 " left_at, console_url")
 _CASE_COLUMNS = (
     "id, tracking_code, status, created_at, call_id, national_id_masked, id_source, id_status,"
     " subject_is_caller, caller_id_masked, caller_id_source, caller_id_status,"
@@ -74,7 +74,8 @@ def _host_from_row(row: Row) -> HostRecord:
     return HostRecord(name=row["name"], started_at=row["started_at"], last_seen=row["last_seen"],
                       recordings_dir=row["recordings_dir"], shared_folder=row["shared_folder"],
                       taken_over_by=row["taken_over_by"], taken_over_at=row["taken_over_at"],
-                      left_at=row["left_at"], silent_s=max(0.0, row["now"] - row["last_seen"]))
+                      left_at=row["left_at"], silent_s=max(0.0, row["now"] - row["last_seen"]),
+                      console_url=row["console_url"])
 
 
 def _case_from_row(row: Row) -> Case:
@@ -665,18 +666,19 @@ class Store:
         return None if row is None else _recording_from_row(row)
 
     # -- several hosts on one store -------------------------------------------------------------------
-    async def join_cluster(self, name: str, recordings_dir: str, shared_folder: str | None) -> HostRecord | None:
+    async def join_cluster(self, name: str, recordings_dir: str, shared_folder: str | None,
+                           console_url: str | None = None) -> HostRecord | None:
         """This host starts (or starts again): its row fresh and alive. Returns the row as it was (None the
         first time): ``taken_over_by`` set if a survivor closed its calls while it was down."""
         async with self._db.transaction() as tx:
             row = await tx.fetchone(f"SELECT {_HOST_COLUMNS}, {tx.clock} AS now FROM hosts WHERE name = ?"
                                     f"{tx.for_update}", (name,))
             await tx.execute(
-                f"INSERT INTO hosts ({_HOST_COLUMNS}) VALUES (?, {tx.clock}, {tx.clock}, ?, ?, NULL, NULL, NULL)"
+                f"INSERT INTO hosts ({_HOST_COLUMNS}) VALUES (?, {tx.clock}, {tx.clock}, ?, ?, NULL, NULL, NULL, ?)"
                 " ON CONFLICT (name) DO UPDATE SET started_at = excluded.started_at, last_seen = excluded.last_seen,"
                 " recordings_dir = excluded.recordings_dir, shared_folder = excluded.shared_folder,"
-                " taken_over_by = NULL, taken_over_at = NULL, left_at = NULL",
-                (name, recordings_dir, shared_folder))
+                " taken_over_by = NULL, taken_over_at = NULL, left_at = NULL, console_url = excluded.console_url",
+                (name, recordings_dir, shared_folder, console_url))
             return None if row is None else _host_from_row(row)
 
     async def heartbeat(self, name: str) -> bool:
@@ -688,6 +690,11 @@ class Store:
         """This host stops cleanly, its calls closed: nobody is to take it over."""
         await self._update(f"UPDATE hosts SET left_at = {self._db.clock} WHERE name = ? AND taken_over_by IS NULL",
                            (name,))
+
+    async def console_url(self, name: str) -> str | None:
+        """Where host ``name``'s web server is, for the others (None: unknown, or no such host)."""
+        row = await self._fetchone("SELECT console_url FROM hosts WHERE name = ?", (name,))
+        return None if row is None else row["console_url"]
 
     async def hosts(self) -> list[HostRecord]:
         """Every host that has joined the store, by name."""

@@ -41,7 +41,8 @@ class ClusterMember:
     """This host's heartbeat and the watch over the others (two small tasks of the control loop)."""
 
     def __init__(self, store: Store, settings: ClusterConfig, recordings_dir: Path, shared_dir: Path | None,
-                 shared_folder: str | None, *, taken_over: Callable[[TakeOver], Awaitable[None]]) -> None:
+                 shared_folder: str | None, *, taken_over: Callable[[TakeOver], Awaitable[None]],
+                 console_url: str | None = None) -> None:
         self.store = store
         self.settings = settings
         self.name = settings.host_name
@@ -49,6 +50,7 @@ class ClusterMember:
         self.shared_dir = shared_dir
         self.shared_folder = shared_folder if shared_dir is not None else None
         self.taken_over = taken_over  # counts each takeover this host made
+        self.console_url = console_url  # where the other hosts' consoles relay to this host's desk
         self.hosts: list[HostRecord] = []  # as last read
         self._tasks: list[asyncio.Task[None]] = []
         # Bounded: a heartbeat that cannot be written in this time would be late anyway.
@@ -59,7 +61,8 @@ class ClusterMember:
 
     async def join(self) -> HostRecord | None:
         """Enter (again) as alive; the row as it was before, if this host had one."""
-        return await self.store.join_cluster(self.name, str(self.recordings_dir), self.shared_folder)
+        return await self.store.join_cluster(self.name, str(self.recordings_dir), self.shared_folder,
+                                             self.console_url)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._beat()), asyncio.create_task(self._watch())]

@@ -96,8 +96,9 @@ class ControlDesk:
     def __init__(self, config: Config, store: Store, acd: Acd, prompts: Any,
                  on_filed: Callable[[str, bool], None] = lambda channel, duplicate: None,
                  kept: Callable[[Recording], None] = lambda recording: None,
-                 agent_uri: Callable[[str], str] = lambda agent_id: f"sip:{agent_id}@front") -> None:
+                 agent_uri: Callable[[str], str] = lambda agent_id: f"sip:{agent_id}@front", host: str = "") -> None:
         self.config = config
+        self.host = host  # this host's name: a call of another host has its desk there
         self.agent_uri = agent_uri  # where an agent's (or a supervisor's) phone is rung
         self.on_filed = on_filed  # (channel, duplicate) of each filing through the duplicate rule, for the metrics
         self.kept = kept  # told of each recording stored (the conversation's tape): the shared copy
@@ -191,6 +192,16 @@ class ControlDesk:
 
     def agent_account(self, agent_id: str) -> AgentAccount | None:
         return self._accounts.get(agent_id)
+
+    def desk_host(self, agent_id: str) -> str | None:
+        host = self.acd.call_host(agent_id)
+        return host if host and host != self.host else None
+
+    def call_desk_host(self, call_key: str) -> str | None:
+        if call_key in self._calls:
+            return None
+        agent = next((a for a in self.acd.agents() if a.call_key == call_key), None)
+        return None if agent is None else self.desk_host(agent.id)
 
     def current_offer(self, agent_id: str) -> dict[str, Any] | None:
         call = self._by_agent.get(agent_id)

@@ -264,7 +264,8 @@ class Softswitch:
             return None
         shared = cfg.recordings_store
         self.cluster = ClusterMember(store, cfg.cluster, cfg.recordings_path, shared.shared_dir,
-                                     shared.host_name, taken_over=self._host_taken_over)
+                                     shared.host_name, taken_over=self._host_taken_over,
+                                     console_url=cfg.console_url)
         before = await self.cluster.join()
         self.cluster.start()
         log.info("cluster: host %s on the shared store, a heartbeat every %g s; a host silent for %g s is "
@@ -295,7 +296,7 @@ class Softswitch:
         self.acd = (ReplicatedAcd(cfg.agents, cfg.queue, store.acd_changes, self.host, journal=self.day_journal.record)
                     if cfg.database_url is not None else Acd(cfg.agents, cfg.queue, journal=self.day_journal.record))
         self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept,
-                                agent_uri=self._agent_uri)
+                                agent_uri=self._agent_uri, host=self.host)
         self.live = self._live_mode()
         self.sms_offer = self._sms_offer()
         # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.

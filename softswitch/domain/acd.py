@@ -386,6 +386,14 @@ class Acd:
         self._roll_day()
         return dataclasses.replace(self._get(agent_id).status)
 
+    def call_host(self, agent_id: str) -> str:
+        """The host whose call this agent rings for, talks on or wraps up; "" when none (or the caller's
+        host is not named: one host)."""
+        agent = self._agents.get(agent_id)
+        busy = agent is not None and agent.status.state in (AgentState.RINGING, AgentState.ON_CALL,
+                                                             AgentState.WRAP_UP)
+        return agent.call_host if agent is not None and busy else ""
+
     def agents(self) -> list[AgentStatus]:
         self._roll_day()
         return [dataclasses.replace(a.status) for a in self._agents.values()]

@@ -17,6 +17,7 @@ from softswitch.config import Config
 from softswitch.web.agency import AgencyServices, add_agency_routes
 from softswitch.web.console import Desk, add_console_routes
 from softswitch.web.intake import add_intake_routes
+from softswitch.web.relay import HostRelay
 from softswitch.web.sessions import install_sessions
 from softswitch.web.responses import json_error
 from storage.errors import StorageFull, StoreDamaged, StoreUnavailable
@@ -62,7 +63,15 @@ def build_app(service: Service) -> web.Application:
     # Secure cookies when served over HTTPS, here or by a TLS-terminating proxy.
     install_sessions(app, service.store, secure_cookies=http.cookies_secure, idle_s=http.session_idle_s,
                      lifetime_s=http.session_lifetime_s)
-    add_console_routes(app, service.desk, timezone=timezone)
+    relay = None
+    if service.config.database_url is not None:
+        # Several hosts: an agent's console relays the requests for their call to the call's host.
+        relay = HostRelay(service.store.console_url, ca_file=service.config.cluster.peer_ca_file)
+
+        async def close_relay(_: web.Application) -> None:
+            await relay.close()
+        app.on_cleanup.append(close_relay)
+    add_console_routes(app, service.desk, timezone=timezone, relay=relay)
     add_intake_routes(app, service.store, service.config, service.intake_filed)
     add_agency_routes(app, AgencyServices(service.store, service.config.agencies, service.synthesizer,
                                           service.config.under_data(Path("answers")),

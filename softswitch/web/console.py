@@ -27,6 +27,7 @@ from softswitch.domain.acd import Acd
 from softswitch.domain.cases import STATUS_LABELS, FiledCase
 from softswitch.domain.persian import jalali_datetime, normalize_digits
 from softswitch.domain.tracking_code import is_tracking_code
+from softswitch.web.relay import HostRelay
 from softswitch.web.responses import json_error
 from softswitch.web.sessions import PAGE_ERRORS, STATIC_DIR, SessionPages, page_error
 from storage.web_sessions import WebSession
@@ -35,6 +36,11 @@ from storage.reports import RatingSummary, all_ratings
 log = logging.getLogger("softswitch.console")
 
 SUPERVISOR_COALESCE_S = 0.25  # a burst of ACD events becomes one snapshot
+# Once an agent's call at another host is over here, its desk's last events (the call's end, its case)
+# are still relayed for this long.
+RELAY_GRACE_S = 3.0
+# A supervisor's monitor request returns once their phone answers: relayed, it may take the ring's time.
+MONITOR_RELAY_TIMEOUT_S = 120.0
 SUMMARY_MAX_CHARS = 4000
 OVERRIDE_REASON_MAX_CHARS = 500
 AGENT_FIELDS = ("id", "name", "state", "seconds_in_state", "pause_reason", "pause_requested", "answered_today",
@@ -62,6 +68,13 @@ class Desk(Protocol):
     def verify_agent(self, agent_id: str, password: str) -> bool: ...
 
     def agent_account(self, agent_id: str) -> AgentAccount | None: ...
+
+    def desk_host(self, agent_id: str) -> str | None:
+        """The other host whose desk holds the call this agent rings for, talks on or wraps up (its console
+        requests for that call go there: ``softswitch.web.relay``); None: this host's, or no call."""
+
+    def call_desk_host(self, call_key: str) -> str | None:
+        """The other host whose desk holds this call (with an agent), or None: this host's, or unknown."""
 
     def current_offer(self, agent_id: str) -> dict[str, Any] | None:
         """The screen-pop of this agent's ringing or connected call, so a reload shows it again."""
@@ -174,10 +187,12 @@ class _Console(SessionPages):
     login_template = "login.html"
     role = "console"
 
-    def __init__(self, desk: Desk, tz: ZoneInfo, heartbeat_s: float) -> None:
+    def __init__(self, desk: Desk, tz: ZoneInfo, heartbeat_s: float, relay: HostRelay | None) -> None:
         super().__init__(tz)
         self.desk = desk
         self.heartbeat_s = heartbeat_s
+        self.relay = relay  # several hosts: to the desk of an agent's call at another host
+        self.remote_monitors: dict[str, str] = {}  # supervisor id -> the host of the call they monitor
         self.streams: set[asyncio.Task[Any]] = set()
 
     # -- the agent's login ---------------------------------------------------------
@@ -227,6 +242,38 @@ class _Console(SessionPages):
             raise page_error(web.HTTPForbidden, "not_supervisor", ERRORS)
         return account
 
+    def remote_desk(self, request: web.Request, agent_id: str) -> str | None:
+        """The other host to relay this agent's request for their call to; None: answer it here."""
+        if self.relay is None or self.relay.relayed(request):
+            return None
+        return self.desk.desk_host(agent_id)
+
+    async def relayed_or(self, request: web.Request, account: AgentAccount) -> web.StreamResponse | None:
+        """The answer of the host whose desk holds this agent's call, if that is another host."""
+        host = self.remote_desk(request, account.id)
+        if host is None or self.relay is None:
+            return None
+        return await self.relay.forward(request, host)
+
+    async def offer_of(self, request: web.Request, agent_id: str) -> dict[str, Any] | None:
+        """The agent's screen-pop as the console shows it, from the desk that holds their call."""
+        host = self.remote_desk(request, agent_id)
+        if host is None or self.relay is None:
+            return self.offer_view(self.desk.current_offer(agent_id))
+        answer = await self.relay.get_json(request, host, "/console/api/offer")
+        return answer.get("offer") if isinstance(answer, dict) else None
+
+    async def monitoring_of(self, request: web.Request, supervisor_id: str) -> dict[str, Any] | None:
+        """The call this supervisor monitors, as the desk of its host has it."""
+        host = self.remote_monitors.get(supervisor_id)
+        if host is None or self.relay is None:
+            return self.desk.monitoring(supervisor_id)
+        answer = await self.relay.get_json(request, host, "/supervisor/api/monitor")
+        monitor = answer.get("monitor") if isinstance(answer, dict) else None
+        if isinstance(answer, dict) and monitor is None:
+            self.remote_monitors.pop(supervisor_id, None)  # over there: the call ended, or they hung up
+        return monitor if isinstance(monitor, dict) else None
+
     # -- views ---------------------------------------------------------------------
 
     def agent_view(self, agent_id: str) -> dict[str, Any]:
@@ -256,6 +303,8 @@ class _Console(SessionPages):
                 return {"type": "offer", "offer": self.offer_view(event)}
             case "agent":
                 return {"type": "agent", "agent": self.agent_view(agent_id)}
+            case "relayed":  # from the desk of another host: shown there already
+                return dict(event["event"])
             case _:
                 return dict(event)
 
@@ -277,21 +326,32 @@ class _Console(SessionPages):
 
     async def agent_page(self, request: web.Request) -> web.Response:
         account, session = await self.page_account(request)
-        data = {"agent": self.agent_view(account.id), "offer": self.offer_view(self.desk.current_offer(account.id)),
+        data = {"agent": self.agent_view(account.id), "offer": await self.offer_of(request, account.id),
                 "labels": LABELS}
         return self.render("agent.html", **self.page_context(account, session), data=data,
                            agencies=self.desk.agencies, categories=self.desk.categories,
                            pause_choices=[(reason, LABELS["pause_reasons"][reason]) for reason in PAUSE_CHOICES])
+
+    async def agent_offer(self, request: web.Request) -> web.StreamResponse:
+        """The screen-pop alone (``offer_of`` asks it of the host of the agent's call)."""
+        account = await self.api_account(request, writes=False)
+        if (relayed := await self.relayed_or(request, account)) is not None:
+            return relayed
+        return web.json_response({"offer": self.offer_view(self.desk.current_offer(account.id))},
+                                 dumps=lambda v: json.dumps(v, ensure_ascii=False))
 
     async def agent_events(self, request: web.Request) -> web.StreamResponse:
         account = await self.api_account(request, writes=False)
         live = await self.live_check(request)
         response = await self.open_stream(request)
         events = self.desk.subscribe(account.id)
+        remote = _RelayedDesk(self, request, account.id, events)
         try:
             # Subscribed first, so nothing between this state and the next event is lost.
+            remote.follow()
             await self.send(response, {"type": "state", "agent": self.agent_view(account.id),
-                                       "offer": self.offer_view(self.desk.current_offer(account.id))})
+                                       "offer": None if remote.host else self.offer_view(
+                                           self.desk.current_offer(account.id))})
             while True:
                 try:
                     event = await asyncio.wait_for(events.get(), self.heartbeat_s)
@@ -303,10 +363,13 @@ class _Console(SessionPages):
                 if event is None:
                     await response.write(b": heartbeat\n\n")
                     continue
+                if event.get("type") == "agent":
+                    remote.follow()  # rung for a call of another host, or done with it
                 await self.send(response, self.agent_event_view(account.id, event))
         except ConnectionResetError:
             log.debug("console events: %s disconnected", account.id)
         finally:
+            remote.close()
             self.desk.unsubscribe(account.id, events)
             self.forget_stream()
         return response
@@ -341,8 +404,10 @@ class _Console(SessionPages):
         log.info("console: %s %s", account.id, action)
         return web.json_response({"agent": self.agent_view(account.id)})
 
-    async def file_case(self, request: web.Request) -> web.Response:
+    async def file_case(self, request: web.Request) -> web.StreamResponse:
         account = await self.api_account(request, writes=True)
+        if (relayed := await self.relayed_or(request, account)) is not None:
+            return relayed
         body = await self.json_body(request)
         call_key = self.text_field(body, "call_key")
         agency_id = self.text_field(body, "agency_id")
@@ -370,8 +435,10 @@ class _Console(SessionPages):
             raise page_error(web.HTTPBadRequest, "bad_tracking_code", ERRORS)
         return code
 
-    async def attach_case(self, request: web.Request) -> web.Response:
+    async def attach_case(self, request: web.Request) -> web.StreamResponse:
         account = await self.api_account(request, writes=True)
+        if (relayed := await self.relayed_or(request, account)) is not None:
+            return relayed
         body = await self.json_body(request)
         call_key = self.text_field(body, "call_key")
         code = self.tracking_code_field(body)
@@ -388,8 +455,10 @@ class _Console(SessionPages):
                  " (with a reason)" if reason else "")
         return response
 
-    async def refer_case(self, request: web.Request) -> web.Response:
+    async def refer_case(self, request: web.Request) -> web.StreamResponse:
         account = await self.api_account(request, writes=True)
+        if (relayed := await self.relayed_or(request, account)) is not None:
+            return relayed
         body = await self.json_body(request)
         code = self.tracking_code_field(body)
         agency_id = self.text_field(body, "agency_id")
@@ -399,8 +468,10 @@ class _Console(SessionPages):
         log.info("console: %s referred case %s to %s", account.id, code, agency_id)
         return response
 
-    async def give_tracking_code(self, request: web.Request) -> web.Response:
+    async def give_tracking_code(self, request: web.Request) -> web.StreamResponse:
         account = await self.api_account(request, writes=True)
+        if (relayed := await self.relayed_or(request, account)) is not None:
+            return relayed
         call_key = self.text_field(await self.json_body(request), "call_key")
         return await self.tracking_code_answer(self.desk.give_tracking_code(account.id, call_key),
                                                (web.HTTPConflict, "no_case_yet"))
@@ -429,6 +500,8 @@ class _Console(SessionPages):
 
     async def recording(self, request: web.Request) -> web.StreamResponse:
         account = await self.api_account(request, writes=False)
+        if (relayed := await self.relayed_or(request, account)) is not None:
+            return relayed
         path = await self.desk.recording_path(account.id, int(request.match_info["recording_id"]))
         if path is None or not path.is_file():
             raise web.HTTPNotFound()
@@ -443,7 +516,7 @@ class _Console(SessionPages):
             return self.render("message.html", status=403, **context, title="دسترسی ممنوع",
                                message=ERRORS["not_supervisor"])
         data = {"snapshot": await self.snapshot_view(), "labels": LABELS, "monitor_labels": MONITOR_LABELS,
-                "monitor": self.desk.monitoring(account.id)}
+                "monitor": await self.monitoring_of(request, account.id)}
         return self.render("supervisor.html", **context, data=data)
 
     async def supervisor_snapshot(self, request: web.Request) -> web.Response:
@@ -460,7 +533,7 @@ class _Console(SessionPages):
         try:
             while await live():  # a logout in any browser, or the max age, ends the stream too
                 await self.send(response, {"type": "snapshot", "snapshot": await self.snapshot_view(),
-                                           "monitor": self.desk.monitoring(account.id)})
+                                           "monitor": await self.monitoring_of(request, account.id)})
                 # Every event, or the heartbeat, brings a fresh snapshot; a burst brings one.
                 waits = [asyncio.ensure_future(events.get()), asyncio.ensure_future(own.get())]
                 try:
@@ -482,9 +555,26 @@ class _Console(SessionPages):
             self.forget_stream()
         return response
 
-    async def supervisor_monitor(self, request: web.Request) -> web.Response:
-        """POST {call_key, mode}: join (or switch) the supervisor's phone; DELETE: leave the call."""
+    async def supervisor_monitoring(self, request: web.Request) -> web.Response:
+        """GET: the call this supervisor monitors from this host's desk (``monitoring_of`` at another host)."""
+        account = await self.supervisor_api(request)
+        return web.json_response({"monitor": self.desk.monitoring(account.id)})
+
+    async def supervisor_monitor(self, request: web.Request) -> web.StreamResponse:
+        """POST {call_key, mode}: join (or switch) the supervisor's phone; DELETE: leave the call. A call of
+        another host is monitored from that host's desk, where its media is."""
         account = await self.supervisor_api(request, writes=True)
+        if self.relay is not None and not self.relay.relayed(request):
+            if request.method == "DELETE":
+                host = self.remote_monitors.pop(account.id, None)
+            else:
+                call_key = str((await self.json_body(request)).get("call_key", ""))
+                host = self.remote_monitors.get(account.id) or self.desk.call_desk_host(call_key)
+            if host is not None:
+                response = await self.relay.forward(request, host, MONITOR_RELAY_TIMEOUT_S)
+                if request.method == "POST" and response.status == 200:
+                    self.remote_monitors[account.id] = host
+                return response
         if request.method == "DELETE":
             await self.desk_result(self.desk.stop_monitor(account.id), (web.HTTPNotFound, "no_monitor"))
             log.info("console: supervisor %s left the call they monitored", account.id)
@@ -532,10 +622,10 @@ def _rating_view(summary: RatingSummary) -> dict[str, Any]:
 
 
 def add_console_routes(app: web.Application, desk: Desk, *, timezone: str = "Asia/Tehran",
-                       heartbeat_s: float = 15.0) -> None:
+                       heartbeat_s: float = 15.0, relay: HostRelay | None = None) -> None:
     """Serve the agents' console under /console and the supervisor view under /supervisor (``install_sessions``
-    first)."""
-    console = _Console(desk, ZoneInfo(timezone), heartbeat_s)
+    first); with ``relay``, an agent's requests for a call of another host are answered by that host."""
+    console = _Console(desk, ZoneInfo(timezone), heartbeat_s, relay)
     app.on_shutdown.append(console.close_streams)
     router = app.router
     router.add_get("/console/login", console.login_page)
@@ -543,6 +633,7 @@ def add_console_routes(app: web.Application, desk: Desk, *, timezone: str = "Asi
     router.add_post("/console/logout", console.logout)
     router.add_get("/console", console.agent_page)
     router.add_get("/console/events", console.agent_events)
+    router.add_get("/console/api/offer", console.agent_offer)
     router.add_get(r"/console/recordings/{recording_id:\d{1,18}}", console.recording)
     router.add_post("/console/api/agent/{action}", console.agent_action)
     router.add_post("/console/api/cases", console.file_case)
@@ -555,3 +646,55 @@ def add_console_routes(app: web.Application, desk: Desk, *, timezone: str = "Asi
     router.add_get("/supervisor/events", console.supervisor_events)
     router.add_post("/supervisor/api/monitor", console.supervisor_monitor)
     router.add_delete("/supervisor/api/monitor", console.supervisor_monitor)
+    router.add_get("/supervisor/api/monitor", console.supervisor_monitoring)
+
+
+class _RelayedDesk:
+    """For one agent's event stream: while their call is at another host, that host's desk events (the
+    screen-pop, the call's end, its case) join this stream's queue. The agent's own state is not taken
+    from there: this host's replica of the queue publishes it."""
+
+    def __init__(self, console: _Console, request: web.Request, agent_id: str,
+                 events: asyncio.Queue[dict[str, Any]]) -> None:
+        self._console = console
+        self._request = request
+        self._agent_id = agent_id
+        self._events = events
+        self.host: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # the current host's, and those still in their grace
+
+    def follow(self) -> None:
+        host = self._console.remote_desk(self._request, self._agent_id)
+        if host == self.host:
+            return
+        for task in self._tasks:
+            asyncio.get_running_loop().call_later(RELAY_GRACE_S, task.cancel)
+        self.host = host
+        if host is not None:
+            task = asyncio.ensure_future(self._relay(host))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _relay(self, host: str) -> None:
+        relay = self._console.relay
+        assert relay is not None
+        try:
+            async for event in relay.events(self._request, host, "/console/events"):
+                kind = event.get("type")
+                if kind == "state":  # the desk's state when the stream opened: its screen-pop, if any
+                    if event.get("offer") is None:
+                        continue
+                    event = {"type": "offer", "offer": event["offer"]}
+                elif kind == "agent":
+                    continue
+                with contextlib.suppress(asyncio.QueueFull):
+                    self._events.put_nowait({"type": "relayed", "event": event})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the stream goes on; its state still comes from here
+            log.warning("console events of %s: the desk at host %s cannot be followed: %s",
+                        self._agent_id, host, exc)

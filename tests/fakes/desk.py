@@ -49,6 +49,8 @@ class FakeDesk:
                        QueueConfig(), clock=clock, wall=wall)
         self.calls: list[tuple[Any, ...]] = []
         self.offers: dict[str, dict[str, Any]] = {}  # agent id -> screen-pop of its current call
+        self.desk_hosts: dict[str, str] = {}  # agent id -> the other host whose desk holds its call
+        self.call_hosts: dict[str, str] = {}  # call key -> the other host whose desk holds it
         self.cases: dict[str, dict[str, Any]] = {}  # tracking code -> case
         self.call_cases: dict[str, str] = {}  # call key -> tracking code
         self.linked: set[str] = set()  # call keys linked to an earlier case as duplicates
@@ -69,6 +71,12 @@ class FakeDesk:
 
     def agent_account(self, agent_id: str) -> AgentAccount | None:
         return self.accounts.get(agent_id)
+
+    def desk_host(self, agent_id: str) -> str | None:
+        return self.desk_hosts.get(agent_id)
+
+    def call_desk_host(self, call_key: str) -> str | None:
+        return self.call_hosts.get(call_key)
 
     def current_offer(self, agent_id: str) -> dict[str, Any] | None:
         pop = self.offers.get(agent_id)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import http.cookiejar
 import json
 import re
+import threading
+import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 _FORM_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -65,6 +69,10 @@ class ConsoleClient:
         status, text = self._open(path)
         return status, json.loads(text) if text else None
 
+    def events(self, path: str = "/console/events") -> EventStream:
+        """The console's event stream, as the page reads it."""
+        return EventStream(self.opener.open(urllib.request.Request(self.base + path), timeout=30))
+
     def current_offer(self) -> dict[str, Any] | None:
         """The screen-pop the console page opens with (the agent's ringing or connected call)."""
         status, page = self._open("/console")
@@ -72,3 +80,38 @@ class ConsoleClient:
         assert status == 200 and data, (status, page[:300])
         offer: dict[str, Any] | None = json.loads(html.unescape(data.group(1)))["offer"]
         return offer
+
+
+class EventStream:
+    """Server-Sent Events of one stream, read on a thread of their own until ``close``."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+        self.events: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        # Closing the response from the test's thread ends the read here in one of these ways.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            for line in self._response:
+                if line.startswith(b"data: "):
+                    with self._changed:
+                        self.events.append(json.loads(line[6:]))
+                        self._changed.notify_all()
+
+    def wait_for(self, matches: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                found = next((e for e in self.events if matches(e)), None)
+                if found is not None:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no such console event within {timeout_s}s; events: {self.events}")
+                self._changed.wait(remaining)
+
+    def close(self) -> None:
+        self._response.close()

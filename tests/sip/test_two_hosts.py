@@ -7,11 +7,13 @@ is killed with SIGKILL while some of its callers are in their message. Host b
 must notice within seconds, close a's open CDRs as host_lost and file the cut
 messages; b's callers all finish, and a new call to b is answered at once.
 Then a starts again under its name: it closes nothing again and keeps the cut
-messages' tapes from its disk with their cases.
+messages' tapes from its disk with their cases. Apart from that, with one
+queue for both: an agent registered and logged in at b answers a caller who
+came in at a.
 
 Ports 22000-22999 and 42000-43999 only: host a SIP 22060, HTTP 22111, worker 22070,
 RTP 42000-42063, SIPp 22200/43000; host b SIP 22560, HTTP 22611, worker 22570,
-RTP 42500-42563, SIPp 22700-22799/43500-43999.
+RTP 42500-42563, SIPp 22700-22799/43500-43999; softphones 22300-22309 (RTP 42700-42899).
 """
 
 from __future__ import annotations
@@ -24,13 +26,18 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from tests.sip.conftest import RunningSoftswitch, espeak_wav, running_softswitch
+from media.wavfile import read_pcm
+from tests.sip.conftest import NATIONAL_ID, RunningSoftswitch, espeak_wav, running_softswitch
+from tests.sip.console_client import ConsoleClient
+from tests.sip.softphones import Softphone
+from tests.sip.test_live import (AGENT_TONE_HZ, CALLER_TONE_HZ, LIVE, PASSWORD, caller_through_ivr, dominant_hz,
+                                 supervisor_snapshot, tone_share, tone_wav)
 from tests.sip.test_recorded_message import keyed_id_then_message
 from tests.support.postgres import PostgresServer, StoreDatabase
 from tests.support.sipp import SippRun, caller_scenario
@@ -227,3 +234,85 @@ def test_a_host_killed_under_load_loses_only_its_live_calls(
         [left] = [h for h in health["cluster"]["hosts"] if h["name"] == A.name]
         assert (left["alive"], left["left"], left["taken_over_by"]) == (False, True, None), left
         assert b.log_path.read_text(errors="replace").count("took it over") == 1
+
+
+def _phone(n: int, address: str, log_dir: Path, user: str) -> Softphone:
+    return Softphone(f"{n}-{user}", log_dir, user=user, host=address, sip_port=22300 + n,
+                     rtp_port=42700 + 40 * n)
+
+
+def test_a_caller_at_one_host_is_answered_by_an_agent_of_the_other(
+        tmp_path: Path, database: StoreDatabase) -> None:
+    """One queue: the agent's phone registered at b's front, their console at b; the caller came in at a,
+    whose worker rings them through a's front and bridges them; both hosts show the same queue."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    url = str(database.target)
+    live: dict[str, Any] = {**LIVE, "agents": {**cast(dict[str, Any], LIVE["agents"]), "wrap_up_s": 0.0}}
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(running_softswitch(tmp_path / "a", **A.ports,
+                                                   config_overrides={**_overrides(A, url, shared), **live}))
+        b = stack.enter_context(running_softswitch(tmp_path / "b", **B.ports,
+                                                   config_overrides={**_overrides(B, url, shared), **live}))
+        agent = stack.enter_context(_phone(0, B.address, tmp_path / "phones", "1001"))
+        registered = agent.register(f"sip:{B.address}:{B.sip_port}", "1001", PASSWORD)
+        assert (registered["event"], registered["code"]) == ("registered", 200), registered
+        agent.answer_policy(0.5)
+        console = ConsoleClient(b.http, "1001", PASSWORD).login()
+        stream = stack.enter_context(contextlib.closing(console.events()))
+
+        def agent_at(switch: RunningSoftswitch) -> dict[str, Any]:
+            [seen] = [x for x in supervisor_snapshot(switch)["agents"] if x["id"] == "1001"]
+            return seen
+
+        def ready_at(switch: RunningSoftswitch) -> Callable[[], bool]:
+            return lambda: agent_at(switch)["state"] == "ready"
+        a.wait_for(ready_at(a), 10, "host a to see the agent who logged in at b ready")
+
+        # The trunk's address, as the default allow-list has it.
+        caller = stack.enter_context(_phone(1, "127.0.0.1", tmp_path / "phones", "caller"))
+        call = caller_through_ivr(caller, front_port=A.sip_port, front_host=A.address)
+        caller.play(call, tone_wav(tmp_path / "caller.wav", CALLER_TONE_HZ))
+        incoming = agent.wait_for("incoming", timeout_s=15)
+        assert incoming["source"] == f"{A.address}:{A.sip_port}"  # rung through a's front
+        leg = incoming["call"]
+        # The call's desk is a's; the agent's console at b shows its screen-pop, relayed from a.
+        offer = stream.wait_for(lambda e: e["type"] == "offer", 10)["offer"]
+        assert offer["national_id"] == NATIONAL_ID and offer["id_status"] == "verified", offer
+        agent.wait_for("state", call=leg, state="CONFIRMED", timeout_s=5)
+        reloaded = console.current_offer()
+        assert reloaded is not None and reloaded["call_key"] == offer["call_key"], reloaded
+        status, filed = console.post("/console/api/cases", {
+            "call_key": offer["call_key"], "agency_id": "energy", "category": "شکایت",
+            "summary": "برق کوچه قطع است."})
+        assert status == 200 and filed["duplicate"] is False, (status, filed)
+        stream.wait_for(lambda e: e["type"] == "case_filed" and e["tracking_code"] == filed["tracking_code"], 5)
+        agent.play(leg, tone_wav(tmp_path / "agent.wav", AGENT_TONE_HZ))
+        agent.record(leg, tmp_path / "agent-heard.wav")
+        # b's supervisor view shows the agent on a's call, as a's does.
+        for switch in (b, a):
+            switch.wait_for(lambda: agent_at(switch)["state"] == "on_call", 5, "the agent on the call")
+        time.sleep(3.0)
+        agent.hangup(leg)
+        assert caller.wait_for("ended", call=call, timeout_s=10)["connected_s"] > 3
+        agent_heard = read_pcm(Path(agent.wait_for("recorded", call=leg, timeout_s=5)["wav"]))
+        assert abs(dominant_hz(agent_heard[-16000 * 2:]) - CALLER_TONE_HZ) < 15
+
+        stream.wait_for(lambda e: e["type"] == "call_ended" and e.get("tracking_code") == filed["tracking_code"], 10)
+        body = a.call_record(call)
+        assert body["call"]["agent_id"] == "1001" and "queue:handled" in body["call"]["ivr_path"]
+        assert body["tracking_code"] == filed["tracking_code"]
+        [tape] = [r for r in body["recordings"] if r["kind"] == "conversation"]
+
+        def copied() -> Path | None:  # on to the shared directory, where b reads it too
+            [(path,)] = sql(database, "SELECT path FROM recordings WHERE sha256 = ?", tape["sha256"])
+            return Path(path) if Path(path).is_relative_to(shared) else None
+        conversation = read_pcm(a.wait_for(copied, 10, "the conversation in the shared directory"))
+        assert tone_share(conversation, CALLER_TONE_HZ) > 0.2 and tone_share(conversation, AGENT_TONE_HZ) > 0.2
+        # Both hosts count the one queue's day alike, and the agent is ready again on both.
+        for switch in (a, b):
+            switch.wait_for(ready_at(switch), 10, "the agent ready again")
+        assert agent_at(a)["answered_today"] == agent_at(b)["answered_today"] == 1
+        assert supervisor_snapshot(a)["today"]["answered"] == supervisor_snapshot(b)["today"]["answered"] == 1
+        assert console.action("logout")["agent"]["state"] == "logged_out"
+        a.wait_for(lambda: agent_at(a)["state"] == "logged_out", 5, "host a to see the agent log out at b")

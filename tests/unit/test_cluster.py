@@ -57,6 +57,13 @@ def test_the_cluster_section_defaults_and_refusals() -> None:
         load_config(overrides={"cluster.name": "../up"})
     with pytest.raises(ConfigError, match="at least twice heartbeat_s"):
         load_config(overrides={"cluster.heartbeat_s": 2, "cluster.host_timeout_s": 3})
+    # Where the other hosts' consoles relay to: derived from the web server's address, or as configured.
+    assert config.console_url == "http://127.0.0.1:8111"
+    assert load_config(overrides={"http.host": "::1"}).console_url == "http://[::1]:8111"
+    assert load_config(overrides={"cluster.console_url": "https://a.example:8443/"}).console_url == \
+        "https://a.example:8443"
+    with pytest.raises(ConfigError, match="cluster.console_url"):
+        load_config(overrides={"cluster.console_url": "ftp://a.example/x"})
 
 
 async def test_a_live_host_is_never_taken_over_a_silent_one_once(
