@@ -1,24 +1,29 @@
 """IVR layer: one call from greeting to goodbye, as a state machine.
 
-Greeting -> the caller's national ID (ivr/identify.py) -> menu: 1 talk to an
-agent (offered only in office hours with agents logged in; out of hours the
-caller hears when live service resumes), 2 record a message, 3 follow up on a
-tracking code (ivr/follow_up.py, then goodbye) -> about whom (the
-caller, or someone else whose ID is then taken the same way) -> either the
-live queue (ivr/live.py), or the message after the tone, tracking code read
-back, the offer of its SMS (ivr/sms_offer.py, once, to a mobile number),
-goodbye. A caller who leaves the queue for a recorded message keeps the IDs
-already captured. Whatever point the call ends at, what was recorded is kept
-and attached to the call, and a message (even a partial one) always becomes a
-case, filed under the person it concerns. After an agent's call, or an agency's
-answer heard in a follow-up, the caller may be asked to rate the service
-(ivr/survey.py).
+When more than one language is offered the call starts at the language menu
+(ivr/language.py): the rest of it speaks the chosen language, and its queue
+entry asks for an agent who does. Greeting -> the caller's national ID
+(ivr/identify.py) -> menu: 1 talk to an agent (offered only in office hours
+with agents logged in; out of hours the caller hears when live service
+resumes), 2 record a message, 3 follow up on a tracking code
+(ivr/follow_up.py, then goodbye) -> about whom (the caller, or someone else
+whose ID is then taken the same way) -> either the live queue (ivr/live.py;
+first the topic menu, ivr/topic.py, when queue.topics lists agencies), or the
+message after the tone, tracking code read back, the offer of its SMS
+(ivr/sms_offer.py, once, to a mobile number), goodbye. A caller who leaves
+the queue for a recorded message keeps the IDs already captured. Whatever
+point the call ends at, what was recorded is kept and attached to the call,
+and a message (even a partial one) always becomes a case, filed under the
+person it concerns. After an agent's call, or an agency's answer heard in a
+follow-up, the caller may be asked to rate the service (ivr/survey.py).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,14 +33,16 @@ from ivr.announcements import resume_prompts
 from ivr.channel import ANY_KEY, CallChannel, CallEnded, LiveChannel, RecordingResult
 from ivr.follow_up import FailureThrottle, FollowUpCases, follow_up
 from ivr.identify import SpeechDigits, Whose, ask_about_whom, identify
+from ivr.language import choose_language
 from ivr.live import LiveCall, LiveService
 from ivr.menu import choose
 from ivr.recorded_message import CaseSink, read_tracking_code, record_message
 from ivr.sms_offer import SmsOffer, offer_sms
 from ivr.steps import took
 from ivr.survey import Survey, SurveyTopic, ask_rating
+from ivr.topic import choose_topic
 from softswitch.domain.tracking_code import code_tail
-from softswitch.config import FollowUpConfig, IvrConfig
+from softswitch.config import FollowUpConfig, IvrConfig, agency_skill, language_skill
 from softswitch.domain.office_hours import OfficeHours
 from storage.models import PersonId
 
@@ -43,12 +50,14 @@ log = logging.getLogger("ivr.call_flow")
 
 
 class IvrState(enum.Enum):
+    LANGUAGE = "language"
     GREETING = "greeting"
     CALLER_ID = "national_id"
     MENU = "menu"
     ABOUT_WHOM = "about_whom"
     SUBJECT_ID = "subject_id"
     ROUTE = "route"
+    TOPIC = "topic"
     QUEUE = "queue"
     FOLLOW_UP = "follow_up"
     SURVEY = "survey"
@@ -61,6 +70,7 @@ class IvrState(enum.Enum):
 
 # (state, outcome of its step) -> next state; None is the only outcome of most steps.
 TRANSITIONS: dict[tuple[IvrState, str | None], IvrState] = {
+    (IvrState.LANGUAGE, None): IvrState.GREETING,
     (IvrState.GREETING, None): IvrState.CALLER_ID,
     (IvrState.CALLER_ID, None): IvrState.MENU,
     (IvrState.MENU, "live"): IvrState.ABOUT_WHOM,
@@ -77,7 +87,8 @@ TRANSITIONS: dict[tuple[IvrState, str | None], IvrState] = {
     (IvrState.ABOUT_WHOM, "self"): IvrState.ROUTE,
     (IvrState.ABOUT_WHOM, "other"): IvrState.SUBJECT_ID,
     (IvrState.SUBJECT_ID, None): IvrState.ROUTE,
-    (IvrState.ROUTE, "live"): IvrState.QUEUE,
+    (IvrState.ROUTE, "live"): IvrState.TOPIC,
+    (IvrState.TOPIC, None): IvrState.QUEUE,
     (IvrState.ROUTE, "message"): IvrState.MESSAGE,
     (IvrState.QUEUE, "to_message"): IvrState.MESSAGE,
     (IvrState.QUEUE, "handled"): IvrState.DONE,
@@ -104,6 +115,8 @@ class Session:
     survey: SurveyTopic | None = None  # what the caller is asked to rate, once it is offered
     ended_by: str | None = None
     sms_offered: bool = False  # a caller is asked at most once a call
+    language: str | None = None  # the language the caller chose, when there was a choice
+    topic: str | None = None  # the agency the caller chose at the topic menu, if any
 
     def parties(self) -> tuple[PersonId, PersonId | None]:
         """(the person a case is filed under, the caller when they called for someone else)."""
@@ -122,20 +135,25 @@ class FollowUp:
 
 @dataclass
 class Live:
-    """Live mode as one call sees it: the shared queue and the office hours."""
+    """Live mode as one call sees it: the shared queue, the office hours, and whether a national ID has a
+    case still open since a time (a repeat caller's priority; None: no priorities)."""
 
     service: LiveService
     hours: OfficeHours
+    open_case: Callable[[str, float], Awaitable[bool]] | None = None
 
 
 class CallFlow:
     def __init__(self, channel: CallChannel, prompts: Any, cases: CaseSink, cfg: IvrConfig,
                  label: str, recognizer: SpeechDigits | None = None, live: Live | None = None,
                  caller_number: str = "", follow_up: FollowUp | None = None, survey: Survey | None = None,
-                 sms: SmsOffer | None = None) -> None:
+                 sms: SmsOffer | None = None, languages: Mapping[str, Any] | None = None) -> None:
+        """``languages``: every language's prompts by code, the first one's being ``prompts``; with more
+        than one the call starts at the language menu."""
         self.channel = channel
         self.recognizer = recognizer
         self.prompts = prompts
+        self.languages = languages or {}
         self.cases = cases
         self.cfg = cfg
         self.label = label
@@ -144,7 +162,7 @@ class CallFlow:
         self.follow_up = follow_up
         self.survey = survey
         self.sms = sms
-        self.session = Session()
+        self.session = Session(state=IvrState.LANGUAGE if len(self.languages) > 1 else IvrState.GREETING)
 
     def _set_state(self, new: IvrState) -> None:
         log.debug("%s: %s -> %s", self.label, self.session.state.value, new.value)
@@ -166,6 +184,10 @@ class CallFlow:
     async def _enter(self, state: IvrState) -> str | None:
         s = self.session
         match state:
+            case IvrState.LANGUAGE:
+                s.language = await choose_language(self.channel, self.languages, self.cfg)
+                self.prompts = self.languages[s.language]
+                took(s.path, f"language:{s.language}")
             case IvrState.GREETING:
                 took(s.path, "greeting")
                 await self.channel.play([self.prompts.path("greeting")], interrupt=ANY_KEY)
@@ -197,10 +219,19 @@ class CallFlow:
                 s.subject = found.person
             case IvrState.ROUTE:
                 return s.mode
+            case IvrState.TOPIC:
+                assert self.live is not None
+                topics = self.live.service.queue.topics
+                if topics:
+                    s.topic = await choose_topic(self.channel, self.prompts, topics, self.cfg)
+                    took(s.path, f"topic:{s.topic or 'none'}")
             case IvrState.QUEUE:
                 assert self.live is not None
                 channel: LiveChannel = self.channel  # type: ignore[assignment]
-                result = await LiveCall(channel, self.prompts, self.live.service, self.label).run(self.caller_number)
+                skills = ([language_skill(s.language)] if s.language is not None else []) + (
+                    [agency_skill(s.topic)] if s.topic is not None else [])
+                result = await LiveCall(channel, self.prompts, self.live.service, self.label).run(
+                    self.caller_number, skills, await self._priority())
                 s.agent_id = result.agent_id
                 took(s.path, f"queue:{result.outcome}")
                 if result.outcome == "to_message":
@@ -250,6 +281,21 @@ class CallFlow:
             return otherwise
         self.session.survey = topic
         return "survey"
+
+    async def _priority(self) -> int:
+        """A repeat caller's priority in the queue: the person the call is about (verified) has a case still
+        being handled, opened within queue.repeat_caller_days."""
+        assert self.live is not None
+        queue, s = self.live.service.queue, self.session
+        person = s.subject or s.caller
+        if (not queue.repeat_caller_priority or self.live.open_case is None or person is None
+                or person.status != "verified" or person.national_id is None):
+            return 0
+        since = time.time() - queue.repeat_caller_days * 86400
+        if not await self.live.open_case(person.national_id, since):
+            return 0
+        took(s.path, "priority:repeat")
+        return queue.repeat_caller_priority
 
     async def _menu(self) -> str:
         """1: an agent (in office hours, with agents on duty), 2: a recorded message, 3: follow-up.

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -136,8 +136,10 @@ class LiveCall:
         self.entry: QueueEntry | None = None  # set while the caller is in the queue
         self.player = _Player(channel)
 
-    async def run(self, caller_number: str) -> LiveResult:
-        """Queue the caller, connect them to an agent and return when the conversation is over."""
+    async def run(self, caller_number: str, skills: Sequence[str] = (), priority: int = 0) -> LiveResult:
+        """Queue the caller, connect them to an agent and return when the conversation is over.
+        ``skills``: what the agent should have (the caller's language), preferred for a while (the ACD's);
+        ``priority``: queued ahead of callers of a lower one."""
         acd = self.live.acd
         reason = acd.overflow_reason(None)
         if reason in ("queue_full", "no_agents"):
@@ -146,7 +148,7 @@ class LiveCall:
             return LiveResult("to_message")
         # The queue (replicated: every host's database rows) keeps only the masked number it shows.
         self.entry = await acd.submit("join", key=self.key, caller_number=mask_number(caller_number),
-                                      host=self.live.host)
+                                      host=self.live.host, skills=sorted(skills), priority=priority)
         try:
             return await self._wait()
         except CallEnded:

@@ -1,5 +1,7 @@
 """Media layer: IVR prompt library synthesised with espeak-ng and sox, with recorded overrides."""
 
+from __future__ import annotations
+
 import hashlib
 import math
 import os
@@ -80,13 +82,21 @@ _ONES = ("", "digit_1", "digit_2", "digit_3", "digit_4", "digit_5", "digit_6", "
          "digit_9")
 
 
-def cardinal_prompt_names(n: int) -> list[str]:
-    """Names of the prompts that say n (0..999) in Persian, parts joined by "and".
+NUMBER_STYLES = ("fa", "en", "plain")
 
-    125 is صد و بیست و پنج: number_100, and, number_20, and, digit_5. Units reuse
-    digit_1..digit_9 and zero is digit_0; 10..19, the tens and the hundreds
-    (irregular in Persian: دویست, سیصد, پانصد) each have a prompt number_<n>.
+
+def cardinal_prompt_names(n: int, style: str = "fa") -> list[str]:
+    """Names of the prompts that say n (0..999), joined as the language of ``style`` joins them.
+
+    Units reuse digit_1..digit_9 and zero is digit_0; 10..19, the tens and the
+    hundreds (irregular in Persian: دویست, سیصد, پانصد) each have a prompt
+    number_<n>. "fa" puts "and" between every part (125 is صد و بیست و پنج:
+    number_100, and, number_20, and, digit_5; Kurdish alike), "en" only after the
+    hundreds (one hundred and twenty five), "plain" nowhere (Azerbaijani: yüz
+    iyirmi beş).
     """
+    if style not in NUMBER_STYLES:
+        raise ValueError(f"number style must be one of {', '.join(NUMBER_STYLES)}, got {style!r}")
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 999:
         raise ValueError(f"cardinal must be a whole number from 0 to 999, got {n!r}")
     if n == 0:
@@ -99,6 +109,10 @@ def cardinal_prompt_names(n: int) -> list[str]:
         tens, ones = divmod(rest, 10)
         parts += [f"number_{tens * 10}"] if tens else []
         parts += [_ONES[ones]] if ones else []
+    if style == "plain" or len(parts) == 1:
+        return parts
+    if style == "en":
+        return [parts[0], "and", *parts[1:]] if hundreds else parts
     names = [parts[0]]
     for part in parts[1:]:
         names += ["and", part]
@@ -111,7 +125,9 @@ class PromptLibrary:
     Spoken prompts are synthesised once into cache_dir under a name carrying a
     hash of voice and text, so editing a text regenerates it. A file
     override_dir/<name>.wav (a professionally recorded prompt) wins over the
-    synthesised one.
+    synthesised one. A prompt the texts lack is taken from ``fallback`` (the
+    first language's library, for a language whose texts are not complete), and
+    numbers are joined in the ``numbers`` style (``cardinal_prompt_names``).
     """
 
     def __init__(
@@ -120,9 +136,12 @@ class PromptLibrary:
         cache_dir: Path,
         override_dir: Path | None = None,
         voice: str = "fa",
+        numbers: str = "fa",
+        fallback: PromptLibrary | None = None,
     ) -> None:
         if not voice:
             raise ValueError("voice is empty")
+        cardinal_prompt_names(0, numbers)  # checks the style
         self._synths: dict[str, _Synth] = {}
         for name, text in texts.items():
             if not _NAME_PATTERN.fullmatch(name):
@@ -138,7 +157,13 @@ class PromptLibrary:
         self._cache_dir = Path(cache_dir)
         self._override_dir = None if override_dir is None else Path(override_dir)
         self._voice = voice
+        self._numbers = numbers
+        self._fallback = fallback
         self._durations: dict[Path, float] = {}
+
+    def has_own(self, name: str) -> bool:
+        """Whether this library's own texts have the prompt (not only its fallback)."""
+        return name in self._texts
 
     def ensure(self, names: Iterable[str] | None = None) -> None:
         """Synthesise every missing prompt (all of them, or just names); check overrides."""
@@ -165,6 +190,8 @@ class PromptLibrary:
 
     def path(self, name: str) -> Path:
         """The WAV file to play for name: its override if present, else the synthesised one."""
+        if self._fallback is not None and name not in self._texts:
+            return self._fallback.path(name)
         self._text(name)
         override = self._override_path(name)
         if override is not None:
@@ -189,8 +216,8 @@ class PromptLibrary:
         return [self.path(f"digit_{c}") for c in digits]
 
     def cardinal(self, n: int) -> list[Path]:
-        """Prompts that say n (0..999) as a Persian number, e.g. 125: صد و بیست و پنج."""
-        return [self.path(name) for name in cardinal_prompt_names(n)]
+        """Prompts that say n (0..999) as a number, e.g. 125 in Persian: صد و بیست و پنج."""
+        return [self.path(name) for name in cardinal_prompt_names(n, self._numbers)]
 
     def _text(self, name: str) -> str:
         try:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from softswitch.config import CHANNELS, Config, ConfigError, load_config, load_prompt_texts
+from softswitch.config import CHANNELS, Config, ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "agency-user":
         return _agency_user(args, {agency.id for agency in config.agencies})
     if args.command == "prompts":
-        from media.prompts import PromptLibrary
+        from softswitch.control.languages import prompt_libraries
 
-        library = PromptLibrary(load_prompt_texts(config.prompts.texts), config.prompt_cache,
-                                config.prompts.override_dir, voice=config.prompts.voice)
-        library.ensure()
-        print(f"prompts ready in {config.prompt_cache}")
+        for library in prompt_libraries(config).values():
+            library.ensure()
+        print(f"prompts ready in {config.prompt_cache} ({', '.join(config.prompts.language_codes)})")
         return 0
     from media.prompts import PromptError
     from media.recognizer import ModelError

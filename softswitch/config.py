@@ -161,15 +161,58 @@ def _in_project(path: Path) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
+LANGUAGE_CODE = r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$"
+# How a language says a number from its prompts (media.prompts.cardinal_prompt_names, NUMBER_STYLES).
+NumberStyle = Literal["fa", "en", "plain"]
+
+
+class LanguageConfig(_Section):
+    """A further language callers may choose: its prompt texts, its espeak-ng voice, its recorded prompts."""
+
+    code: str = Field(pattern=LANGUAGE_CODE)
+    label: str = Field(min_length=1)  # its name as agents read it on the console, in Persian
+    texts: Path
+    voice: str = Field(min_length=1)
+    override_dir: Path | None = None
+    numbers: NumberStyle = "plain"
+
+    _texts_in_project = field_validator("texts")(_in_project)
+
+
 class PromptsConfig(_Section):
+    # The first language: every call's language unless others are offered, and the fallback of
+    # any prompt another language's texts lack.
+    language: str = Field("fa", pattern=LANGUAGE_CODE)
+    label: str = Field("فارسی", min_length=1)
     texts: Path = CONFIG_DIR / "prompts.fa.yaml"
     cache_dir: Path = Path("prompts")
     override_dir: Path | None = None
     voice: str = "fa"
+    numbers: NumberStyle = "fa"
+    # With any, a language menu plays first: key 1 for the first language, 2.. for these in order.
+    other_languages: tuple[LanguageConfig, ...] = Field((), max_length=8)
     # Speaks agencies' written answers: "espeak-ng:<voice>" or "package.module:Class" (media/synth.py).
     synthesizer: str = "espeak-ng:fa"
 
     _texts_in_project = field_validator("texts")(_in_project)
+
+    @model_validator(mode="after")
+    def _distinct_languages(self) -> PromptsConfig:
+        codes = self.language_codes
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"languages offered twice: {', '.join(sorted(c for c in codes if codes.count(c) > 1))}")
+        return self
+
+    @property
+    def languages(self) -> tuple[LanguageConfig, ...]:
+        """Every language offered, the first one first."""
+        first = LanguageConfig(code=self.language, label=self.label, texts=self.texts, voice=self.voice,
+                               override_dir=self.override_dir, numbers=self.numbers)
+        return (first, *self.other_languages)
+
+    @property
+    def language_codes(self) -> list[str]:
+        return [self.language, *(language.code for language in self.other_languages)]
 
 
 class RecognizerConfig(_Section):
@@ -247,6 +290,12 @@ class AgentAccount(_Section):
     sip_ha1: str = Field(pattern=r"^[0-9a-f]{32}$", description="MD5(id:realm:password), as SIP digest needs")
     console_password: str = Field(pattern=r"^scrypt\$", description="scrypt hash of the console password")
     supervisor: bool = False  # may open the supervisor view
+    # The languages the agent takes calls in (codes of prompts.language and other_languages);
+    # none: the first language only.
+    languages: tuple[str, ...] = ()
+    # The agencies whose callers the agent takes when queue.topics asks callers to choose one;
+    # none: all of them.
+    agencies: tuple[str, ...] = ()
 
 
 class AgentsConfig(_Section):
@@ -283,6 +332,16 @@ class QueueConfig(_Section):
     default_handle_time_s: float = Field(180.0, gt=0)
     service_level_s: float = Field(20.0, gt=0)
     overflow_key: str = Field("2", pattern=r"^[0-9*#]$")
+    # A caller who needs a skill (the language they chose) waits this long for an agent who has it,
+    # then takes any agent.
+    skill_wait_s: float = Field(60.0, ge=0)
+    # A repeat caller (the person the call is about has a case still received or referred, opened
+    # within repeat_caller_days) is queued ahead of other callers with this priority; 0: no priority.
+    repeat_caller_priority: int = Field(0, ge=0, le=9)
+    repeat_caller_days: float = Field(30.0, gt=0)
+    # Agency ids a caller for an agent chooses among (key 1 the first), to reach an agent who
+    # handles that agency's matters (agents' `agencies`); none: no topic menu.
+    topics: tuple[str, ...] = Field((), max_length=9)
 
 
 class AgencyUser(_Section):
@@ -650,6 +709,18 @@ class Config(_Section):
             raise ValueError(problem)
         if any(a.id == self.sip.service_number for a in self.agents.accounts):
             raise ValueError(f"agent id {self.sip.service_number} is the service number")
+        offered = self.prompts.language_codes
+        agencies = [agency.id for agency in self.agencies]
+        if unknown := [topic for topic in self.queue.topics if topic not in agencies]:
+            raise ValueError(f"queue.topics names agencies that are not configured: {', '.join(unknown)}")
+        if len(set(self.queue.topics)) != len(self.queue.topics):
+            raise ValueError("queue.topics names an agency twice")
+        for account in self.agents.accounts:
+            if unknown := [code for code in account.languages if code not in offered]:
+                raise ValueError(f"agent {account.id} speaks {', '.join(unknown)}, which prompts do not offer "
+                                 f"(offered: {', '.join(offered)})")
+            if unknown := [agency for agency in account.agencies if agency not in agencies]:
+                raise ValueError(f"agent {account.id} handles agencies that are not configured: {', '.join(unknown)}")
         if self.database_url is not None and not re.fullmatch(HOST_NAME_PATTERN, self.cluster.host_name):
             raise ValueError(f"the machine's host name {self.cluster.host_name!r} cannot name a host in the "
                              "shared store: set cluster.name")
@@ -706,8 +777,30 @@ class Config(_Section):
         return self.run_dir / "admin.sock"
 
     @property
+    def agent_skills(self) -> dict[str, frozenset[str]]:
+        """What each agent can take beyond a plain call: ``lang:<code>`` for each language it speaks, when
+        callers choose among several languages, and ``agency:<id>`` for each agency it handles, when
+        callers choose a topic (``queue.topics``). Nothing to choose by: no skills."""
+        skills: dict[str, frozenset[str]] = {}
+        for a in self.agents.accounts:
+            languages = (a.languages or (self.prompts.language,)) if self.prompts.other_languages else ()
+            agencies = (a.agencies or self.queue.topics) if self.queue.topics else ()
+            skills[a.id] = frozenset([*map(language_skill, languages), *map(agency_skill, agencies)])
+        return skills if any(skills.values()) else {}
+
+    @property
     def prompt_cache(self) -> Path:
         return self.under_data(self.prompts.cache_dir)
+
+
+def language_skill(code: str) -> str:
+    """The ACD skill a caller who chose this language needs."""
+    return f"lang:{code}"
+
+
+def agency_skill(agency_id: str) -> str:
+    """The ACD skill a caller who chose this agency's topic needs."""
+    return f"agency:{agency_id}"
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
-from softswitch.domain.cases import CASE_STATUSES, ID_STATUSES, arrival_status
+from softswitch.domain.cases import CASE_STATUSES, ID_STATUSES, OPEN_STATUSES, arrival_status
 from softswitch.domain.tracking_code import new_tracking_code
 from storage.acd_changes import AcdChanges
 from storage.acd_days import AcdDayEvents
@@ -381,6 +381,16 @@ class Store:
             (lookup, lookup),
         )
         return [_case_from_row(row) for row in rows]
+
+    async def has_open_case(self, national_id: str, since: float) -> bool:
+        """Whether a case filed under this ID, or raised by it for someone else, since ``since`` (wall
+        time) is still being handled (received or referred)."""
+        lookup = self._protector.lookup_hash(national_id)
+        marks = ", ".join("?" * len(OPEN_STATUSES))
+        row = await self._fetchone(
+            f"SELECT 1 FROM cases WHERE (national_id_hmac = ? OR caller_id_hmac = ?) AND created_at >= ? "
+            f"AND status IN ({marks}) LIMIT 1", (lookup, lookup, since, *OPEN_STATUSES))
+        return row is not None
 
     async def set_case_status(self, case_id: int, status: str, actor: str = "system") -> Case:
         """Change the status (one of CASE_STATUSES), kept in the history with from and to."""

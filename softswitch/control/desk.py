@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from ivr.call_flow import Session
 from ivr.channel import Leg, LiveChannel, RecordingResult
 from ivr.recorded_message import read_tracking_code
 from softswitch import logs
-from softswitch.config import Agency, AgentAccount, Config
+from softswitch.config import Agency, AgentAccount, Config, agency_skill, language_skill
 from softswitch.domain.acd import Acd, AgentState
 from softswitch.domain.cases import UNFILED_STATUSES, FiledCase, duplicate_window_s
 from softswitch.domain.fanout import Fanout
@@ -96,7 +96,9 @@ class ControlDesk:
     def __init__(self, config: Config, store: Store, acd: Acd, prompts: Any,
                  on_filed: Callable[[str, bool], None] = lambda channel, duplicate: None,
                  kept: Callable[[Recording], None] = lambda recording: None,
-                 agent_uri: Callable[[str], str] = lambda agent_id: f"sip:{agent_id}@front", host: str = "") -> None:
+                 agent_uri: Callable[[str], str] = lambda agent_id: f"sip:{agent_id}@front", host: str = "",
+                 languages: Mapping[str, Any] | None = None) -> None:
+        """``prompts``: the first language's; ``languages``: every offered language's, by code."""
         self.config = config
         self.host = host  # this host's name: a call of another host has its desk there
         self.agent_uri = agent_uri  # where an agent's (or a supervisor's) phone is rung
@@ -105,6 +107,10 @@ class ControlDesk:
         self.store = store
         self.acd = acd
         self.prompts = prompts
+        self.languages = languages or {}
+        self._language_labels = {language.code: language.label for language in config.prompts.languages}
+        self.skill_labels = {language_skill(code): label for code, label in self._language_labels.items()} | {
+            agency_skill(agency.id): agency.name for agency in config.agencies}
         self.agencies: Sequence[Agency] = config.agencies
         self.categories: Sequence[str] = config.categories
         self._accounts = {a.id: a for a in config.agents.accounts}
@@ -330,7 +336,9 @@ class ControlDesk:
         if call.reading is None or call.reading.done():
             call.reading = asyncio.ensure_future(
                 # A duplicate: the caller hears that the request is already registered, and its code.
-                read_tracking_code(channel, self.prompts, code, self.config.ivr.tracking_code_repeats,
+                # In the caller's language.
+                read_tracking_code(channel, self.languages.get(call.session.language or "", self.prompts), code,
+                                   self.config.ivr.tracking_code_repeats,
                                    intro="already_registered" if call.linked else "tracking_code_intro"))
         await self.store.add_case_event(call.case.id, f"agent:{agent_id}", "tracking_code_read", call_id=call.call_id)
         self._publish(agent_id, {"type": "tracking_code_read", "call_key": call_key, "tracking_code": code})
@@ -501,6 +509,10 @@ class ControlDesk:
             "history": await self._history(caller),
             "subject_history": await self._history(subject),
             "queued_s": round(call.queued_s, 1),
+            # The language the caller chose, when there was a choice: the agent answers in it.
+            "language": self._language_labels.get(s.language or ""),
+            # The agency the caller chose at the topic menu: the case form starts with it.
+            "topic": s.topic,
             "case": call.case_view(),
         }
         call.pop = pop

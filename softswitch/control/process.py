@@ -22,16 +22,15 @@ from aiohttp import web
 
 from ivr.call_flow import CallFlow, FollowUp, Live, Session
 from ivr.channel import RecordingResult
-from ivr.follow_up import CaseStatus, FailureThrottle, agency_prompt
+from ivr.follow_up import CaseStatus, FailureThrottle
 from ivr.live import LiveService
 from ivr.survey import Survey, SurveyTopic
 from ivr.sms_offer import SmsOffer
-from media.prompts import PromptLibrary
 from media.recognizer import AsyncRecognizer, load_recognizer
 from media.synth import load_synthesizer
 from media.wavfile import repair_wav
 from softswitch import logs, protocol
-from softswitch.config import Config, load_prompt_texts
+from softswitch.config import Config
 from softswitch.control import sipfront
 from softswitch.control.admin import AdminError, serve_admin
 from softswitch.control.calls import ControlCall, WorkerLink
@@ -39,6 +38,7 @@ from softswitch.control.capacity import WorkerPlan, plan_workers
 from softswitch.control.cluster import ClusterMember, cluster_hosts
 from softswitch.control.day_journal import DayJournal
 from softswitch.control.desk import ControlDesk
+from softswitch.control.languages import prompt_libraries
 from softswitch.control.metrics import Metrics, front_statistics
 from softswitch.control.recording_copy import RecordingCopier
 from softswitch.control.processes import ExecChild, ProcessSupervisor, stop_leftovers, worker_command
@@ -178,10 +178,9 @@ class Softswitch:
         # This host among others on one PostgreSQL store; None with SQLite (one host).
         self.host = config.cluster.host_name
         self.cluster: ClusterMember | None = None
-        # Agencies are named in follow-up answers: their names are prompts too.
-        texts = load_prompt_texts(config.prompts.texts) | {agency_prompt(a.id): a.name for a in config.agencies}
-        self.prompts = PromptLibrary(texts, config.prompt_cache, config.prompts.override_dir,
-                                     voice=config.prompts.voice)
+        # Every offered language's prompts; the first language's serve what is not a call's own.
+        self.languages = prompt_libraries(config)
+        self.prompts = self.languages[config.prompts.language]
         self.synthesizer = load_synthesizer(config.prompts.synthesizer)
 
     # -- lifecycle ---------------------------------------------------------
@@ -202,7 +201,8 @@ class Softswitch:
         # The model is loaded and its vocabulary checked once, before any call.
         recognizer = await loop.run_in_executor(None, load_recognizer, cfg.recognizer.model_dir)
         self.recognizer = AsyncRecognizer(recognizer) if recognizer is not None else None
-        await loop.run_in_executor(None, self.prompts.ensure)
+        for library in self.languages.values():
+            await loop.run_in_executor(None, library.ensure)
         protector = IdProtector.from_key_file(cfg.under_data(cfg.security.id_key_file))
         async with open_store(cfg.store_target, protector) as store:
             self.use_store(store)
@@ -293,10 +293,13 @@ class Softswitch:
         self.day_journal = DayJournal(store.acd_days, self.host)
         self.day_journal.start()
         # On PostgreSQL every host's queue is one: the ACD is replicated through the store.
-        self.acd = (ReplicatedAcd(cfg.agents, cfg.queue, store.acd_changes, self.host, journal=self.day_journal.record)
-                    if cfg.database_url is not None else Acd(cfg.agents, cfg.queue, journal=self.day_journal.record))
+        skills = cfg.agent_skills
+        self.acd = (ReplicatedAcd(cfg.agents, cfg.queue, store.acd_changes, self.host, journal=self.day_journal.record,
+                                  skills=skills)
+                    if cfg.database_url is not None else
+                    Acd(cfg.agents, cfg.queue, journal=self.day_journal.record, skills=skills))
         self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept,
-                                agent_uri=self._agent_uri, host=self.host)
+                                agent_uri=self._agent_uri, host=self.host, languages=self.languages)
         self.live = self._live_mode()
         self.sms_offer = self._sms_offer()
         # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.
@@ -327,7 +330,7 @@ class Softswitch:
             return None
         service = LiveService(self.acd, self.desk, cfg.queue, cfg.agents.ring_timeout_s, agent_uri=self._agent_uri,
                               host=self.host)
-        return Live(service, OfficeHours.from_config(cfg.office_hours))
+        return Live(service, OfficeHours.from_config(cfg.office_hours), open_case=self.store.has_open_case)
 
     def _start_children(self, plan: WorkerPlan) -> None:
         cfg = self.config
@@ -598,7 +601,8 @@ class Softswitch:
                 flow = CallFlow(call, self.prompts, sink, self.config.ivr,
                                 label=handle, recognizer=self.recognizer, live=self.live,
                                 caller_number=caller_number(facts.from_uri), follow_up=self.follow_up,
-                                survey=Survey(self.config.survey, ratings), sms=self.sms_offer)
+                                survey=Survey(self.config.survey, ratings), sms=self.sms_offer,
+                                languages=self.languages)
                 active.session = session = flow.session
                 self.desk.track(handle, call_id, flow.caller_number, session)
                 await flow.run()

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from softswitch.domain.acd import CHANGES, Acd, AgentsSettings, AgentStatus, DayFact, QueueEntry, QueueSettings
@@ -45,10 +45,11 @@ POLL_S = 1.0
 class ReplicatedAcd(Acd):
     def __init__(self, agents: AgentsSettings, queue: QueueSettings, changes: AcdChanges, host: str, *,
                  journal: Callable[[DayFact], None] = lambda fact: None, snapshot_every: int = SNAPSHOT_EVERY,
-                 keep_changes: int = KEEP_CHANGES, poll_s: float = POLL_S) -> None:
+                 keep_changes: int = KEEP_CHANGES, poll_s: float = POLL_S,
+                 skills: Mapping[str, Iterable[str]] | None = None) -> None:
         # Monotonic time means nothing on another host: a replica counts in wall time, the database's for
         # changes.
-        super().__init__(agents, queue, clock=time.time, wall=time.time, journal=self._journal_own)
+        super().__init__(agents, queue, clock=time.time, wall=time.time, journal=self._journal_own, skills=skills)
         self._changes = changes
         self.host = host
         self._journal_to = journal

@@ -10,11 +10,20 @@ states, the routing and the day's figures.
 Choices worth knowing:
 
 - Routing: agents are offered to callers in queue order. A caller may take an
-  agent once every caller ahead of it is already being offered one, so a
-  second READY agent is not left idle while the first caller's agent rings;
-  the caller at the head always gets the next agent first. Among READY agents
-  the one idle longest (smallest ``idle_since``) is picked; ties go to the
-  order of ``agents.accounts``.
+  agent once no caller ahead of it that could take the same agent is waiting
+  to be offered one, so a second READY agent is not left idle while the first
+  caller's agent rings; the caller at the head always gets the next agent
+  first. Among READY agents the one idle longest (smallest ``idle_since``) is
+  picked; ties go to the order of ``agents.accounts``.
+- Skills: a caller may need skills (``join(skills=...)``: the language and
+  the topic they chose) and an agent has skills (``skills`` at construction). A caller takes
+  only an agent with every skill it needs until it has waited
+  ``queue.skill_wait_s``, then any agent: nobody waits for ever for a skill no
+  one on duty has, and a caller needing a skill nobody ahead of it can serve
+  does not wait behind callers who need another.
+- Priorities: a caller joins with a priority (``join(priority=...)``, 0 by
+  default; e.g. a repeat caller whose case is still open) and is queued ahead
+  of every caller of a lower priority, behind those of its own or higher.
 - ``dial_failed``: the agent goes back to READY with its ``idle_since`` kept
   and is remembered as tried by that caller, who gets the other READY agents
   first. When every READY agent has been tried, the tried set is cleared
@@ -46,7 +55,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from collections.abc import Sequence
@@ -97,6 +106,9 @@ class QueueSettings(Protocol):
 
     @property
     def service_level_s(self) -> float: ...
+
+    @property
+    def skill_wait_s(self) -> float: ...
 
 log = logging.getLogger("ivr.acd")
 
@@ -171,6 +183,8 @@ class QueueEntry:
     tried: set[str] = field(default_factory=set)  # agents whose dial failed for this caller
     last_dial_failure: float = 0.0  # monotonic
     host: str = ""  # the host whose media worker holds the call (a replicated ACD's)
+    skills: frozenset[str] = frozenset()  # what its agent should have: preferred until queue.skill_wait_s
+    priority: int = 0  # queued ahead of every caller of a lower one
 
 
 @dataclass
@@ -238,7 +252,8 @@ class _Day:
 # What export_state keeps of an agent's status (beside its state) and of a queue entry (beside its tried set).
 _STATUS_FIELDS = ("since_wall", "idle_since", "pause_reason", "pause_requested", "call_key", "answered_today",
                   "registered")
-_ENTRY_FIELDS = ("key", "caller_number", "joined", "joined_wall", "offered_to", "last_dial_failure", "host")
+_ENTRY_FIELDS = ("key", "caller_number", "joined", "joined_wall", "offered_to", "last_dial_failure", "host",
+                 "priority")
 
 
 def mask_number(number: str) -> str:
@@ -254,8 +269,11 @@ class Acd:
     def __init__(self, agents: AgentsSettings, queue: QueueSettings, *,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  tz: tzinfo = TEHRAN, dial_retry_s: float = 5.0,
-                 journal: Callable[[DayFact], None] = lambda fact: None) -> None:
+                 journal: Callable[[DayFact], None] = lambda fact: None,
+                 skills: Mapping[str, Iterable[str]] | None = None) -> None:
+        """``skills``: each agent's skills by id (none: no skills)."""
         self._agents_cfg = agents
+        self._skills = {agent_id: frozenset(have) for agent_id, have in (skills or {}).items()}
         self._queue_cfg = queue
         self._clock_source = clock
         self._wall_source = wall
@@ -426,16 +444,22 @@ class Acd:
             return "estimated_wait"
         return None
 
-    def join(self, key: str, caller_number: str, host: str = "") -> QueueEntry:
-        """Append a caller; ``overflow_reason()`` is the gate, join itself refuses only a key already queued."""
+    def join(self, key: str, caller_number: str, host: str = "", skills: Iterable[str] = (),
+             priority: int = 0) -> QueueEntry:
+        """Queue a caller who needs ``skills``: behind every caller of its ``priority`` or a higher one.
+        ``overflow_reason()`` is the gate, join itself refuses only a key already queued."""
         if self._entry(key) is not None:
             raise ValueError(f"call {key!r} is already queued")
-        entry = QueueEntry(key, caller_number, self._clock(), self._wall(), host=host)
-        self._queue.append(entry)
+        if isinstance(skills, str):
+            raise ValueError(f"skills must be an iterable of skills, not the string {skills!r}")
+        entry = QueueEntry(key, caller_number, self._clock(), self._wall(), host=host, skills=frozenset(skills),
+                           priority=priority)
+        place = next((i for i, queued in enumerate(self._queue) if queued.priority < priority), len(self._queue))
+        self._queue.insert(place, entry)
         self._count(DayFact("offered", entry.joined_wall))
-        log.info("queue: joined at position %d", len(self._queue),
-                 extra={"event": "queue_join", "position": len(self._queue)})
-        self._publish_queue("joined", entry, position=len(self._queue))
+        log.info("queue: joined at position %d", place + 1,
+                 extra={"event": "queue_join", "position": place + 1, "priority": priority})
+        self._publish_queue("joined", entry, position=place + 1)
         self._publish_today()
         return entry
 
@@ -484,8 +508,8 @@ class Acd:
         agent = self._get(agent_id)
         if entry.offered_to is not None:
             raise ValueError(f"call {entry.key!r} is already being offered to {entry.offered_to!r}")
-        ahead = self._queue[:self.position(entry) - 1]
-        if agent.status.state is not AgentState.READY or any(e.offered_to is None for e in ahead):
+        if agent.status.state is not AgentState.READY or not self._may_serve(entry, agent,
+                                                                            self._waiting_ahead(entry)):
             return None
         if agent_id in entry.tried:
             entry.tried.clear()  # its retry time had come where the offer was chosen
@@ -613,7 +637,8 @@ class Acd:
             "wall": self._wall(),
             "available": self.available(),
             "queue": [{"key": e.key, "caller": mask_number(e.caller_number), "waited_s": round(w, 1),
-                       "position": i + 1, "offered_to": e.offered_to}
+                       "position": i + 1, "offered_to": e.offered_to, "skills": sorted(e.skills),
+                       "priority": e.priority}
                       for i, (e, w) in enumerate(zip(self._queue, waits))],
             "longest_wait_s": round(max(waits, default=0.0), 1),
             "estimated_wait_s": round(self.estimated_wait_s(len(self._queue) + 1), 1),
@@ -631,7 +656,8 @@ class Acd:
             "agents": {agent_id: {**{f: getattr(a.status, f) for f in _STATUS_FIELDS}, "state": a.status.state.value,
                                   "since": a.since, "connected_at": a.connected_at, "call_host": a.call_host}
                        for agent_id, a in self._agents.items()},
-            "queue": [{**{f: getattr(e, f) for f in _ENTRY_FIELDS}, "tried": sorted(e.tried)} for e in self._queue],
+            "queue": [{**{f: getattr(e, f) for f in _ENTRY_FIELDS}, "tried": sorted(e.tried),
+                       "skills": sorted(e.skills)} for e in self._queue],
             "handle_times": list(self._handle_times),
             "day": {**dataclasses.asdict(self._day), "day": self._day.day.isoformat()},
         }
@@ -648,7 +674,8 @@ class Acd:
                 setattr(agent.status, name, saved[name])
             agent.status.state = AgentState(saved["state"])
             agent.since, agent.connected_at, agent.call_host = saved["since"], saved["connected_at"], saved["call_host"]
-        self._queue = [QueueEntry(**{**saved, "tried": set(saved["tried"])}) for saved in state["queue"]]
+        self._queue = [QueueEntry(**{**saved, "tried": set(saved["tried"]),
+                                     "skills": frozenset(saved.get("skills", ()))}) for saved in state["queue"]]
         self._handle_times.clear()
         self._handle_times.extend(state["handle_times"])
         self._day = _Day(**{**state["day"], "day": date.fromisoformat(state["day"]["day"])})
@@ -720,16 +747,30 @@ class Acd:
             raise ValueError(f"agent {agent_id!r} is not ringing for call {entry.key!r}")
         return agent
 
+    def _has_skills(self, entry: QueueEntry, agent: _Agent) -> bool:
+        """Whether this caller may take this agent as far as skills go (it may take any once it waited long)."""
+        if entry.skills <= self._skills.get(agent.status.id, frozenset()):
+            return True
+        return self._clock() - entry.joined >= self._queue_cfg.skill_wait_s
+
+    def _waiting_ahead(self, entry: QueueEntry) -> list[QueueEntry]:
+        """The callers ahead of this one not yet being offered an agent."""
+        return [e for e in self._queue[:self.position(entry) - 1] if e.offered_to is None]
+
+    def _may_serve(self, entry: QueueEntry, agent: _Agent, ahead: list[QueueEntry]) -> bool:
+        """Whether the agent may serve this caller: it has the skills, and none of ``ahead``
+        (``_waiting_ahead``) could take it instead."""
+        return self._has_skills(entry, agent) and not any(self._has_skills(e, agent) for e in ahead)
+
     def _pick(self, entry: QueueEntry) -> tuple[_Agent | None, float | None]:
         """The agent this caller may take now, else how long until trying again makes sense."""
-        for ahead in self._queue:
-            if ahead is entry:
-                break
-            if ahead.offered_to is None:
-                return None, None  # an earlier caller gets the next agent
-        ready = [a for a in self._agents.values() if a.status.state is AgentState.READY]
+        ahead = self._waiting_ahead(entry)
+        ready = [a for a in self._agents.values()
+                 if a.status.state is AgentState.READY and self._may_serve(entry, a, ahead)]
         if not ready:
-            return None, None
+            # Agents becoming ready are changes; the one thing that comes without one is a skill's wait ending.
+            widens_in = entry.joined + self._queue_cfg.skill_wait_s - self._clock()
+            return None, widens_in if entry.skills and widens_in > 0 else None
         untried = [a for a in ready if a.status.id not in entry.tried]
         if not untried:
             retry_in = entry.last_dial_failure + self._dial_retry_s - self._clock()

@@ -16,6 +16,8 @@ REFERRED = "referred"
 ANSWERED = "answered"
 CLOSED = "closed"
 CASE_STATUSES = (RECEIVED, RECEIVED_INCOMPLETE, REFERRED, ANSWERED, CLOSED)
+# Still being handled: a caller whose case is one of these and calls again is a repeat caller.
+OPEN_STATUSES = (RECEIVED, RECEIVED_INCOMPLETE, REFERRED)
 STATUS_ORDER = {RECEIVED: 0, RECEIVED_INCOMPLETE: 0, REFERRED: 1, ANSWERED: 2, CLOSED: 3}
 # What an agency user may set on a case referred to their agency.
 AGENCY_STATUSES = (ANSWERED, CLOSED)

@@ -65,6 +65,10 @@ class Desk(Protocol):
     @property
     def acd(self) -> Acd: ...
 
+    @property
+    def skill_labels(self) -> Mapping[str, str]:
+        """What a queue entry's skills are called on the supervisor's board (a language: its name)."""
+
     def verify_agent(self, agent_id: str, password: str) -> bool: ...
 
     def agent_account(self, agent_id: str) -> AgentAccount | None: ...
@@ -312,6 +316,9 @@ class _Console(SessionPages):
         """The ACD's snapshot (caller numbers already masked, no national IDs), the local hour for the chart,
         and today's survey results: per agent, and all of them together."""
         snapshot = self.desk.acd.snapshot()
+        labels = self.desk.skill_labels
+        for entry in snapshot["queue"]:
+            entry["needs"] = [labels.get(skill, skill) for skill in entry["skills"]]
         wall = snapshot.get("wall")
         local = datetime.fromtimestamp(wall if isinstance(wall, (int, float)) else time.time(), self.tz)
         ratings = await self.desk.ratings_today()

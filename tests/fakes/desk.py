@@ -43,6 +43,7 @@ class FakeDesk:
                  wall: Callable[[], float] = time.time) -> None:
         self.agencies = tuple(agencies)
         self.categories = tuple(categories)
+        self.skill_labels = {"lang:en": "انگلیسی"}
         self.accounts = {account.id: account for account, _ in accounts}
         self.passwords = {account.id: password for account, password in accounts}
         self.acd = Acd(AgentsConfig(accounts=tuple(self.accounts.values()), wrap_up_s=wrap_up_s),

@@ -29,6 +29,24 @@ class FakePrompts:
     def cardinal(self, value: int) -> list[Path]:
         return [self.path(f"cardinal_{value}")]
 
+    def has_own(self, name: str) -> bool:
+        return True
+
+
+class FakeLanguagePrompts(FakePrompts):
+    """One language's prompts: files under /prompts/<code>/; ``has_end``: whether its texts have
+    language_choice_end (Persian does, English does not)."""
+
+    def __init__(self, code: str, has_end: bool = True) -> None:
+        self.code = code
+        self.has_end = has_end
+
+    def path(self, name: str) -> Path:
+        return Path(f"/prompts/{self.code}/{name}.wav")
+
+    def has_own(self, name: str) -> bool:
+        return self.has_end or name != "language_choice_end"
+
 
 @dataclass
 class FakeCase:

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import pytest
 import yaml
@@ -200,12 +200,18 @@ def prompt_tone_hz(name: str) -> int:
     return 400 + (37 * list(load_prompt_texts(CONFIG_DIR / "prompts.fa.yaml")).index(name)) % 3000
 
 
-def _tone_overrides(directory: Path) -> None:
+def tone_overrides(directory: Path, tones: Mapping[str, float]) -> Path:
+    """A prompts override directory: each named prompt a PROMPT_S tone of its frequency."""
     directory.mkdir(parents=True, exist_ok=True)
-    for name in load_prompt_texts(CONFIG_DIR / "prompts.fa.yaml"):
+    for name, hz in tones.items():
         subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer",
-                        str(directory / f"{name}.wav"), "synth", str(PROMPT_S), "sine", str(prompt_tone_hz(name)),
+                        str(directory / f"{name}.wav"), "synth", str(PROMPT_S), "sine", str(hz),
                         "vol", "0.3"], check=True)
+    return directory
+
+
+def _tone_overrides(directory: Path) -> None:
+    tone_overrides(directory, {name: prompt_tone_hz(name) for name in load_prompt_texts(CONFIG_DIR / "prompts.fa.yaml")})
 
 
 def agent_accounts(agents: Sequence[tuple[str, str, str]], realm: str) -> list[dict[str, Any]]:

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from media.wavfile import read_pcm
-from tests.sip.conftest import NATIONAL_ID, RunningSoftswitch, agent_accounts, running_softswitch
+from softswitch.config import CONFIG_DIR, load_prompt_texts
+from tests.sip.conftest import (NATIONAL_ID, RunningSoftswitch, agent_accounts, prompt_tone_hz, running_softswitch,
+                                tone_overrides)
 from tests.sip.console_client import ConsoleClient
 from tests.sip.softphones import Phones, Softphone, phones_at
 
@@ -31,7 +33,7 @@ ACCOUNTS = [*agent_accounts([("1001", "مریم احمدی", PASSWORD), ("1002",
 ALWAYS_OPEN = {day: ["00:00-24:00"] for day in
                ("saturday", "sunday", "monday", "tuesday", "wednesday", "thursday", "friday")}
 CALLER_TONE_HZ, AGENT_TONE_HZ = 440.0, 1800.0
-LIVE = {
+LIVE: dict[str, Any] = {
     "office_hours": {"weekly": ALWAYS_OPEN},
     "agents": {"ring_timeout_s": 2.5, "wrap_up_s": 2.0, "accounts": ACCOUNTS},
     "queue": {"announce_every_s": 2.0, "max_wait_s": 4.0},
@@ -68,23 +70,30 @@ def dominant_hz(pcm: bytes) -> float:
     return float(np.fft.rfftfreq(len(samples), 1 / 8000)[int(np.argmax(spectrum))])
 
 
-def tone_share(pcm: bytes, hz: float) -> float:
-    """Share of the signal's energy within ±30 Hz of ``hz``."""
+def tone_share(pcm: bytes, hz: float, within_hz: float = 30) -> float:
+    """Share of the signal's energy within ``within_hz`` of ``hz``."""
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
     spectrum = np.abs(np.fft.rfft(samples)) ** 2
     freqs = np.fft.rfftfreq(len(samples), 1 / 8000)
     total = spectrum.sum()
-    return float(spectrum[np.abs(freqs - hz) <= 30].sum() / total) if total else 0.0
+    return float(spectrum[np.abs(freqs - hz) <= within_hz].sum() / total) if total else 0.0
 
 
 def caller_through_ivr(caller: Softphone, front_port: int = SIP_PORT,
-                       send: Callable[[str, str], None] | None = None, front_host: str = "127.0.0.1") -> str:
-    """Dial 111, key and confirm the national ID, choose 1 (an agent), say it is about oneself.
+                       send: Callable[[str, str], None] | None = None, front_host: str = "127.0.0.1",
+                       language_key: str | None = None, heard: Path | None = None) -> str:
+    """Dial 111, [key ``language_key`` at the language menu,] key and confirm the national ID, choose 1
+    (an agent), say it is about oneself. ``heard``: record what the caller hears there from the start.
 
     Keys go as RFC 4733 unless ``send(call, digit)`` sends each one otherwise (e.g. SIP INFO).
     """
     call = caller.dial(f"sip:111@{front_host}:{front_port}")
     caller.wait_for("state", call=call, state="CONFIRMED", timeout_s=10)
+    if heard is not None:
+        caller.record(call, heard)
+    if language_key is not None:
+        time.sleep(0.5)  # into the language menu (five 0.3 s tones): the key cuts it
+        (send or caller.dtmf)(call, language_key)
     time.sleep(1.0)  # greeting and the ID prompt (0.3 s tones each)
     for digit in NATIONAL_ID:
         (send or caller.dtmf)(call, digit)
@@ -132,6 +141,40 @@ def test_caller_is_bridged_to_agent_with_audio_both_ways(tmp_path: Path, phones:
         assert body["case"] is not None and body["case"]["status"] == "received"
 
 
+
+
+ENGLISH_GREETING_HZ, ENGLISH_OTHER_HZ = 3000.0, 2800.0
+
+
+def test_a_caller_who_chooses_english_hears_english_and_gets_the_agent_who_speaks_it(
+        tmp_path: Path, phones: Phones) -> None:
+    # English prompts: its greeting one tone, every other prompt another; Persian keeps its own tones.
+    english = tone_overrides(tmp_path / "english-prompts", {
+        name: ENGLISH_GREETING_HZ if name == "greeting" else ENGLISH_OTHER_HZ
+        for name in load_prompt_texts(CONFIG_DIR / "prompts.en.yaml")})
+    accounts = [ACCOUNTS[0], {**ACCOUNTS[1], "languages": ["en", "fa"]}, ACCOUNTS[2]]
+    languages = {"other_languages": [{"code": "en", "label": "انگلیسی", "texts": str(CONFIG_DIR / "prompts.en.yaml"),
+                                      "voice": "en-us", "numbers": "en", "override_dir": str(english)}]}
+    with live_softswitch(tmp_path, prompts=languages, agents={**LIVE["agents"], "accounts": accounts}) as switch:
+        persian_only = phones.agent("1001", answer_after_s=0.3)
+        speaks_english = phones.agent("1002", answer_after_s=0.3)
+        ConsoleClient(switch.http, "1001", PASSWORD).login()  # idle longest, but speaks no English
+        time.sleep(0.2)
+        ConsoleClient(switch.http, "1002", PASSWORD).login()
+        caller = phones.new("caller")
+        call = caller_through_ivr(caller, language_key="2", heard=tmp_path / "caller-heard.wav")
+        leg = speaks_english.wait_for("incoming", timeout_s=15)["call"]
+        speaks_english.wait_for("state", call=leg, state="CONFIRMED", timeout_s=5)
+        time.sleep(1.0)
+        caller.hangup(call)
+        speaks_english.wait_for("ended", call=leg, timeout_s=10)
+        assert persian_only.events("incoming") == []
+        heard = read_pcm(Path(caller.wait_for("recorded", call=call, timeout_s=5)["wav"]))
+        body = switch.call_record(call)
+    assert body["call"]["ivr_path"][:2] == ["language:en", "greeting"] and body["call"]["agent_id"] == "1002"
+    # The English greeting was played; the Persian one (its own tone) never was.
+    assert tone_share(heard, ENGLISH_GREETING_HZ, within_hz=8) > 0.01
+    assert tone_share(heard, prompt_tone_hz("greeting"), within_hz=8) < 0.001
 
 
 def test_agent_who_does_not_answer_is_paused_and_the_next_agent_is_rung(tmp_path: Path, phones: Phones) -> None:

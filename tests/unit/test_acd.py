@@ -373,8 +373,10 @@ async def test_snapshot_masks_callers_and_is_json(acd: Acd, clock: FakeClock) ->
     clock.advance(7.5)
     snapshot = json.loads(json.dumps(acd.snapshot()))
     assert snapshot["queue"] == [
-        {"key": "k1", "caller": "*******4567", "waited_s": 7.5, "position": 1, "offered_to": "a"},
-        {"key": "k2", "caller": "****", "waited_s": 7.5, "position": 2, "offered_to": None},
+        {"key": "k1", "caller": "*******4567", "waited_s": 7.5, "position": 1, "offered_to": "a", "skills": [],
+         "priority": 0},
+        {"key": "k2", "caller": "****", "waited_s": 7.5, "position": 2, "offered_to": None, "skills": [],
+         "priority": 0},
     ]
     assert snapshot["longest_wait_s"] == 7.5
     agent = snapshot["agents"][0]
@@ -449,3 +451,88 @@ def test_a_manual_pause_outlasts_a_phone_that_comes_back(acd: Acd) -> None:
     acd.set_registered(set())
     acd.set_registered({"a"})
     assert (acd.agent("a").state, acd.agent("a").pause_reason) == (AgentState.PAUSED, "break")
+
+
+def skilled_acd(clock: Any, wall: Any, skill_wait_s: float = 60.0) -> Acd:
+    """Agent fa speaks Persian, en English (and Persian); callers ask for lang:fa or lang:en."""
+    return Acd(agents_config("fa", "en"), QueueConfig(skill_wait_s=skill_wait_s), clock=clock, wall=wall,
+               skills={"fa": {"lang:fa"}, "en": {"lang:en", "lang:fa"}})
+
+
+async def test_a_caller_gets_an_agent_with_the_skill_before_one_idle_longer(clock: FakeClock, wall: FakeClock) -> None:
+    acd = skilled_acd(clock, wall)
+    login_in_order(acd, clock, "fa", "en")  # fa has been idle longest
+    entry = acd.join("k1", CALLER, skills=["lang:en"])
+    assert (await take(acd, entry)).id == "en"
+    assert acd.snapshot()["queue"][0]["skills"] == ["lang:en"]
+    acd.close()
+
+
+async def test_a_caller_waits_for_the_skill_then_takes_any_agent(wall: FakeClock) -> None:
+    acd = skilled_acd(time.monotonic, wall, skill_wait_s=0.3)
+    acd.login("fa")
+    entry = acd.join("k1", CALLER, skills=["lang:en"])
+    started = time.monotonic()
+    waiting = asyncio.ensure_future(acd.next_agent(entry))
+    await asyncio.sleep(0.15)
+    assert not waiting.done()  # only a Persian agent is ready: not yet
+    agent = await asyncio.wait_for(waiting, 2)  # woken by its own wait ending, no change needed
+    assert agent.id == "fa" and time.monotonic() - started >= 0.3
+    acd.close()
+
+
+async def test_a_caller_behind_one_who_needs_another_skill_is_not_held_back(clock: FakeClock,
+                                                                          wall: FakeClock) -> None:
+    acd = skilled_acd(clock, wall)
+    acd.login("fa")
+    english = acd.join("k1", CALLER, skills=["lang:en"])
+    english_wait = asyncio.ensure_future(acd.next_agent(english))
+    persian = acd.join("k2", CALLER, skills=["lang:fa"])
+    # The Persian agent cannot serve the first caller (yet): the second takes it.
+    assert (await take(acd, persian)).id == "fa"
+    acd.login("en")
+    assert (await asyncio.wait_for(english_wait, 2)).id == "en"
+    acd.close()
+
+
+async def test_a_caller_ahead_who_could_take_the_agent_keeps_it(clock: FakeClock, wall: FakeClock) -> None:
+    acd = skilled_acd(clock, wall)
+    acd.login("en")
+    first = acd.join("k1", CALLER, skills=["lang:fa"])
+    second = acd.join("k2", CALLER, skills=["lang:en"])
+    # The only agent speaks both: the first caller's, though the second needs it more.
+    assert acd.offer(second, "en") is None
+    assert (await take(acd, first)).id == "en"
+    clock.advance(61)  # the first caller's skill wait is over: it could take any agent
+    acd.no_answer(first, "en")
+    acd.login("fa")
+    # The Persian agent would serve both now; the first caller, still waiting, is first.
+    assert acd.offer(second, "fa") is None
+    assert acd.offer(first, "fa") is not None
+    acd.close()
+
+
+def test_skills_survive_export_and_load(clock: FakeClock, wall: FakeClock) -> None:
+    acd = skilled_acd(clock, wall)
+    acd.join("k1", CALLER, skills=["lang:en"])
+    state = json.loads(json.dumps(acd.export_state()))
+    replica = skilled_acd(clock, wall)
+    replica.load_state(state)
+    assert replica.snapshot()["queue"][0]["skills"] == ["lang:en"]
+    with pytest.raises(ValueError, match="not the string"):
+        acd.join("k2", CALLER, skills="lang:en")
+
+
+async def test_a_caller_of_a_higher_priority_is_queued_ahead_and_served_first(acd: Acd) -> None:
+    plain = acd.join("k1", CALLER)
+    second = acd.join("k2", CALLER)
+    repeat = acd.join("k3", CALLER, priority=1)
+    later_repeat = acd.join("k4", CALLER, priority=1)
+    assert [acd.position(e) for e in (repeat, later_repeat, plain, second)] == [1, 2, 3, 4]
+    acd.login("a")
+    assert (await take(acd, repeat)).id == "a"
+    acd.login("b")
+    assert acd.offer(plain, "b") is None  # the other repeat caller is still ahead
+    assert acd.offer(later_repeat, "b") is not None
+    state = json.loads(json.dumps(acd.export_state()))
+    assert [e["priority"] for e in state["queue"]] == [1, 1, 0, 0]

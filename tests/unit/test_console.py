@@ -466,6 +466,10 @@ async def test_supervisor_board_and_snapshot(client: TestClient[Any, Any], desk:
     assert snapshot["queue"][0]["caller"] == "*******4567"
     assert len(snapshot["today"]["per_hour"]) == 24 and 0 <= snapshot["local_hour"] <= 23
     assert {a["id"]: a["state"] for a in snapshot["agents"]}[AGENT] == "ringing"
+    # A caller who chose a language is shown with it, by its name.
+    desk.acd.join("k-en", "09120000000", skills=["lang:en"])
+    snapshot = await (await client.get("/supervisor/api/snapshot")).json()
+    assert [q["needs"] for q in snapshot["queue"]] == [[], ["انگلیسی"]]
 
 
 async def test_supervisor_events_bring_fresh_snapshots(client: TestClient[Any, Any], desk: FakeDesk) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ from softswitch.domain.tracking_code import is_tracking_code, verhoeff_check_dig
 from storage.errors import NotFound, StoreError
 from storage.models import CallRecord
 from tests.fakes.counters import FakeCounts
-from tests.fakes.ivr_parts import FakeCases, FakeDesk, FakeFollowUpCases, FakePrompts, FakeRatings, FakeRecognizer
+from tests.fakes.ivr_parts import (FakeCases, FakeDesk, FakeFollowUpCases, FakeLanguagePrompts, FakePrompts,
+                                   FakeRatings, FakeRecognizer)
 from tests.fakes.scripted_worker import AgentPhone, Played, Script, ScriptedWorker
 from tests.fakes.virtual_time import run_virtual
 
@@ -55,7 +57,7 @@ def test_ids_are_what_the_tests_say() -> None:
 
 def call(script: Script, recognizer: FakeRecognizer | None = None, *, known: FakeFollowUpCases | None = None,
          throttle: FailureThrottle | None = None, caller_number: str = "02188776655",
-         survey: Survey | None = None, sms: SmsOffer | None = None,
+         survey: Survey | None = None, sms: SmsOffer | None = None, languages: Mapping[str, Any] | None = None,
          **ivr: Any) -> tuple[Session, ScriptedWorker, FakeCases]:
     """One call through the flow: out of office hours (menu: 2 a message, 3 follow-up)."""
     worker = ScriptedWorker(script, PROMPTS)
@@ -65,8 +67,9 @@ def call(script: Script, recognizer: FakeRecognizer | None = None, *, known: Fak
 
     async def run() -> Session:
         channel = worker.answer()
-        flow = CallFlow(channel, FakePrompts(), cases, IvrConfig(**ivr), "test-call", recognizer=recognizer,
-                        caller_number=caller_number, follow_up=follow, survey=survey, sms=sms)
+        prompts = next(iter(languages.values())) if languages else FakePrompts()
+        flow = CallFlow(channel, prompts, cases, IvrConfig(**ivr), "test-call", recognizer=recognizer,
+                        caller_number=caller_number, follow_up=follow, survey=survey, sms=sms, languages=languages)
         return await flow.run()
     return run_virtual(run()), worker, cases
 
@@ -359,7 +362,9 @@ class LiveRun:
 
 def live_call(script: Script, agents: dict[str, AgentPhone], *, busy: int = 0,
               weekly: Mapping[str, tuple[str, ...]] = ALWAYS_OPEN, survey: Survey | None = None,
-              caller_number: str = "02188776655", sms: SmsOffer | None = None, **queue: Any) -> LiveRun:
+              caller_number: str = "02188776655", sms: SmsOffer | None = None,
+              languages: Mapping[str, Any] | None = None, skills: Mapping[str, set[str]] | None = None,
+              open_case: Any = None, **queue: Any) -> LiveRun:
     """One call with the given agents logged in (``busy`` of them on other calls first); open all week."""
     worker = ScriptedWorker(script, PROMPTS, agents=agents)
     cases, desk = FakeCases(), FakeDesk()
@@ -369,7 +374,8 @@ def live_call(script: Script, agents: dict[str, AgentPhone], *, busy: int = 0,
 
     async def run() -> Session:
         loop = asyncio.get_running_loop()
-        acd = Acd(AgentsConfig(accounts=accounts, wrap_up_s=10.0), QueueConfig(**queue), clock=loop.time)
+        acd = Acd(AgentsConfig(accounts=accounts, wrap_up_s=10.0), QueueConfig(**queue), clock=loop.time,
+                  skills=skills)
         for agent_id in agents:
             acd.login(agent_id)
         for n in range(busy):  # other callers already talking to the first agents
@@ -377,9 +383,11 @@ def live_call(script: Script, agents: dict[str, AgentPhone], *, busy: int = 0,
             acd.connected(entry, (await acd.next_agent(entry)).id)
         service = LiveService(acd, desk, QueueConfig(**queue), ring_timeout_s=15.0,
                               agent_uri=lambda a: f"sip:{a}@front")
-        live = Live(service, OfficeHours.from_config(OfficeHoursConfig(weekly=dict(weekly), holidays=())))
-        flow = CallFlow(worker.answer(), FakePrompts(), cases, IvrConfig(), "test-call", live=live,
-                        caller_number=caller_number, survey=survey, sms=sms)
+        live = Live(service, OfficeHours.from_config(OfficeHoursConfig(weekly=dict(weekly), holidays=())),
+                    open_case=open_case)
+        prompts = next(iter(languages.values())) if languages else FakePrompts()
+        flow = CallFlow(worker.answer(), prompts, cases, IvrConfig(), "test-call", live=live,
+                        caller_number=caller_number, survey=survey, sms=sms, languages=languages)
         session = await flow.run()
         outcome["acd"] = acd.snapshot()
         outcome["states"] = {a["id"]: a["state"] for a in outcome["acd"]["agents"]}
@@ -675,3 +683,95 @@ def test_an_unknown_source_is_counted_without_it() -> None:
     assert first.path[-2:] == ["follow_up:not_found", "goodbye"]
     second, _, _ = call(follow_up_script(UNKNOWN_CODE), known=known_cases(), throttle=throttle)
     assert second.path[-2:] == ["follow_up:throttled", "goodbye"]  # still by its number
+
+
+# -- languages -------------------------------------------------------------------------------------
+
+LANGUAGES = {"fa": FakeLanguagePrompts("fa"), "en": FakeLanguagePrompts("en", has_end=False)}
+
+
+def test_the_language_menu_comes_first_each_language_in_its_own_voice_and_2_speaks_english() -> None:
+    session, worker, _ = call(Script().key(2.0, "2").hang_up(30.0), languages=LANGUAGES)
+    assert session.path[:2] == ["language:en", "greeting"] and session.language == "en"
+    menu = worker.played[0]
+    assert menu.files == ["/prompts/fa/language_choice.wav", "/prompts/fa/digit_1.wav",
+                          "/prompts/fa/language_choice_end.wav", "/prompts/en/language_choice.wav",
+                          "/prompts/en/digit_2.wav"]
+    assert menu.completed is False and menu.end == pytest.approx(2.0)  # cut at the key
+    # From the greeting on, every prompt is English.
+    assert all(f.startswith("/prompts/en/") for p in worker.played[1:] for f in p.files)
+
+
+def test_no_key_at_the_language_menu_is_the_first_language() -> None:
+    session, worker, _ = call(Script().hang_up(40.0), languages=LANGUAGES)
+    assert session.path[:2] == ["language:fa", "greeting"]
+    assert worker.prompts_heard().count("language_choice") == 2 * IvrConfig().menu_attempts
+    assert all(f.startswith("/prompts/fa/") for p in worker.played[IvrConfig().menu_attempts:] for f in p.files)
+
+
+def test_one_language_plays_no_menu() -> None:
+    session, worker, _ = call(Script().hang_up(10.0), languages={"fa": LANGUAGES["fa"]})
+    assert session.path[0] == "greeting" and session.language is None
+    assert "language_choice" not in worker.prompts_heard()
+
+
+def test_an_english_caller_is_given_the_english_agent_before_a_persian_one_idle_longer() -> None:
+    t = 0.5  # "2" for English cuts the language menu; the greeting starts then
+    script, queued = to_the_queue(t + after_ask() + 1.0)
+    script.key(t, "2").hang_up(queued + 30.0)
+    agents = {"fa1": AgentPhone(answer_after_s=1.0), "en1": AgentPhone(answer_after_s=1.0)}
+    run = live_call(script, agents, languages=LANGUAGES,
+                    skills={"fa1": {"lang:fa"}, "en1": {"lang:en", "lang:fa"}})
+    assert run.session.path[0] == "language:en" and run.session.path[-1] == "queue:handled"
+    assert run.worker.dialled == ["sip:en1@front"]
+
+
+# -- priorities ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("open_cases, priority, path_has_it", [
+    ({NATIONAL_ID}, 2, True),   # a case still being handled: a repeat caller
+    (set(), 2, False),          # none open
+    ({NATIONAL_ID}, 0, False),  # priorities off: not even asked
+])
+def test_a_repeat_caller_is_queued_with_the_configured_priority(open_cases: set[str], priority: int,
+                                                                 path_has_it: bool) -> None:
+    asked: list[tuple[str, float]] = []
+
+    async def open_case(national_id: str, since: float) -> bool:
+        asked.append((national_id, since))
+        return national_id in open_cases
+    script, queued = to_the_queue()
+    script.hang_up(queued + 20.0)
+    run = live_call(script, {"1001": AgentPhone(answer_after_s=3.0)}, open_case=open_case,
+                    repeat_caller_priority=priority, repeat_caller_days=7)
+    assert ("priority:repeat" in run.session.path) is path_has_it
+    assert run.session.path[-1] == "queue:handled"
+    if priority:
+        ((national_id, since),) = asked
+        assert national_id == NATIONAL_ID and time.time() - since == pytest.approx(7 * 86400, abs=60)
+    else:
+        assert asked == []
+
+
+# -- topics ----------------------------------------------------------------------------------------
+
+def test_a_caller_for_an_agent_chooses_a_topic_and_gets_an_agent_of_that_agency() -> None:
+    script, queued = to_the_queue()
+    script.key(queued + 1.0, "2").hang_up(queued + 30.0)
+    agents = {"roads1": AgentPhone(answer_after_s=1.0), "health1": AgentPhone(answer_after_s=1.0)}
+    run = live_call(script, agents, topics=("roads", "health"),
+                    skills={"roads1": {"agency:roads"}, "health1": {"agency:health"}})
+    assert "topic:health" in run.session.path and run.session.topic == "health"
+    assert run.worker.dialled == ["sip:health1@front"]  # not roads1, idle longer
+    menu = next(p for p in run.worker.played if "/prompts/topic_for.wav" in p.files)
+    assert menu.files[:5] == ["/prompts/topic_for.wav", "/prompts/agency_roads.wav", "/prompts/topic_press.wav",
+                              "/prompts/digit_1.wav", "/prompts/topic_press_end.wav"]
+
+
+def test_no_topic_chosen_takes_any_agent() -> None:
+    script, queued = to_the_queue()
+    script.hang_up(queued + 60.0)
+    agents = {"roads1": AgentPhone(answer_after_s=1.0)}
+    run = live_call(script, agents, topics=("health",), skills={"roads1": {"agency:roads"}})
+    assert "topic:none" in run.session.path and run.session.topic is None
+    assert run.worker.dialled == ["sip:roads1@front"]

@@ -313,3 +313,47 @@ def test_shipped_hold_music(tmp_path: Path) -> None:
     prompts.ensure()
     assert 15 <= prompts.duration_s("hold_music") <= 20
     assert not is_silence(prompts.path("hold_music"))
+
+
+@pytest.mark.parametrize("style, n, names", [
+    ("en", 125, ["number_100", "and", "number_20", "digit_5"]),  # one hundred and twenty five
+    ("en", 25, ["number_20", "digit_5"]),
+    ("en", 300, ["number_300"]),
+    ("plain", 125, ["number_100", "number_20", "digit_5"]),  # yüz iyirmi beş
+    ("fa", 25, ["number_20", "and", "digit_5"]),
+])
+def test_cardinal_prompt_names_in_each_style(style: str, n: int, names: list[str]) -> None:
+    assert cardinal_prompt_names(n, style) == names
+
+
+def test_an_unknown_number_style_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="number style"):
+        PromptLibrary({"beep": "tone:440:0.1"}, tmp_path, numbers="roman")
+
+
+def test_a_second_language_speaks_its_own_prompts_and_falls_back_for_the_rest(tmp_path: Path) -> None:
+    first = PromptLibrary({"beep": "tone:440:0.1", "goodbye": "tone:500:0.1"}, tmp_path)
+    second = PromptLibrary({"goodbye": "tone:900:0.1"}, tmp_path, voice="en-us", fallback=first)
+    first.ensure()
+    second.ensure()
+    assert second.path("beep") == first.path("beep")  # not in its texts: the first language's
+    assert second.path("goodbye") != first.path("goodbye") and second.path("goodbye").exists()
+    assert second.has_own("goodbye") and not second.has_own("beep")
+    with pytest.raises(UnknownPromptError):
+        second.path("nothing")
+
+
+def test_shipped_english_prompts_name_only_prompts_of_the_first_language_and_say_every_cardinal() -> None:
+    persian = load_prompt_texts(CONFIG_DIR / "prompts.fa.yaml")
+    english = load_prompt_texts(CONFIG_DIR / "prompts.en.yaml")
+    assert set(english) <= set(persian)
+    assert {name for n in range(1000) for name in cardinal_prompt_names(n, "en")} <= set(english)
+    # What an English caller would otherwise hear in Persian: only what needs no words.
+    assert set(persian) - set(english) == {"hold_music", "language_choice_end", "topic_press_end"}
+
+
+def test_english_speech_is_synthesised_with_its_voice(tmp_path: Path) -> None:
+    english = load_prompt_texts(CONFIG_DIR / "prompts.en.yaml")
+    prompts = PromptLibrary({"goodbye": english["goodbye"]}, tmp_path, voice="en-us", numbers="en")
+    prompts.ensure()
+    assert 1.0 < prompts.duration_s("goodbye") < 5.0 and not is_silence(prompts.path("goodbye"))

@@ -319,6 +319,20 @@ async def test_case_for_someone_else_is_filed_under_the_subject(store: Store, db
     assert subject_id.encode() not in raw and caller_id.encode() not in raw
 
 
+async def test_an_open_case_makes_a_repeat_caller_until_it_is_answered(store: Store) -> None:
+    subject_id, caller_id = "0499370899", "0790419904"
+    case = await store.create_case(await _new_call(store), "received", subject_id, "keypad",
+                                   caller=PersonId(caller_id, "keypad", "verified"))
+    assert await store.has_open_case(subject_id, since=case.created_at - 1)
+    assert await store.has_open_case(caller_id, since=case.created_at - 1)  # who raised it for them
+    assert not await store.has_open_case(subject_id, since=case.created_at + 1)  # older than the window
+    assert not await store.has_open_case("0084575948", since=0)
+    await store.set_case_status(case.id, "referred")
+    assert await store.has_open_case(subject_id, since=0)
+    await store.set_case_status(case.id, "answered")
+    assert not await store.has_open_case(subject_id, since=0)
+
+
 async def test_unverified_and_to_transcribe_statuses(store: Store) -> None:
     unverified = await store.create_case(None, "received", "1234567890", "speech", id_status="unverified")
     assert unverified.id_status == "unverified" and unverified.subject_is_caller

@@ -143,6 +143,8 @@
     panel.dataset.callKey = pop.call_key;
     byId("pop-caller-number").textContent = pop.caller_number ? fa(pop.caller_number) : "—";
     byId("pop-queued").textContent = duration(pop.queued_s || 0);
+    byId("pop-language-block").hidden = !pop.language;
+    byId("pop-language").textContent = pop.language || "";
     renderId({id: "pop-national-id", status: "pop-id-status", audio: "pop-id-audio"},
              pop.national_id, pop.id_status, pop.id_audio);
     const subject = hasSubject(pop);
@@ -155,6 +157,7 @@
     }
     renderHistory("history-caller", pop.history);
     byId("case-form").reset();
+    if (pop.topic) { byId("case-agency").value = pop.topic; }  // the agency the caller chose in the IVR
     byId("attach-form").reset();
     byId("attach-reason-row").hidden = true;
     byId("refer-form").reset();
