@@ -53,7 +53,18 @@ class LiveDesk(Protocol):
 
     def withdraw(self, key: str, agent_id: str) -> None: ...
 
-    def connected(self, key: str, agent_id: str, channel: LiveChannel, leg: Leg) -> None: ...
+    def connected(self, key: str, agent_id: str, channel: LiveChannel, leg: Leg,
+                  transfer: Callable[[str], None]) -> None:
+        """The agent answered; ``transfer(agent_id)`` asks for the call to be handed to that agent."""
+
+    async def transfer_ringing(self, key: str, from_agent: str, to_agent: str) -> None:
+        """The agent the call is handed to is being rung (its screen-pop)."""
+
+    async def transfer_done(self, key: str, from_agent: str, to_agent: str, leg: Leg) -> None:
+        """The other agent answered and talks with the caller; the first one's leg is ended."""
+
+    def transfer_failed(self, key: str, from_agent: str, to_agent: str, reason: str) -> None:
+        """The call stays with ``from_agent``: the other one was not ready, did not answer or was not reached."""
 
     async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> str | None:
         """Keep the tape and make sure the matter is a case; its tracking code."""
@@ -135,6 +146,7 @@ class LiveCall:
         self.key = key
         self.entry: QueueEntry | None = None  # set while the caller is in the queue
         self.player = _Player(channel)
+        self._transfers: asyncio.Queue[str] = asyncio.Queue()  # agents the call is to be handed to
 
     async def run(self, caller_number: str, skills: Sequence[str] = (), priority: int = 0) -> LiveResult:
         """Queue the caller, connect them to an agent and return when the conversation is over.
@@ -232,13 +244,23 @@ class LiveCall:
         try:
             channel.bridge(leg)
             log.info("bridged to agent %s", agent_id, extra={"event": "bridged", "agent": agent_id})
-            live.desk.connected(self.key, agent_id, channel, leg)
+            live.desk.connected(self.key, agent_id, channel, leg, self._transfers.put_nowait)
             tape = asyncio.ensure_future(channel.record_conversation(leg, CONVERSATION_MAX_S))
             caller_gone = asyncio.ensure_future(channel.wait_ended())
-            agent_gone = asyncio.ensure_future(leg.wait_ended())
-            await asyncio.wait([caller_gone, agent_gone, tape], return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                agent_gone = asyncio.ensure_future(leg.wait_ended())
+                asked = asyncio.ensure_future(self._transfers.get())
+                await asyncio.wait([caller_gone, agent_gone, tape, asked], return_when=asyncio.FIRST_COMPLETED)
+                agent_gone.cancel()
+                if not asked.done():
+                    asked.cancel()
+                    break
+                taken = await self._transfer(agent_id, leg, asked.result())
+                if taken is not None:
+                    old = leg
+                    agent_id, leg = taken
+                    await _drop(old)
             caller_gone.cancel()
-            agent_gone.cancel()
             if not tape.done():
                 await channel.stop_record()
             conversation = await tape
@@ -260,6 +282,49 @@ class LiveCall:
                 await live.acd.submit("pause", agent_id=agent_id, reason="agent_lost")
             return LiveResult("agent_lost", agent_id, conversation, tracking_code)
         return LiveResult("handled", agent_id, conversation, tracking_code)
+
+    async def _transfer(self, from_agent: str, leg: Leg, to_agent: str) -> tuple[str, Leg] | None:
+        """Ring ``to_agent`` while the caller stays with ``from_agent``; once it answers, the caller talks
+        with it (the tape goes on) and (to_agent, its leg) is returned. None: the call stays as it was.
+        A first agent who hangs up meanwhile leaves the caller to the other one, on hold music."""
+        live = self.live
+        reserved = await live.acd.submit("transfer_offer", agent_id=to_agent, call_key=self.key, host=live.host)
+        if reserved is None:
+            live.desk.transfer_failed(self.key, from_agent, to_agent, "not_ready")
+            return None
+        await live.desk.transfer_ringing(self.key, from_agent, to_agent)
+        new = self.channel.dial(live.agent_uri(to_agent))
+        answered = asyncio.ensure_future(new.wait_answered(live.ring_timeout_s))
+        caller_gone, first_gone = asyncio.ensure_future(self.channel.wait_ended()), asyncio.ensure_future(leg.wait_ended())
+        try:
+            await asyncio.wait([answered, caller_gone, first_gone], return_when=asyncio.FIRST_COMPLETED)
+            while first_gone.done() and not answered.done() and not caller_gone.done():
+                await self.player.play_until([self.prompts.path("hold_music")], answered, timeout_s=None)
+        except BaseException:
+            answered.cancel()
+            await _drop(new)
+            with contextlib.suppress(Exception):
+                await live.acd.submit("transfer_unanswered", agent_id=to_agent, no_answer=False)
+            live.desk.transfer_failed(self.key, from_agent, to_agent, "not_reached")
+            raise
+        finally:
+            caller_gone.cancel()
+            first_gone.cancel()
+        picked_up = answered.done() and answered.result()
+        # Rang out (or refused): the agent's doing, as with a queued caller; a 503 is our worker's.
+        rang_out = answered.done() and not picked_up and new.end_status != 503
+        if not picked_up or self.channel.ended:
+            answered.cancel()
+            await _drop(new)
+            await live.acd.submit("transfer_unanswered", agent_id=to_agent, no_answer=rang_out)
+            live.desk.transfer_failed(self.key, from_agent, to_agent, "no_answer" if rang_out else "not_reached")
+            return None
+        self.channel.bridge(new)
+        await live.acd.submit("transfer_answered", agent_id=to_agent, from_agent=from_agent)
+        await live.desk.transfer_done(self.key, from_agent, to_agent, new)
+        log.info("handed from agent %s to agent %s", from_agent, to_agent,
+                 extra={"event": "transferred", "agent": to_agent, "from_agent": from_agent})
+        return to_agent, new
 
 
 async def _drop(leg: Leg) -> None:

@@ -65,8 +65,11 @@ class DeskCall:
     # The call's log fields, for what the console does to it (from requests, not the call's task).
     log_context: logs.CallContext | None = None
     agent_leg: Leg | None = None  # while connected: the agent's leg, for a supervisor to join
-    # Supervision of this call noted before it had a case: written into its history once it has one.
-    monitor_notes: list[dict[str, Any]] = field(default_factory=list)
+    # What happened to the call before it had a case (supervision, transfers): (actor, kind, details),
+    # written into its history once it has one.
+    notes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    transfer: Callable[[str], None] | None = None  # while connected: hands the call to another agent
+    transferring_to: str | None = None  # the agent being rung for it
 
     def current_pop(self) -> dict[str, Any] | None:
         if self.pop is None:
@@ -161,11 +164,60 @@ class ControlDesk:
             call.agent_id, call.state = None, "queued"
         self._publish(agent_id, {"type": "call_ended", "call_key": key, "reason": "not_answered"})
 
-    def connected(self, key: str, agent_id: str, channel: LiveChannel, leg: Leg) -> None:
+    def connected(self, key: str, agent_id: str, channel: LiveChannel, leg: Leg,
+                  transfer: Callable[[str], None]) -> None:
         call = self._calls[key]
-        call.state, call.channel, call.agent_leg = "connected", channel, leg
+        call.state, call.channel, call.agent_leg, call.transfer = "connected", channel, leg, transfer
         asyncio.ensure_future(self.store.set_call_agent(call.call_id, agent_id))
         self._publish(agent_id, {"type": "connected", "call_key": key})
+
+    async def transfer_ringing(self, key: str, from_agent: str, to_agent: str) -> None:
+        call = self._calls[key]
+        self._publish(from_agent, {"type": "transfer", "call_key": key, "state": "ringing", "to": to_agent})
+        # The other agent sees the call as it is: the caller, the IDs, the case if one is filed.
+        self._publish(to_agent, {"type": "offer", **(call.current_pop() or await self.screen_pop(call)),
+                                 "state": "ringing", "transferred_from": from_agent})
+
+    async def transfer_done(self, key: str, from_agent: str, to_agent: str, leg: Leg) -> None:
+        call = self._calls[key]
+        for monitor in [m for m in self._monitors.values() if m.call is call]:
+            await self._end_monitor(monitor, "transferred")  # on the first agent's leg, which ends
+        call.agent_id, call.agent_leg, call.transferring_to = to_agent, leg, None
+        self._by_agent.pop(from_agent, None)
+        self._by_agent[to_agent] = call
+        await self.store.set_call_agent(call.call_id, to_agent)
+        await self._note(call, f"agent:{from_agent}", "transferred",
+                         {"from_agent": from_agent, "to_agent": to_agent, "call_id": call.call_id, "at": time.time()})
+        with logs.call_context(call.log_context):
+            log.info("agent %s handed the call to agent %s", from_agent, to_agent,
+                     extra={"event": "transfer", "agent": to_agent, "from_agent": from_agent})
+        self._publish(from_agent, {"type": "call_ended", "call_key": key, "reason": "transferred", "to": to_agent,
+                                   "tracking_code": call.case.tracking_code if call.case else None})
+        self._publish(to_agent, {"type": "connected", "call_key": key})
+
+    def transfer_failed(self, key: str, from_agent: str, to_agent: str, reason: str) -> None:
+        call = self._calls.get(key)
+        if call is not None:
+            call.transferring_to = None
+        self._publish(from_agent, {"type": "transfer", "call_key": key, "state": "failed", "to": to_agent,
+                                   "reason": reason})
+        if reason != "not_ready":
+            self._publish(to_agent, {"type": "call_ended", "call_key": key, "reason": "not_answered"})
+
+    async def transfer(self, agent_id: str, call_key: str, to_agent: str) -> None:
+        """The agent hands the call it is talking on to another agent, who is rung while the caller stays
+        with the first; the outcome comes as events (transfer ringing / failed, call_ended transferred)."""
+        call = self._agents_call(agent_id, call_key)
+        if call.state != "connected" or call.transfer is None:
+            raise ValueError("تماس برقرار نیست.")
+        if to_agent == agent_id or to_agent not in self._accounts:
+            raise LookupError("کارشناس مقصد شناخته نیست.")
+        if call.transferring_to is not None:
+            raise ValueError("انتقال این تماس در جریان است.")
+        if self.acd.agent(to_agent).state is not AgentState.READY:
+            raise ValueError("کارشناس مقصد اکنون آماده پاسخگویی نیست.")
+        call.transferring_to = to_agent
+        call.transfer(to_agent)
 
     async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> str | None:
         """The conversation is over: keep the tape, and make sure the matter is a case; its tracking code."""
@@ -184,9 +236,9 @@ class ControlDesk:
             # the agent completes during wrap-up (or the back office later).
             call.case = await self._new_case(call, "ivr")
         await self.store.attach_recordings(call.call_id, call.case.id)
-        for note in call.monitor_notes:
-            await self.store.add_case_event(call.case.id, f"supervisor:{note['supervisor']}", "monitored", **note)
-        call.monitor_notes.clear()
+        for actor, kind, details in call.notes:
+            await self.store.add_case_event(call.case.id, actor, kind, **details)
+        call.notes.clear()
         self._publish(agent_id, {"type": "call_ended", "call_key": key,
                                  "tracking_code": call.case.tracking_code})
         return call.case.tracking_code
@@ -448,14 +500,18 @@ class ControlDesk:
                      call.agent_id, f" ({reason})" if reason else "",
                      extra={"event": "monitor", "action": action, "mode": monitor.mode,
                             "supervisor": monitor.supervisor_id})
-        if call.case is not None:
-            await self.store.add_case_event(call.case.id, f"supervisor:{monitor.supervisor_id}", "monitored", **note)
-        else:
-            call.monitor_notes.append(note)
+        await self._note(call, f"supervisor:{monitor.supervisor_id}", "monitored", note)
         if action != "stop":
             self._publish(monitor.supervisor_id, {"type": "monitor", "monitor": monitor.view()})
 
     # -- helpers -------------------------------------------------------------
+    async def _note(self, call: DeskCall, actor: str, kind: str, details: dict[str, Any]) -> None:
+        """Into the case's history, or kept until the call has a case."""
+        if call.case is not None:
+            await self.store.add_case_event(call.case.id, actor, kind, **details)
+        else:
+            call.notes.append((actor, kind, details))
+
     def _agents_call(self, agent_id: str, call_key: str) -> DeskCall:
         call = self._by_agent.get(agent_id)
         if call is None or call.key != call_key:

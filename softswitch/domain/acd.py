@@ -142,7 +142,7 @@ STAFFED = frozenset({AgentState.READY, AgentState.RINGING, AgentState.ON_CALL, A
 # ``ENTRY_CHANGES`` name their queue entry by its ``key``.
 CHANGES = frozenset({"login", "logout", "set_ready", "pause", "set_registered", "join", "offer", "no_answer",
                      "dial_failed", "connected", "call_ended", "end_wrap_up", "leave", "count_recorded",
-                     "host_lost"})
+                     "host_lost", "transfer_offer", "transfer_answered", "transfer_unanswered"})
 ENTRY_CHANGES = frozenset({"offer", "no_answer", "dial_failed", "connected", "leave"})
 
 
@@ -580,6 +580,37 @@ class Acd:
         self._publish_queue("left", entry, reason=reason)
         self._publish_today()
 
+    # -- transfers (a call already with an agent, handed to another) ------------
+
+    def transfer_offer(self, agent_id: str, call_key: str, host: str = "") -> AgentStatus | None:
+        """Reserve a READY agent (RINGING) for a call another agent hands over; None if it is not READY."""
+        agent = self._get(agent_id)
+        if agent.status.state is not AgentState.READY:
+            return None
+        agent.call_host = host
+        self._set_state(agent, AgentState.RINGING, call_key=call_key)
+        return dataclasses.replace(agent.status)
+
+    def transfer_answered(self, agent_id: str, from_agent: str) -> None:
+        """The agent took the call over: ON_CALL; the agent who handed it over ends its call (wrap-up)."""
+        agent = self._get(agent_id)
+        if agent.status.state is not AgentState.RINGING:
+            raise ValueError(f"agent {agent_id!r} is {agent.status.state.value}, not ringing for a transfer")
+        agent.connected_at = self._clock()
+        self._set_state(agent, AgentState.ON_CALL, call_key=agent.status.call_key)
+        self.call_ended(from_agent)
+
+    def transfer_unanswered(self, agent_id: str, no_answer: bool) -> None:
+        """The transfer's ring ended unanswered: PAUSED (``no_answer``) when the agent let it ring out,
+        else READY as if it had never rung."""
+        agent = self._get(agent_id)
+        if agent.status.state is not AgentState.RINGING:
+            return
+        if no_answer:
+            self._set_state(agent, AgentState.PAUSED, pause_reason="no_answer")
+        else:
+            self._release(agent)
+
     def end_wrap_up(self, agent_id: str, since: float) -> None:
         """The wrap-up the agent began at ``since`` is over: READY. No effect once it has left that wrap-up."""
         agent = self._get(agent_id)
@@ -593,7 +624,9 @@ class Acd:
         for entry in gone:
             self.leave(entry, "host_lost")
         for agent in self._agents.values():
-            if agent.call_host == host and agent.status.state in (AgentState.ON_CALL, AgentState.WRAP_UP):
+            # Ringing: for a transfer (queued callers' rings were freed as they left).
+            if agent.call_host == host and agent.status.state in (AgentState.RINGING, AgentState.ON_CALL,
+                                                                  AgentState.WRAP_UP):
                 self._release(agent)
         return len(gone)
 

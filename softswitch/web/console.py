@@ -105,6 +105,10 @@ class Desk(Protocol):
     async def give_tracking_code(self, agent_id: str, call_key: str) -> str:
         """The IVR reads the code to the caller; LookupError if no case is filed or attached yet."""
 
+    async def transfer(self, agent_id: str, call_key: str, to_agent: str) -> None:
+        """Hand the agent's connected call to another agent (rung while the caller stays); LookupError for
+        an unknown agent, ValueError (Persian message) when it cannot be done now."""
+
     async def recording_path(self, agent_id: str, recording_id: int) -> Path | None:
         """A recording of this agent's current call, else None."""
 
@@ -155,6 +159,12 @@ LABELS: dict[str, Any] = {
         "refer_this": "ارجاع", "case_referred": "پرونده {code} به {agency} ارجاع شد.",
         "ratings_count": "امروز، از {n} نظر", "agent_rating": "رضایت امروز: {avg} از {n} نظر",
         "no_ratings": "امروز نظری ثبت نشده است",
+        "transfer_ringing": "در حال زنگ زدن به {name}؛ تا پاسخ او، تماس با شماست.",
+        "transferred": "تماس به {name} منتقل شد.",
+        "transfer_failed": {"no_answer": "{name} پاسخ نداد؛ تماس با شماست.",
+                            "not_reached": "تلفن {name} در دسترس نبود؛ تماس با شماست.",
+                            "not_ready": "{name} آماده پاسخگویی نیست؛ تماس با شماست."},
+        "transferred_from": "منتقل‌شده از {name}",
     },
     "queue_ringing": "در حال زنگ برای",
 }
@@ -176,6 +186,7 @@ ERRORS = {
     "not_your_case": "این پرونده در میز شما نیست.",
     "attach_reason": "این پرونده به تماس‌گیرنده یا شخص موضوع درخواست تعلق ندارد؛ برای پیوست، دلیل آن را بنویسید.",
     "no_live_call": "این تماس در جریان نیست.",
+    "unknown_colleague": "کارشناس مقصد شناخته نیست.",
     "no_monitor": "شنودی در جریان نیست.",
 }
 # Supervision: the modes as the supervisor's buttons name them, and the state of their leg.
@@ -335,7 +346,9 @@ class _Console(SessionPages):
         account, session = await self.page_account(request)
         data = {"agent": self.agent_view(account.id), "offer": await self.offer_of(request, account.id),
                 "labels": LABELS}
-        return self.render("agent.html", **self.page_context(account, session), data=data,
+        colleagues = [(a.id, a.name) for a in self.desk.acd.agents() if a.id != account.id]
+        data["names"] = {agent_id: name for agent_id, name in colleagues}
+        return self.render("agent.html", **self.page_context(account, session), data=data, colleagues=colleagues,
                            agencies=self.desk.agencies, categories=self.desk.categories,
                            pause_choices=[(reason, LABELS["pause_reasons"][reason]) for reason in PAUSE_CHOICES])
 
@@ -482,6 +495,17 @@ class _Console(SessionPages):
         call_key = self.text_field(await self.json_body(request), "call_key")
         return await self.tracking_code_answer(self.desk.give_tracking_code(account.id, call_key),
                                                (web.HTTPConflict, "no_case_yet"))
+
+    async def transfer_call(self, request: web.Request) -> web.StreamResponse:
+        account = await self.api_account(request, writes=True)
+        if (relayed := await self.relayed_or(request, account)) is not None:
+            return relayed
+        body = await self.json_body(request)
+        call_key, to_agent = self.text_field(body, "call_key"), self.text_field(body, "agent_id")
+        await self.desk_result(self.desk.transfer(account.id, call_key, to_agent),
+                               (web.HTTPNotFound, "unknown_colleague"), desk_messages=True)
+        log.info("console: %s hands a call to %s", account.id, to_agent)
+        return web.json_response({"transferring_to": to_agent})
 
     @classmethod
     async def tracking_code_answer(cls, desk_call: Awaitable[str], not_found: tuple[type[web.HTTPError], str], *,
@@ -647,6 +671,7 @@ def add_console_routes(app: web.Application, desk: Desk, *, timezone: str = "Asi
     router.add_post("/console/api/cases/attach", console.attach_case)
     router.add_post("/console/api/cases/refer", console.refer_case)
     router.add_post("/console/api/tracking-code", console.give_tracking_code)
+    router.add_post("/console/api/transfer", console.transfer_call)
     router.add_static("/console/static", STATIC_DIR)
     router.add_get("/supervisor", console.supervisor_page)
     router.add_get("/supervisor/api/snapshot", console.supervisor_snapshot)

@@ -594,10 +594,14 @@ class Worker:
             self.send(protocol.Hangup(handle, 503, f"cannot dial: {exc.reason}"))
 
     def _bridge(self, leg: Leg, peer: Leg | None) -> None:
-        """Two-way audio between two calls of this worker (caller and agent)."""
+        """Two-way audio between two calls of this worker (caller and agent). A caller bridged to another
+        leg leaves it (a transfer), and the caller's conversation tape goes on with the new party on it."""
         if peer is None or peer.state is LegState.ENDED:
             self.send(protocol.Error(leg.handle, "bridge peer is gone"))
             return
+        for one in (leg, peer):
+            if one.bridged_to is not None and one.bridged_to not in (leg.handle, peer.handle):
+                self._unbridge(one)
         self._stop_play(leg, completed=False)
         self._stop_play(peer, completed=False)
         try:
@@ -608,6 +612,13 @@ class Worker:
             self.send(protocol.Error(leg.handle, f"cannot bridge: {exc.reason}"))
             return
         leg.bridged_to, peer.bridged_to = peer.handle, leg.handle
+        tape = leg.recording
+        if tape is not None and len(tape.sources) > 1 and peer.handle not in tape.sources and tape.recorder:
+            try:
+                theirs.startTransmit(tape.recorder)
+                tape.sources += (peer.handle,)
+            except pj.Error as exc:
+                log.error("%s: cannot put %s on the conversation's tape: %s", leg.handle, peer.handle, exc.info())
 
     # -- supervision ------------------------------------------------------------
     def _monitor(self, supervisor: Leg, caller_handle: str, agent_handle: str, mode: str) -> None:

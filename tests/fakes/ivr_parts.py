@@ -6,6 +6,8 @@ In memory, named as fakes; the real ones (``media/prompts.py``, ``storage/``,
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,8 +116,23 @@ class FakeDesk:
     def withdraw(self, key: str, agent_id: str) -> None:
         self.events.append(("withdraw", agent_id))
 
-    def connected(self, key: str, agent_id: str, channel: object, leg: object) -> None:
+    transfers: list[str] = field(default_factory=list)  # agents to hand the call to once it is connected
+    transfer_after_s: float = 5.0
+
+    def connected(self, key: str, agent_id: str, channel: object, leg: object,
+                  transfer: Callable[[str], None]) -> None:
         self.events.append(("connected", agent_id))
+        if self.transfers:
+            asyncio.get_running_loop().call_later(self.transfer_after_s, transfer, self.transfers.pop(0))
+
+    async def transfer_ringing(self, key: str, from_agent: str, to_agent: str) -> None:
+        self.events.append(("transfer_ringing", from_agent, to_agent))
+
+    async def transfer_done(self, key: str, from_agent: str, to_agent: str, leg: object) -> None:
+        self.events.append(("transfer_done", from_agent, to_agent))
+
+    def transfer_failed(self, key: str, from_agent: str, to_agent: str, reason: str) -> None:
+        self.events.append(("transfer_failed", from_agent, to_agent, reason))
 
     async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> str | None:
         self.events.append(("finished", agent_id))

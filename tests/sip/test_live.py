@@ -143,6 +143,54 @@ def test_caller_is_bridged_to_agent_with_audio_both_ways(tmp_path: Path, phones:
 
 
 
+SECOND_AGENT_TONE_HZ = 2600.0
+
+
+def test_an_agent_hands_the_call_to_another_and_the_tape_has_both_agents(tmp_path: Path, phones: Phones) -> None:
+    with live_softswitch(tmp_path) as switch:
+        first = phones.agent("1001", answer_after_s=0.3)
+        second = phones.agent("1002", answer_after_s=0.5)
+        console = ConsoleClient(switch.http, "1001", PASSWORD).login()  # idle longest: gets the call
+        time.sleep(0.2)
+        ConsoleClient(switch.http, "1002", PASSWORD).login()
+        caller = phones.new("caller")
+        call = caller_through_ivr(caller)
+        caller.play(call, tone_wav(tmp_path / "caller.wav", CALLER_TONE_HZ))
+        caller.record(call, tmp_path / "caller-heard.wav")
+        first_leg = first.wait_for("incoming", timeout_s=15)["call"]
+        first.wait_for("state", call=first_leg, state="CONFIRMED", timeout_s=5)
+        first.play(first_leg, tone_wav(tmp_path / "first.wav", AGENT_TONE_HZ))
+        time.sleep(2.0)
+        offer = console.current_offer()
+        assert offer is not None
+        status, body = console.post("/console/api/transfer", {"call_key": offer["call_key"], "agent_id": "1002"})
+        assert (status, body) == (200, {"transferring_to": "1002"})
+        second_leg = second.wait_for("incoming", timeout_s=10)["call"]
+        second.wait_for("state", call=second_leg, state="CONFIRMED", timeout_s=5)
+        second.play(second_leg, tone_wav(tmp_path / "second.wav", SECOND_AGENT_TONE_HZ))
+        # The first agent's leg is ended by the softswitch once the second has answered.
+        assert first.wait_for("ended", call=first_leg, timeout_s=10)["code"] in (200, 487)
+        time.sleep(3.0)
+        caller.hangup(call)
+        second.wait_for("ended", call=second_leg, timeout_s=10)
+        caller_heard = read_pcm(Path(caller.wait_for("recorded", call=call, timeout_s=5)["wav"]))
+        body = switch.call_record(call)
+        # The caller's last seconds are the second agent's voice.
+        assert abs(dominant_hz(caller_heard[-16000 * 2:-16000 // 2]) - SECOND_AGENT_TONE_HZ) < 15
+        assert body["call"]["agent_id"] == "1002" and "queue:handled" in body["call"]["ivr_path"]
+        (tape,) = [r for r in body["recordings"] if r["kind"] == "conversation"]
+        conversation = read_pcm(switch.recording_file(tape["sha256"]))
+        # One tape, all three parties: the caller, the first agent, then the second.
+        for hz in (CALLER_TONE_HZ, AGENT_TONE_HZ, SECOND_AGENT_TONE_HZ):
+            assert tone_share(conversation, hz) > 0.05, hz
+        _, case = switch.get(f"/api/cases/{body['case']['tracking_code']}")
+        moves = [e for e in case["history"] if e["kind"] == "transferred"]
+        assert len(moves) == 1 and moves[0]["actor"] == "agent:1001"
+        snapshot = supervisor_snapshot(switch)
+        assert {a["id"]: a["state"] for a in snapshot["agents"]}["1002"] in ("wrap_up", "ready")
+        assert snapshot["today"]["answered"] == 1
+
+
 ENGLISH_GREETING_HZ, ENGLISH_OTHER_HZ = 3000.0, 2800.0
 
 

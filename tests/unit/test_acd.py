@@ -536,3 +536,34 @@ async def test_a_caller_of_a_higher_priority_is_queued_ahead_and_served_first(ac
     assert acd.offer(later_repeat, "b") is not None
     state = json.loads(json.dumps(acd.export_state()))
     assert [e["priority"] for e in state["queue"]] == [1, 1, 0, 0]
+
+
+async def test_a_transfer_rings_a_ready_agent_and_hands_the_call_over(acd: Acd, clock: FakeClock) -> None:
+    login_in_order(acd, clock, "a", "b")
+    assert await answered(acd, clock, "k1", talk_s=30.0) == "a"
+    assert acd.transfer_offer("c", "k1") is None  # logged out
+    ringing = acd.transfer_offer("b", "k1", host="h1")
+    assert ringing is not None and ringing.state is AgentState.RINGING and ringing.call_key == "k1"
+    assert acd.call_host("b") == "h1"
+    clock.advance(5.0)
+    acd.transfer_answered("b", from_agent="a")
+    assert acd.agent("b").state is AgentState.ON_CALL and acd.agent("a").state is AgentState.READY
+    clock.advance(20.0)
+    acd.call_ended("b")
+    # Each agent's own part is its handling time; the caller was answered once.
+    assert list(acd._handle_times) == [35.0, 20.0]
+    assert acd.snapshot()["today"]["answered"] == 1
+
+
+async def test_a_transfer_unanswered_pauses_the_agent_who_let_it_ring_and_frees_one_not_reached(acd: Acd) -> None:
+    acd.login("b")
+    acd.login("c")
+    acd.transfer_offer("b", "k1")
+    acd.transfer_unanswered("b", no_answer=True)
+    assert acd.agent("b").state is AgentState.PAUSED and acd.agent("b").pause_reason == "no_answer"
+    idle_since = acd.agent("c").idle_since
+    acd.transfer_offer("c", "k1")
+    acd.transfer_unanswered("c", no_answer=False)
+    assert acd.agent("c").state is AgentState.READY and acd.agent("c").idle_since == idle_since
+    with pytest.raises(ValueError, match="not ringing for a transfer"):
+        acd.transfer_answered("c", from_agent="a")

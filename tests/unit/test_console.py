@@ -166,7 +166,7 @@ async def test_pages_and_calls_need_a_login(client: TestClient[Any, Any]) -> Non
     for path in ("/console/events", "/supervisor/events", "/supervisor/api/snapshot", "/console/recordings/41"):
         assert (await client.get(path)).status == 401, path
     for path in ("/console/api/agent/login", "/console/api/cases", "/console/api/cases/attach",
-                 "/console/api/tracking-code"):
+                 "/console/api/tracking-code", "/console/api/transfer"):
         response = await client.post(path, json={})
         assert response.status == 401, path
         assert (await response.json())["error"] == ERRORS["not_logged_in"]
@@ -375,6 +375,17 @@ async def test_attach_then_give_the_tracking_code(client: TestClient[Any, Any], 
     assert (status, body["tracking_code"]) == (200, known)
     assert desk.calls[-1] == ("give_tracking_code", AGENT, CALL_KEY)
 
+    # Handing the call to a colleague: named on the page, asked by id; an unknown one, or another's call, refused.
+    html = await (await client.get("/console")).text()
+    assert 'id="transfer-form"' in html and f'<option value="{OTHER}">' in html and f'<option value="{AGENT}">' not in html
+    status, body = await _api(client, "/console/api/transfer", token, {"call_key": CALL_KEY, "agent_id": OTHER})
+    assert (status, body) == (200, {"transferring_to": OTHER})
+    assert desk.calls[-1] == ("transfer", AGENT, CALL_KEY, OTHER)
+    status, body = await _api(client, "/console/api/transfer", token, {"call_key": CALL_KEY, "agent_id": "nobody"})
+    assert (status, body["error"]) == (404, ERRORS["unknown_colleague"])
+    status, body = await _api(client, "/console/api/transfer", token, {"call_key": "not-mine", "agent_id": OTHER})
+    assert status == 403
+
 
 async def test_a_duplicate_gives_the_existing_code_and_may_be_filed_separately(client: TestClient[Any, Any],
                                                                             desk: FakeDesk) -> None:
@@ -503,6 +514,7 @@ class SpokenCodes:
 
     def __init__(self) -> None:
         self.played: list[list[Path]] = []
+        self.transfers: list[str] = []  # the agents the desk asked the call to be handed to
 
     def path(self, name: str) -> Path:
         return Path(name)
@@ -543,7 +555,8 @@ async def _desk_call(desk: ControlDesk, store: Store, key: str, voice: SpokenCod
     desk.track(key, call_id, "09121234567", Session(caller=PersonId(NATIONAL_ID, "keypad", "verified"),
                                                    subject=subject))
     await desk.offer(key, AGENT, 3.0)
-    desk.connected(key, AGENT, voice, voice)  # type: ignore[arg-type]  # (no agent leg: no supervisor joins)
+    desk.connected(key, AGENT, voice, voice,  # type: ignore[arg-type]  # (no agent leg: no supervisor joins)
+                   voice.transfers.append)
     return call_id
 
 
@@ -684,3 +697,49 @@ async def test_control_desk_keeps_bidi_controls_out_of_summaries_and_reasons(
     assert notes == ["بیمارستان دیگر"]
     with pytest.raises(ValueError, match="دلیل"):
         await desk.file_case(AGENT, "second", "health", "شکایت", "x", override_reason="\u202a\u202c")
+
+
+def _drain(events: asyncio.Queue[dict[str, Any]]) -> list[dict[str, Any]]:
+    found = []
+    while not events.empty():
+        found.append(events.get_nowait())
+    return [e for e in found if e.get("type") != "agent"]
+
+
+async def test_a_connected_call_is_handed_to_a_ready_agent_and_the_case_history_says_so(
+        store: Store, voice: SpokenCodes) -> None:
+    other = "1002"
+    config = Config(agents=AgentsConfig(accounts=(fake_account(AGENT, "مریم احمدی"), fake_account(other, "علی رضایی"))))
+    acd = Acd(config.agents, config.queue)
+    desk = ControlDesk(config, store, acd, voice)
+    try:
+        first, second = desk.subscribe(AGENT), desk.subscribe(other)
+        await _desk_call(desk, store, "k1", voice)
+        with pytest.raises(ValueError, match="آماده"):
+            await desk.transfer(AGENT, "k1", other)  # logged out
+        with pytest.raises(LookupError):
+            await desk.transfer(AGENT, "k1", "nobody")
+        with pytest.raises(PermissionError):
+            await desk.transfer(other, "k1", AGENT)  # not the other's call
+        acd.login(other)
+        await desk.transfer(AGENT, "k1", other)
+        assert voice.transfers == [other]
+        with pytest.raises(ValueError, match="در جریان"):
+            await desk.transfer(AGENT, "k1", other)
+        _drain(first), _drain(second)
+        await desk.transfer_ringing("k1", AGENT, other)
+        (offer,) = _drain(second)
+        assert offer["type"] == "offer" and offer["transferred_from"] == AGENT and offer["national_id"] == NATIONAL_ID
+        await desk.transfer_done("k1", AGENT, other, voice)  # type: ignore[arg-type]
+        assert [e["type"] for e in _drain(first)] == ["transfer", "call_ended"]
+        assert [e["type"] for e in _drain(second)] == ["connected"]
+        assert desk.current_offer(AGENT) is None and desk.current_offer(other)["call_key"] == "k1"  # type: ignore[index]
+        code = await desk.finished("k1", other, None)
+        assert code is not None
+        case = await store.get_case(code)
+        assert case is not None
+        moves = [e.detail for e in await store.case_events(case.id) if e.kind == "transferred"]
+        assert [(m["from_agent"], m["to_agent"]) for m in moves] == [(AGENT, other)]
+    finally:
+        await desk.close()
+        acd.close()

@@ -364,10 +364,10 @@ def live_call(script: Script, agents: dict[str, AgentPhone], *, busy: int = 0,
               weekly: Mapping[str, tuple[str, ...]] = ALWAYS_OPEN, survey: Survey | None = None,
               caller_number: str = "02188776655", sms: SmsOffer | None = None,
               languages: Mapping[str, Any] | None = None, skills: Mapping[str, set[str]] | None = None,
-              open_case: Any = None, **queue: Any) -> LiveRun:
+              open_case: Any = None, transfers: tuple[str, ...] = (), **queue: Any) -> LiveRun:
     """One call with the given agents logged in (``busy`` of them on other calls first); open all week."""
     worker = ScriptedWorker(script, PROMPTS, agents=agents)
-    cases, desk = FakeCases(), FakeDesk()
+    cases, desk = FakeCases(), FakeDesk(transfers=list(transfers))
     accounts = tuple(AgentAccount(id=a, name=f"Agent {a}", sip_ha1="0" * 32, console_password="scrypt$x")
                      for a in agents)
     outcome: dict[str, Any] = {}
@@ -775,3 +775,51 @@ def test_no_topic_chosen_takes_any_agent() -> None:
     run = live_call(script, agents, topics=("health",), skills={"roads1": {"agency:roads"}})
     assert "topic:none" in run.session.path and run.session.topic is None
     assert run.worker.dialled == ["sip:roads1@front"]
+
+
+# -- transfers -------------------------------------------------------------------------------------
+
+def test_an_agent_hands_the_call_to_another_who_answers_and_the_tape_goes_on() -> None:
+    script, queued = to_the_queue()
+    script.hang_up(queued + 60.0)
+    agents = {"1001": AgentPhone(answer_after_s=1.0), "1002": AgentPhone(answer_after_s=2.0)}
+    run = live_call(script, agents, transfers=("1002",))
+    assert run.worker.dialled == ["sip:1001@front", "sip:1002@front"]
+    first, second = [c.call for c in run.worker.commands if isinstance(c, protocol.Dial)]
+    # The caller talks to the first agent until the second answers, then to the second.
+    assert run.worker.bridged == [("caller", first), ("caller", second)]
+    hangups = [c.call for c in run.worker.commands if isinstance(c, protocol.HangupCall)]
+    assert hangups[0] == first
+    assert ("transfer_ringing", "1001", "1002") in run.desk.events and ("transfer_done", "1001", "1002") in run.desk.events
+    (tape,) = [r.done for r in run.worker.recordings if r.kind == "conversation"]
+    assert tape.duration_s > 40  # one tape, from the first answer to the caller's hang-up
+    assert run.session.agent_id == "1002" and run.session.path[-1] == "queue:handled"
+    # The first agent's wrap-up (10 s) began at the hand-over and is over by the caller's hang-up.
+    assert run.agent_states == {"1001": "ready", "1002": "wrap_up"}
+    assert run.acd["today"]["answered"] == 1
+
+
+def test_a_transfer_not_answered_leaves_the_caller_with_the_first_agent() -> None:
+    script, queued = to_the_queue()
+    script.hang_up(queued + 60.0)
+    agents = {"1001": AgentPhone(answer_after_s=1.0), "1002": AgentPhone(answer_after_s=None)}
+    run = live_call(script, agents, transfers=("1002",))
+    first, _ = [c.call for c in run.worker.commands if isinstance(c, protocol.Dial)]
+    assert run.worker.bridged == [("caller", first)]
+    assert ("transfer_failed", "1001", "1002", "no_answer") in run.desk.events
+    assert run.session.agent_id == "1001"
+    assert run.agent_states == {"1001": "wrap_up", "1002": "paused"}
+
+
+def test_a_first_agent_who_hangs_up_while_the_other_rings_leaves_the_caller_on_hold_for_it() -> None:
+    script, queued = to_the_queue()
+    script.hang_up(queued + 60.0)
+    # The transfer is asked 5 s into the call; the first agent hangs up 1 s later, the second answers at 4 s.
+    agents = {"1001": AgentPhone(answer_after_s=1.0, talk_s=6.0), "1002": AgentPhone(answer_after_s=4.0)}
+    run = live_call(script, agents, transfers=("1002",))
+    first, second = [c.call for c in run.worker.commands if isinstance(c, protocol.Dial)]
+    assert run.worker.bridged == [("caller", first), ("caller", second)]
+    assert run.session.agent_id == "1002" and ("transfer_done", "1001", "1002") in run.desk.events
+    # Hold music while the first agent rang (1 s), and again from its hang-up until the second answered (3 s).
+    held = [(p.end or p.start) - p.start for p in run.worker.played if any("hold_music" in f for f in p.files)]
+    assert held[0] == pytest.approx(1.0) and sum(held[1:]) == pytest.approx(3.0, abs=0.2)

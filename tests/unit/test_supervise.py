@@ -71,7 +71,7 @@ async def connected_call(desk: ControlDesk, store: Store, key: str, agent_id: st
     await desk.offer(key, agent_id, 2.0)
     agent_leg = caller.dial(desk.agent_uri(agent_id))
     assert await agent_leg.wait_answered(1.0)
-    desk.connected(key, agent_id, caller, agent_leg)
+    desk.connected(key, agent_id, caller, agent_leg, lambda to_agent: None)
     return worker, caller, agent_leg
 
 

@@ -194,6 +194,8 @@
       refer.dataset.prefilled = refer.value;
     }
     byId("btn-give-code").disabled = !code || state !== "connected";
+    byId("transfer-form").hidden = !byId("transfer-agent").options.length;
+    byId("transfer-submit").disabled = state !== "connected";
     byId("btn-close-pop").hidden = state !== "ended";
   }
 
@@ -255,6 +257,25 @@
     const body = Object.assign(filing(), {override_reason: byId("override-reason").value});
     caseCall("/console/api/cases", body, byId("override-submit"), labels.messages.case_filed_separately);
   });
+  function colleague(id, text) {
+    return text.replace("{name}", (boot.names || {})[id] || id);
+  }
+
+  byId("transfer-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = byId("transfer-submit");
+    const to = byId("transfer-agent").value;
+    button.disabled = true;
+    const result = await postJson("/console/api/transfer", {call_key: offer.call_key, agent_id: to},
+                                  labels.messages.network);
+    if (!result.ok) {
+      button.disabled = false;
+      say("error", result.data.error || labels.messages.network);
+      return;
+    }
+    say("", colleague(to, labels.messages.transfer_ringing));
+  });
+
   byId("refer-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const button = byId("refer-submit");
@@ -305,11 +326,26 @@
         break;
       case "offer":
         showOffer(message.offer);
+        if (message.offer && message.offer.transferred_from) {
+          say("", colleague(message.offer.transferred_from, labels.messages.transferred_from));
+        }
+        break;
+      case "transfer":
+        if (!sameCall(message)) break;
+        if (message.state === "failed") {
+          updateOffer();
+          say("error", colleague(message.to, labels.messages.transfer_failed[message.reason] || labels.messages.network));
+        } else {
+          say("", colleague(message.to, labels.messages.transfer_ringing));
+        }
         break;
       case "connected":
         if (sameCall(message)) { offer.state = "connected"; updateOffer(); }
         break;
       case "call_ended":
+        if (message.reason === "transferred" && sameCall(message)) {
+          say("ok", colleague(message.to, labels.messages.transferred));
+        }
         endOffer(message.call_key);
         break;
       case "case_filed":
