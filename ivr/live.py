@@ -33,6 +33,9 @@ log = logging.getLogger("ivr.live")
 CONVERSATION_MAX_S = 4 * 3600.0  # a bound for the tape, far beyond any conversation
 # How a leg's end says its far end was lost (no RTP, a session refresh unanswered).
 LEG_LOST = 408
+TO_QUEUE = "queue"  # what an agent hands a call to when it sends the caller back to the queue
+# A caller sent back to the queue goes ahead of every waiting caller (repeat callers' priorities are 0..9).
+REQUEUE_PRIORITY = 10
 
 
 def _now() -> float:
@@ -73,7 +76,9 @@ class LiveDesk(Protocol):
 
 @dataclass
 class LiveResult:
-    outcome: str  # handled | to_message | agent_lost (the agent's phone died mid-call)
+    # handled | to_message | agent_lost (the agent's phone died mid-call) | requeued (sent back to the queue:
+    # LiveCall.run queues the caller again)
+    outcome: str
     agent_id: str | None = None
     conversation: RecordingResult | None = None
     tracking_code: str | None = None  # the case the conversation became (told to the caller after agent_lost)
@@ -159,10 +164,14 @@ class LiveCall:
             await self.channel.play([self.prompts.path("live_unavailable")])
             return LiveResult("to_message")
         # The queue (replicated: every host's database rows) keeps only the masked number it shows.
-        self.entry = await acd.submit("join", key=self.key, caller_number=mask_number(caller_number),
-                                      host=self.live.host, skills=sorted(skills), priority=priority)
+        joining = {"key": self.key, "caller_number": mask_number(caller_number), "host": self.live.host,
+                   "skills": sorted(skills)}
+        self.entry = await acd.submit("join", **joining, priority=priority)
         try:
-            return await self._wait()
+            while (result := await self._wait()).outcome == "requeued":
+                # An agent sent the caller back: at the head of the queue, its conversation a case already.
+                self.entry = await acd.submit("join", **joining, priority=REQUEUE_PRIORITY, again=True)
+            return result
         except CallEnded:
             await self._leave("abandoned")
             raise
@@ -241,6 +250,7 @@ class LiveCall:
         live, channel = self.live, self.channel
         conversation: RecordingResult | None = None
         tracking_code: str | None = None
+        requeued = False
         try:
             channel.bridge(leg)
             log.info("bridged to agent %s", agent_id, extra={"event": "bridged", "agent": agent_id})
@@ -254,6 +264,9 @@ class LiveCall:
                 agent_gone.cancel()
                 if not asked.done():
                     asked.cancel()
+                    break
+                if asked.result() == TO_QUEUE:
+                    requeued = not channel.ended
                     break
                 taken = await self._transfer(agent_id, leg, asked.result())
                 if taken is not None:
@@ -281,6 +294,10 @@ class LiveCall:
             with contextlib.suppress(ValueError):
                 await live.acd.submit("pause", agent_id=agent_id, reason="agent_lost")
             return LiveResult("agent_lost", agent_id, conversation, tracking_code)
+        if requeued and not channel.ended:
+            log.info("agent %s sent the caller back to the queue", agent_id,
+                     extra={"event": "requeued", "agent": agent_id})
+            return LiveResult("requeued", agent_id, conversation, tracking_code)
         return LiveResult("handled", agent_id, conversation, tracking_code)
 
     async def _transfer(self, from_agent: str, leg: Leg, to_agent: str) -> tuple[str, Leg] | None:

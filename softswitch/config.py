@@ -709,6 +709,8 @@ class Config(_Section):
             raise ValueError(problem)
         if any(a.id == self.sip.service_number for a in self.agents.accounts):
             raise ValueError(f"agent id {self.sip.service_number} is the service number")
+        if any(a.id == "queue" for a in self.agents.accounts):
+            raise ValueError("agent id queue is reserved: it names the queue a call is handed back to")
         offered = self.prompts.language_codes
         agencies = [agency.id for agency in self.agencies]
         if unknown := [topic for topic in self.queue.topics if topic not in agencies]:

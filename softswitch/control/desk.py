@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from ivr.call_flow import Session
 from ivr.channel import Leg, LiveChannel, RecordingResult
+from ivr.live import TO_QUEUE
 from ivr.recorded_message import read_tracking_code
 from softswitch import logs
 from softswitch.config import Agency, AgentAccount, Config, agency_skill, language_skill
@@ -150,7 +151,9 @@ class ControlDesk:
     # -- ivr.live.LiveDesk ---------------------------------------------------
     async def offer(self, key: str, agent_id: str, queued_s: float) -> None:
         call = self._calls[key]
-        call.agent_id, call.state, call.queued_s = agent_id, "ringing", queued_s
+        if call.agent_id is not None and self._by_agent.get(call.agent_id) is call:
+            del self._by_agent[call.agent_id]  # sent back to the queue by that agent: the call is the next one's
+        call.agent_id, call.state, call.queued_s, call.transferring_to = agent_id, "ringing", queued_s, None
         self._by_agent[agent_id] = call
         recordings = await self.store.recordings_for_call(call.call_id)
         call.id_audio = {whose: [r.id for r in recordings if ID_AUDIO_KINDS.get(r.kind) == whose]
@@ -206,14 +209,23 @@ class ControlDesk:
 
     async def transfer(self, agent_id: str, call_key: str, to_agent: str) -> None:
         """The agent hands the call it is talking on to another agent, who is rung while the caller stays
-        with the first; the outcome comes as events (transfer ringing / failed, call_ended transferred)."""
+        with the first; the outcome comes as events (transfer ringing / failed, call_ended transferred).
+        ``TO_QUEUE`` sends the caller back to the head of the queue instead."""
         call = self._agents_call(agent_id, call_key)
         if call.state != "connected" or call.transfer is None:
             raise ValueError("تماس برقرار نیست.")
-        if to_agent == agent_id or to_agent not in self._accounts:
-            raise LookupError("کارشناس مقصد شناخته نیست.")
         if call.transferring_to is not None:
             raise ValueError("انتقال این تماس در جریان است.")
+        if to_agent == TO_QUEUE:
+            # Back to the queue, at its head: this conversation ends (its case is filed), the next agent takes it.
+            await self._note(call, f"agent:{agent_id}", "transferred",
+                             {"from_agent": agent_id, "to_agent": TO_QUEUE, "call_id": call.call_id, "at": time.time()})
+            self._publish(agent_id, {"type": "transfer", "call_key": call_key, "state": "to_queue", "to": TO_QUEUE})
+            call.transferring_to = TO_QUEUE
+            call.transfer(TO_QUEUE)
+            return
+        if to_agent == agent_id or to_agent not in self._accounts:
+            raise LookupError("کارشناس مقصد شناخته نیست.")
         if self.acd.agent(to_agent).state is not AgentState.READY:
             raise ValueError("کارشناس مقصد اکنون آماده پاسخگویی نیست.")
         call.transferring_to = to_agent

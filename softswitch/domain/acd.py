@@ -185,6 +185,7 @@ class QueueEntry:
     host: str = ""  # the host whose media worker holds the call (a replicated ACD's)
     skills: frozenset[str] = frozenset()  # what its agent should have: preferred until queue.skill_wait_s
     priority: int = 0  # queued ahead of every caller of a lower one
+    requeued: bool = False  # sent back by an agent: counted in the day's figures once already
 
 
 @dataclass
@@ -253,7 +254,7 @@ class _Day:
 _STATUS_FIELDS = ("since_wall", "idle_since", "pause_reason", "pause_requested", "call_key", "answered_today",
                   "registered")
 _ENTRY_FIELDS = ("key", "caller_number", "joined", "joined_wall", "offered_to", "last_dial_failure", "host",
-                 "priority")
+                 "priority", "requeued")
 
 
 def mask_number(number: str) -> str:
@@ -445,18 +446,21 @@ class Acd:
         return None
 
     def join(self, key: str, caller_number: str, host: str = "", skills: Iterable[str] = (),
-             priority: int = 0) -> QueueEntry:
+             priority: int = 0, again: bool = False) -> QueueEntry:
         """Queue a caller who needs ``skills``: behind every caller of its ``priority`` or a higher one.
-        ``overflow_reason()`` is the gate, join itself refuses only a key already queued."""
+        ``again``: an agent sent the caller back, so the day's figures count the caller no more (offered,
+        answered and left were counted on the first way through). ``overflow_reason()`` is the gate, join
+        itself refuses only a key already queued."""
         if self._entry(key) is not None:
             raise ValueError(f"call {key!r} is already queued")
         if isinstance(skills, str):
             raise ValueError(f"skills must be an iterable of skills, not the string {skills!r}")
         entry = QueueEntry(key, caller_number, self._clock(), self._wall(), host=host, skills=frozenset(skills),
-                           priority=priority)
+                           priority=priority, requeued=again)
         place = next((i for i, queued in enumerate(self._queue) if queued.priority < priority), len(self._queue))
         self._queue.insert(place, entry)
-        self._count(DayFact("offered", entry.joined_wall))
+        if not again:
+            self._count(DayFact("offered", entry.joined_wall))
         log.info("queue: joined at position %d", place + 1,
                  extra={"event": "queue_join", "position": place + 1, "priority": priority})
         self._publish_queue("joined", entry, position=place + 1)
@@ -538,7 +542,8 @@ class Acd:
         self._queue.remove(entry)
         entry.offered_to = None
         waited_s = self._clock() - entry.joined
-        self._count(DayFact("answered", self._wall(), agent_id=agent_id, seconds=waited_s))
+        if not entry.requeued:
+            self._count(DayFact("answered", self._wall(), agent_id=agent_id, seconds=waited_s))
         agent.connected_at = self._clock()
         self._set_state(agent, AgentState.ON_CALL, call_key=entry.key)
         log.info("queue: left for agent %s after %.1f s", agent_id, waited_s,
@@ -574,7 +579,8 @@ class Acd:
             agent = self._agents[entry.offered_to]
             entry.offered_to = None
             self._release(agent)
-        self._count(DayFact("left", self._wall(), reason=reason))
+        if not entry.requeued:
+            self._count(DayFact("left", self._wall(), reason=reason))
         log.info("queue: left (%s) after %.1f s", reason, self._clock() - entry.joined,
                  extra={"event": "queue_leave", "reason": reason, "waited_s": self._clock() - entry.joined})
         self._publish_queue("left", entry, reason=reason)

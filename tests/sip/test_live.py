@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -146,35 +147,52 @@ def test_caller_is_bridged_to_agent_with_audio_both_ways(tmp_path: Path, phones:
 SECOND_AGENT_TONE_HZ = 2600.0
 
 
+@dataclass
+class HandedOver:
+    caller: Softphone
+    call: str
+    first: Softphone
+    first_leg: str
+    second: Softphone
+    second_leg: str
+
+
+def hand_over(tmp_path: Path, phones: Phones, switch: RunningSoftswitch, to: str) -> HandedOver:
+    """Agents 1001 and 1002 logged in; a caller (its tone, recorded) answered by 1001 (its tone), who after
+    2 s hands the call to ``to`` on the console; 1002 answers it (its tone)."""
+    first = phones.agent("1001", answer_after_s=0.3)
+    second = phones.agent("1002", answer_after_s=0.3)
+    console = ConsoleClient(switch.http, "1001", PASSWORD).login()  # idle longest: gets the call
+    time.sleep(0.2)
+    ConsoleClient(switch.http, "1002", PASSWORD).login()
+    caller = phones.new("caller")
+    call = caller_through_ivr(caller)
+    caller.play(call, tone_wav(tmp_path / "caller.wav", CALLER_TONE_HZ))
+    caller.record(call, tmp_path / "caller-heard.wav")
+    first_leg = first.wait_for("incoming", timeout_s=15)["call"]
+    first.wait_for("state", call=first_leg, state="CONFIRMED", timeout_s=5)
+    first.play(first_leg, tone_wav(tmp_path / "first.wav", AGENT_TONE_HZ))
+    time.sleep(2.0)
+    offer = console.current_offer()
+    assert offer is not None
+    status, body = console.post("/console/api/transfer", {"call_key": offer["call_key"], "agent_id": to})
+    assert (status, body) == (200, {"transferring_to": to})
+    second_leg = second.wait_for("incoming", timeout_s=15)["call"]
+    second.wait_for("state", call=second_leg, state="CONFIRMED", timeout_s=5)
+    second.play(second_leg, tone_wav(tmp_path / "second.wav", SECOND_AGENT_TONE_HZ))
+    return HandedOver(caller, call, first, first_leg, second, second_leg)
+
+
 def test_an_agent_hands_the_call_to_another_and_the_tape_has_both_agents(tmp_path: Path, phones: Phones) -> None:
     with live_softswitch(tmp_path) as switch:
-        first = phones.agent("1001", answer_after_s=0.3)
-        second = phones.agent("1002", answer_after_s=0.5)
-        console = ConsoleClient(switch.http, "1001", PASSWORD).login()  # idle longest: gets the call
-        time.sleep(0.2)
-        ConsoleClient(switch.http, "1002", PASSWORD).login()
-        caller = phones.new("caller")
-        call = caller_through_ivr(caller)
-        caller.play(call, tone_wav(tmp_path / "caller.wav", CALLER_TONE_HZ))
-        caller.record(call, tmp_path / "caller-heard.wav")
-        first_leg = first.wait_for("incoming", timeout_s=15)["call"]
-        first.wait_for("state", call=first_leg, state="CONFIRMED", timeout_s=5)
-        first.play(first_leg, tone_wav(tmp_path / "first.wav", AGENT_TONE_HZ))
-        time.sleep(2.0)
-        offer = console.current_offer()
-        assert offer is not None
-        status, body = console.post("/console/api/transfer", {"call_key": offer["call_key"], "agent_id": "1002"})
-        assert (status, body) == (200, {"transferring_to": "1002"})
-        second_leg = second.wait_for("incoming", timeout_s=10)["call"]
-        second.wait_for("state", call=second_leg, state="CONFIRMED", timeout_s=5)
-        second.play(second_leg, tone_wav(tmp_path / "second.wav", SECOND_AGENT_TONE_HZ))
+        moved = hand_over(tmp_path, phones, switch, "1002")
         # The first agent's leg is ended by the softswitch once the second has answered.
-        assert first.wait_for("ended", call=first_leg, timeout_s=10)["code"] in (200, 487)
+        assert moved.first.wait_for("ended", call=moved.first_leg, timeout_s=10)["code"] in (200, 487)
         time.sleep(3.0)
-        caller.hangup(call)
-        second.wait_for("ended", call=second_leg, timeout_s=10)
-        caller_heard = read_pcm(Path(caller.wait_for("recorded", call=call, timeout_s=5)["wav"]))
-        body = switch.call_record(call)
+        moved.caller.hangup(moved.call)
+        moved.second.wait_for("ended", call=moved.second_leg, timeout_s=10)
+        caller_heard = read_pcm(Path(moved.caller.wait_for("recorded", call=moved.call, timeout_s=5)["wav"]))
+        body = switch.call_record(moved.call)
         # The caller's last seconds are the second agent's voice.
         assert abs(dominant_hz(caller_heard[-16000 * 2:-16000 // 2]) - SECOND_AGENT_TONE_HZ) < 15
         assert body["call"]["agent_id"] == "1002" and "queue:handled" in body["call"]["ivr_path"]
@@ -189,6 +207,29 @@ def test_an_agent_hands_the_call_to_another_and_the_tape_has_both_agents(tmp_pat
         snapshot = supervisor_snapshot(switch)
         assert {a["id"]: a["state"] for a in snapshot["agents"]}["1002"] in ("wrap_up", "ready")
         assert snapshot["today"]["answered"] == 1
+
+
+def test_an_agent_sends_the_caller_back_to_the_queue_and_the_next_agent_answers(tmp_path: Path,
+                                                                                 phones: Phones) -> None:
+    with live_softswitch(tmp_path) as switch:
+        moved = hand_over(tmp_path, phones, switch, "queue")  # 1001 in wrap-up: 1002 is the next agent
+        # That conversation was over before the next agent was rung.
+        assert [e["call"] for e in moved.first.events("ended")] == [moved.first_leg]
+        time.sleep(2.5)
+        moved.caller.hangup(moved.call)
+        moved.second.wait_for("ended", call=moved.second_leg, timeout_s=10)
+        body = switch.call_record(moved.call)
+        assert body["call"]["agent_id"] == "1002"
+        # Two conversations, two tapes, each with its agent; both with the call's one case.
+        tapes = [r for r in body["recordings"] if r["kind"] == "conversation"]  # in the order they were made
+        assert len(tapes) == 2
+        heard = [read_pcm(switch.recording_file(tape["sha256"])) for tape in tapes]
+        assert tone_share(heard[0], AGENT_TONE_HZ) > 0.05 and tone_share(heard[0], SECOND_AGENT_TONE_HZ) < 0.01
+        assert tone_share(heard[1], SECOND_AGENT_TONE_HZ) > 0.05 and tone_share(heard[1], AGENT_TONE_HZ) < 0.01
+        _, case = switch.get(f"/api/cases/{body['case']['tracking_code']}")
+        assert {t["sha256"] for t in tapes} <= {r["sha256"] for r in case["recordings"]}
+        snapshot = supervisor_snapshot(switch)
+        assert (snapshot["today"]["offered"], snapshot["today"]["answered"]) == (1, 1)
 
 
 ENGLISH_GREETING_HZ, ENGLISH_OTHER_HZ = 3000.0, 2800.0

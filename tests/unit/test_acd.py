@@ -567,3 +567,18 @@ async def test_a_transfer_unanswered_pauses_the_agent_who_let_it_ring_and_frees_
     assert acd.agent("c").state is AgentState.READY and acd.agent("c").idle_since == idle_since
     with pytest.raises(ValueError, match="not ringing for a transfer"):
         acd.transfer_answered("c", from_agent="a")
+
+
+async def test_a_caller_sent_back_to_the_queue_is_counted_once(acd: Acd, clock: FakeClock) -> None:
+    login_in_order(acd, clock, "a", "b")
+    assert await answered(acd, clock, "k1", talk_s=10.0) == "a"
+    acd.call_ended("a")
+    waiting = acd.join("k0", CALLER)
+    again = acd.join("k1", CALLER, priority=10, again=True)
+    assert acd.position(again) == 1 and acd.position(waiting) == 2  # at the head
+    assert (await take(acd, again)).id == "b"
+    acd.connected(again, "b")
+    acd.leave(waiting, "abandoned")
+    today = acd.snapshot()["today"]
+    assert (today["offered"], today["answered"], today["abandoned"]) == (2, 1, 1)
+    assert json.loads(json.dumps(acd.export_state()))["queue"] == []

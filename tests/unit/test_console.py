@@ -378,6 +378,7 @@ async def test_attach_then_give_the_tracking_code(client: TestClient[Any, Any], 
     # Handing the call to a colleague: named on the page, asked by id; an unknown one, or another's call, refused.
     html = await (await client.get("/console")).text()
     assert 'id="transfer-form"' in html and f'<option value="{OTHER}">' in html and f'<option value="{AGENT}">' not in html
+    assert '<option value="queue">' in html
     status, body = await _api(client, "/console/api/transfer", token, {"call_key": CALL_KEY, "agent_id": OTHER})
     assert (status, body) == (200, {"transferring_to": OTHER})
     assert desk.calls[-1] == ("transfer", AGENT, CALL_KEY, OTHER)
@@ -734,12 +735,16 @@ async def test_a_connected_call_is_handed_to_a_ready_agent_and_the_case_history_
         assert [e["type"] for e in _drain(first)] == ["transfer", "call_ended"]
         assert [e["type"] for e in _drain(second)] == ["connected"]
         assert desk.current_offer(AGENT) is None and desk.current_offer(other)["call_key"] == "k1"  # type: ignore[index]
+        # The second agent sends the caller back to the queue: noted, said, asked of the call.
+        await desk.transfer(other, "k1", "queue")
+        assert voice.transfers == [other, "queue"]
+        assert [(e["type"], e["state"]) for e in _drain(second)] == [("transfer", "to_queue")]
         code = await desk.finished("k1", other, None)
         assert code is not None
         case = await store.get_case(code)
         assert case is not None
         moves = [e.detail for e in await store.case_events(case.id) if e.kind == "transferred"]
-        assert [(m["from_agent"], m["to_agent"]) for m in moves] == [(AGENT, other)]
+        assert [(m["from_agent"], m["to_agent"]) for m in moves] == [(AGENT, other), (other, "queue")]
     finally:
         await desk.close()
         acd.close()

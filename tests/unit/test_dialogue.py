@@ -779,13 +779,19 @@ def test_no_topic_chosen_takes_any_agent() -> None:
 
 # -- transfers -------------------------------------------------------------------------------------
 
-def test_an_agent_hands_the_call_to_another_who_answers_and_the_tape_goes_on() -> None:
+def handed_over(to: str, first: AgentPhone, second: AgentPhone) -> tuple[LiveRun, str, str]:
+    """A caller answered by agent 1001, who hands the call to ``to`` 5 s in (1002 is ready too); the run
+    and the two agents' legs, the first agent's first."""
     script, queued = to_the_queue()
     script.hang_up(queued + 60.0)
-    agents = {"1001": AgentPhone(answer_after_s=1.0), "1002": AgentPhone(answer_after_s=2.0)}
-    run = live_call(script, agents, transfers=("1002",))
+    run = live_call(script, {"1001": first, "1002": second}, transfers=(to,))
     assert run.worker.dialled == ["sip:1001@front", "sip:1002@front"]
-    first, second = [c.call for c in run.worker.commands if isinstance(c, protocol.Dial)]
+    first_leg, second_leg = [c.call for c in run.worker.commands if isinstance(c, protocol.Dial)]
+    return run, first_leg, second_leg
+
+
+def test_an_agent_hands_the_call_to_another_who_answers_and_the_tape_goes_on() -> None:
+    run, first, second = handed_over("1002", AgentPhone(answer_after_s=1.0), AgentPhone(answer_after_s=2.0))
     # The caller talks to the first agent until the second answers, then to the second.
     assert run.worker.bridged == [("caller", first), ("caller", second)]
     hangups = [c.call for c in run.worker.commands if isinstance(c, protocol.HangupCall)]
@@ -800,11 +806,7 @@ def test_an_agent_hands_the_call_to_another_who_answers_and_the_tape_goes_on() -
 
 
 def test_a_transfer_not_answered_leaves_the_caller_with_the_first_agent() -> None:
-    script, queued = to_the_queue()
-    script.hang_up(queued + 60.0)
-    agents = {"1001": AgentPhone(answer_after_s=1.0), "1002": AgentPhone(answer_after_s=None)}
-    run = live_call(script, agents, transfers=("1002",))
-    first, _ = [c.call for c in run.worker.commands if isinstance(c, protocol.Dial)]
+    run, first, _ = handed_over("1002", AgentPhone(answer_after_s=1.0), AgentPhone(answer_after_s=None))
     assert run.worker.bridged == [("caller", first)]
     assert ("transfer_failed", "1001", "1002", "no_answer") in run.desk.events
     assert run.session.agent_id == "1001"
@@ -812,14 +814,24 @@ def test_a_transfer_not_answered_leaves_the_caller_with_the_first_agent() -> Non
 
 
 def test_a_first_agent_who_hangs_up_while_the_other_rings_leaves_the_caller_on_hold_for_it() -> None:
-    script, queued = to_the_queue()
-    script.hang_up(queued + 60.0)
     # The transfer is asked 5 s into the call; the first agent hangs up 1 s later, the second answers at 4 s.
-    agents = {"1001": AgentPhone(answer_after_s=1.0, talk_s=6.0), "1002": AgentPhone(answer_after_s=4.0)}
-    run = live_call(script, agents, transfers=("1002",))
-    first, second = [c.call for c in run.worker.commands if isinstance(c, protocol.Dial)]
+    run, first, second = handed_over("1002", AgentPhone(answer_after_s=1.0, talk_s=6.0),
+                                     AgentPhone(answer_after_s=4.0))
     assert run.worker.bridged == [("caller", first), ("caller", second)]
     assert run.session.agent_id == "1002" and ("transfer_done", "1001", "1002") in run.desk.events
     # Hold music while the first agent rang (1 s), and again from its hang-up until the second answered (3 s).
     held = [(p.end or p.start) - p.start for p in run.worker.played if any("hold_music" in f for f in p.files)]
     assert held[0] == pytest.approx(1.0) and sum(held[1:]) == pytest.approx(3.0, abs=0.2)
+
+
+def test_an_agent_sends_the_caller_back_to_the_queue_and_the_next_agent_takes_the_call() -> None:
+    run, first, second = handed_over("queue", AgentPhone(answer_after_s=1.0), AgentPhone(answer_after_s=1.0))
+    assert run.worker.bridged == [("caller", first), ("caller", second)]
+    # Each conversation its tape, both kept through the desk (and so with the call's one case).
+    tapes = [r.done for r in run.worker.recordings if r.kind == "conversation"]
+    assert len(tapes) == 2 and len({t.path for t in tapes}) == 2
+    assert [c.sha256 for c in run.desk.conversations if c is not None] == [t.sha256 for t in tapes]
+    assert [e for e in run.desk.events if e[0] == "finished"] == [("finished", "1001"), ("finished", "1002")]
+    assert run.session.agent_id == "1002" and run.session.path[-1] == "queue:handled"
+    today = run.acd["today"]
+    assert (today["offered"], today["answered"], today["abandoned"]) == (1, 1, 0)  # one caller, counted once

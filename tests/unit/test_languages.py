@@ -1,4 +1,4 @@
-"""Languages a deployment offers: the config that names them and the prompt libraries built from it."""
+"""Languages and topics a deployment offers, the agents who serve them, and the prompt libraries built from it."""
 
 from __future__ import annotations
 
@@ -73,3 +73,10 @@ def test_topics_name_configured_agencies_and_agents_without_agencies_take_every_
                                     "prompts.other_languages": [ENGLISH],
                                     "agents.accounts": [agent("1001", languages=["en"])]})
     assert config.agent_skills == {"1001": {"lang:en", "agency:roads"}}
+
+
+def test_agent_ids_that_name_something_else_are_refused() -> None:
+    with pytest.raises(ConfigError, match="agent id queue is reserved"):
+        load_config(overrides={"agents.accounts": [agent("queue")]})
+    with pytest.raises(ConfigError, match="agent id 111 is the service number"):
+        load_config(overrides={"agents.accounts": [agent("111")]})

@@ -194,7 +194,6 @@
       refer.dataset.prefilled = refer.value;
     }
     byId("btn-give-code").disabled = !code || state !== "connected";
-    byId("transfer-form").hidden = !byId("transfer-agent").options.length;
     byId("transfer-submit").disabled = state !== "connected";
     byId("btn-close-pop").hidden = state !== "ended";
   }
@@ -273,7 +272,7 @@
       say("error", result.data.error || labels.messages.network);
       return;
     }
-    say("", colleague(to, labels.messages.transfer_ringing));
+    if (to !== "queue") say("", colleague(to, labels.messages.transfer_ringing));
   });
 
   byId("refer-form").addEventListener("submit", async (event) => {
@@ -332,7 +331,9 @@
         break;
       case "transfer":
         if (!sameCall(message)) break;
-        if (message.state === "failed") {
+        if (message.state === "to_queue") {
+          say("ok", labels.messages.to_queue);
+        } else if (message.state === "failed") {
           updateOffer();
           say("error", colleague(message.to, labels.messages.transfer_failed[message.reason] || labels.messages.network));
         } else {
