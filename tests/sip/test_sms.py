@@ -105,10 +105,13 @@ def test_a_mobile_caller_who_presses_1_gets_the_code_by_sms(softswitch: RunningS
                                "reference": first["reference"]}
     assert auth1 == auth2 == f"Bearer {TOKEN}" and len(gateway.received) == 2  # the 500 retried once, then sent
 
-    with urllib.request.urlopen(f"{softswitch.http}/metrics", timeout=5) as response:
-        metrics = response.read().decode()
-    assert 'softswitch_sms_total{kind="tracking_code",outcome="retry"} 1.0' in metrics
-    assert 'softswitch_sms_total{kind="tracking_code",outcome="sent"} 1.0' in metrics
+    def metrics() -> str:
+        with urllib.request.urlopen(f"{softswitch.http}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+    sent = 'softswitch_sms_total{kind="tracking_code",outcome="sent"} 1.0'
+    # The gateway has answered; the sender counts the message once it has read the answer and stored it.
+    softswitch.wait_for(lambda: sent in metrics(), 10, "the sent SMS counted")
+    assert 'softswitch_sms_total{kind="tracking_code",outcome="retry"} 1.0' in metrics()
     log = softswitch.log_path.read_text(errors="replace")
     assert "ivr step sms: queued" in log and "sent on attempt 2" in log
     assert TOKEN not in log and NATIONAL_ID not in log
