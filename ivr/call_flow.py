@@ -11,7 +11,11 @@ whose ID is then taken the same way) -> either the live queue (ivr/live.py;
 first the topic menu, ivr/topic.py, when queue.topics lists agencies), or the
 message after the tone, tracking code read back, the offer of its SMS
 (ivr/sms_offer.py, once, to a mobile number), goodbye. A caller who leaves
-the queue for a recorded message keeps the IDs already captured. Whatever
+the queue for a recorded message keeps the IDs already captured; one who
+books a callback (queue.callback) hears it booked and is let go. The
+callback's own call, placed by the control process when its turn comes,
+runs this same flow from the queue on (``CallFlow(callback=...)``), with the
+IDs and choices the booking kept. Whatever
 point the call ends at, what was recorded is kept and attached to the call,
 and a message (even a partial one) always becomes a case, filed under the
 person it concerns. After an agent's call, or an agency's answer heard in a
@@ -34,7 +38,7 @@ from ivr.channel import ANY_KEY, CallChannel, CallEnded, LiveChannel, RecordingR
 from ivr.follow_up import FailureThrottle, FollowUpCases, follow_up
 from ivr.identify import SpeechDigits, Whose, ask_about_whom, identify
 from ivr.language import choose_language
-from ivr.live import LiveCall, LiveService
+from ivr.live import CallbackRequest, LiveCall, LiveService
 from ivr.menu import choose
 from ivr.recorded_message import CaseSink, read_tracking_code, record_message
 from ivr.sms_offer import SmsOffer, offer_sms
@@ -43,6 +47,7 @@ from ivr.survey import Survey, SurveyTopic, ask_rating
 from ivr.topic import choose_topic
 from softswitch.domain.tracking_code import code_tail
 from softswitch.config import FollowUpConfig, IvrConfig, agency_skill, language_skill
+from softswitch.domain.acd import AgentStatus, QueueEntry
 from softswitch.domain.office_hours import OfficeHours
 from storage.models import PersonId
 
@@ -92,6 +97,7 @@ TRANSITIONS: dict[tuple[IvrState, str | None], IvrState] = {
     (IvrState.ROUTE, "message"): IvrState.MESSAGE,
     (IvrState.QUEUE, "to_message"): IvrState.MESSAGE,
     (IvrState.QUEUE, "handled"): IvrState.DONE,
+    (IvrState.QUEUE, "callback"): IvrState.DONE,
     (IvrState.QUEUE, "agent_lost"): IvrState.TRACKING_CODE,
     (IvrState.MESSAGE, None): IvrState.TRACKING_CODE,
     (IvrState.TRACKING_CODE, None): IvrState.SMS_OFFER,
@@ -117,6 +123,7 @@ class Session:
     sms_offered: bool = False  # a caller is asked at most once a call
     language: str | None = None  # the language the caller chose, when there was a choice
     topic: str | None = None  # the agency the caller chose at the topic menu, if any
+    callback: bool = False  # this is a callback's call: the softswitch called the caller back
 
     def parties(self) -> tuple[PersonId, PersonId | None]:
         """(the person a case is filed under, the caller when they called for someone else)."""
@@ -143,13 +150,25 @@ class Live:
     open_case: Callable[[str, float], Awaitable[bool]] | None = None
 
 
+@dataclass(frozen=True)
+class CallbackTurn:
+    """A callback's call, answered: its queue entry, the agent reserved for it, and the session its booking
+    kept (the IDs, the language, the topic)."""
+
+    entry: QueueEntry
+    agent: AgentStatus
+    session: Session
+
+
 class CallFlow:
     def __init__(self, channel: CallChannel, prompts: Any, cases: CaseSink, cfg: IvrConfig,
                  label: str, recognizer: SpeechDigits | None = None, live: Live | None = None,
                  caller_number: str = "", follow_up: FollowUp | None = None, survey: Survey | None = None,
-                 sms: SmsOffer | None = None, languages: Mapping[str, Any] | None = None) -> None:
+                 sms: SmsOffer | None = None, languages: Mapping[str, Any] | None = None,
+                 callback: CallbackTurn | None = None) -> None:
         """``languages``: every language's prompts by code, the first one's being ``prompts``; with more
-        than one the call starts at the language menu."""
+        than one the call starts at the language menu. ``callback``: this is a callback's call, which starts
+        in the queue (the intro said) with the agent it was offered."""
         self.channel = channel
         self.recognizer = recognizer
         self.prompts = prompts
@@ -163,6 +182,13 @@ class CallFlow:
         self.survey = survey
         self.sms = sms
         self.session = Session(state=IvrState.LANGUAGE if len(self.languages) > 1 else IvrState.GREETING)
+        self.callback = callback
+        if callback is not None:
+            self.session = callback.session
+            self.session.state, self.session.callback = IvrState.QUEUE, True
+            language = callback.session.language
+            if language is not None and language in self.languages:
+                self.prompts = self.languages[language]
 
     def _set_state(self, new: IvrState) -> None:
         log.debug("%s: %s -> %s", self.label, self.session.state.value, new.value)
@@ -228,13 +254,24 @@ class CallFlow:
             case IvrState.QUEUE:
                 assert self.live is not None
                 channel: LiveChannel = self.channel  # type: ignore[assignment]
-                skills = ([language_skill(s.language)] if s.language is not None else []) + (
-                    [agency_skill(s.topic)] if s.topic is not None else [])
-                result = await LiveCall(channel, self.prompts, self.live.service, self.label).run(
-                    self.caller_number, skills, await self._priority())
+                live_call = LiveCall(channel, self.prompts, self.live.service, self.label)
+                if self.callback is not None:
+                    turn, self.callback = self.callback, None
+                    took(s.path, "callback")
+                    await self.channel.play([self.prompts.path("callback_intro")])
+                    result = await live_call.call_back(turn.entry, turn.agent)
+                else:
+                    skills = ([language_skill(s.language)] if s.language is not None else []) + (
+                        [agency_skill(s.topic)] if s.topic is not None else [])
+                    priority = await self._priority()
+                    result = await live_call.run(self.caller_number, skills, priority, CallbackRequest(
+                        self.caller_number, priority, tuple(skills), s.language, s.topic, s.caller, s.subject))
                 s.agent_id = result.agent_id
                 took(s.path, f"queue:{result.outcome}")
-                if result.outcome == "to_message":
+                if result.outcome == "callback":
+                    await self.channel.play([self.prompts.path("callback_booked")])
+                    await self.channel.hangup()
+                elif result.outcome == "to_message":
                     await self.channel.play([self.prompts.path("queue_to_message")])
                 elif result.outcome == "agent_lost":
                     # The conversation is a case already: the caller is told its code.

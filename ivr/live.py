@@ -6,7 +6,12 @@ this module is one caller's side of it. The caller hears hold music and, every
 ``announce_every_s``, their position and estimated wait. When the queue is
 busy (estimated wait too long, or waited past the maximum) the announcement
 offers the recorded message: pressing ``overflow_key`` leaves the queue for the
-message flow, keeping the captured ID. An agent is rung through the SIP front
+message flow, keeping the captured ID; with ``queue.callback`` on it also
+offers a callback: pressing its key books one (ivr/callback.py asks which
+number) and the caller's entry stays where it was, the callback's now, while
+the caller hangs up. When that entry's turn comes the control process calls
+the caller and ``LiveCall.call_back`` takes the call on from the agent it
+was offered. An agent is rung through the SIP front
 from the caller's own media worker; one who does not answer within the ring
 timeout is paused and the next agent is tried. Once answered, caller and agent
 are bridged and the conversation (both parties) is recorded on one tape.
@@ -19,14 +24,16 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ivr.channel import CallEnded, Leg, LiveChannel, RecordingResult
-from softswitch.config import QueueConfig
+from ivr.callback import callback_number
+from softswitch.config import IvrConfig, QueueConfig
 from softswitch.domain.acd import Acd, AgentStatus, QueueEntry, mask_number
 from softswitch.domain.tracking_code import code_tail
+from storage.models import PersonId
 
 log = logging.getLogger("ivr.live")
 
@@ -47,6 +54,31 @@ class Prompts(Protocol):
     def path(self, name: str) -> Path: ...
 
     def cardinal(self, n: int) -> list[Path]: ...
+
+    def number(self, digits: str) -> list[Path]: ...
+
+    def has_own(self, name: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class CallbackRequest:
+    """What a callback keeps of the call that asked for it: whom to file the matter under, what the queue
+    entry needs (its priority, skills), the language the caller chose and the agency of their topic."""
+
+    caller_number: str  # the caller ID (personal data)
+    priority: int
+    skills: tuple[str, ...]
+    language: str | None
+    topic: str | None
+    caller: PersonId | None
+    subject: PersonId | None
+
+
+class CallbackBooking(Protocol):
+    async def book(self, number: str, entry: QueueEntry, request: CallbackRequest) -> bool:
+        """Store a callback to ``number`` and hand it the caller's queue entry (its place); False when the
+        number has a callback already."""
+        ...
 
 
 class LiveDesk(Protocol):
@@ -76,8 +108,8 @@ class LiveDesk(Protocol):
 
 @dataclass
 class LiveResult:
-    # handled | to_message | agent_lost (the agent's phone died mid-call) | requeued (sent back to the queue:
-    # LiveCall.run queues the caller again)
+    # handled | to_message | agent_lost (the agent's phone died mid-call) | callback (booked: the caller may
+    # hang up) | requeued (sent back to the queue: only within LiveCall, which queues the caller again)
     outcome: str
     agent_id: str | None = None
     conversation: RecordingResult | None = None
@@ -92,10 +124,14 @@ class LiveService:
     ring_timeout_s: float
     agent_uri: Callable[[str], str]
     host: str = ""  # this host's cluster name: whose calls a replicated queue's entries are
+    callbacks: CallbackBooking | None = None  # with queue.callback enabled
+    ivr: IvrConfig = field(default_factory=IvrConfig)  # menu attempts and timeouts of the callback's number step
 
 
-def wait_prompts(prompts: Prompts, position: int, estimate_s: float, offer: bool) -> list[Path]:
-    """'You are number N in the queue; estimated wait about M minutes' (+ the recorded-message offer)."""
+def wait_prompts(prompts: Prompts, position: int, estimate_s: float, offer: bool,
+                 offer_callback: bool = False) -> list[Path]:
+    """'You are number N in the queue; estimated wait about M minutes' (+ the recorded-message offer,
+    + the callback's)."""
     files = [prompts.path("queue_position"), *prompts.cardinal(position), prompts.path("queue_in_line")]
     minutes = math.ceil(estimate_s / 60)
     if minutes <= 1:
@@ -104,6 +140,8 @@ def wait_prompts(prompts: Prompts, position: int, estimate_s: float, offer: bool
         files += [prompts.path("queue_wait_about"), *prompts.cardinal(minutes), prompts.path("minutes")]
     if offer:
         files.append(prompts.path("queue_offer_message"))
+        if offer_callback:
+            files.append(prompts.path("queue_offer_callback"))
     return files
 
 
@@ -152,11 +190,14 @@ class LiveCall:
         self.entry: QueueEntry | None = None  # set while the caller is in the queue
         self.player = _Player(channel)
         self._transfers: asyncio.Queue[str] = asyncio.Queue()  # agents the call is to be handed to
+        self.callback: CallbackRequest | None = None  # while the caller may book a callback: what it keeps
 
-    async def run(self, caller_number: str, skills: Sequence[str] = (), priority: int = 0) -> LiveResult:
+    async def run(self, caller_number: str, skills: Sequence[str] = (), priority: int = 0,
+                  callback: CallbackRequest | None = None) -> LiveResult:
         """Queue the caller, connect them to an agent and return when the conversation is over.
         ``skills``: what the agent should have (the caller's language), preferred for a while (the ACD's);
-        ``priority``: queued ahead of callers of a lower one."""
+        ``priority``: queued ahead of callers of a lower one; ``callback``: what a callback would keep, when
+        the caller may book one (outcome "callback": booked, the caller's entry is the callback's)."""
         acd = self.live.acd
         reason = acd.overflow_reason(None)
         if reason in ("queue_full", "no_agents"):
@@ -166,10 +207,24 @@ class LiveCall:
         # The queue (replicated: every host's database rows) keeps only the masked number it shows.
         joining = {"key": self.key, "caller_number": mask_number(caller_number), "host": self.live.host,
                    "skills": sorted(skills)}
+        self.callback = callback if self.live.callbacks is not None and self.live.queue.callback.enabled else None
         self.entry = await acd.submit("join", **joining, priority=priority)
+        return await self._until_done(joining)
+
+    async def call_back(self, entry: QueueEntry, agent: AgentStatus) -> LiveResult:
+        """A callback's call, answered by the caller: ring the agent its entry was offered, then on as for
+        any caller (waiting again in its place when that agent does not answer)."""
+        self.entry, self.callback = entry, None
+        joining = {"key": entry.key, "caller_number": entry.caller_number, "host": entry.host,
+                   "skills": sorted(entry.skills)}
+        return await self._until_done(joining, agent)
+
+    async def _until_done(self, joining: dict[str, Any], agent: AgentStatus | None = None) -> LiveResult:
+        acd = self.live.acd
         try:
-            while (result := await self._wait()).outcome == "requeued":
+            while (result := await self._wait(agent)).outcome == "requeued":
                 # An agent sent the caller back: at the head of the queue, its conversation a case already.
+                agent = None
                 self.entry = await acd.submit("join", **joining, priority=REQUEUE_PRIORITY, again=True)
             return result
         except CallEnded:
@@ -183,11 +238,14 @@ class LiveCall:
             entry, self.entry = self.entry, None
             await self.live.acd.submit("leave", key=entry.key, reason=reason)
 
-    async def _wait(self) -> LiveResult:
+    async def _wait(self, offered: AgentStatus | None = None) -> LiveResult:
+        """Wait for an agent (first ring ``offered``, already reserved for this entry) and talk with it."""
         acd, cfg = self.live.acd, self.live.queue
         assert self.entry is not None
         entry = self.entry
         self.channel.clear_digits()
+        if offered is not None and (result := await self._ring(entry, offered)) is not None:
+            return result
         await self.channel.play([self.prompts.path("queue_please_wait")])
         next_announce = 0.0
         agent_task: asyncio.Future[AgentStatus] | None = None
@@ -199,14 +257,24 @@ class LiveCall:
                 if not agent_task.done() and now >= next_announce:
                     next_announce = now + cfg.announce_every_s
                     files = wait_prompts(self.prompts, acd.position(entry), acd.estimated_wait_s(entry),
-                                         offer=acd.overflow_reason(entry) is not None)
+                                         offer=acd.overflow_reason(entry) is not None,
+                                         offer_callback=self.callback is not None)
                     await self.player.play_until(files, agent_task, timeout_s=None)
                 elif not agent_task.done():
                     await self.player.play_until([self.prompts.path("hold_music")], agent_task,
                                                  timeout_s=max(0.1, next_announce - _now()))
-                if self.player.take_digit() == cfg.overflow_key:
+                digit = self.player.take_digit()
+                if digit == cfg.overflow_key:
                     await self._leave("to_message")
                     return LiveResult("to_message")
+                if (digit == cfg.callback.key and self.callback is not None and not agent_task.done()
+                        and acd.overflow_reason(entry) is not None):
+                    if await self._book_callback(entry, agent_task):
+                        return LiveResult("callback")
+                    next_announce = _now() + cfg.announce_every_s
+                    if agent_task.cancelled():
+                        agent_task = None  # waited for again from the top
+                        continue
                 if agent_task.done():
                     agent = agent_task.result()
                     agent_task = None
@@ -216,6 +284,25 @@ class LiveCall:
         finally:
             if agent_task is not None:
                 agent_task.cancel()
+
+    async def _book_callback(self, entry: QueueEntry, agent_task: asyncio.Future[AgentStatus]) -> bool:
+        """The caller asked to be called back: ask the number while the entry still waits for an agent.
+        True once booked (the entry is the callback's); False to go on waiting (no number, one booked for
+        that number already, or an agent came free meanwhile, who is rung at once)."""
+        assert self.callback is not None and self.live.callbacks is not None
+        number = await callback_number(self.channel, self.prompts, self.live.queue.callback, self.live.ivr,
+                                       self.callback.caller_number)
+        if number is None or agent_task.done():
+            return False
+        agent_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent_task
+        if not await self.live.callbacks.book(number, entry, self.callback):
+            log.info("callback not booked: the number has one already", extra={"event": "callback_refused"})
+            await self.channel.play([self.prompts.path("callback_already_booked")])
+            return False
+        self.entry = None  # the callback's now: this call no longer leaves it
+        return True
 
     async def _ring(self, entry: QueueEntry, agent: AgentStatus) -> LiveResult | None:
         """Ring one agent while the caller hears hold music; None when the agent was not reached."""

@@ -320,6 +320,40 @@ class AgentsConfig(_Section):
         return value
 
 
+class CallbackConfig(_Section):
+    """Callback instead of waiting: offered beside the recorded message while the queue is busy. The caller
+    keeps their place; when it is their turn and an agent is free, the softswitch calls them through the
+    SIP front, which sends the call to ``trunk``, and connects them to that agent."""
+
+    enabled: bool = False
+    key: str = Field("3", pattern=r"^[0-9*#]$")
+    # host:port of the trunk the front sends outbound calls to (its Request-URI: sip:<number>@trunk).
+    trunk: str | None = Field(None, pattern=r"^[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}$")
+    # A number the softswitch will call: the caller's own (caller ID) or one they key in.
+    number_pattern: str = r"^0[1-9][0-9]{9}$"
+    attempts: int = Field(3, ge=1, le=10)
+    retry_after_s: float = Field(300.0, gt=0)
+    ring_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("number_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _trunk_when_enabled(self) -> CallbackConfig:
+        if self.enabled and self.trunk is None:
+            raise ValueError("callback.enabled needs callback.trunk (host:port of the outbound trunk)")
+        return self
+
+    def callable_number(self, number: str) -> bool:
+        return re.fullmatch(self.number_pattern, number) is not None
+
+
 class QueueConfig(_Section):
     """The live queue (ACD) and when a waiting caller is offered the recorded message instead."""
 
@@ -342,6 +376,13 @@ class QueueConfig(_Section):
     # Agency ids a caller for an agent chooses among (key 1 the first), to reach an agent who
     # handles that agency's matters (agents' `agencies`); none: no topic menu.
     topics: tuple[str, ...] = Field((), max_length=9)
+    callback: CallbackConfig = CallbackConfig()
+
+    @model_validator(mode="after")
+    def _keys_differ(self) -> QueueConfig:
+        if self.callback.enabled and self.callback.key == self.overflow_key:
+            raise ValueError("queue.callback.key and queue.overflow_key must differ")
+        return self
 
 
 class AgencyUser(_Section):

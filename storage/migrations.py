@@ -360,6 +360,44 @@ MIGRATIONS: list[Migration] = [
             "ALTER TABLE hosts ADD COLUMN console_url TEXT",
         ),
     ),
+    Migration(
+        version=12,
+        description="callbacks callers asked for instead of waiting (storage.callbacks)",
+        statements=(
+            # The IDs encrypted as a case's are; number is the caller's, never logged.
+            """
+            CREATE TABLE callbacks (
+                id                INTEGER PRIMARY KEY,
+                number            TEXT    NOT NULL,
+                status            TEXT    NOT NULL,
+                host              TEXT    NOT NULL,
+                call_id           INTEGER REFERENCES calls (id),
+                created_at        REAL    NOT NULL,
+                updated_at        REAL    NOT NULL,
+                next_at           REAL    NOT NULL,
+                attempts          INTEGER NOT NULL DEFAULT 0,
+                priority          INTEGER NOT NULL DEFAULT 0,
+                skills            TEXT    NOT NULL DEFAULT '[]',
+                language          TEXT,
+                topic             TEXT,
+                caller_id_enc     BLOB,
+                caller_id_key_id  TEXT,
+                caller_id_source  TEXT,
+                caller_id_status  TEXT,
+                subject_id_enc    BLOB,
+                subject_id_key_id TEXT,
+                subject_id_source TEXT,
+                subject_id_status TEXT,
+                outcome           TEXT,
+                case_id           INTEGER REFERENCES cases (id)
+            )
+            """,
+            # One callback not over per number, whichever host booked it.
+            "CREATE UNIQUE INDEX callbacks_one_per_number ON callbacks (number)"
+            " WHERE status IN ('pending', 'calling', 'connected')",
+            "CREATE INDEX callbacks_open ON callbacks (host, id) WHERE status IN ('pending', 'calling', 'connected')",
+        ),
+    ),
 ]
 
 

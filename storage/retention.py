@@ -53,7 +53,10 @@ _RECORDING_DUE = ("r.created_at < ? AND k.ended_at IS NOT NULL AND k.ended_at < 
                   " AND (r.case_id IS NULL OR c.status = ?)")
 _CALL_DUE = "k.arrived_at < ? AND k.ended_at IS NOT NULL"
 _CALL_UNREFERENCED = ("NOT EXISTS (SELECT 1 FROM cases c WHERE c.call_id = k.id)"
-                      " AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = k.id)")
+                      " AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = k.id)"
+                      " AND NOT EXISTS (SELECT 1 FROM callbacks b WHERE b.call_id = k.id)")
+# A callback not pending, being called or connected: retention may take it with its call or case.
+_CALLBACK_OVER = "status IN ('done', 'unreached')"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,7 @@ class Failure:
 
 @dataclass
 class RetentionResult:
-    """What a run did. ``deleted`` counts rows (recording, case, case_event, sms_message, call) and files
+    """What a run did. ``deleted`` counts rows (recording, case, case_event, sms_message, callback, call) and files
     (answer_audio);
     ``missing`` counts files already gone whose rows went all the same; ``kept`` holds the ids (by kind) of
     what the plan named but the run left: changed since, or held by a file that could not be removed."""
@@ -247,6 +250,11 @@ async def plan(store: Store, windows: RetentionWindows, now: float, *, limit: in
                 held |= {row["call_id"] for row in await store._fetchall(
                     f"SELECT call_id, id FROM recordings WHERE call_id IN ({_marks(ids)})", ids)
                     if row["id"] not in going_recordings}
+                # A callback it booked holds it while the callback is not over or has a case that stays.
+                held |= {row["call_id"] for row in await store._fetchall(
+                    f"SELECT call_id, case_id, status FROM callbacks WHERE call_id IN ({_marks(ids)})", ids)
+                    if row["status"] not in ("done", "unreached")
+                    or (row["case_id"] is not None and row["case_id"] not in going_cases)}
                 calls += [DueCall(row["id"], row["arrived_at"]) for row in page if row["id"] not in held]
                 if limit is not None and len(calls) >= limit:
                     del calls[limit:]
@@ -331,6 +339,10 @@ async def _apply_cases(store: Store, due: RetentionPlan, result: RetentionResult
             # Its SMS messages hold the caller's number: they go with the case (counted only when there are any).
             if sms := await store._update(f"DELETE FROM sms_outbox WHERE case_id IN ({_marks(whole)})", whole):
                 result.deleted["sms_message"] += sms
+            # So do the callbacks given up on that became these cases (a number, the IDs sealed).
+            if callbacks := await store._update(
+                    f"DELETE FROM callbacks WHERE case_id IN ({_marks(whole)}) AND {_CALLBACK_OVER}", whole):
+                result.deleted["callback"] += callbacks
             result.deleted["case"] += await store._update(
                 f"DELETE FROM cases WHERE id IN ({_marks(whole)}) AND status = ?", (*whole, CLOSED))
 
@@ -350,6 +362,11 @@ async def _apply_calls(store: Store, due: RetentionPlan, result: RetentionResult
     cutoff = _cutoff(due.now, due.windows.calls_days)
     for batch in _batches(due.calls):
         ids = [call.id for call in batch]
+        # The callbacks these calls booked, once over and with no case of their own, go with their CDR.
+        if callbacks := await store._update(
+                f"DELETE FROM callbacks WHERE call_id IN ({_marks(ids)}) AND case_id IS NULL AND {_CALLBACK_OVER}"
+                " AND call_id IN (SELECT k.id FROM calls k WHERE " + _CALL_DUE + ")", (*ids, cutoff)):
+            result.deleted["callback"] += callbacks
         # Checked on what is there now: a recording whose file could not be removed keeps its CDR.
         await store._update(
             f"DELETE FROM calls AS k WHERE k.id IN ({_marks(ids)}) AND {_CALL_DUE} AND {_CALL_UNREFERENCED}",

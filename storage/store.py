@@ -17,6 +17,7 @@ from softswitch.domain.cases import CASE_STATUSES, ID_STATUSES, OPEN_STATUSES, a
 from softswitch.domain.tracking_code import new_tracking_code
 from storage.acd_changes import AcdChanges
 from storage.acd_days import AcdDayEvents
+from storage.callbacks import Callbacks
 from storage.counters import WindowCounters
 from storage.crypto import IdProtector
 from storage.engines import Engine, Executor, Row, open_engine
@@ -185,6 +186,11 @@ class Store:
         """The replicated ACD's order of changes (needs the store itself, not a transaction of it)."""
         assert isinstance(self._db, Engine)
         return AcdChanges(self._db)
+
+    @property
+    def callbacks(self) -> Callbacks:
+        """The callbacks callers booked, on this store's connection."""
+        return Callbacks(self._db, self._protector)
 
     @property
     def sms(self) -> SmsOutbox:

@@ -136,6 +136,11 @@ class ControlDesk:
     def track(self, key: str, call_id: int, caller_number: str, session: Session) -> None:
         self._calls[key] = DeskCall(key, call_id, caller_number, session, log_context=logs.current_call())
 
+    def call_id_of(self, key: str) -> int | None:
+        """The CDR id of a tracked call."""
+        call = self._calls.get(key)
+        return None if call is None else call.call_id
+
     def agent_of(self, key: str) -> dict[str, str] | None:
         """The agent a tracked call is ringing or talking to (``state``: ringing | connected), or None."""
         call = self._calls.get(key)
@@ -581,6 +586,8 @@ class ControlDesk:
             "language": self._language_labels.get(s.language or ""),
             # The agency the caller chose at the topic menu: the case form starts with it.
             "topic": s.topic,
+            # A callback the caller booked: the softswitch called them, and they did not wait on the line.
+            "callback": s.callback,
             "case": call.case_view(),
         }
         call.pop = pop

@@ -49,7 +49,7 @@ def idle_state() -> dict[str, Any]:
     """The live state a switch with no call, queue, agent, worker or front reads as; the one list of its keys."""
     return {"calls_active": 0, "queue_length": 0, "longest_wait_s": 0.0, "agents": {}, "workers": {},
             "restarts": {}, "problems": 0, "recordings_waiting": 0, "recordings_oldest_wait_s": 0.0,
-            "today": {}, "front": {}, "sms_waiting": 0, "hosts_up": 1}
+            "today": {}, "front": {}, "sms_waiting": 0, "callbacks_waiting": 0, "hosts_up": 1}
 
 
 class _Live(Collector):
@@ -85,6 +85,8 @@ class _Live(Collector):
                                 value=state["recordings_oldest_wait_s"])
         yield GaugeMetricFamily("softswitch_sms_pending", "SMS messages in the outbox not yet sent, failed or "
                                 "given up (as of the sender's last round)", value=state["sms_waiting"])
+        yield GaugeMetricFamily("softswitch_callbacks_waiting", "Callbacks this host has booked and not yet made or "
+                                "given up", value=state["callbacks_waiting"])
         yield GaugeMetricFamily("softswitch_hosts_up", "Hosts of the cluster alive by their heartbeats "
                                 "(this one included; 1 with a store of its own)", value=state["hosts_up"])
         yield GaugeMetricFamily("softswitch_health_problems", "Problems that keep new calls out (0: taking calls)",
@@ -183,6 +185,9 @@ class Metrics:
         # Each attempt's outcome: sent, retry, failed (refused for good) or gave_up (attempts spent).
         self.sms = Counter("softswitch_sms", "SMS attempts by kind (tracking_code, answer_ready) and outcome "
                            "(sent, retry, failed, gave_up)", ["kind", "outcome"], registry=self.registry)
+        # booked; then each attempt's outcome (answered, no_answer, busy, failed_<code>) and unreached at the end.
+        self.callbacks = Counter("softswitch_callbacks", "Callbacks booked, their attempts by outcome, and those "
+                                 "given up (unreached)", ["outcome"], registry=self.registry)
         self.hosts_taken_over = Counter("softswitch_hosts_taken_over", "Dead hosts this host took over (closed "
                                         "their calls as host_lost, filed their cut messages)", registry=self.registry)
         self.registry.register(_Live(read_live))
@@ -226,6 +231,9 @@ class Metrics:
 
     def sms_attempted(self, kind: str, outcome: str) -> None:
         self.sms.labels(kind, outcome).inc()
+
+    def callback_event(self, outcome: str) -> None:
+        self.callbacks.labels(outcome).inc()
 
     def host_taken_over(self) -> None:
         self.hosts_taken_over.inc()

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from ivr.call_flow import CallFlow, FollowUp, Live, Session
+from ivr.call_flow import CallbackTurn, CallFlow, FollowUp, Live, Session
 from ivr.channel import RecordingResult
 from ivr.follow_up import CaseStatus, FailureThrottle
 from ivr.live import LiveService
@@ -32,6 +32,7 @@ from media.wavfile import repair_wav
 from softswitch import logs, protocol
 from softswitch.config import Config
 from softswitch.control import sipfront
+from softswitch.control.callbacks import ANSWERED, CallbackService
 from softswitch.control.admin import AdminError, serve_admin
 from softswitch.control.calls import ControlCall, WorkerLink
 from softswitch.control.capacity import WorkerPlan, plan_workers
@@ -46,13 +47,14 @@ from softswitch.control.retention import RetentionJob
 from softswitch.control.sms import SmsSender, StoreSmsRequests
 from softswitch.control.shared_acd import ReplicatedAcd
 from softswitch.control.routing import Accept, CallFacts, Reject, caller_number, dialled_number, route
-from softswitch.domain.acd import Acd, mask_number
+from softswitch.domain.acd import Acd, AgentStatus, QueueEntry, mask_number
 from softswitch.domain.office_hours import OfficeHours
 from softswitch.domain.tracking_code import code_tail
 from softswitch.worker.engine import EngineInfo, probe
 from softswitch.worker.settings import WorkerSettings
 from storage.crypto import IdProtector
 from storage.errors import Conflict, NotFound, StoreError
+from storage.callbacks import Callback
 from storage.models import CallRecord, HostRecord, PersonId, Recording, TakeOver
 from storage.reports import rating_day
 from storage.store import Store, open_store
@@ -152,7 +154,7 @@ class Softswitch:
         self.links: list[WorkerLink] = []
         # Callers' calls by CDR id (agents' legs are not listed: they are part of their caller's call).
         self.active: dict[int, ActiveCall] = {}
-        self.flows: set[asyncio.Task[None]] = set()
+        self.flows: set[asyncio.Task[Any]] = set()
         self.draining = False
         # Workers that have said hello at least once, and whether the front has had
         # them all in service once: until then the switch is starting.
@@ -175,6 +177,8 @@ class Softswitch:
         self.copier: RecordingCopier | None = None
         # Sends the SMS outbox, when a gateway is configured.
         self.sms_sender: SmsSender | None = None
+        # Makes the callbacks callers book, when queue.callback is enabled (and agents are configured).
+        self.callbacks: CallbackService | None = None
         # This host among others on one PostgreSQL store; None with SQLite (one host).
         self.host = config.cluster.host_name
         self.cluster: ClusterMember | None = None
@@ -228,6 +232,8 @@ class Softswitch:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.drain()))
             self._start_children(plan)
+            if self.callbacks is not None:
+                await self.callbacks.resume()
             watch = asyncio.create_task(self._watch_registrations()) if cfg.agents.accounts else None
             health_watch = asyncio.create_task(self._watch_health())
             retention = RetentionJob.start(cfg, store, self.metrics)  # None while the config keeps everything
@@ -300,6 +306,10 @@ class Softswitch:
                     Acd(cfg.agents, cfg.queue, journal=self.day_journal.record, skills=skills))
         self.desk = ControlDesk(cfg, store, self.acd, self.prompts, self.metrics.intake_filed, self._recording_kept,
                                 agent_uri=self._agent_uri, host=self.host, languages=self.languages)
+        if cfg.queue.callback.enabled and cfg.agents.accounts:
+            self.callbacks = CallbackService(cfg.queue.callback, store, self.acd, self.host, self._place_callback,
+                                             self.desk.call_id_of, can_place=lambda: self._callback_worker() is not None,
+                                             counted=self.metrics.callback_event)
         self.live = self._live_mode()
         self.sms_offer = self._sms_offer()
         # The throttle counts each call's source too (its CDR's): the From user is the caller's to choose.
@@ -329,7 +339,7 @@ class Softswitch:
         if not cfg.agents.accounts:
             return None
         service = LiveService(self.acd, self.desk, cfg.queue, cfg.agents.ring_timeout_s, agent_uri=self._agent_uri,
-                              host=self.host)
+                              host=self.host, callbacks=self.callbacks, ivr=cfg.ivr)
         return Live(service, OfficeHours.from_config(cfg.office_hours), open_case=self.store.has_open_case)
 
     def _start_children(self, plan: WorkerPlan) -> None:
@@ -355,6 +365,8 @@ class Softswitch:
             return
         self.draining = True
         self.children.hold()
+        if self.callbacks is not None:
+            await self.callbacks.close()  # stored: queued again at the next start
         log.info("draining: %d calls running", len(self.flows))
         for link in self.links:
             link.send(protocol.Drain())
@@ -596,30 +608,96 @@ class Softswitch:
         try:
             if await call.wait_answered(self.config.ivr.answer_timeout_s):
                 await self.store.answer_call(call_id, time.time())
-                sink = StoreCaseSink(self.store, call_id, self.metrics, self._recording_kept)
-                ratings = StoreRatings(self.store, call_id, self.metrics, ZoneInfo(self.config.office_hours.timezone))
-                flow = CallFlow(call, self.prompts, sink, self.config.ivr,
-                                label=handle, recognizer=self.recognizer, live=self.live,
-                                caller_number=caller_number(facts.from_uri), follow_up=self.follow_up,
-                                survey=Survey(self.config.survey, ratings), sms=self.sms_offer,
-                                languages=self.languages)
-                active.session = session = flow.session
-                self.desk.track(handle, call_id, flow.caller_number, session)
-                await flow.run()
-                if session.message is not None and session.tracking_code is not None:
-                    await self.acd.submit("count_recorded")
+                await self._run_flow(call, handle, caller_number(facts.from_uri), active)
             elif not call.ended:
                 log.warning("%s: not confirmed within %.1fs", handle, self.config.ivr.answer_timeout_s)
         finally:
-            self.desk.untrack(handle)
             if not call.ended:
                 await call.hangup()
             try:
-                active.disposition = _disposition(call, session)
-                await self._end_call(call_id, active.disposition, session.path, started_at=arrived_at)
+                active.disposition = _disposition(call, active.session)
+                await self._end_call(call_id, active.disposition, active.session.path, started_at=arrived_at)
             finally:
                 del self.active[call_id]
                 active.closed.set()
+
+    async def _run_flow(self, call: ControlCall, key: str, number: str, active: ActiveCall,
+                        callback: CallbackTurn | None = None) -> None:
+        """The IVR over an answered call, its case and ratings in the store; the desk knows it as ``key``,
+        the admin socket as ``active`` (whose session it becomes)."""
+        sink = StoreCaseSink(self.store, call.call_id, self.metrics, self._recording_kept)
+        ratings = StoreRatings(self.store, call.call_id, self.metrics, ZoneInfo(self.config.office_hours.timezone))
+        flow = CallFlow(call, self.prompts, sink, self.config.ivr, label=key, recognizer=self.recognizer,
+                        live=self.live, caller_number=number, follow_up=self.follow_up,
+                        survey=Survey(self.config.survey, ratings), sms=self.sms_offer, languages=self.languages,
+                        callback=callback)
+        active.session = session = flow.session
+        self.desk.track(key, call.call_id, number, session)
+        try:
+            await flow.run()
+        finally:
+            self.desk.untrack(key)
+        if session.message is not None and session.tracking_code is not None:
+            await self.acd.submit("count_recorded")
+
+    def _callback_worker(self) -> WorkerLink | None:
+        """The worker a callback's call goes out from: the one with the most room."""
+        usable = [link for link in self.links if link.connected and link.worker_id is not None
+                  and (link.max_calls is None or len(link.calls) < link.max_calls)]
+        return min(usable, key=lambda link: len(link.calls), default=None) if not self.draining else None
+
+    async def _place_callback(self, callback: Callback, entry: QueueEntry, agent: AgentStatus, attempt: int) -> str:
+        """One attempt of a callback: the caller rung through the front and its trunk; once answered, the flow
+        from the queue on with the agent reserved for it. What it came to (callbacks.ANSWERED or why not).
+        The call is one of the switch's flows: a drain waits for it."""
+        task = asyncio.create_task(self._callback_call(callback, entry, agent, attempt))
+        self.flows.add(task)
+        task.add_done_callback(self.flows.discard)
+        return await asyncio.shield(task)
+
+    async def _callback_call(self, callback: Callback, entry: QueueEntry, agent: AgentStatus, attempt: int) -> str:
+        link = self._callback_worker()
+        if link is None:
+            return "no_worker"
+        cfg = self.config
+        front = sip_address(cfg.sip.listen, cfg.sip.port)
+        handle = f"{entry.key}-{attempt}"
+        # The CDR's name for it (PJSIP makes the real one): unique, as the store's ids are.
+        sip_call_id = f"{handle}@callback"
+        uri = f"sip:{callback.number}@{front}"
+        placed_at = time.time()
+        logs.bind_call(logs.CallContext(sip_call_id, None, link.worker_id))
+        call_id = await self.store.add_call(sip_call_id, f"sip:{cfg.sip.service_number}@{front}", uri, "callback",
+                                            link.worker_id, placed_at, host=self.host)
+        logs.bind_call(logs.CallContext(sip_call_id, call_id, link.worker_id))
+        call = ControlCall(link, handle, call_id, cfg.recordings_path,
+                           tape_started=functools.partial(self._tape_started, call_id))
+        link.calls[handle] = call
+        link.send(protocol.Dial(handle, uri))
+        log.info("callback %d: attempt %d placed", callback.id, attempt,
+                 extra={"event": "callback_call", "callback": callback.id})
+        session = Session(mode="live", caller=callback.caller, subject=callback.subject, language=callback.language,
+                          topic=callback.topic)
+        active = self.active[call_id] = ActiveCall(call, sip_call_id, callback.number, placed_at, session)
+        outcome = ANSWERED
+        try:
+            if await call.wait_answered(cfg.queue.callback.ring_timeout_s):
+                await self.store.answer_call(call_id, time.time())
+                await self.store.callbacks.connected(callback.id)
+                await self._run_flow(call, entry.key, callback.number, active, CallbackTurn(entry, agent, session))
+            else:
+                outcome = _not_answered(call.end_status)
+        finally:
+            if not call.ended:
+                await call.hangup()
+            try:
+                active.disposition = (_disposition(call, active.session) if outcome == ANSWERED
+                                      else f"callback_{outcome}")
+                await self._end_call(call_id, active.disposition, active.session.path, started_at=placed_at)
+            finally:
+                del self.active[call_id]
+                active.closed.set()
+        return outcome
 
     async def _tape_started(self, call_id: int, kind: str) -> None:
         """A message's tape has started: the store knows it, should this host die before the tape ends."""
@@ -662,6 +740,7 @@ class Softswitch:
             "recordings_waiting": self.copier.waiting if self.copier else 0,
             "recordings_oldest_wait_s": self.copier.oldest_wait_s() if self.copier else 0.0,
             "sms_waiting": self.sms_sender.waiting if self.sms_sender else 0,
+            "callbacks_waiting": self.callbacks.pending() if self.callbacks else 0,
             "hosts_up": self.cluster.up() if self.cluster is not None else 1,
         }
 
@@ -782,6 +861,15 @@ class Softswitch:
             "restarts": self.children.restarts(),
             "cluster": cluster_hosts(self.cluster),
         }
+
+
+def _not_answered(status: int | None) -> str:
+    """Why a callback's call was not answered, from its final SIP status (None: it rang out)."""
+    if status in (None, 0, 408, 480, 487):
+        return "no_answer"
+    if status in (486, 600):
+        return "busy"
+    return f"failed_{status}"
 
 
 def _disposition(call: ControlCall, session: Session) -> str:

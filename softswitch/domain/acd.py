@@ -41,6 +41,12 @@ Choices worth knowing:
   the same queue and agent states. The changes are the methods named in
   ``CHANGES``, with queue entries named by their call's key; each one's checks
   depend only on the state, so a change refused on one host is refused on all.
+- Callbacks: a waiting caller who asks to be called back keeps its entry and
+  its place (``to_callback``, under the callback's key); the softswitch takes
+  the agent it is offered and calls the caller. A callback not answered frees
+  its agent at once (READY, idle time kept) and is not offered another until
+  its next attempt is due (``callback_missed``); meanwhile it holds back no one
+  behind it. A callback never goes ahead of a caller who was queued before it.
 - The day's figures are counted by the local date (``tz``) of the moment a
   thing happens and start again at local midnight. Each thing counted is a
   ``DayFact`` handed to ``journal`` as it is counted; ``restore`` replays the
@@ -142,8 +148,10 @@ STAFFED = frozenset({AgentState.READY, AgentState.RINGING, AgentState.ON_CALL, A
 # ``ENTRY_CHANGES`` name their queue entry by its ``key``.
 CHANGES = frozenset({"login", "logout", "set_ready", "pause", "set_registered", "join", "offer", "no_answer",
                      "dial_failed", "connected", "call_ended", "end_wrap_up", "leave", "count_recorded",
-                     "host_lost", "transfer_offer", "transfer_answered", "transfer_unanswered"})
-ENTRY_CHANGES = frozenset({"offer", "no_answer", "dial_failed", "connected", "leave"})
+                     "host_lost", "transfer_offer", "transfer_answered", "transfer_unanswered", "to_callback",
+                     "callback_missed"})
+ENTRY_CHANGES = frozenset({"offer", "no_answer", "dial_failed", "connected", "leave", "to_callback",
+                           "callback_missed"})
 
 
 class NotQueued(LookupError):
@@ -186,6 +194,8 @@ class QueueEntry:
     skills: frozenset[str] = frozenset()  # what its agent should have: preferred until queue.skill_wait_s
     priority: int = 0  # queued ahead of every caller of a lower one
     requeued: bool = False  # sent back by an agent: counted in the day's figures once already
+    callback: bool = False  # the caller asked to be called back: the softswitch calls them when it is their turn
+    due: float = 0.0  # not offered an agent before this time (a callback's next attempt); callers behind go first
 
 
 @dataclass
@@ -254,7 +264,7 @@ class _Day:
 _STATUS_FIELDS = ("since_wall", "idle_since", "pause_reason", "pause_requested", "call_key", "answered_today",
                   "registered")
 _ENTRY_FIELDS = ("key", "caller_number", "joined", "joined_wall", "offered_to", "last_dial_failure", "host",
-                 "priority", "requeued")
+                 "priority", "requeued", "callback", "due")
 
 
 def mask_number(number: str) -> str:
@@ -446,17 +456,18 @@ class Acd:
         return None
 
     def join(self, key: str, caller_number: str, host: str = "", skills: Iterable[str] = (),
-             priority: int = 0, again: bool = False) -> QueueEntry:
+             priority: int = 0, again: bool = False, callback: bool = False, hold_s: float = 0.0) -> QueueEntry:
         """Queue a caller who needs ``skills``: behind every caller of its ``priority`` or a higher one.
         ``again``: an agent sent the caller back, so the day's figures count the caller no more (offered,
-        answered and left were counted on the first way through). ``overflow_reason()`` is the gate, join
+        answered and left were counted on the first way through). ``callback``: a stored callback queued
+        again (after a restart), offered no agent for ``hold_s``. ``overflow_reason()`` is the gate, join
         itself refuses only a key already queued."""
         if self._entry(key) is not None:
             raise ValueError(f"call {key!r} is already queued")
         if isinstance(skills, str):
             raise ValueError(f"skills must be an iterable of skills, not the string {skills!r}")
         entry = QueueEntry(key, caller_number, self._clock(), self._wall(), host=host, skills=frozenset(skills),
-                           priority=priority, requeued=again)
+                           priority=priority, requeued=again, callback=callback, due=self._clock() + hold_s)
         place = next((i for i, queued in enumerate(self._queue) if queued.priority < priority), len(self._queue))
         self._queue.insert(place, entry)
         if not again:
@@ -512,7 +523,7 @@ class Acd:
         agent = self._get(agent_id)
         if entry.offered_to is not None:
             raise ValueError(f"call {entry.key!r} is already being offered to {entry.offered_to!r}")
-        if agent.status.state is not AgentState.READY or not self._may_serve(entry, agent,
+        if agent.status.state is not AgentState.READY or entry.due > self._clock() or not self._may_serve(entry, agent,
                                                                             self._waiting_ahead(entry)):
             return None
         if agent_id in entry.tried:
@@ -585,6 +596,31 @@ class Acd:
                  extra={"event": "queue_leave", "reason": reason, "waited_s": self._clock() - entry.joined})
         self._publish_queue("left", entry, reason=reason)
         self._publish_today()
+
+    # -- callbacks ---------------------------------------------------------------
+
+    def to_callback(self, entry: QueueEntry, callback_key: str) -> None:
+        """The caller asked to be called back and hung up: its entry stays where it is, now the callback's
+        (named ``callback_key``); an agent ringing for it is freed."""
+        if self._entry(callback_key) is not None:
+            raise ValueError(f"call {callback_key!r} is already queued")
+        if entry.offered_to is not None:
+            agent = self._agents[entry.offered_to]
+            entry.offered_to = None
+            self._release(agent)
+        old_key, entry.key, entry.callback = entry.key, callback_key, True
+        log.info("queue: a caller became a callback at position %d", self.position(entry),
+                 extra={"event": "queue_callback", "position": self.position(entry)})
+        self._publish_queue("callback", entry, position=self.position(entry), call_key=old_key)
+
+    def callback_missed(self, entry: QueueEntry, agent_id: str, retry_s: float) -> None:
+        """The callback's call was not answered: its agent is READY again (idle time kept) and the callback
+        keeps its place but is offered no agent for ``retry_s``."""
+        agent = self._offered(entry, agent_id)
+        entry.offered_to = None
+        entry.due = self._clock() + retry_s
+        self._release(agent)
+        self._publish_queue("callback_missed", entry, retry_s=retry_s)
 
     # -- transfers (a call already with an agent, handed to another) ------------
 
@@ -677,7 +713,7 @@ class Acd:
             "available": self.available(),
             "queue": [{"key": e.key, "caller": mask_number(e.caller_number), "waited_s": round(w, 1),
                        "position": i + 1, "offered_to": e.offered_to, "skills": sorted(e.skills),
-                       "priority": e.priority}
+                       "priority": e.priority, "callback": e.callback}
                       for i, (e, w) in enumerate(zip(self._queue, waits))],
             "longest_wait_s": round(max(waits, default=0.0), 1),
             "estimated_wait_s": round(self.estimated_wait_s(len(self._queue) + 1), 1),
@@ -794,7 +830,8 @@ class Acd:
 
     def _waiting_ahead(self, entry: QueueEntry) -> list[QueueEntry]:
         """The callers ahead of this one not yet being offered an agent."""
-        return [e for e in self._queue[:self.position(entry) - 1] if e.offered_to is None]
+        now = self._clock()
+        return [e for e in self._queue[:self.position(entry) - 1] if e.offered_to is None and e.due <= now]
 
     def _may_serve(self, entry: QueueEntry, agent: _Agent, ahead: list[QueueEntry]) -> bool:
         """Whether the agent may serve this caller: it has the skills, and none of ``ahead``
@@ -803,6 +840,8 @@ class Acd:
 
     def _pick(self, entry: QueueEntry) -> tuple[_Agent | None, float | None]:
         """The agent this caller may take now, else how long until trying again makes sense."""
+        if entry.due > self._clock():
+            return None, entry.due - self._clock()
         ahead = self._waiting_ahead(entry)
         ready = [a for a in self._agents.values()
                  if a.status.state is AgentState.READY and self._may_serve(entry, a, ahead)]

@@ -168,6 +168,7 @@ LABELS: dict[str, Any] = {
         "to_queue": "تماس‌گیرنده به ابتدای صف برگشت؛ کارشناس بعدی پاسخ می‌دهد.",
     },
     "queue_ringing": "در حال زنگ برای",
+    "queue_callback": "تماس برگشتی",
 }
 PAUSE_CHOICES = ("break", "prayer", "training", "admin")
 

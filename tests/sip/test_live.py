@@ -18,6 +18,7 @@ import pytest
 
 from media.wavfile import read_pcm
 from softswitch.config import CONFIG_DIR, load_prompt_texts
+from storage.crypto import IdProtector
 from tests.sip.conftest import (NATIONAL_ID, RunningSoftswitch, agent_accounts, prompt_tone_hz, running_softswitch,
                                 tone_overrides)
 from tests.sip.console_client import ConsoleClient
@@ -321,3 +322,124 @@ def supervisor_snapshot(switch: RunningSoftswitch) -> dict[str, Any]:
         "/supervisor/api/snapshot")
     assert status == 200, body
     return body
+
+
+# -- callbacks -------------------------------------------------------------------------------------
+
+CALLBACK_NUMBER = "09121234567"
+INTRO_HZ = float(prompt_tone_hz("callback_intro"))
+
+
+@pytest.fixture
+def to_call_back(phones: Phones) -> Softphone:
+    """The caller to be called back: its SIP user (caller ID) is its number, and its address is the
+    front's callback trunk."""
+    return phones.new(CALLBACK_NUMBER)
+
+
+def callback_softswitch(tmp_path: Path, caller: Softphone, **callback: Any) -> contextlib.AbstractContextManager[
+        RunningSoftswitch]:
+    return live_softswitch(tmp_path, queue={**LIVE["queue"], "callback": {
+        "enabled": True, "trunk": f"127.0.0.1:{caller.sip_port}", "ring_timeout_s": 8.0, "retry_after_s": 1.0,
+        **callback}})
+
+
+def book_a_callback(phones: Phones, switch: RunningSoftswitch, caller: Softphone,
+                    free_agent: bool = True) -> tuple[str, Softphone, ConsoleClient]:
+    """Agent 1001 talks with a first caller; ``caller`` waits past queue.max_wait_s, presses 3 at the offer
+    and 1 to be called back on their own number, and is let go; then (``free_agent``) the first caller hangs
+    up, which frees the agent after its wrap-up (2 s). (The call that booked it, the agent's phone and
+    console.)"""
+    agent = phones.agent("1001", answer_after_s=0.3)
+    console = ConsoleClient(switch.http, "1001", PASSWORD).login()
+    first = phones.new("first")
+    first_call = caller_through_ivr(first)
+    leg = agent.wait_for("incoming", timeout_s=15)["call"]
+    agent.wait_for("state", call=leg, state="CONFIRMED", timeout_s=5)
+    call = caller_through_ivr(caller)
+    time.sleep(6.0)  # past max_wait_s (4 s): the announcements (every 2 s) offer the callback
+    caller.dtmf(call, "3")
+    time.sleep(2.5)  # "on the number ending in" 4 5 6 7, "1 to confirm"
+    caller.dtmf(call, "1")
+    # Booked: the softswitch says so and hangs up.
+    caller.wait_for("ended", call=call, timeout_s=15)
+    if free_agent:
+        first.hangup(first_call)
+        agent.wait_for("ended", call=leg, timeout_s=10)
+    return call, agent, console
+
+
+def test_a_caller_who_books_a_callback_is_called_back_through_the_trunk_and_talks_with_the_agent(
+        tmp_path: Path, phones: Phones, to_call_back: Softphone) -> None:
+    caller = to_call_back
+    with callback_softswitch(tmp_path, caller) as switch:
+        booking, agent, console = book_a_callback(phones, switch, caller)
+        # The front sent the worker's call out to the trunk, to the number booked.
+        incoming = caller.wait_for("incoming", timeout_s=20)
+        assert incoming["request_uri"].startswith(f"sip:{CALLBACK_NUMBER}@127.0.0.1")
+        back = incoming["call"]
+        caller.wait_for("state", call=back, state="CONFIRMED", timeout_s=5)
+        caller.record(back, tmp_path / "called-back-heard.wav")
+        caller.play(back, tone_wav(tmp_path / "caller.wav", CALLER_TONE_HZ))
+        leg = agent.wait_for("incoming", timeout_s=15)["call"]
+        agent.wait_for("state", call=leg, state="CONFIRMED", timeout_s=5)
+        agent.play(leg, tone_wav(tmp_path / "agent.wav", AGENT_TONE_HZ))
+        pop = console.current_offer()  # the agent sees it is a callback, with the ID keyed at the booking
+        assert pop is not None and pop["callback"] and pop["national_id"] == NATIONAL_ID
+        time.sleep(3.0)
+        caller.hangup(back)
+        agent.wait_for("ended", call=leg, timeout_s=10)
+        heard = read_pcm(Path(caller.wait_for("recorded", call=back, timeout_s=5)["wav"]))
+        # It began by saying who calls (the intro's tone), and ended with the agent's voice.
+        assert abs(dominant_hz(heard[:16000 * 3 // 10]) - INTRO_HZ) < 15
+        assert abs(dominant_hz(heard[-16000 * 2:-16000 // 2]) - AGENT_TONE_HZ) < 15
+        body, case = switch.case_of("callback-1-1@callback")
+        assert body["call"]["agent_id"] == "1001" and body["call"]["ivr_path"][:2] == ["callback", "queue:handled"]
+        (tape,) = [r for r in body["recordings"] if r["kind"] == "conversation"]
+        conversation = read_pcm(switch.recording_file(tape["sha256"]))
+        assert tone_share(conversation, CALLER_TONE_HZ) > 0.2 and tone_share(conversation, AGENT_TONE_HZ) > 0.2
+        # Filed under the ID the caller keyed when they booked it.
+        assert case["national_id"] == IdProtector.mask(NATIONAL_ID) and case["id_status"] == "verified"
+        assert "queue:callback" in switch.call_record(booking)["call"]["ivr_path"]
+        today = supervisor_snapshot(switch)["today"]
+        assert (today["offered"], today["answered"], today["abandoned"]) == (2, 2, 0)
+
+
+def test_a_callback_never_answered_is_tried_again_and_becomes_a_case_saying_so(
+        tmp_path: Path, phones: Phones, to_call_back: Softphone) -> None:
+    caller = to_call_back
+    caller.answer_policy(reject_code=486)  # busy whenever it is called
+    with callback_softswitch(tmp_path, caller, attempts=2) as switch:
+        booking, agent, _ = book_a_callback(phones, switch, caller)
+        for _ in range(2):
+            caller.wait_for("incoming", timeout_s=20)
+        # Filed under the call that booked it, with the IDs keyed then, once the last attempt is over.
+        switch.wait_for(lambda: switch.call_record(booking)["tracking_code"], 10, "the unreached callback's case")
+        body, case = switch.case_of(booking)
+        assert "callback_unreached" in [e["kind"] for e in case["history"]]
+        assert case["national_id"] == IdProtector.mask(NATIONAL_ID) and case["id_status"] == "verified"
+        for attempt in (1, 2):
+            assert switch.call_record(f"callback-1-{attempt}@callback")["call"]["disposition"] == "callback_busy"
+        # The agent was never rung for it, and is free again.
+        assert len(agent.events("incoming")) == 1
+        assert {a["id"]: a["state"] for a in supervisor_snapshot(switch)["agents"]}["1001"] == "ready"
+
+
+def test_a_booked_callback_survives_a_restart_and_is_made_after_it(
+        tmp_path: Path, phones: Phones, to_call_back: Softphone) -> None:
+    caller = to_call_back
+    with callback_softswitch(tmp_path, caller) as switch:
+        booking, _, _ = book_a_callback(phones, switch, caller, free_agent=False)
+        assert "queue:callback" in switch.call_record(booking)["call"]["ivr_path"]
+    # Stopped (the agent's call hung up by the drain); started again on the same store.
+    assert not caller.events("incoming")
+    with callback_softswitch(tmp_path, caller) as switch:
+        agent = phones.agent("1001", answer_after_s=0.3)  # the front starts with no registrations
+        ConsoleClient(switch.http, "1001", PASSWORD).login()
+        back = caller.wait_for("incoming", timeout_s=30)["call"]
+        leg = agent.wait_for("incoming", timeout_s=20)["call"]
+        agent.wait_for("state", call=leg, state="CONFIRMED", timeout_s=5)
+        time.sleep(1.0)
+        caller.hangup(back)
+        body = switch.call_record("callback-1-1@callback")
+        assert body["call"]["agent_id"] == "1001" and "queue:handled" in body["call"]["ivr_path"]

@@ -374,9 +374,9 @@ async def test_snapshot_masks_callers_and_is_json(acd: Acd, clock: FakeClock) ->
     snapshot = json.loads(json.dumps(acd.snapshot()))
     assert snapshot["queue"] == [
         {"key": "k1", "caller": "*******4567", "waited_s": 7.5, "position": 1, "offered_to": "a", "skills": [],
-         "priority": 0},
+         "priority": 0, "callback": False},
         {"key": "k2", "caller": "****", "waited_s": 7.5, "position": 2, "offered_to": None, "skills": [],
-         "priority": 0},
+         "priority": 0, "callback": False},
     ]
     assert snapshot["longest_wait_s"] == 7.5
     agent = snapshot["agents"][0]

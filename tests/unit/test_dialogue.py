@@ -12,27 +12,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ivr.call_flow import CallFlow, FollowUp, Live, Session
+from ivr.call_flow import CallbackTurn, CallFlow, FollowUp, IvrState, Live, Session
 from ivr.follow_up import CASE_FAILURE_FACTOR, CaseStatus, FailureThrottle
-from ivr.live import LiveService
+from ivr.live import CallbackBooking, CallbackRequest, LiveService
 from ivr.survey import Survey, SurveyTopic
 from ivr.sms_offer import SmsOffer
 from softswitch import protocol
 from softswitch.config import (AgentAccount, AgentsConfig, FollowUpConfig, IvrConfig, OfficeHoursConfig,
                                QueueConfig, SurveyConfig)
-from softswitch.domain.acd import Acd
+from softswitch.domain.acd import Acd, QueueEntry
 from softswitch.domain.national_id import is_valid_national_id
 from softswitch.domain.office_hours import OfficeHours
 from softswitch.domain.tracking_code import is_tracking_code, verhoeff_check_digit
 from storage.errors import NotFound, StoreError
-from storage.models import CallRecord
+from storage.models import CallRecord, PersonId
 from tests.fakes.counters import FakeCounts
 from tests.fakes.ivr_parts import (FakeCases, FakeDesk, FakeFollowUpCases, FakeLanguagePrompts, FakePrompts,
                                    FakeRatings, FakeRecognizer)
@@ -364,8 +364,12 @@ def live_call(script: Script, agents: dict[str, AgentPhone], *, busy: int = 0,
               weekly: Mapping[str, tuple[str, ...]] = ALWAYS_OPEN, survey: Survey | None = None,
               caller_number: str = "02188776655", sms: SmsOffer | None = None,
               languages: Mapping[str, Any] | None = None, skills: Mapping[str, set[str]] | None = None,
-              open_case: Any = None, transfers: tuple[str, ...] = (), **queue: Any) -> LiveRun:
-    """One call with the given agents logged in (``busy`` of them on other calls first); open all week."""
+              open_case: Any = None, transfers: tuple[str, ...] = (),
+              callbacks: Callable[[Acd], CallbackBooking] | None = None,
+              turn: Callable[[Acd], Awaitable[CallbackTurn]] | None = None, **queue: Any) -> LiveRun:
+    """One call with the given agents logged in (``busy`` of them on other calls first); open all week.
+    ``callbacks``: the callbacks' booking over the call's queue; ``turn``: the call is a callback's, its
+    entry and agent made ready in that queue."""
     worker = ScriptedWorker(script, PROMPTS, agents=agents)
     cases, desk = FakeCases(), FakeDesk(transfers=list(transfers))
     accounts = tuple(AgentAccount(id=a, name=f"Agent {a}", sip_ha1="0" * 32, console_password="scrypt$x")
@@ -382,12 +386,13 @@ def live_call(script: Script, agents: dict[str, AgentPhone], *, busy: int = 0,
             entry = acd.join(f"other{n}", "09000000000")
             acd.connected(entry, (await acd.next_agent(entry)).id)
         service = LiveService(acd, desk, QueueConfig(**queue), ring_timeout_s=15.0,
-                              agent_uri=lambda a: f"sip:{a}@front")
+                              agent_uri=lambda a: f"sip:{a}@front", callbacks=callbacks(acd) if callbacks else None)
         live = Live(service, OfficeHours.from_config(OfficeHoursConfig(weekly=dict(weekly), holidays=())),
                     open_case=open_case)
         prompts = next(iter(languages.values())) if languages else FakePrompts()
         flow = CallFlow(worker.answer(), prompts, cases, IvrConfig(), "test-call", live=live,
-                        caller_number=caller_number, survey=survey, sms=sms, languages=languages)
+                        caller_number=caller_number, survey=survey, sms=sms, languages=languages,
+                        callback=await turn(acd) if turn else None)
         session = await flow.run()
         outcome["acd"] = acd.snapshot()
         outcome["states"] = {a["id"]: a["state"] for a in outcome["acd"]["agents"]}
@@ -835,3 +840,123 @@ def test_an_agent_sends_the_caller_back_to_the_queue_and_the_next_agent_takes_th
     assert run.session.agent_id == "1002" and run.session.path[-1] == "queue:handled"
     today = run.acd["today"]
     assert (today["offered"], today["answered"], today["abandoned"]) == (1, 1, 0)  # one caller, counted once
+
+
+# -- callbacks --------------------------------------------------------------------
+
+CALLBACK = {"enabled": True, "trunk": "127.0.0.1:5090"}
+MOBILE = "09121234567"
+
+
+class FakeBookings:
+    """Fake of the control process's callback service: books into a list and hands the entry over in the
+    call's real queue, as the service does; ``refuse`` numbers have a callback already."""
+
+    def __init__(self, acd: Acd, refuse: tuple[str, ...] = ()) -> None:
+        self.acd = acd
+        self.refuse = refuse
+        self.booked: list[tuple[str, CallbackRequest]] = []
+
+    async def book(self, number: str, entry: QueueEntry, request: CallbackRequest) -> bool:
+        if number in self.refuse:
+            return False
+        self.booked.append((number, request))
+        await self.acd.submit("to_callback", key=entry.key, callback_key=f"callback-{len(self.booked)}")
+        return True
+
+
+def booking_run(script: Script, refuse: tuple[str, ...] = (), **kwargs: Any) -> tuple[LiveRun, FakeBookings]:
+    made: list[FakeBookings] = []
+
+    def bookings(acd: Acd) -> FakeBookings:
+        made.append(FakeBookings(acd, refuse))
+        return made[0]
+    run = live_call(script, {"1001": AgentPhone()}, busy=1, announce_every_s=30.0, max_wait_s=20.0,
+                    callback=CALLBACK, callbacks=bookings, **kwargs)
+    return run, made[0]
+
+
+def test_a_busy_queue_offers_a_callback_and_3_then_1_books_it_on_the_callers_own_number() -> None:
+    script, queued = to_the_queue()
+    # The second announcement (30 s in, waited past 20 s) offers it; 3, then 1 confirms the number read.
+    script.key(queued + 45.0, "3").key(queued + 49.0, "1")
+    run, bookings = booking_run(script, caller_number=MOBILE)
+    heard = run.worker.prompts_heard()
+    assert heard.index("queue_offer_message") < heard.index("queue_offer_callback")
+    # Its last four digits are read back before the confirmation.
+    at = heard.index("callback_number_is")
+    assert heard[at + 1:at + 6] == ["digit_4", "digit_5", "digit_6", "digit_7", "callback_confirm"]
+    assert "queue:callback" in run.session.path and heard[-1] == "callback_booked"
+    ((number, request),) = bookings.booked
+    assert number == MOBILE and request.caller is not None and request.caller.national_id == NATIONAL_ID
+    # The caller's entry is the callback's, in its place; nobody abandoned the queue.
+    (entry,) = [e for e in run.acd["queue"] if e["callback"]]
+    assert entry["key"] == "callback-1" and run.acd["today"]["abandoned"] == 0
+    assert protocol.HangupCall("caller") in run.worker.commands  # the softswitch let the caller go
+
+
+def test_a_caller_keys_another_number_after_a_wrong_one() -> None:
+    script, queued = to_the_queue()
+    script.key(queued + 45.0, "3").key(queued + 49.0, "2").key(queued + 52.0, "12345#")
+    script.key(queued + 60.0, "02155551234#")
+    run, bookings = booking_run(script, caller_number=MOBILE)
+    assert "callback_invalid_number" in run.worker.prompts_heard()
+    assert [number for number, _ in bookings.booked] == ["02155551234"]
+
+
+def test_a_withheld_number_is_asked_for_at_once() -> None:
+    script, queued = to_the_queue()
+    script.key(queued + 45.0, "3").key(queued + 48.0, MOBILE + "#")
+    run, bookings = booking_run(script, caller_number="anonymous")
+    assert "callback_number_is" not in run.worker.prompts_heard()
+    assert [number for number, _ in bookings.booked] == [MOBILE]
+
+
+def test_a_number_with_a_callback_already_stays_in_the_queue() -> None:
+    script, queued = to_the_queue()
+    script.key(queued + 45.0, "3").key(queued + 49.0, "1").hang_up(queued + 70.0)
+    run, bookings = booking_run(script, refuse=(MOBILE,), caller_number=MOBILE)
+    heard = run.worker.prompts_heard()
+    assert "callback_already_booked" in heard and "callback_booked" not in heard
+    assert not bookings.booked and run.session.path[-1] == "ended:queue"
+    assert run.acd["today"]["abandoned"] == 1
+
+
+def test_the_callback_key_does_nothing_before_the_queue_is_busy() -> None:
+    script, queued = to_the_queue()
+    script.key(queued + 5.0, "3").hang_up(queued + 15.0)
+    run, bookings = booking_run(script, caller_number=MOBILE)
+    heard = run.worker.prompts_heard()
+    assert "queue_offer_callback" not in heard and "callback_number_is" not in heard and not bookings.booked
+
+
+def callback_turn(session: Session) -> Callable[[Acd], Awaitable[CallbackTurn]]:
+    """A callback's entry at the head of the queue with agent 1001 offered to it, as the service has it."""
+    async def turn(acd: Acd) -> CallbackTurn:
+        entry = acd.join("callback-7", "*******4567", callback=True)
+        return CallbackTurn(entry, await acd.next_agent(entry), session)
+    return turn
+
+
+def test_a_callback_answered_hears_who_calls_and_talks_with_the_agent_it_was_offered() -> None:
+    caller = PersonId(NATIONAL_ID, "keypad", "verified")
+    session = Session(mode="live", caller=caller)
+    script = Script().hang_up(60.0)
+    run = live_call(script, {"1001": AgentPhone(answer_after_s=2.0), "1002": AgentPhone()},
+                    turn=callback_turn(session), callback=CALLBACK)
+    heard = run.worker.prompts_heard()
+    assert heard[0] == "callback_intro" and "greeting" not in heard and "ask_national_id" not in heard
+    assert run.worker.dialled == ["sip:1001@front"]
+    assert run.session is session and run.session.path[:2] == ["callback", "queue:handled"] and session.callback
+    assert [e[0] for e in run.desk.events] == ["offer", "connected", "finished"]
+    assert run.acd["today"]["answered"] == 1 and not run.acd["queue"]
+
+
+def test_a_callback_whose_agent_does_not_answer_waits_in_its_place_for_the_next() -> None:
+    session = Session(mode="live", caller=PersonId(NATIONAL_ID, "keypad", "verified"))
+    script = Script().hang_up(90.0)
+    run = live_call(script, {"1001": AgentPhone(answer_after_s=None), "1002": AgentPhone(answer_after_s=1.0)},
+                    turn=callback_turn(session), callback=CALLBACK)
+    assert run.worker.dialled == ["sip:1001@front", "sip:1002@front"]
+    assert "queue_please_wait" in run.worker.prompts_heard() and "queue:handled" in run.session.path
+    assert run.agent_states["1001"] == "paused"

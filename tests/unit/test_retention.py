@@ -24,6 +24,7 @@ from softswitch.control.metrics import Metrics, idle_state
 from softswitch.control import retention as retention_job
 from softswitch.control.retention import RetentionJob, next_run, run_once
 from softswitch.domain.cases import CASE_STATUSES, CLOSED, SECONDS_PER_DAY
+from storage.callbacks import Callback
 from storage.crypto import IdProtector
 from storage.models import PersonId
 from storage.retention import RetentionWindows, apply, plan
@@ -397,3 +398,22 @@ def test_the_config_takes_positive_periods_and_a_quoted_time() -> None:
                          (("retention.run_at", "3:30"), "should match pattern")):
         with pytest.raises(Exception, match=message):
             load_config(overrides=dict([bad]))
+
+
+async def test_a_callback_over_goes_with_the_cdr_that_booked_it_and_an_open_one_keeps_its_cdr(
+        data: Path, store_database: StoreDatabase) -> None:
+    async with open_store(store_database.target, _protector(data)) as store:
+        booked: dict[str, Callback] = {}
+        for name in ("made", "waiting"):
+            call_id = await store.add_call(f"{name}@trunk", "sip:0912@pstn", "sip:111@gw", "pstn", 0, time.time())
+            await store.end_call(call_id, time.time(), "caller_hangup", ["queue:callback"])
+            await _backdate(store, OLD_S, call=call_id)
+            booked[name] = await store.callbacks.book(f"0912000000{len(booked)}", "h1", call_id,
+                                                      caller=PersonId(NATIONAL_ID, "keypad", "verified"))
+        await store.callbacks.finish(booked["made"].id, "done", "answered")
+        due = await plan(store, RetentionWindows(calls_days=DAYS), time.time())
+        assert [k.id for k in due.calls] == [booked["made"].call_id]
+        result = await apply(store, due)
+        assert dict(result.deleted) == {"callback": 1, "call": 1} and not result.failures
+        assert await _rows(store, "callbacks") == {booked["waiting"].id}
+        assert await _rows(store, "calls") == {booked["waiting"].call_id}

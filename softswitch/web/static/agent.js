@@ -143,6 +143,7 @@
     panel.dataset.callKey = pop.call_key;
     byId("pop-caller-number").textContent = pop.caller_number ? fa(pop.caller_number) : "—";
     byId("pop-queued").textContent = duration(pop.queued_s || 0);
+    byId("pop-callback").hidden = !pop.callback;
     byId("pop-language-block").hidden = !pop.language;
     byId("pop-language").textContent = pop.language || "";
     renderId({id: "pop-national-id", status: "pop-id-status", audio: "pop-id-audio"},

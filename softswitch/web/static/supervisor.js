@@ -94,7 +94,9 @@
       el("td", {}, el("bdi", {class: "num"}, fa(q.caller))),
       el("td", {class: "num wait", dataset: {seconds: q.waited_s}}, ""),
       el("td", {}, (q.needs || []).join("، ")),
-      el("td", {}, q.offered_to ? labels.queue_ringing + " " + agentName(q.offered_to) : "")));
+      el("td", {}, [q.callback ? labels.queue_callback : "",
+                    q.offered_to ? labels.queue_ringing + " " + agentName(q.offered_to) : ""]
+                   .filter(Boolean).join("؛ "))));
     byId("queue-table").tBodies[0].replaceChildren(...rows);
     byId("queue-empty").hidden = rows.length > 0;
   }
