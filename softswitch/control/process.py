@@ -612,14 +612,7 @@ class Softswitch:
             elif not call.ended:
                 log.warning("%s: not confirmed within %.1fs", handle, self.config.ivr.answer_timeout_s)
         finally:
-            if not call.ended:
-                await call.hangup()
-            try:
-                active.disposition = _disposition(call, active.session)
-                await self._end_call(call_id, active.disposition, active.session.path, started_at=arrived_at)
-            finally:
-                del self.active[call_id]
-                active.closed.set()
+            await self._close_call(active, lambda: _disposition(call, active.session), started_at=arrived_at)
 
     async def _run_flow(self, call: ControlCall, key: str, number: str, active: ActiveCall,
                         callback: CallbackTurn | None = None) -> None:
@@ -688,16 +681,22 @@ class Softswitch:
             else:
                 outcome = _not_answered(call.end_status)
         finally:
-            if not call.ended:
-                await call.hangup()
-            try:
-                active.disposition = (_disposition(call, active.session) if outcome == ANSWERED
-                                      else f"callback_{outcome}")
-                await self._end_call(call_id, active.disposition, active.session.path, started_at=placed_at)
-            finally:
-                del self.active[call_id]
-                active.closed.set()
+            await self._close_call(active, lambda: (_disposition(call, active.session) if outcome == ANSWERED
+                                                    else f"callback_{outcome}"), started_at=placed_at)
         return outcome
+
+    async def _close_call(self, active: ActiveCall, disposition: Callable[[], str], *, started_at: float) -> None:
+        """A caller's call over: hung up if it is not yet, its CDR closed with ``disposition()`` (read once the
+        call has ended), and it leaves the admin socket's list."""
+        if not active.call.ended:
+            await active.call.hangup()
+        try:
+            active.disposition = disposition()
+            await self._end_call(active.call.call_id, active.disposition, active.session.path,
+                                 started_at=started_at)
+        finally:
+            del self.active[active.call.call_id]
+            active.closed.set()
 
     async def _tape_started(self, call_id: int, kind: str) -> None:
         """A message's tape has started: the store knows it, should this host die before the tape ends."""
