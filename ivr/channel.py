@@ -69,7 +69,7 @@ class CallChannel(Protocol):
 
 
 class Leg(Protocol):
-    """An outgoing call leg (to an agent's softphone) placed from the caller's media worker."""
+    """An outgoing call leg (to an agent's softphone, or a number) placed from the caller's media worker."""
 
     @property
     def ended(self) -> bool: ...
@@ -84,6 +84,15 @@ class Leg(Protocol):
     async def wait_ended(self) -> None: ...
 
     async def hangup(self) -> None: ...
+
+    def bridge(self, leg: Leg) -> None:
+        """Two-way audio with another leg of the same caller (an agent consulting a colleague), which
+        leaves the caller's bridge; on the caller's conversation tape too."""
+
+    async def wait_referred(self) -> tuple[str, Leg]:
+        """The far end (an agent's phone) asked, with a REFER the worker accepted, for the call to go to a
+        user at the front; that user, and the new leg the worker is dialling to it."""
+        ...
 
 
 class LiveChannel(CallChannel, Protocol):

@@ -15,6 +15,9 @@ was offered. An agent is rung through the SIP front
 from the caller's own media worker; one who does not answer within the ring
 timeout is paused and the next agent is tried. Once answered, caller and agent
 are bridged and the conversation (both parties) is recorded on one tape.
+The agent may hand the call on (``Transfer``, from the console or its phone's
+REFER): to a colleague, back to the queue, or to an agency's line, at once or
+after consulting them while the caller holds; the tape goes on with the call.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ivr.channel import CallEnded, Leg, LiveChannel, RecordingResult
 from ivr.callback import callback_number
@@ -41,6 +44,7 @@ CONVERSATION_MAX_S = 4 * 3600.0  # a bound for the tape, far beyond any conversa
 # How a leg's end says its far end was lost (no RTP, a session refresh unanswered).
 LEG_LOST = 408
 TO_QUEUE = "queue"  # what an agent hands a call to when it sends the caller back to the queue
+AGENCY_PREFIX = "agency:"  # a transfer to an agency's configured number: "agency:<id>"
 # A caller sent back to the queue goes ahead of every waiting caller (repeat callers' priorities are 0..9).
 REQUEUE_PRIORITY = 10
 
@@ -81,6 +85,26 @@ class CallbackBooking(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Transfer:
+    """What an agent asks of the call it talks on. ``hand``: ring ``to`` while the caller stays with the
+    agent, and put the caller through once it answers. ``consult``: once ``to`` answers, the agent talks
+    with it while the caller holds, until the agent asks ``complete`` (the caller is put through; hanging
+    up does the same) or ``cancel`` (back to the caller; so does ``to`` hanging up). ``to``: an agent id,
+    TO_QUEUE (hand only), or AGENCY_PREFIX + an agency's id, whose ``number`` is dialled through the front
+    (which sends a number out to the trunk). ``leg``: dialled already (the agent's phone REFERred the call)."""
+
+    action: Literal["hand", "consult", "complete", "cancel"]
+    to: str = ""
+    number: str | None = None
+    leg: Leg | None = field(default=None, compare=False)
+
+    @property
+    def agent(self) -> str | None:
+        """The agent the call goes to (reserved in the ACD while rung), or None for a number."""
+        return None if self.number is not None else self.to
+
+
 class LiveDesk(Protocol):
     """What live mode tells the agents' side (the console) of the control process."""
 
@@ -89,20 +113,25 @@ class LiveDesk(Protocol):
     def withdraw(self, key: str, agent_id: str) -> None: ...
 
     def connected(self, key: str, agent_id: str, channel: LiveChannel, leg: Leg,
-                  transfer: Callable[[str], None]) -> None:
-        """The agent answered; ``transfer(agent_id)`` asks for the call to be handed to that agent."""
+                  transfer: Callable[[Transfer], None]) -> None:
+        """The agent answered; ``transfer(ask)`` asks for the call to be handed on (``Transfer``)."""
 
-    async def transfer_ringing(self, key: str, from_agent: str, to_agent: str) -> None:
-        """The agent the call is handed to is being rung (its screen-pop)."""
+    async def transfer_ringing(self, key: str, from_agent: str, to: str, consult: bool) -> None:
+        """The agent (or agency) the call is handed to is being rung (an agent gets its screen-pop)."""
 
-    async def transfer_done(self, key: str, from_agent: str, to_agent: str, leg: Leg) -> None:
-        """The other agent answered and talks with the caller; the first one's leg is ended."""
+    def consulting(self, key: str, from_agent: str, to: str) -> None:
+        """``to`` answered a consultation: it talks with the agent while the caller holds."""
 
-    def transfer_failed(self, key: str, from_agent: str, to_agent: str, reason: str) -> None:
-        """The call stays with ``from_agent``: the other one was not ready, did not answer or was not reached."""
+    async def transfer_done(self, key: str, from_agent: str, to: str, leg: Leg) -> None:
+        """The other agent (or agency) talks with the caller now; the first agent's leg is ended."""
 
-    async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> str | None:
-        """Keep the tape and make sure the matter is a case; its tracking code."""
+    def transfer_failed(self, key: str, from_agent: str, to: str, reason: str) -> None:
+        """The call stays with ``from_agent``: the other one was not ready, did not answer, was not reached,
+        or the consultation ended without the caller being put through (``cancelled``)."""
+
+    async def finished(self, key: str, agent_id: str | None, conversation: RecordingResult | None) -> str | None:
+        """Keep the tape and make sure the matter is a case; its tracking code. ``agent_id`` None: the call
+        ended with an agency's number (the agent who handed it over was told then)."""
         ...
 
 
@@ -125,6 +154,7 @@ class LiveService:
     agent_uri: Callable[[str], str]
     host: str = ""  # this host's cluster name: whose calls a replicated queue's entries are
     callbacks: CallbackBooking | None = None  # with queue.callback enabled
+    agency_lines: Mapping[str, str] = field(default_factory=dict)  # agencies' phone numbers -> their ids
     ivr: IvrConfig = field(default_factory=IvrConfig)  # menu attempts and timeouts of the callback's number step
 
 
@@ -189,7 +219,7 @@ class LiveCall:
         self.key = key
         self.entry: QueueEntry | None = None  # set while the caller is in the queue
         self.player = _Player(channel)
-        self._transfers: asyncio.Queue[str] = asyncio.Queue()  # agents the call is to be handed to
+        self._transfers: asyncio.Queue[Transfer] = asyncio.Queue()  # what the agent asks of the call
         self.callback: CallbackRequest | None = None  # while the caller may book a callback: what it keeps
 
     async def run(self, caller_number: str, skills: Sequence[str] = (), priority: int = 0,
@@ -334,7 +364,10 @@ class LiveCall:
         return await self._converse(agent.id, leg)
 
     async def _converse(self, agent_id: str, leg: Leg) -> LiveResult:
+        """Caller and agent talk (one tape) until either hangs up, handing the call on as the agent asks.
+        After a hand-over to an agency's number the call has no agent (``party`` None) but goes on."""
         live, channel = self.live, self.channel
+        party: str | None = agent_id  # the agent on the call now
         conversation: RecordingResult | None = None
         tracking_code: str | None = None
         requeued = False
@@ -345,20 +378,35 @@ class LiveCall:
             tape = asyncio.ensure_future(channel.record_conversation(leg, CONVERSATION_MAX_S))
             caller_gone = asyncio.ensure_future(channel.wait_ended())
             while True:
-                agent_gone = asyncio.ensure_future(leg.wait_ended())
+                party_gone = asyncio.ensure_future(leg.wait_ended())
                 asked = asyncio.ensure_future(self._transfers.get())
-                await asyncio.wait([caller_gone, agent_gone, tape, asked], return_when=asyncio.FIRST_COMPLETED)
-                agent_gone.cancel()
-                if not asked.done():
+                referred = asyncio.ensure_future(leg.wait_referred())
+                await asyncio.wait([caller_gone, party_gone, tape, asked, referred],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                party_gone.cancel()
+                if referred.done():
+                    if asked.done():
+                        self._transfers.put_nowait(asked.result())  # asked of the console: next
+                    ask = self._referred_to(*referred.result())
+                elif asked.done():
+                    referred.cancel()
+                    ask = asked.result()
+                else:
                     asked.cancel()
+                    referred.cancel()
                     break
-                if asked.result() == TO_QUEUE:
+                if party is None or ask.action not in ("hand", "consult"):
+                    if ask.leg is not None:
+                        await _drop(ask.leg)  # a REFER from an agency's line: not ours to follow
+                    continue  # (or a consultation's last word, come after it was over)
+                if ask.to == TO_QUEUE:
                     requeued = not channel.ended
                     break
-                taken = await self._transfer(agent_id, leg, asked.result())
+                taken = await self._transfer(party, leg, ask)
                 if taken is not None:
                     old = leg
-                    agent_id, leg = taken
+                    agent_id = party  # the last agent who talked with the caller
+                    party, leg = taken
                     await _drop(old)
             caller_gone.cancel()
             if not tape.done():
@@ -367,19 +415,23 @@ class LiveCall:
         finally:
             # Either side hanging up ends the other leg.
             await _drop(leg)
-            await live.acd.submit("call_ended", agent_id=agent_id)
-            tracking_code = await live.desk.finished(self.key, agent_id, conversation)
-            log.info("conversation with agent %s over, ended on the %s leg%s", agent_id,
-                     "caller's" if channel.ended else "agent's",
+            if party is not None:
+                agent_id = party
+                await live.acd.submit("call_ended", agent_id=party)
+            tracking_code = await live.desk.finished(self.key, party, conversation)
+            log.info("conversation with %s over, ended on the %s leg%s",
+                     f"agent {party}" if party else "an agency", "caller's" if channel.ended else "other",
                      f"; its case is {code_tail(tracking_code)}" if tracking_code else "",
-                     extra={"event": "bridge_end", "agent": agent_id,
+                     extra={"event": "bridge_end", "agent": party,
                             "tracking_code_tail": code_tail(tracking_code) if tracking_code else None})
         if leg.end_status == LEG_LOST and not channel.ended:
-            # The agent's phone went silent or its session timer ran out: no hang-up
+            # The agent's (or agency's) phone went silent or its session timer ran out: no hang-up
             # of theirs. The caller is told, and keeps the case the call became.
-            log.warning("lost agent %s mid-call", agent_id, extra={"event": "agent_lost", "agent": agent_id})
-            with contextlib.suppress(ValueError):
-                await live.acd.submit("pause", agent_id=agent_id, reason="agent_lost")
+            log.warning("lost %s mid-call", f"agent {party}" if party else "the agency",
+                        extra={"event": "agent_lost", "agent": party})
+            if party is not None:
+                with contextlib.suppress(ValueError):
+                    await live.acd.submit("pause", agent_id=party, reason="agent_lost")
             return LiveResult("agent_lost", agent_id, conversation, tracking_code)
         if requeued and not channel.ended:
             log.info("agent %s sent the caller back to the queue", agent_id,
@@ -387,48 +439,102 @@ class LiveCall:
             return LiveResult("requeued", agent_id, conversation, tracking_code)
         return LiveResult("handled", agent_id, conversation, tracking_code)
 
-    async def _transfer(self, from_agent: str, leg: Leg, to_agent: str) -> tuple[str, Leg] | None:
-        """Ring ``to_agent`` while the caller stays with ``from_agent``; once it answers, the caller talks
-        with it (the tape goes on) and (to_agent, its leg) is returned. None: the call stays as it was.
-        A first agent who hangs up meanwhile leaves the caller to the other one, on hold music."""
-        live = self.live
-        reserved = await live.acd.submit("transfer_offer", agent_id=to_agent, call_key=self.key, host=live.host)
-        if reserved is None:
-            live.desk.transfer_failed(self.key, from_agent, to_agent, "not_ready")
+    def _referred_to(self, user: str, new: Leg) -> Transfer:
+        """What the agent's phone asked with its REFER (to an agent or an agency's line; the worker refuses
+        anyone else): handing the call over, on the leg the worker dials already."""
+        agency = self.live.agency_lines.get(user)
+        if agency is not None:
+            return Transfer("hand", AGENCY_PREFIX + agency, user, leg=new)
+        return Transfer("hand", user, leg=new)
+
+    async def _transfer(self, from_agent: str, leg: Leg, ask: Transfer) -> tuple[str | None, Leg] | None:
+        """Ring ``ask.to`` while the caller stays with ``from_agent`` (a consultation: then they talk while
+        the caller holds); once the caller is put through to it (the tape goes on), (the agent or None for
+        an agency, its leg) is returned. None: the call stays as it was. A first agent who hangs up
+        meanwhile leaves the caller to the other one, on hold music."""
+        live, to, agent = self.live, ask.to, ask.agent
+        if agent is not None and await live.acd.submit("transfer_offer", agent_id=agent, call_key=self.key,
+                                                       host=live.host) is None:
+            if ask.leg is not None:
+                await _drop(ask.leg)
+            live.desk.transfer_failed(self.key, from_agent, to, "not_ready")
             return None
-        await live.desk.transfer_ringing(self.key, from_agent, to_agent)
-        new = self.channel.dial(live.agent_uri(to_agent))
-        answered = asyncio.ensure_future(new.wait_answered(live.ring_timeout_s))
+        consult = ask.action == "consult"
+        await live.desk.transfer_ringing(self.key, from_agent, to, consult)
+        new = ask.leg if ask.leg is not None else self.channel.dial(live.agent_uri(ask.number or to))
+        try:
+            rung = await self._ring_other(leg, new)
+            picked_up, reason = rung is True, "cancelled"
+            if picked_up and consult and not leg.ended and not self.channel.ended:
+                picked_up = await self._consult(from_agent, leg, to, new)
+                if not picked_up and not leg.ended and not self.channel.ended:
+                    self.channel.bridge(leg)  # back to the agent
+            elif not picked_up:
+                # Rang out (or refused): the agent's doing, as with a queued caller; a 503 is our worker's.
+                reason = "no_answer" if rung is False and new.end_status != 503 else "not_reached"
+        except BaseException:
+            await _drop(new)
+            if agent is not None:
+                with contextlib.suppress(Exception):
+                    await live.acd.submit("transfer_unanswered", agent_id=agent, no_answer=False)
+            live.desk.transfer_failed(self.key, from_agent, to, "not_reached")
+            raise
+        if not picked_up or self.channel.ended:
+            await _drop(new)
+            if agent is not None:
+                await live.acd.submit("transfer_unanswered", agent_id=agent, no_answer=reason == "no_answer")
+            live.desk.transfer_failed(self.key, from_agent, to, reason)
+            return None
+        self.channel.bridge(new)
+        if agent is not None:
+            await live.acd.submit("transfer_answered", agent_id=agent, from_agent=from_agent)
+        else:
+            await live.acd.submit("call_ended", agent_id=from_agent)  # its wrap-up: the call goes on without it
+        await live.desk.transfer_done(self.key, from_agent, to, new)
+        log.info("handed from agent %s to %s", from_agent, to,
+                 extra={"event": "transferred", "agent": agent, "from_agent": from_agent, "to": to})
+        return agent, new
+
+    async def _ring_other(self, leg: Leg, new: Leg) -> bool | None:
+        """Wait for ``new`` to answer while the caller talks on ``leg`` (on hold music once it hangs up).
+        True: answered; False: rang out or refused; None: the caller hung up first."""
+        answered = asyncio.ensure_future(new.wait_answered(self.live.ring_timeout_s))
         caller_gone, first_gone = asyncio.ensure_future(self.channel.wait_ended()), asyncio.ensure_future(leg.wait_ended())
         try:
             await asyncio.wait([answered, caller_gone, first_gone], return_when=asyncio.FIRST_COMPLETED)
             while first_gone.done() and not answered.done() and not caller_gone.done():
                 await self.player.play_until([self.prompts.path("hold_music")], answered, timeout_s=None)
-        except BaseException:
-            answered.cancel()
-            await _drop(new)
-            with contextlib.suppress(Exception):
-                await live.acd.submit("transfer_unanswered", agent_id=to_agent, no_answer=False)
-            live.desk.transfer_failed(self.key, from_agent, to_agent, "not_reached")
-            raise
         finally:
             caller_gone.cancel()
             first_gone.cancel()
-        picked_up = answered.done() and answered.result()
-        # Rang out (or refused): the agent's doing, as with a queued caller; a 503 is our worker's.
-        rang_out = answered.done() and not picked_up and new.end_status != 503
-        if not picked_up or self.channel.ended:
-            answered.cancel()
-            await _drop(new)
-            await live.acd.submit("transfer_unanswered", agent_id=to_agent, no_answer=rang_out)
-            live.desk.transfer_failed(self.key, from_agent, to_agent, "no_answer" if rang_out else "not_reached")
-            return None
-        self.channel.bridge(new)
-        await live.acd.submit("transfer_answered", agent_id=to_agent, from_agent=from_agent)
-        await live.desk.transfer_done(self.key, from_agent, to_agent, new)
-        log.info("handed from agent %s to agent %s", from_agent, to_agent,
-                 extra={"event": "transferred", "agent": to_agent, "from_agent": from_agent})
-        return to_agent, new
+            if not answered.done():
+                answered.cancel()
+        return answered.result() if answered.done() and not answered.cancelled() else None
+
+    async def _consult(self, from_agent: str, leg: Leg, to: str, new: Leg) -> bool:
+        """The agent and ``to`` talk while the caller holds (hold music; the tape hears all of it). True:
+        put the caller through (the agent completed the transfer or hung up); False: ``to`` hung up, or
+        the agent cancelled."""
+        leg.bridge(new)
+        self.live.desk.consulting(self.key, from_agent, to)
+        while True:
+            asked = asyncio.ensure_future(self._transfers.get())
+            ends = [asyncio.ensure_future(one.wait_ended()) for one in (self.channel, leg, new)]
+            over = asyncio.ensure_future(asyncio.wait([asked, *ends], return_when=asyncio.FIRST_COMPLETED))
+            try:
+                while not over.done():
+                    await self.player.play_until([self.prompts.path("hold_music")], over, timeout_s=None)
+            finally:
+                for waiting in (over, *ends):
+                    waiting.cancel()
+                if not asked.done():
+                    asked.cancel()
+            if self.channel.ended or new.ended:
+                return False
+            if leg.ended:
+                return True
+            if asked.result().action in ("complete", "cancel"):
+                return asked.result().action == "complete"
 
 
 async def _drop(leg: Leg) -> None:

@@ -39,6 +39,9 @@ class SipConfig(_Section):
     rtp_timeout_s: float = Field(60.0, ge=0)
     # RFC 4028 session timers, used when the far end supports them (0: off; else at least 90).
     session_expires_s: int = Field(1800, ge=0)
+    # host:port of the trunk the front sends the softswitch's own calls to numbers (callbacks, transfers
+    # to an agency's number), as sip:<number>@outbound_trunk; null: no calls out.
+    outbound_trunk: str | None = Field(None, pattern=r"^[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}$")
 
     @field_validator("session_expires_s")
     @classmethod
@@ -323,12 +326,10 @@ class AgentsConfig(_Section):
 class CallbackConfig(_Section):
     """Callback instead of waiting: offered beside the recorded message while the queue is busy. The caller
     keeps their place; when it is their turn and an agent is free, the softswitch calls them through the
-    SIP front, which sends the call to ``trunk``, and connects them to that agent."""
+    SIP front, which sends the call to ``sip.outbound_trunk``, and connects them to that agent."""
 
     enabled: bool = False
     key: str = Field("3", pattern=r"^[0-9*#]$")
-    # host:port of the trunk the front sends outbound calls to (its Request-URI: sip:<number>@trunk).
-    trunk: str | None = Field(None, pattern=r"^[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}$")
     # A number the softswitch will call: the caller's own (caller ID) or one they key in.
     number_pattern: str = r"^0[1-9][0-9]{9}$"
     attempts: int = Field(3, ge=1, le=10)
@@ -343,12 +344,6 @@ class CallbackConfig(_Section):
         except re.error as exc:
             raise ValueError(f"not a regular expression: {exc}") from None
         return value
-
-    @model_validator(mode="after")
-    def _trunk_when_enabled(self) -> CallbackConfig:
-        if self.enabled and self.trunk is None:
-            raise ValueError("callback.enabled needs callback.trunk (host:port of the outbound trunk)")
-        return self
 
     def callable_number(self, number: str) -> bool:
         return re.fullmatch(self.number_pattern, number) is not None
@@ -397,6 +392,8 @@ class Agency(_Section):
     id: str = Field(pattern=r"^[a-z0-9_-]{1,40}$")
     name: str = Field(min_length=1)
     users: tuple[AgencyUser, ...] = ()
+    # The agency's own line, which an agent may hand a caller to (through sip.outbound_trunk); null: none.
+    phone: str | None = Field(None, pattern=r"^\+?[0-9]{3,15}$")
 
 
 CHANNELS = ("phone", "sms", "letter", "web")
@@ -758,6 +755,14 @@ class Config(_Section):
             raise ValueError(f"queue.topics names agencies that are not configured: {', '.join(unknown)}")
         if len(set(self.queue.topics)) != len(self.queue.topics):
             raise ValueError("queue.topics names an agency twice")
+        if self.sip.outbound_trunk is None and self.queue.callback.enabled:
+            raise ValueError("queue.callback.enabled needs sip.outbound_trunk (host:port of the outbound trunk)")
+        if self.sip.outbound_trunk is None and (phoned := [a.id for a in self.agencies if a.phone]):
+            raise ValueError(f"agencies {', '.join(phoned)} have a phone, which needs sip.outbound_trunk")
+        accounts = {a.id for a in self.agents.accounts}
+        if clash := [a.id for a in self.agencies if a.phone in accounts]:
+            # The front rings an agent's phones for a number that is an agent's id.
+            raise ValueError(f"the phone of agencies {', '.join(clash)} is an agent's id")
         for account in self.agents.accounts:
             if unknown := [code for code in account.languages if code not in offered]:
                 raise ValueError(f"agent {account.id} speaks {', '.join(unknown)}, which prompts do not offer "

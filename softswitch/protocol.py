@@ -127,6 +127,16 @@ class Hangup(Event):
 
 
 @dataclass(frozen=True)
+class Referred(Event):
+    """An agent's phone asked (REFER) for its call to go to ``to`` (a user at the front: an agent, an
+    agency's line): the library dials it already, as the new outgoing leg ``leg`` of this worker."""
+    TYPE = "referred"
+    call: str
+    leg: str
+    to: str
+
+
+@dataclass(frozen=True)
 class Error(Event):
     TYPE = "error"
     call: str
@@ -241,7 +251,7 @@ class Admit(Command):
 
 
 EVENTS: dict[str, type[Event]] = {c.TYPE: c for c in (
-    Hello, Capacity, Incoming, Refused, Ringing, Answered, Dtmf, PlayDone, RecordDone, Hangup, Error)}
+    Hello, Capacity, Incoming, Refused, Ringing, Answered, Dtmf, PlayDone, RecordDone, Hangup, Referred, Error)}
 COMMANDS: dict[str, type[Command]] = {c.TYPE: c for c in (
     Answer, Reject, Play, StopPlay, Record, StopRecord, HangupCall, Dial, Bridge, Monitor, Drain, Admit)}
 

@@ -63,6 +63,8 @@ class ControlCall:
         self._plays: dict[str, asyncio.Future[bool]] = {}
         self._records: dict[str, tuple[str, Path, asyncio.Future[RecordingResult]]] = {}
         self._record_seq = itertools.count(1)
+        # The far end's REFERs the worker accepted: (the user it names, the leg the worker dials for it).
+        self._referred: asyncio.Queue[tuple[str, ControlCall]] = asyncio.Queue()
 
     # -- CallChannel -------------------------------------------------------
     @property
@@ -146,6 +148,9 @@ class ControlCall:
     async def wait_ended(self) -> None:
         await self.ended_event.wait()
 
+    async def wait_referred(self) -> tuple[str, ControlCall]:
+        return await self._referred.get()
+
     async def stop_record(self) -> None:
         for rec_id in list(self._records):
             self.link.send(protocol.StopRecord(self.handle, rec_id))
@@ -208,6 +213,10 @@ class ControlCall:
                     self.on_ended("operator hung up")
                 else:
                     self.on_ended("caller hung up" if self.answered.is_set() else f"failed: {reason}")
+            case protocol.Referred(leg=handle, to=to):
+                leg = ControlCall(self.link, handle, self.call_id, self.recordings_dir)
+                self.link.calls[handle] = leg
+                self._referred.put_nowait((to, leg))
             case protocol.Error(detail=detail):
                 log.error("%s: worker reported: %s", self.handle, detail)
 
@@ -223,6 +232,10 @@ class ControlCall:
             if not recording.done():
                 recording.set_result(recover_recording(kind, path, "lost"))
         self._records.clear()
+        while not self._referred.empty():
+            # A REFER nobody took up (the call moved on or ended first): its leg must not ring on alone.
+            _, leg = self._referred.get_nowait()
+            self.link.send(protocol.HangupCall(leg.handle))
         self._digit_arrived.set()
         self.ended_event.set()
 

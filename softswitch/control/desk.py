@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from ivr.call_flow import Session
 from ivr.channel import Leg, LiveChannel, RecordingResult
-from ivr.live import TO_QUEUE
+from ivr.live import AGENCY_PREFIX, TO_QUEUE, Transfer
 from ivr.recorded_message import read_tracking_code
 from softswitch import logs
 from softswitch.config import Agency, AgentAccount, Config, agency_skill, language_skill
@@ -69,13 +69,15 @@ class DeskCall:
     # What happened to the call before it had a case (supervision, transfers): (actor, kind, details),
     # written into its history once it has one.
     notes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-    transfer: Callable[[str], None] | None = None  # while connected: hands the call to another agent
-    transferring_to: str | None = None  # the agent being rung for it
+    transfer: Callable[[Transfer], None] | None = None  # while connected: hands the call on
+    transferring_to: str | None = None  # the agent (or "agency:<id>") being rung for it, or consulted
+    consulting: bool = False  # transferring_to answered a consultation: complete or cancel it
 
     def current_pop(self) -> dict[str, Any] | None:
         if self.pop is None:
             return None
-        return {**self.pop, "state": self.state, "case": self.case_view()}
+        return {**self.pop, "state": self.state, "case": self.case_view(), "transferring": self.transferring_to,
+                "consulting": self.consulting}
 
     def case_view(self) -> dict[str, Any] | None:
         return {"tracking_code": self.case.tracking_code, "duplicate": self.linked} if self.case else None
@@ -116,6 +118,7 @@ class ControlDesk:
         self.skill_labels = {language_skill(code): label for code, label in self._language_labels.items()} | {
             agency_skill(agency.id): agency.name for agency in config.agencies}
         self.agencies: Sequence[Agency] = config.agencies
+        self._agency_numbers = {a.id: a.phone for a in config.agencies if a.phone is not None}
         self.categories: Sequence[str] = config.categories
         self._accounts = {a.id: a for a in config.agents.accounts}
         self._tz = ZoneInfo(config.office_hours.timezone)
@@ -173,70 +176,113 @@ class ControlDesk:
         self._publish(agent_id, {"type": "call_ended", "call_key": key, "reason": "not_answered"})
 
     def connected(self, key: str, agent_id: str, channel: LiveChannel, leg: Leg,
-                  transfer: Callable[[str], None]) -> None:
+                  transfer: Callable[[Transfer], None]) -> None:
         call = self._calls[key]
         call.state, call.channel, call.agent_leg, call.transfer = "connected", channel, leg, transfer
         asyncio.ensure_future(self.store.set_call_agent(call.call_id, agent_id))
         self._publish(agent_id, {"type": "connected", "call_key": key})
 
-    async def transfer_ringing(self, key: str, from_agent: str, to_agent: str) -> None:
+    async def transfer_ringing(self, key: str, from_agent: str, to: str, consult: bool) -> None:
         call = self._calls[key]
-        self._publish(from_agent, {"type": "transfer", "call_key": key, "state": "ringing", "to": to_agent})
-        # The other agent sees the call as it is: the caller, the IDs, the case if one is filed.
-        self._publish(to_agent, {"type": "offer", **(call.current_pop() or await self.screen_pop(call)),
-                                 "state": "ringing", "transferred_from": from_agent})
+        call.transferring_to = to  # asked on the console, or by the agent's phone (REFER)
+        self._publish(from_agent, {"type": "transfer", "call_key": key, "state": "ringing", "to": to,
+                                   "consult": consult})
+        if not to.startswith(AGENCY_PREFIX):
+            # The other agent sees the call as it is: the caller, the IDs, the case if one is filed.
+            self._publish(to, {"type": "offer", **(call.current_pop() or await self.screen_pop(call)),
+                               "state": "ringing", "transferred_from": from_agent, "consult": consult,
+                               "transferring": None, "consulting": False})
 
-    async def transfer_done(self, key: str, from_agent: str, to_agent: str, leg: Leg) -> None:
+    def consulting(self, key: str, from_agent: str, to: str) -> None:
+        call = self._calls.get(key)
+        if call is not None:
+            call.consulting = True
+        self._publish(from_agent, {"type": "transfer", "call_key": key, "state": "consulting", "to": to})
+
+    async def transfer_done(self, key: str, from_agent: str, to: str, leg: Leg) -> None:
         call = self._calls[key]
         for monitor in [m for m in self._monitors.values() if m.call is call]:
             await self._end_monitor(monitor, "transferred")  # on the first agent's leg, which ends
-        call.agent_id, call.agent_leg, call.transferring_to = to_agent, leg, None
+        agency = to[len(AGENCY_PREFIX):] if to.startswith(AGENCY_PREFIX) else None
         self._by_agent.pop(from_agent, None)
-        self._by_agent[to_agent] = call
-        await self.store.set_call_agent(call.call_id, to_agent)
-        await self._note(call, f"agent:{from_agent}", "transferred",
-                         {"from_agent": from_agent, "to_agent": to_agent, "call_id": call.call_id, "at": time.time()})
+        call.transferring_to, call.consulting = None, False
+        if agency is None:
+            call.agent_id, call.agent_leg = to, leg
+            self._by_agent[to] = call
+            await self.store.set_call_agent(call.call_id, to)
+            details: dict[str, Any] = {"from_agent": from_agent, "to_agent": to}
+        else:
+            # Out of the centre: no agent holds the call now, and the matter is a case at once, for the
+            # first agent's wrap-up (its tape, still running, joins it when the call ends).
+            call.agent_id, call.agent_leg, call.transfer = None, None, None
+            if call.case is None:
+                call.case = await self._new_case(call, f"agent:{from_agent}")
+                await self._write_notes(call)
+            details = {"from_agent": from_agent, "to_agency": agency}
+        await self._note(call, f"agent:{from_agent}", "transferred", {**details, "call_id": call.call_id,
+                                                                       "at": time.time()})
         with logs.call_context(call.log_context):
-            log.info("agent %s handed the call to agent %s", from_agent, to_agent,
-                     extra={"event": "transfer", "agent": to_agent, "from_agent": from_agent})
-        self._publish(from_agent, {"type": "call_ended", "call_key": key, "reason": "transferred", "to": to_agent,
+            log.info("agent %s handed the call to %s", from_agent, to,
+                     extra={"event": "transfer", "agent": None if agency else to, "from_agent": from_agent,
+                            "to_agency": agency})
+        self._publish(from_agent, {"type": "call_ended", "call_key": key, "reason": "transferred", "to": to,
                                    "tracking_code": call.case.tracking_code if call.case else None})
-        self._publish(to_agent, {"type": "connected", "call_key": key})
+        if agency is None:
+            self._publish(to, {"type": "connected", "call_key": key})
 
-    def transfer_failed(self, key: str, from_agent: str, to_agent: str, reason: str) -> None:
+    def transfer_failed(self, key: str, from_agent: str, to: str, reason: str) -> None:
         call = self._calls.get(key)
         if call is not None:
-            call.transferring_to = None
-        self._publish(from_agent, {"type": "transfer", "call_key": key, "state": "failed", "to": to_agent,
+            call.transferring_to, call.consulting = None, False
+        self._publish(from_agent, {"type": "transfer", "call_key": key, "state": "failed", "to": to,
                                    "reason": reason})
-        if reason != "not_ready":
-            self._publish(to_agent, {"type": "call_ended", "call_key": key, "reason": "not_answered"})
+        if reason != "not_ready" and not to.startswith(AGENCY_PREFIX):
+            self._publish(to, {"type": "call_ended", "call_key": key, "reason": "not_answered"})
 
-    async def transfer(self, agent_id: str, call_key: str, to_agent: str) -> None:
-        """The agent hands the call it is talking on to another agent, who is rung while the caller stays
-        with the first; the outcome comes as events (transfer ringing / failed, call_ended transferred).
-        ``TO_QUEUE`` sends the caller back to the head of the queue instead."""
+    async def transfer(self, agent_id: str, call_key: str, to: str, consult: bool = False) -> None:
+        """The agent hands the call it is talking on to another agent or to an agency's number (``AGENCY_PREFIX``
+        + its id), which is rung while the caller stays with the first; with ``consult`` the two talk first
+        while the caller holds (then ``end_consultation``). The outcome comes as events (transfer ringing /
+        consulting / failed, call_ended transferred). ``TO_QUEUE`` sends the caller back to the head of the
+        queue instead."""
         call = self._agents_call(agent_id, call_key)
         if call.state != "connected" or call.transfer is None:
             raise ValueError("تماس برقرار نیست.")
         if call.transferring_to is not None:
             raise ValueError("انتقال این تماس در جریان است.")
-        if to_agent == TO_QUEUE:
+        if to == TO_QUEUE:
             # Back to the queue, at its head: this conversation ends (its case is filed), the next agent takes it.
             await self._note(call, f"agent:{agent_id}", "transferred",
                              {"from_agent": agent_id, "to_agent": TO_QUEUE, "call_id": call.call_id, "at": time.time()})
             self._publish(agent_id, {"type": "transfer", "call_key": call_key, "state": "to_queue", "to": TO_QUEUE})
             call.transferring_to = TO_QUEUE
-            call.transfer(TO_QUEUE)
+            call.transfer(Transfer("hand", TO_QUEUE))
             return
-        if to_agent == agent_id or to_agent not in self._accounts:
+        action: Literal["consult", "hand"] = "consult" if consult else "hand"
+        if to.startswith(AGENCY_PREFIX):
+            number = self._agency_numbers.get(to[len(AGENCY_PREFIX):])
+            if number is None:
+                raise LookupError("برای این دستگاه شماره‌ای برای انتقال تعریف نشده است.")
+            call.transferring_to = to
+            call.transfer(Transfer(action, to, number))
+            return
+        if to == agent_id or to not in self._accounts:
             raise LookupError("کارشناس مقصد شناخته نیست.")
-        if self.acd.agent(to_agent).state is not AgentState.READY:
+        if self.acd.agent(to).state is not AgentState.READY:
             raise ValueError("کارشناس مقصد اکنون آماده پاسخگویی نیست.")
-        call.transferring_to = to_agent
-        call.transfer(to_agent)
+        call.transferring_to = to
+        call.transfer(Transfer(action, to))
 
-    async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> str | None:
+    async def end_consultation(self, agent_id: str, call_key: str, complete: bool) -> None:
+        """The agent consulting someone about its call puts the caller through to them (``complete``), or
+        goes back to the caller; the outcome comes as events (call_ended transferred, transfer failed)."""
+        call = self._agents_call(agent_id, call_key)
+        if not call.consulting or call.transfer is None:
+            raise ValueError("مشورتی برای این تماس در جریان نیست.")
+        call.consulting = False
+        call.transfer(Transfer("complete" if complete else "cancel"))
+
+    async def finished(self, key: str, agent_id: str | None, conversation: RecordingResult | None) -> str | None:
         """The conversation is over: keep the tape, and make sure the matter is a case; its tracking code."""
         call = self._calls.get(key)
         if call is None:
@@ -253,12 +299,18 @@ class ControlDesk:
             # the agent completes during wrap-up (or the back office later).
             call.case = await self._new_case(call, "ivr")
         await self.store.attach_recordings(call.call_id, call.case.id)
+        await self._write_notes(call)
+        if agent_id is not None:
+            self._publish(agent_id, {"type": "call_ended", "call_key": key,
+                                     "tracking_code": call.case.tracking_code})
+        return call.case.tracking_code
+
+    async def _write_notes(self, call: DeskCall) -> None:
+        """What happened to the call before it had a case, into the case's history now that it has one."""
+        assert call.case is not None
         for actor, kind, details in call.notes:
             await self.store.add_case_event(call.case.id, actor, kind, **details)
         call.notes.clear()
-        self._publish(agent_id, {"type": "call_ended", "call_key": key,
-                                 "tracking_code": call.case.tracking_code})
-        return call.case.tracking_code
 
     # -- softswitch.web.console.Desk -----------------------------------------
     def verify_agent(self, agent_id: str, password: str) -> bool:

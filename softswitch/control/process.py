@@ -339,7 +339,8 @@ class Softswitch:
         if not cfg.agents.accounts:
             return None
         service = LiveService(self.acd, self.desk, cfg.queue, cfg.agents.ring_timeout_s, agent_uri=self._agent_uri,
-                              host=self.host, callbacks=self.callbacks, ivr=cfg.ivr)
+                              host=self.host, callbacks=self.callbacks, ivr=cfg.ivr,
+                              agency_lines={a.phone: a.id for a in cfg.agencies if a.phone is not None})
         return Live(service, OfficeHours.from_config(cfg.office_hours), open_case=self.store.has_open_case)
 
     def _start_children(self, plan: WorkerPlan) -> None:
@@ -355,6 +356,8 @@ class Softswitch:
                 max_calls=plan.max_calls, recycle_after_calls=plan.recycle_after_calls,
                 rtp_timeout_s=cfg.sip.rtp_timeout_s, session_expires_s=cfg.sip.session_expires_s,
                 front=sip_address(cfg.sip.listen, cfg.sip.port), apology=str(self.prompts.path("control_lost")),
+                transfer_targets=(*(a.id for a in cfg.agents.accounts),
+                                  *(a.phone for a in cfg.agencies if a.phone is not None)),
                 log_format=cfg.logging.format, log_level=cfg.logging.level)
             self.children.add(f"worker{i}", functools.partial(ExecChild.start, worker_command(settings)),
                               marker=f"--control-socket {cfg.control_socket} ")

@@ -39,7 +39,7 @@ def worker_command(settings: WorkerSettings) -> list[str]:
             "--max-calls", str(settings.max_calls), "--recycle-after-calls", str(settings.recycle_after_calls),
             "--rtp-timeout-s", str(settings.rtp_timeout_s), "--session-expires-s", str(settings.session_expires_s),
             "--pjsua-log-level", str(settings.pjsua_log_level), "--front", settings.front,
-            "--apology", settings.apology,
+            "--transfer-targets", ",".join(settings.transfer_targets), "--apology", settings.apology,
             "--log-format", settings.log_format, "--log-level", settings.log_level]
 
 

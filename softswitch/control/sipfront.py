@@ -128,7 +128,7 @@ def render(config: Config, plan: WorkerPlan, run_dir: Path, debug: int = 1) -> P
         load_hash_bits=max(4, (plan.count * plan.dispatch_limit // 8).bit_length()),
         registrar_db=registrar_db.url if registrar_db is not None else None, server_id=config.kamailio.server_id,
         # Where callbacks go out (queue.callback): the front relays a worker's INVITE to a number there.
-        outbound_trunk=config.queue.callback.trunk if config.queue.callback.enabled else None)
+        outbound_trunk=config.sip.outbound_trunk)
     cfg = run_dir / "kamailio.cfg"
     _write_private(cfg, text)
     return cfg

@@ -105,9 +105,15 @@ class Desk(Protocol):
     async def give_tracking_code(self, agent_id: str, call_key: str) -> str:
         """The IVR reads the code to the caller; LookupError if no case is filed or attached yet."""
 
-    async def transfer(self, agent_id: str, call_key: str, to_agent: str) -> None:
-        """Hand the agent's connected call to another agent (rung while the caller stays); LookupError for
-        an unknown agent, ValueError (Persian message) when it cannot be done now."""
+    async def transfer(self, agent_id: str, call_key: str, to: str, consult: bool = False) -> None:
+        """Hand the agent's connected call to another agent, "queue", or an agency's line ("agency:<id>"),
+        rung while the caller stays; ``consult``: the agent talks with them first while the caller holds.
+        LookupError for an unknown agent or an agency without a phone, ValueError (Persian message) when it
+        cannot be done now."""
+
+    async def end_consultation(self, agent_id: str, call_key: str, complete: bool) -> None:
+        """Put the caller through to the party being consulted (``complete``), or go back to the caller;
+        ValueError (Persian message) when no consultation is going on."""
 
     async def recording_path(self, agent_id: str, recording_id: int) -> Path | None:
         """A recording of this agent's current call, else None."""
@@ -161,9 +167,12 @@ LABELS: dict[str, Any] = {
         "no_ratings": "امروز نظری ثبت نشده است",
         "transfer_ringing": "در حال زنگ زدن به {name}؛ تا پاسخ او، تماس با شماست.",
         "transferred": "تماس به {name} منتقل شد.",
+        "consult_ringing": "در حال زنگ زدن به {name} برای مشورت؛ تا پاسخ او، تماس با شماست.",
+        "consulting": "با {name} گفتگو می‌کنید؛ تماس‌گیرنده در انتظار است و صدای شما را نمی‌شنود.",
         "transfer_failed": {"no_answer": "{name} پاسخ نداد؛ تماس با شماست.",
                             "not_reached": "تلفن {name} در دسترس نبود؛ تماس با شماست.",
-                            "not_ready": "{name} آماده پاسخگویی نیست؛ تماس با شماست."},
+                            "not_ready": "{name} آماده پاسخگویی نیست؛ تماس با شماست.",
+                            "cancelled": "گفتگو با {name} پایان یافت؛ تماس با شماست."},
         "transferred_from": "منتقل‌شده از {name}",
         "to_queue": "تماس‌گیرنده به ابتدای صف برگشت؛ کارشناس بعدی پاسخ می‌دهد.",
     },
@@ -188,7 +197,7 @@ ERRORS = {
     "not_your_case": "این پرونده در میز شما نیست.",
     "attach_reason": "این پرونده به تماس‌گیرنده یا شخص موضوع درخواست تعلق ندارد؛ برای پیوست، دلیل آن را بنویسید.",
     "no_live_call": "این تماس در جریان نیست.",
-    "unknown_colleague": "کارشناس مقصد شناخته نیست.",
+    "unknown_colleague": "مقصد انتقال شناخته نیست.",
     "no_monitor": "شنودی در جریان نیست.",
 }
 # Supervision: the modes as the supervisor's buttons name them, and the state of their leg.
@@ -349,8 +358,11 @@ class _Console(SessionPages):
         data = {"agent": self.agent_view(account.id), "offer": await self.offer_of(request, account.id),
                 "labels": LABELS}
         colleagues = [(a.id, a.name) for a in self.desk.acd.agents() if a.id != account.id]
-        data["names"] = {agent_id: name for agent_id, name in colleagues}
+        # Agencies with a line of their own, which a call may be handed to.
+        lines = [(f"agency:{a.id}", a.name) for a in self.desk.agencies if a.phone is not None]
+        data["names"] = {target: name for target, name in [*colleagues, *lines]}
         return self.render("agent.html", **self.page_context(account, session), data=data, colleagues=colleagues,
+                           agency_lines=lines,
                            agencies=self.desk.agencies, categories=self.desk.categories,
                            pause_choices=[(reason, LABELS["pause_reasons"][reason]) for reason in PAUSE_CHOICES])
 
@@ -503,11 +515,28 @@ class _Console(SessionPages):
         if (relayed := await self.relayed_or(request, account)) is not None:
             return relayed
         body = await self.json_body(request)
-        call_key, to_agent = self.text_field(body, "call_key"), self.text_field(body, "agent_id")
-        await self.desk_result(self.desk.transfer(account.id, call_key, to_agent),
+        call_key = self.text_field(body, "call_key")
+        # To a colleague (or "queue"), or to an agency's line.
+        to = (f"agency:{self.text_field(body, 'agency_id')}" if "agency_id" in body
+              else self.text_field(body, "agent_id"))
+        consult = body.get("consult", False)
+        if not isinstance(consult, bool) or (consult and to == "queue"):
+            raise page_error(web.HTTPBadRequest, "bad_request", ERRORS)
+        await self.desk_result(self.desk.transfer(account.id, call_key, to, consult),
                                (web.HTTPNotFound, "unknown_colleague"), desk_messages=True)
-        log.info("console: %s hands a call to %s", account.id, to_agent)
-        return web.json_response({"transferring_to": to_agent})
+        log.info("console: %s %s a call to %s", account.id, "consults about" if consult else "hands", to)
+        return web.json_response({"transferring_to": to, "consult": consult})
+
+    async def end_consultation(self, request: web.Request) -> web.StreamResponse:
+        """POST /console/api/transfer/complete or /cancel: the agent's consultation ends."""
+        account = await self.api_account(request, writes=True)
+        if (relayed := await self.relayed_or(request, account)) is not None:
+            return relayed
+        call_key = self.text_field(await self.json_body(request), "call_key")
+        complete = request.match_info["end"] == "complete"
+        await self.desk_result(self.desk.end_consultation(account.id, call_key, complete),
+                               (web.HTTPNotFound, "no_live_call"), desk_messages=True)
+        return web.json_response({"consultation": "completing" if complete else "cancelled"})
 
     @classmethod
     async def tracking_code_answer(cls, desk_call: Awaitable[str], not_found: tuple[type[web.HTTPError], str], *,
@@ -674,6 +703,7 @@ def add_console_routes(app: web.Application, desk: Desk, *, timezone: str = "Asi
     router.add_post("/console/api/cases/refer", console.refer_case)
     router.add_post("/console/api/tracking-code", console.give_tracking_code)
     router.add_post("/console/api/transfer", console.transfer_call)
+    router.add_post("/console/api/transfer/{end:complete|cancel}", console.end_consultation)
     router.add_static("/console/static", STATIC_DIR)
     router.add_get("/supervisor", console.supervisor_page)
     router.add_get("/supervisor/api/snapshot", console.supervisor_snapshot)

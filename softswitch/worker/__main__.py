@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rtp-timeout-s", type=float, default=60.0)
     parser.add_argument("--session-expires-s", type=int, default=1800)
     parser.add_argument("--front", default="", help="host:port of the SIP front; INVITEs only from there")
+    parser.add_argument("--transfer-targets", default="", help="comma-separated users a phone may REFER a call to")
     parser.add_argument("--apology", default="", help="WAV played to answered calls if the control process is lost")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         max_calls=args.max_calls, recycle_after_calls=args.recycle_after_calls,
         pjsua_log_level=args.pjsua_log_level,
         rtp_timeout_s=args.rtp_timeout_s, session_expires_s=args.session_expires_s, front=args.front,
-        apology=args.apology,
+        transfer_targets=tuple(t for t in args.transfer_targets.split(",") if t), apology=args.apology,
         log_format=args.log_format, log_level=args.log_level,
     ))
 

@@ -52,6 +52,9 @@ class Handler(Protocol):
 
     def on_dtmf(self, handle: str, digit: str) -> None: ...
 
+    def on_transfer_request(self, call: WorkerCall, refer_to: str) -> WorkerCall | None:
+        """The new leg the library is to dial for a REFER it may accept; None: refuse it."""
+
     def play_finished(self, player: Player) -> None: ...
 
 
@@ -135,11 +138,14 @@ class WorkerCall(pj.Call):
 
     @guarded
     def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:  # noqa: N802
-        # The library would dial the target itself and drop this call: a leg the
-        # control process never sees. Transfers are refused (403) until the
-        # contact centre carries them out with the case and its recording.
+        # Refused unless the worker takes it: the library dials the target of an accepted
+        # one itself, as the new leg given here, which the control process is told of
+        # and hands the caller to (the case and the tape go on with the call).
         prm.statusCode = 403
-        log.warning("%s: REFER to another party refused", self.handle)
+        new = self.worker.on_transfer_request(self, str(prm.dstUri))
+        if new is not None:
+            prm.newCall = new
+            prm.statusCode = 202
 
     @guarded
     def onCallReplaceRequest(self, prm: pj.OnCallReplaceRequestParam) -> None:  # noqa: N802

@@ -40,7 +40,7 @@ from softswitch import protocol
 from softswitch.worker import pjsip
 from softswitch.worker.callbacks import CapWatcher, Player, WorkerAccount, WorkerCall, WorkerEndpoint
 from softswitch.worker.engine import library_call_cap
-from softswitch.worker.invite import describe_invite
+from softswitch.worker.invite import describe_invite, refer_target
 from softswitch.worker.settings import WorkerSettings
 
 log = logging.getLogger("softswitch.worker")
@@ -184,6 +184,7 @@ class Worker:
     settings: WorkerSettings
     calls: dict[str, Leg] = field(default_factory=dict)
     monitors: dict[str, Monitoring] = field(default_factory=dict)  # by the supervisor's leg
+    _refers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))  # names REFERs' legs
     deferred: collections.deque[Callable[[], None]] = field(default_factory=collections.deque)
     retired: collections.deque[tuple[float, Player]] = field(default_factory=collections.deque)
     recordings: dict[tuple[str, str], Recording] = field(default_factory=dict)  # in progress
@@ -576,6 +577,25 @@ class Worker:
         if rec is not None and digit in rec.stop_digits:
             self._end_recording(leg, "digit")
 
+    def on_transfer_request(self, call: WorkerCall, refer_to: str) -> WorkerCall | None:
+        """An agent's phone REFERs the caller it talks with to another user at the front (``transfer_targets``:
+        an agent, an agency's line): the new leg for the library to dial, the control process told of it
+        (which hands the caller over, or hangs the leg up when it may not). Anything else is refused: a
+        REFER elsewhere, with Replaces, or from a leg that is not talking with a caller."""
+        leg = self.calls.get(call.handle)
+        user = refer_target(refer_to, self.settings.front)
+        if (leg is None or leg.state is not LegState.CONFIRMED or leg.bridged_to is None
+                or user not in self.settings.transfer_targets or self.draining):
+            log.warning("%s: REFER refused (%s)", call.handle, "not a transfer target" if leg else "no such leg")
+            return None
+        handle = f"{call.handle}-refer{next(self._refers)}"
+        new = WorkerCall(self, self.account)
+        new.handle = handle
+        self.calls[handle] = Leg(call=new, handle=handle, state=LegState.DIALLING)
+        self.send(protocol.Referred(call.handle, handle, user))
+        log.info("%s: REFER accepted, dialling it as %s", call.handle, handle)
+        return new
+
     def _dial(self, handle: str, uri: str) -> None:
         """An outgoing leg (to an agent's softphone, through the SIP front)."""
         if handle in self.calls:
@@ -594,8 +614,9 @@ class Worker:
             self.send(protocol.Hangup(handle, 503, f"cannot dial: {exc.reason}"))
 
     def _bridge(self, leg: Leg, peer: Leg | None) -> None:
-        """Two-way audio between two calls of this worker (caller and agent). A caller bridged to another
-        leg leaves it (a transfer), and the caller's conversation tape goes on with the new party on it."""
+        """Two-way audio between two calls of this worker (caller and agent, or an agent and a colleague it
+        consults). A leg bridged to another leaves its bridge (a transfer, the caller on hold), and the
+        caller's conversation tape goes on with the new party on it."""
         if peer is None or peer.state is LegState.ENDED:
             self.send(protocol.Error(leg.handle, "bridge peer is gone"))
             return
@@ -612,13 +633,24 @@ class Worker:
             self.send(protocol.Error(leg.handle, f"cannot bridge: {exc.reason}"))
             return
         leg.bridged_to, peer.bridged_to = peer.handle, leg.handle
-        tape = leg.recording
-        if tape is not None and len(tape.sources) > 1 and peer.handle not in tape.sources and tape.recorder:
+        tape = self._conversation_tape(leg)
+        if tape is not None and peer.handle not in tape.sources and tape.recorder:
             try:
                 theirs.startTransmit(tape.recorder)
                 tape.sources += (peer.handle,)
             except pj.Error as exc:
                 log.error("%s: cannot put %s on the conversation's tape: %s", leg.handle, peer.handle, exc.info())
+
+    def _conversation_tape(self, leg: Leg) -> Recording | None:
+        """The conversation tape ``leg`` is on: its own (a caller's, fed by both parties) or the one it is a
+        party of (an agent's leg)."""
+        if leg.recording is not None and len(leg.recording.sources) > 1:
+            return leg.recording
+        for other in self.calls.values():
+            tape = other.recording
+            if tape is not None and len(tape.sources) > 1 and leg.handle in tape.sources:
+                return tape
+        return None
 
     # -- supervision ------------------------------------------------------------
     def _monitor(self, supervisor: Leg, caller_handle: str, agent_handle: str, mode: str) -> None:
@@ -732,6 +764,10 @@ class Worker:
             leg.call.hangup(prm)
         except pj.Error as exc:
             log.warning("hangup of %s failed: %s", leg.handle, exc.info())
+            if leg.state is LegState.DIALLING and not leg.call.isActive():
+                # Never placed (a REFER's leg the library could not dial): no state change will end it.
+                self._end_call(leg, 500, "not placed")
+                self.calls.pop(leg.handle, None)
 
     def _end_call(self, leg: Leg, status_code: int, reason: str) -> None:
         if leg.state is LegState.ENDED:

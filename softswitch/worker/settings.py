@@ -23,6 +23,8 @@ class WorkerSettings:
     # The SIP front's address (host:port as its packets come from): INVITEs from anywhere else are
     # refused, whatever their X-111-Source says. Empty: not checked.
     front: str = ""
+    # Who an agent's phone may REFER its call to (agents' ids, agencies' lines), at the front; others: 403.
+    transfer_targets: tuple[str, ...] = ()
     # Played to every answered call when the control link is lost (the control process died), before the
     # worker hangs up: no caller is cut off in silence. Empty: hang up at once.
     apology: str = ""

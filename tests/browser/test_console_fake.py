@@ -14,6 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
+from softswitch.config import Agency
 from softswitch.domain.persian import persian_digits
 from tests.browser.conftest import AGENT, SUPERVISOR, ConsoleServer, make_desk
 from tests.browser.demo import (CALL_KEY, NATIONAL_ID, SUBJECT_ID, add_history_cases, demo_desk, populate_morning,
@@ -112,6 +113,42 @@ def test_agent_attaches_the_call_to_an_earlier_case(browser: WebDriver, console_
     earlier = pop["history"][0]["tracking_code"]
     attribute_is(browser, "#case-tracking-code", "data-value", earlier)
     assert desk_calls(server, "attach_case") == [("attach_case", AGENT[0], CALL_KEY, earlier)]
+
+
+def test_agent_consults_an_agencys_line_then_puts_the_caller_through(browser: WebDriver,
+                                                                    console_server: Serve) -> None:
+    agencies = (Agency(id="health", name="وزارت بهداشت", phone="02161920000"), Agency(id="roads", name="وزارت راه"))
+    desk = make_desk(agencies=agencies)
+    pop = screen_pop()
+    desk.offer(AGENT[0], {**pop, "state": "connected"})
+    server = console_server(desk)
+    login(browser, server.base_url, AGENT[0], AGENT[2])
+    attribute_is(browser, "#screen-pop", "data-call-state", "connected")
+    # Only an agency with a line of its own is offered.
+    targets = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "transfer-agent")).options]
+    assert "agency:health" in targets and "agency:roads" not in targets
+    Select(browser.find_element(By.ID, "transfer-agent")).select_by_value("agency:health")
+    browser.find_element(By.ID, "transfer-consult").click()
+    browser.find_element(By.ID, "transfer-submit").click()
+    wait_until(browser, lambda d: desk_calls(server, "transfer"))
+    assert desk_calls(server, "transfer") == [("transfer", AGENT[0], CALL_KEY, "agency:health", True)]
+    wait_until(browser, lambda d: "برای مشورت" in text_of(d, "action-message"))
+    assert not browser.find_element(By.ID, "transfer-submit").is_enabled()  # one transfer at a time
+    assert not browser.find_element(By.ID, "consult-actions").is_displayed()
+
+    # The line answers: the agent talks with it, and may put the caller through or go back.
+    server.call(desk.publish, AGENT[0], {"type": "transfer", "call_key": CALL_KEY, "state": "consulting",
+                                         "to": "agency:health"})
+    wait_until(browser, lambda d: d.find_element(By.ID, "consult-actions").is_displayed())
+    assert "وزارت بهداشت" in text_of(browser, "action-message")
+    browser.find_element(By.ID, "btn-consult-complete").click()
+    wait_until(browser, lambda d: desk_calls(server, "end_consultation"))
+    assert desk_calls(server, "end_consultation") == [("end_consultation", AGENT[0], CALL_KEY, True)]
+    assert not browser.find_element(By.ID, "consult-actions").is_displayed()
+    server.call(desk.publish, AGENT[0], {"type": "call_ended", "call_key": CALL_KEY, "reason": "transferred",
+                                         "to": "agency:health", "tracking_code": None})
+    wait_until(browser, lambda d: "به وزارت بهداشت منتقل شد" in text_of(d, "action-message"))
+    attribute_is(browser, "#screen-pop", "data-call-state", "ended")
 
 
 def test_supervisor_sees_agents_queue_and_calls_per_hour(browser: WebDriver, console_server: Serve) -> None:

@@ -164,12 +164,18 @@ class FakeDesk:
         self.publish(agent_id, {"type": "case_filed", "call_key": call_key, "tracking_code": tracking_code})
         return tracking_code
 
-    async def transfer(self, agent_id: str, call_key: str, to_agent: str) -> None:
-        self.calls.append(("transfer", agent_id, call_key, to_agent))
+    async def transfer(self, agent_id: str, call_key: str, to_agent: str, consult: bool = False) -> None:
+        self.calls.append(("transfer", agent_id, call_key, to_agent, consult))
         self._check_call(agent_id, call_key)
-        if to_agent not in self.accounts or to_agent == agent_id:
+        lines = {f"agency:{a.id}" for a in self.agencies if a.phone is not None}
+        if (to_agent not in self.accounts and to_agent not in lines) or to_agent == agent_id:
             raise LookupError(to_agent)
-        self.publish(agent_id, {"type": "transfer", "call_key": call_key, "state": "ringing", "to": to_agent})
+        self.publish(agent_id, {"type": "transfer", "call_key": call_key, "state": "ringing", "to": to_agent,
+                                "consult": consult})
+
+    async def end_consultation(self, agent_id: str, call_key: str, complete: bool) -> None:
+        self.calls.append(("end_consultation", agent_id, call_key, complete))
+        self._check_call(agent_id, call_key)
 
     async def give_tracking_code(self, agent_id: str, call_key: str) -> str:
         self.calls.append(("give_tracking_code", agent_id, call_key))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ivr.channel import RecordingResult
 from ivr.follow_up import CaseStatus
+from ivr.live import Transfer
 from ivr.survey import SurveyTopic
 from softswitch.domain.tracking_code import verhoeff_check_digit
 from storage.errors import StoreError
@@ -116,17 +117,31 @@ class FakeDesk:
     def withdraw(self, key: str, agent_id: str) -> None:
         self.events.append(("withdraw", agent_id))
 
-    transfers: list[str] = field(default_factory=list)  # agents to hand the call to once it is connected
+    # What the agent asks of the call once it is connected (an agent's id: hand it over), transfer_after_s in.
+    transfers: list[str | Transfer] = field(default_factory=list)
     transfer_after_s: float = 5.0
+    # A consultation's end the agent asks for (complete | cancel), consult_for_s after the other answered.
+    consult_then: str | None = None
+    consult_for_s: float = 3.0
+    _transfer: Callable[[Transfer], None] | None = None
 
     def connected(self, key: str, agent_id: str, channel: object, leg: object,
-                  transfer: Callable[[str], None]) -> None:
+                  transfer: Callable[[Transfer], None]) -> None:
         self.events.append(("connected", agent_id))
+        self._transfer = transfer
         if self.transfers:
-            asyncio.get_running_loop().call_later(self.transfer_after_s, transfer, self.transfers.pop(0))
+            ask = self.transfers.pop(0)
+            asyncio.get_running_loop().call_later(self.transfer_after_s, transfer,
+                                                  Transfer("hand", ask) if isinstance(ask, str) else ask)
 
-    async def transfer_ringing(self, key: str, from_agent: str, to_agent: str) -> None:
-        self.events.append(("transfer_ringing", from_agent, to_agent))
+    async def transfer_ringing(self, key: str, from_agent: str, to: str, consult: bool) -> None:
+        self.events.append(("transfer_ringing", from_agent, to))
+
+    def consulting(self, key: str, from_agent: str, to: str) -> None:
+        self.events.append(("consulting", from_agent, to))
+        if self.consult_then is not None and self._transfer is not None:
+            asyncio.get_running_loop().call_later(self.consult_for_s, self._transfer,
+                                                  Transfer(self.consult_then))  # type: ignore[arg-type]
 
     async def transfer_done(self, key: str, from_agent: str, to_agent: str, leg: object) -> None:
         self.events.append(("transfer_done", from_agent, to_agent))
@@ -134,8 +149,8 @@ class FakeDesk:
     def transfer_failed(self, key: str, from_agent: str, to_agent: str, reason: str) -> None:
         self.events.append(("transfer_failed", from_agent, to_agent, reason))
 
-    async def finished(self, key: str, agent_id: str, conversation: RecordingResult | None) -> str | None:
-        self.events.append(("finished", agent_id))
+    async def finished(self, key: str, agent_id: str | None, conversation: RecordingResult | None) -> str | None:
+        self.events.append(("finished", str(agent_id)))
         self.conversations.append(conversation)
         return "100000009"
 

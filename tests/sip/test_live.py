@@ -156,13 +156,16 @@ class HandedOver:
     first_leg: str
     second: Softphone
     second_leg: str
+    console: ConsoleClient  # the first agent's
 
 
-def hand_over(tmp_path: Path, phones: Phones, switch: RunningSoftswitch, to: str) -> HandedOver:
+def hand_over(tmp_path: Path, phones: Phones, switch: RunningSoftswitch, to: str, consult: bool = False,
+              second_phone: Softphone | None = None, refer_to: str | None = None) -> HandedOver:
     """Agents 1001 and 1002 logged in; a caller (its tone, recorded) answered by 1001 (its tone), who after
-    2 s hands the call to ``to`` on the console; 1002 answers it (its tone)."""
+    2 s hands the call to ``to`` on the console (``consult``: to talk with them first), or with its phone's
+    REFER to ``refer_to``; 1002 (or ``second_phone``, an agency's line) answers it (its tone)."""
     first = phones.agent("1001", answer_after_s=0.3)
-    second = phones.agent("1002", answer_after_s=0.3)
+    second = second_phone or phones.agent("1002", answer_after_s=0.3)
     console = ConsoleClient(switch.http, "1001", PASSWORD).login()  # idle longest: gets the call
     time.sleep(0.2)
     ConsoleClient(switch.http, "1002", PASSWORD).login()
@@ -176,12 +179,17 @@ def hand_over(tmp_path: Path, phones: Phones, switch: RunningSoftswitch, to: str
     time.sleep(2.0)
     offer = console.current_offer()
     assert offer is not None
-    status, body = console.post("/console/api/transfer", {"call_key": offer["call_key"], "agent_id": to})
-    assert (status, body) == (200, {"transferring_to": to})
+    if refer_to is not None:
+        first.transfer(first_leg, refer_to)
+    else:
+        target = {"agency_id": to.removeprefix("agency:")} if to.startswith("agency:") else {"agent_id": to}
+        status, body = console.post("/console/api/transfer",
+                                    {"call_key": offer["call_key"], **target, "consult": consult})
+        assert (status, body) == (200, {"transferring_to": to, "consult": consult})
     second_leg = second.wait_for("incoming", timeout_s=15)["call"]
     second.wait_for("state", call=second_leg, state="CONFIRMED", timeout_s=5)
     second.play(second_leg, tone_wav(tmp_path / "second.wav", SECOND_AGENT_TONE_HZ))
-    return HandedOver(caller, call, first, first_leg, second, second_leg)
+    return HandedOver(caller, call, first, first_leg, second, second_leg, console)
 
 
 def test_an_agent_hands_the_call_to_another_and_the_tape_has_both_agents(tmp_path: Path, phones: Phones) -> None:
@@ -210,6 +218,32 @@ def test_an_agent_hands_the_call_to_another_and_the_tape_has_both_agents(tmp_pat
         assert snapshot["today"]["answered"] == 1
 
 
+def test_an_agents_phone_refers_the_caller_to_a_colleague_and_the_case_and_tape_follow(tmp_path: Path,
+                                                                                       phones: Phones) -> None:
+    with live_softswitch(tmp_path) as switch:
+        moved = hand_over(tmp_path, phones, switch, "1002", refer_to=f"sip:1002@127.0.0.1:{SIP_PORT}")
+        # The phone hears its REFER was accepted and, by NOTIFY, that the colleague answered.
+        statuses = [moved.first.wait_for("transfer_status", call=moved.first_leg, timeout_s=10)]
+        while not statuses[-1]["final"]:
+            statuses.append(moved.first.wait_for("transfer_status", call=moved.first_leg, timeout_s=10))
+        assert statuses[-1]["code"] == 200
+        assert moved.first.wait_for("ended", call=moved.first_leg, timeout_s=10)
+        time.sleep(3.0)
+        moved.caller.hangup(moved.call)
+        moved.second.wait_for("ended", call=moved.second_leg, timeout_s=10)
+        caller_heard = read_pcm(Path(moved.caller.wait_for("recorded", call=moved.call, timeout_s=5)["wav"]))
+        assert abs(dominant_hz(caller_heard[-16000 * 2:-16000 // 2]) - SECOND_AGENT_TONE_HZ) < 15
+        body = switch.call_record(moved.call)
+        assert body["call"]["agent_id"] == "1002"
+        (tape,) = [r for r in body["recordings"] if r["kind"] == "conversation"]
+        conversation = read_pcm(switch.recording_file(tape["sha256"]))
+        for hz in (CALLER_TONE_HZ, AGENT_TONE_HZ, SECOND_AGENT_TONE_HZ):
+            assert tone_share(conversation, hz) > 0.05, hz
+        _, case = switch.get(f"/api/cases/{body['case']['tracking_code']}")
+        assert [e["actor"] for e in case["history"] if e["kind"] == "transferred"] == ["agent:1001"]
+        assert supervisor_snapshot(switch)["today"]["answered"] == 1
+
+
 def test_an_agent_sends_the_caller_back_to_the_queue_and_the_next_agent_answers(tmp_path: Path,
                                                                                  phones: Phones) -> None:
     with live_softswitch(tmp_path) as switch:
@@ -231,6 +265,83 @@ def test_an_agent_sends_the_caller_back_to_the_queue_and_the_next_agent_answers(
         assert {t["sha256"] for t in tapes} <= {r["sha256"] for r in case["recordings"]}
         snapshot = supervisor_snapshot(switch)
         assert (snapshot["today"]["offered"], snapshot["today"]["answered"]) == (1, 1)
+
+
+HOLD_HZ = float(prompt_tone_hz("hold_music"))
+AGENCY_LINE = "02161920000"
+
+
+def window(pcm: bytes, start_s: float, end_s: float) -> bytes:
+    """Part of what a softphone heard (8 kHz 16-bit PCM: 16000 bytes a second), in seconds from its start."""
+    return pcm[int(start_s * 16000) & ~1:int(end_s * 16000) & ~1]
+
+
+def test_an_agent_consults_a_colleague_in_private_then_puts_the_caller_through(tmp_path: Path,
+                                                                             phones: Phones) -> None:
+    with live_softswitch(tmp_path) as switch:
+        moved = hand_over(tmp_path, phones, switch, "1002", consult=True)
+        heard_from = time.monotonic()  # about when the caller's recording is at hand_over's end (+ 2 s in)
+        moved.second.record(moved.second_leg, tmp_path / "second-heard.wav")
+        time.sleep(3.0)  # the two agents talk; the caller holds
+        offer = moved.console.current_offer()
+        assert offer is not None and offer["consulting"] and offer["transferring"] == "1002"
+        status, body = moved.console.post("/console/api/transfer/complete", {"call_key": offer["call_key"]})
+        assert (status, body) == (200, {"consultation": "completing"})
+        put_through = time.monotonic()
+        assert moved.first.wait_for("ended", call=moved.first_leg, timeout_s=10)["code"] in (200, 487)
+        time.sleep(3.0)
+        hung_up = time.monotonic()
+        moved.caller.hangup(moved.call)
+        moved.second.wait_for("ended", call=moved.second_leg, timeout_s=10)
+        caller_heard = read_pcm(Path(moved.caller.wait_for("recorded", call=moved.call, timeout_s=5)["wav"]))
+        second_heard = read_pcm(Path(moved.second.wait_for("recorded", call=moved.second_leg, timeout_s=5)["wav"]))
+        # By the clock of this test the consultation is the 3 s after heard_from (the colleague answered
+        # just before it). The caller heard hold music then, not the agents.
+        lead = len(caller_heard) / 16000 - (hung_up - heard_from)  # heard_from, in the caller's recording
+        private = window(caller_heard, lead + 0.8, lead + (put_through - heard_from) - 0.5)
+        assert tone_share(private, HOLD_HZ) > 0.3
+        assert tone_share(private, AGENT_TONE_HZ) < 0.02 and tone_share(private, SECOND_AGENT_TONE_HZ) < 0.02
+        # The colleague heard the first agent first, then the caller; the caller ends with the colleague.
+        assert tone_share(window(second_heard, 0.5, 2.5), AGENT_TONE_HZ) > 0.3
+        assert tone_share(second_heard[-16000 * 2:], CALLER_TONE_HZ) > 0.3
+        assert abs(dominant_hz(caller_heard[-16000 * 2:-16000 // 2]) - SECOND_AGENT_TONE_HZ) < 15
+        body = switch.call_record(moved.call)
+        assert body["call"]["agent_id"] == "1002"
+        (tape,) = [r for r in body["recordings"] if r["kind"] == "conversation"]
+        conversation = read_pcm(switch.recording_file(tape["sha256"]))
+        for hz in (CALLER_TONE_HZ, AGENT_TONE_HZ, SECOND_AGENT_TONE_HZ):  # the consultation is on it too
+            assert tone_share(conversation, hz) > 0.05, hz
+        _, case = switch.get(f"/api/cases/{body['case']['tracking_code']}")
+        assert [e["actor"] for e in case["history"] if e["kind"] == "transferred"] == ["agent:1001"]
+
+
+def test_an_agent_hands_the_caller_to_an_agencys_line_through_the_trunk(tmp_path: Path, phones: Phones) -> None:
+    line = phones.new(AGENCY_LINE)  # the agency's line: its address is the front's outbound trunk
+    agencies = [{"id": "health", "name": "وزارت بهداشت", "phone": AGENCY_LINE}, {"id": "roads", "name": "وزارت راه"}]
+    with live_softswitch(tmp_path, sip={"outbound_trunk": f"127.0.0.1:{line.sip_port}"},
+                         agencies=agencies) as switch:
+        moved = hand_over(tmp_path, phones, switch, "agency:health", second_phone=line)
+        incoming = [e for e in line.events("incoming") if e["call"] == moved.second_leg]
+        assert incoming[0]["request_uri"].startswith(f"sip:{AGENCY_LINE}@127.0.0.1")
+        # The agent's part is over: its leg ends, and it wraps up with the case filed already.
+        assert moved.first.wait_for("ended", call=moved.first_leg, timeout_s=10)["code"] in (200, 487)
+        assert moved.console.current_offer() is None
+        time.sleep(3.0)
+        moved.caller.hangup(moved.call)
+        line.wait_for("ended", call=moved.second_leg, timeout_s=10)
+        caller_heard = read_pcm(Path(moved.caller.wait_for("recorded", call=moved.call, timeout_s=5)["wav"]))
+        assert abs(dominant_hz(caller_heard[-16000 * 2:-16000 // 2]) - SECOND_AGENT_TONE_HZ) < 15
+        body = switch.call_record(moved.call)
+        assert body["call"]["agent_id"] == "1001" and "queue:handled" in body["call"]["ivr_path"]
+        (tape,) = [r for r in body["recordings"] if r["kind"] == "conversation"]
+        conversation = read_pcm(switch.recording_file(tape["sha256"]))
+        for hz in (CALLER_TONE_HZ, AGENT_TONE_HZ, SECOND_AGENT_TONE_HZ):  # the agency's part is taped too
+            assert tone_share(conversation, hz) > 0.05, hz
+        _, case = switch.get(f"/api/cases/{body['case']['tracking_code']}")
+        assert [e["kind"] for e in case["history"]].count("transferred") == 1
+        snapshot = supervisor_snapshot(switch)
+        assert {a["id"]: a["state"] for a in snapshot["agents"]}["1001"] in ("wrap_up", "ready")
+        assert snapshot["today"]["answered"] == 1
 
 
 ENGLISH_GREETING_HZ, ENGLISH_OTHER_HZ = 3000.0, 2800.0
@@ -333,15 +444,14 @@ INTRO_HZ = float(prompt_tone_hz("callback_intro"))
 @pytest.fixture
 def to_call_back(phones: Phones) -> Softphone:
     """The caller to be called back: its SIP user (caller ID) is its number, and its address is the
-    front's callback trunk."""
+    front's outbound trunk."""
     return phones.new(CALLBACK_NUMBER)
 
 
 def callback_softswitch(tmp_path: Path, caller: Softphone, **callback: Any) -> contextlib.AbstractContextManager[
         RunningSoftswitch]:
-    return live_softswitch(tmp_path, queue={**LIVE["queue"], "callback": {
-        "enabled": True, "trunk": f"127.0.0.1:{caller.sip_port}", "ring_timeout_s": 8.0, "retry_after_s": 1.0,
-        **callback}})
+    return live_softswitch(tmp_path, sip={"outbound_trunk": f"127.0.0.1:{caller.sip_port}"}, queue={
+        **LIVE["queue"], "callback": {"enabled": True, "ring_timeout_s": 8.0, "retry_after_s": 1.0, **callback}})
 
 
 def book_a_callback(phones: Phones, switch: RunningSoftswitch, caller: Softphone,

@@ -158,14 +158,22 @@ def test_caller_hold_and_resume_in_the_ivr_lets_the_dialogue_go_on(switch: Runni
     assert len(message) == 1 and message[0]["duration_s"] > 2 and message[0]["complete"]
 
 
-def test_a_transfer_from_the_agents_phone_is_refused_and_the_call_goes_on(switch: RunningSoftswitch,
-                                                                         phones: Phones, tmp_path: Path) -> None:
+def test_a_transfer_from_the_agents_phone_to_no_one_it_may_is_refused_and_the_call_goes_on(
+        switch: RunningSoftswitch, phones: Phones, tmp_path: Path) -> None:
     workers_before = {w["id"]: w["pid"] for w in switch.get("/api/health")[1]["workers"]}
     agent, caller, call, leg = on_a_call(switch, phones, "2002", tmp_path)
     time.sleep(1.0)
+    # Not an agent, or not at the front: refused at once.
+    for uri in (f"sip:09120000000@127.0.0.1:{SIP_PORT}", "sip:2003@127.0.0.2:5060"):
+        agent.transfer(leg, uri)
+        status = agent.wait_for("transfer_status", call=leg, timeout_s=10)
+        assert status["code"] == 403, uri
+    # An agent who is not logged in: accepted by the worker, then given up (the final NOTIFY says so).
     agent.transfer(leg, f"sip:2003@127.0.0.1:{SIP_PORT}")
     status = agent.wait_for("transfer_status", call=leg, timeout_s=10)
-    assert status["code"] == 403
+    while not status["final"]:
+        status = agent.wait_for("transfer_status", call=leg, timeout_s=10)
+    assert status["code"] >= 300
     caller.record(call, tmp_path / "after-refer.wav")
     time.sleep(2.0)
     heard = read_pcm(Path(caller.stop_record(call)["wav"]))

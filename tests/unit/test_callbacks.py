@@ -78,11 +78,11 @@ async def test_a_callback_and_its_due_time_survive_export_and_load(clock: FakeCl
     assert loaded["callback"] and other.export_state()["queue"][0]["due"] == entry.due == 1060.0
 
 
-def test_a_callback_needs_its_trunk_and_a_key_of_its_own() -> None:
-    with pytest.raises(ValueError, match="trunk"):
-        CallbackConfig(enabled=True)
+def test_a_callback_needs_the_outbound_trunk_and_a_key_of_its_own() -> None:
+    with pytest.raises(ConfigError, match="outbound_trunk"):
+        load_config(overrides={"queue.callback.enabled": True})
     with pytest.raises(ValueError, match="must differ"):
-        QueueConfig(overflow_key="3", callback=CallbackConfig(enabled=True, trunk="127.0.0.1:5090"))
+        QueueConfig(overflow_key="3", callback=CallbackConfig(enabled=True))
     with pytest.raises(ValueError, match="regular expression"):
         CallbackConfig(number_pattern="(")
     cfg = CallbackConfig()

@@ -15,7 +15,8 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from ivr.call_flow import Session
-from softswitch.config import AgentsConfig, Config
+from ivr.live import Transfer
+from softswitch.config import Agency, AgentsConfig, Config, SipConfig
 from softswitch.control.desk import ControlDesk
 from softswitch.domain.acd import Acd
 from softswitch.domain.cases import FiledCase
@@ -380,8 +381,16 @@ async def test_attach_then_give_the_tracking_code(client: TestClient[Any, Any], 
     assert 'id="transfer-form"' in html and f'<option value="{OTHER}">' in html and f'<option value="{AGENT}">' not in html
     assert '<option value="queue">' in html
     status, body = await _api(client, "/console/api/transfer", token, {"call_key": CALL_KEY, "agent_id": OTHER})
-    assert (status, body) == (200, {"transferring_to": OTHER})
-    assert desk.calls[-1] == ("transfer", AGENT, CALL_KEY, OTHER)
+    assert (status, body) == (200, {"transferring_to": OTHER, "consult": False})
+    assert desk.calls[-1] == ("transfer", AGENT, CALL_KEY, OTHER, False)
+    for wrong in ({"agent_id": "queue", "consult": True}, {"agent_id": OTHER, "consult": "yes"}):
+        status, _ = await _api(client, "/console/api/transfer", token, {"call_key": CALL_KEY, **wrong})
+        assert status == 400
+    status, body = await _api(client, "/console/api/transfer", token, {"call_key": CALL_KEY, "agency_id": "health"})
+    assert (status, body["error"]) == (404, ERRORS["unknown_colleague"])  # no line of its own
+    status, body = await _api(client, "/console/api/transfer/complete", token, {"call_key": CALL_KEY})
+    assert (status, body) == (200, {"consultation": "completing"})
+    assert desk.calls[-1] == ("end_consultation", AGENT, CALL_KEY, True)
     status, body = await _api(client, "/console/api/transfer", token, {"call_key": CALL_KEY, "agent_id": "nobody"})
     assert (status, body["error"]) == (404, ERRORS["unknown_colleague"])
     status, body = await _api(client, "/console/api/transfer", token, {"call_key": "not-mine", "agent_id": OTHER})
@@ -515,7 +524,7 @@ class SpokenCodes:
 
     def __init__(self) -> None:
         self.played: list[list[Path]] = []
-        self.transfers: list[str] = []  # the agents the desk asked the call to be handed to
+        self.transfers: list[Transfer] = []  # what the desk asked of the call
 
     def path(self, name: str) -> Path:
         return Path(name)
@@ -724,11 +733,11 @@ async def test_a_connected_call_is_handed_to_a_ready_agent_and_the_case_history_
             await desk.transfer(other, "k1", AGENT)  # not the other's call
         acd.login(other)
         await desk.transfer(AGENT, "k1", other)
-        assert voice.transfers == [other]
+        assert voice.transfers == [Transfer("hand", other)]
         with pytest.raises(ValueError, match="در جریان"):
             await desk.transfer(AGENT, "k1", other)
         _drain(first), _drain(second)
-        await desk.transfer_ringing("k1", AGENT, other)
+        await desk.transfer_ringing("k1", AGENT, other, False)
         (offer,) = _drain(second)
         assert offer["type"] == "offer" and offer["transferred_from"] == AGENT and offer["national_id"] == NATIONAL_ID
         await desk.transfer_done("k1", AGENT, other, voice)  # type: ignore[arg-type]
@@ -737,7 +746,7 @@ async def test_a_connected_call_is_handed_to_a_ready_agent_and_the_case_history_
         assert desk.current_offer(AGENT) is None and desk.current_offer(other)["call_key"] == "k1"  # type: ignore[index]
         # The second agent sends the caller back to the queue: noted, said, asked of the call.
         await desk.transfer(other, "k1", "queue")
-        assert voice.transfers == [other, "queue"]
+        assert voice.transfers == [Transfer("hand", other), Transfer("hand", "queue")]
         assert [(e["type"], e["state"]) for e in _drain(second)] == [("transfer", "to_queue")]
         code = await desk.finished("k1", other, None)
         assert code is not None
@@ -748,3 +757,53 @@ async def test_a_connected_call_is_handed_to_a_ready_agent_and_the_case_history_
     finally:
         await desk.close()
         acd.close()
+
+
+async def test_a_call_handed_to_an_agencys_line_is_a_case_at_once_and_its_history_names_the_agency(
+        store: Store, voice: SpokenCodes) -> None:
+    config = Config(sip=SipConfig(outbound_trunk="127.0.0.1:5090"),
+                    agents=AgentsConfig(accounts=(fake_account(AGENT, "مریم احمدی"),)),
+                    agencies=(Agency(id="health", name="وزارت بهداشت", phone="02161920000"),
+                              Agency(id="roads", name="وزارت راه")))
+    acd = Acd(config.agents, config.queue)
+    desk = ControlDesk(config, store, acd, voice)
+    try:
+        events = desk.subscribe(AGENT)
+        await _desk_call(desk, store, "k1", voice)
+        with pytest.raises(LookupError):
+            await desk.transfer(AGENT, "k1", "agency:roads")  # no line of its own
+        with pytest.raises(ValueError, match="مشورتی"):
+            await desk.end_consultation(AGENT, "k1", True)  # nothing to end
+        await desk.transfer(AGENT, "k1", "agency:health", consult=True)
+        assert voice.transfers == [Transfer("consult", "agency:health", "02161920000")]
+        assert desk.current_offer(AGENT)["transferring"] == "agency:health"  # type: ignore[index]
+        _drain(events)
+        await desk.transfer_ringing("k1", AGENT, "agency:health", True)
+        desk.consulting("k1", AGENT, "agency:health")
+        assert [(e["type"], e["state"]) for e in _drain(events)] == [("transfer", "ringing"), ("transfer", "consulting")]
+        await desk.end_consultation(AGENT, "k1", True)
+        assert voice.transfers[-1] == Transfer("complete")
+        with pytest.raises(ValueError, match="مشورتی"):
+            await desk.end_consultation(AGENT, "k1", False)  # asked once
+        await desk.transfer_done("k1", AGENT, "agency:health", voice)  # type: ignore[arg-type]
+        (ended,) = _drain(events)
+        # The agent wraps up with the case filed already, while the caller talks with the agency.
+        assert ended["reason"] == "transferred" and ended["tracking_code"]
+        assert desk.current_offer(AGENT) is None
+        assert await desk.finished("k1", None, None) == ended["tracking_code"]
+        assert _drain(events) == []
+        case = await store.get_case(ended["tracking_code"])
+        moves = [e.detail for e in await store.case_events(case.id) if e.kind == "transferred"]
+        assert [(m["from_agent"], m["to_agency"]) for m in moves] == [(AGENT, "health")]
+    finally:
+        await desk.close()
+        acd.close()
+
+
+def test_an_agencys_phone_needs_the_outbound_trunk_and_may_not_be_an_agents_id() -> None:
+    phoned = (Agency(id="health", name="وزارت بهداشت", phone="1001"),)
+    with pytest.raises(ValueError, match="outbound_trunk"):
+        Config(agencies=phoned)
+    with pytest.raises(ValueError, match="agent's id"):
+        Config(sip=SipConfig(outbound_trunk="127.0.0.1:5090"), agencies=phoned,
+               agents=AgentsConfig(accounts=(fake_account("1001", "مریم احمدی"),)))

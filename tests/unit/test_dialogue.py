@@ -21,7 +21,7 @@ import pytest
 
 from ivr.call_flow import CallbackTurn, CallFlow, FollowUp, IvrState, Live, Session
 from ivr.follow_up import CASE_FAILURE_FACTOR, CaseStatus, FailureThrottle
-from ivr.live import CallbackBooking, CallbackRequest, LiveService
+from ivr.live import CallbackBooking, CallbackRequest, LiveService, Transfer
 from ivr.survey import Survey, SurveyTopic
 from ivr.sms_offer import SmsOffer
 from softswitch import protocol
@@ -364,14 +364,17 @@ def live_call(script: Script, agents: dict[str, AgentPhone], *, busy: int = 0,
               weekly: Mapping[str, tuple[str, ...]] = ALWAYS_OPEN, survey: Survey | None = None,
               caller_number: str = "02188776655", sms: SmsOffer | None = None,
               languages: Mapping[str, Any] | None = None, skills: Mapping[str, set[str]] | None = None,
-              open_case: Any = None, transfers: tuple[str, ...] = (),
+              open_case: Any = None, transfers: tuple[str | Transfer, ...] = (), consult_then: str | None = None,
+              numbers: Mapping[str, AgentPhone] | None = None,
               callbacks: Callable[[Acd], CallbackBooking] | None = None,
               turn: Callable[[Acd], Awaitable[CallbackTurn]] | None = None, **queue: Any) -> LiveRun:
     """One call with the given agents logged in (``busy`` of them on other calls first); open all week.
-    ``callbacks``: the callbacks' booking over the call's queue; ``turn``: the call is a callback's, its
-    entry and agent made ready in that queue."""
-    worker = ScriptedWorker(script, PROMPTS, agents=agents)
-    cases, desk = FakeCases(), FakeDesk(transfers=list(transfers))
+    ``transfers``: what the agent who answers asks of the call 5 s in (``consult_then`` 3 s into a
+    consultation); ``numbers``: phones that are not agents' (an agency's line); ``callbacks``: the
+    callbacks' booking over the call's queue; ``turn``: the call is a callback's, its entry and agent made
+    ready in that queue."""
+    worker = ScriptedWorker(script, PROMPTS, agents={**agents, **(numbers or {})})
+    cases, desk = FakeCases(), FakeDesk(transfers=list(transfers), consult_then=consult_then)
     accounts = tuple(AgentAccount(id=a, name=f"Agent {a}", sip_ha1="0" * 32, console_password="scrypt$x")
                      for a in agents)
     outcome: dict[str, Any] = {}
@@ -784,12 +787,13 @@ def test_no_topic_chosen_takes_any_agent() -> None:
 
 # -- transfers -------------------------------------------------------------------------------------
 
-def handed_over(to: str, first: AgentPhone, second: AgentPhone) -> tuple[LiveRun, str, str]:
+def handed_over(to: str | Transfer, first: AgentPhone, second: AgentPhone,
+                **kwargs: Any) -> tuple[LiveRun, str, str]:
     """A caller answered by agent 1001, who hands the call to ``to`` 5 s in (1002 is ready too); the run
     and the two agents' legs, the first agent's first."""
     script, queued = to_the_queue()
     script.hang_up(queued + 60.0)
-    run = live_call(script, {"1001": first, "1002": second}, transfers=(to,))
+    run = live_call(script, {"1001": first, "1002": second}, transfers=(to,), **kwargs)
     assert run.worker.dialled == ["sip:1001@front", "sip:1002@front"]
     first_leg, second_leg = [c.call for c in run.worker.commands if isinstance(c, protocol.Dial)]
     return run, first_leg, second_leg
@@ -842,9 +846,100 @@ def test_an_agent_sends_the_caller_back_to_the_queue_and_the_next_agent_takes_th
     assert (today["offered"], today["answered"], today["abandoned"]) == (1, 1, 0)  # one caller, counted once
 
 
+def held_s(run: LiveRun) -> list[float]:
+    """How long the caller heard each stretch of hold music."""
+    return [(p.end or p.start) - p.start for p in run.worker.played if any("hold_music" in f for f in p.files)]
+
+
+def test_an_agent_consults_a_colleague_while_the_caller_holds_then_puts_the_caller_through() -> None:
+    run, first, second = handed_over(Transfer("consult", "1002"), AgentPhone(answer_after_s=1.0),
+                                     AgentPhone(answer_after_s=2.0), consult_then="complete")
+    # The caller talks with the first agent while the second rings; the two agents then talk alone (the
+    # caller on hold music for the 3 s consultation), and the caller is put through to the second.
+    assert run.worker.bridged == [("caller", first), (first, second), ("caller", second)]
+    assert sum(held_s(run)) == pytest.approx(1.0 + 3.0, abs=0.2)  # while the first agent rang, then consulted
+    assert [e for e in run.desk.events if e[0] in ("transfer_ringing", "consulting", "transfer_done")] == [
+        ("transfer_ringing", "1001", "1002"), ("consulting", "1001", "1002"), ("transfer_done", "1001", "1002")]
+    hangups = [c.call for c in run.worker.commands if isinstance(c, protocol.HangupCall)]
+    assert hangups[0] == first
+    (tape,) = [r.done for r in run.worker.recordings if r.kind == "conversation"]
+    assert tape.duration_s > 40
+    assert run.session.agent_id == "1002" and run.session.path[-1] == "queue:handled"
+    assert run.agent_states == {"1001": "ready", "1002": "wrap_up"}
+
+
+def test_a_cancelled_consultation_puts_the_caller_back_with_the_first_agent() -> None:
+    run, first, second = handed_over(Transfer("consult", "1002"), AgentPhone(answer_after_s=1.0),
+                                     AgentPhone(answer_after_s=2.0), consult_then="cancel")
+    assert run.worker.bridged == [("caller", first), (first, second), ("caller", first)]
+    hangups = [c.call for c in run.worker.commands if isinstance(c, protocol.HangupCall)]
+    assert hangups[0] == second
+    assert ("transfer_failed", "1001", "1002", "cancelled") in run.desk.events
+    assert run.session.agent_id == "1001"
+    # The colleague consulted is free at once; the first agent's call goes on to the caller's hang-up.
+    assert run.agent_states == {"1001": "wrap_up", "1002": "ready"}
+
+
+def test_a_colleague_who_hangs_up_during_the_consultation_leaves_the_caller_with_the_first_agent() -> None:
+    run, first, second = handed_over(Transfer("consult", "1002"), AgentPhone(answer_after_s=1.0),
+                                     AgentPhone(answer_after_s=2.0, talk_s=2.0))
+    assert run.worker.bridged == [("caller", first), (first, second), ("caller", first)]
+    assert ("transfer_failed", "1001", "1002", "cancelled") in run.desk.events
+    assert run.session.agent_id == "1001"
+
+
+def test_an_agent_who_hangs_up_during_the_consultation_puts_the_caller_through() -> None:
+    # The transfer is asked 5 s into the call, the colleague answers 2 s later, the first agent hangs up at 9 s.
+    run, first, second = handed_over(Transfer("consult", "1002"), AgentPhone(answer_after_s=1.0, talk_s=9.0),
+                                     AgentPhone(answer_after_s=2.0))
+    assert run.worker.bridged == [("caller", first), (first, second), ("caller", second)]
+    assert run.session.agent_id == "1002" and ("transfer_done", "1001", "1002") in run.desk.events
+
+
+AGENCY_LINE = "02161920000"
+
+
+def to_an_agency(ask: str, agency: AgentPhone, **kwargs: Any) -> tuple[LiveRun, str, str]:
+    """A caller answered by agent 1001, who hands the call 5 s in to the health ministry's line."""
+    script, queued = to_the_queue()
+    script.hang_up(queued + 60.0)
+    run = live_call(script, {"1001": AgentPhone(answer_after_s=1.0)}, numbers={AGENCY_LINE: agency},
+                    transfers=(Transfer(ask, "agency:health", AGENCY_LINE),), **kwargs)  # type: ignore[arg-type]
+    assert run.worker.dialled == ["sip:1001@front", f"sip:{AGENCY_LINE}@front"]
+    first_leg, agency_leg = [c.call for c in run.worker.commands if isinstance(c, protocol.Dial)]
+    return run, first_leg, agency_leg
+
+
+def test_an_agent_hands_the_caller_to_an_agencys_line_and_the_tape_goes_on_without_an_agent() -> None:
+    run, first, line = to_an_agency("hand", AgentPhone(answer_after_s=2.0))
+    assert run.worker.bridged == [("caller", first), ("caller", line)]
+    assert ("transfer_done", "1001", "agency:health") in run.desk.events
+    # The conversation went on with the agency to the caller's hang-up, on the one tape; no agent ends it.
+    (tape,) = [r.done for r in run.worker.recordings if r.kind == "conversation"]
+    assert tape.duration_s > 40
+    assert run.desk.events[-1] == ("finished", "None")
+    # The agent's wrap-up began at the hand-over; the caller's survey (if any) is about that agent.
+    assert run.agent_states == {"1001": "ready"} and run.session.agent_id == "1001"
+    assert run.acd["today"]["answered"] == 1
+
+
+def test_an_agent_consults_an_agency_then_cancels_and_goes_on_with_the_caller() -> None:
+    run, first, line = to_an_agency("consult", AgentPhone(answer_after_s=2.0), consult_then="cancel")
+    assert run.worker.bridged == [("caller", first), (first, line), ("caller", first)]
+    assert ("transfer_failed", "1001", "agency:health", "cancelled") in run.desk.events
+    assert run.desk.events[-1] == ("finished", "1001")
+
+
+def test_an_agency_line_that_does_not_answer_leaves_the_caller_with_the_agent() -> None:
+    run, first, _ = to_an_agency("hand", AgentPhone(answer_after_s=None))
+    assert run.worker.bridged == [("caller", first)]
+    assert ("transfer_failed", "1001", "agency:health", "no_answer") in run.desk.events
+    assert run.agent_states == {"1001": "wrap_up"}
+
+
 # -- callbacks --------------------------------------------------------------------
 
-CALLBACK = {"enabled": True, "trunk": "127.0.0.1:5090"}
+CALLBACK = {"enabled": True}
 MOBILE = "09121234567"
 
 

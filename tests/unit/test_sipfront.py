@@ -33,8 +33,8 @@ def test_rendered_config_passes_kamailio_check(tmp_path: Path) -> None:
     assert "127.0.0.1]:25999" in checked.stdout + checked.stderr
 
 
-def test_with_callbacks_the_front_sends_a_workers_call_to_a_number_out_to_the_trunk(tmp_path: Path) -> None:
-    config = load_config(overrides={"queue.callback.enabled": True, "queue.callback.trunk": "127.0.0.1:5090",
+def test_with_an_outbound_trunk_the_front_sends_a_workers_call_to_a_number_out_to_it(tmp_path: Path) -> None:
+    config = load_config(overrides={"queue.callback.enabled": True, "sip.outbound_trunk": "127.0.0.1:5090",
                                     "sip.port": 25998})
     plan = plan_workers(config.workers, BUILT, sip_port=25998, agents=0)
     cfg = sipfront.render(config, plan, tmp_path)
@@ -42,7 +42,7 @@ def test_with_callbacks_the_front_sends_a_workers_call_to_a_number_out_to_the_tr
     assert 'route(WORKER_TO_TRUNK)' in text and '$ru = "sip:" + $rU + "@127.0.0.1:5090";' in text
     checked = subprocess.run(["kamailio", "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stderr
-    # Without callbacks nothing goes out.
+    # Without an outbound trunk nothing goes out.
     assert "WORKER_TO_TRUNK" not in sipfront.render(load_config(), plan, tmp_path / "off").read_text()
 
 

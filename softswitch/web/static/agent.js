@@ -195,7 +195,8 @@
       refer.dataset.prefilled = refer.value;
     }
     byId("btn-give-code").disabled = !code || state !== "connected";
-    byId("transfer-submit").disabled = state !== "connected";
+    byId("transfer-submit").disabled = state !== "connected" || Boolean(offer.transferring);
+    byId("consult-actions").hidden = state !== "connected" || !offer.consulting;
     byId("btn-close-pop").hidden = state !== "ended";
   }
 
@@ -265,16 +266,32 @@
     event.preventDefault();
     const button = byId("transfer-submit");
     const to = byId("transfer-agent").value;
+    const consult = byId("transfer-consult").checked && to !== "queue";
+    const body = {call_key: offer.call_key, consult: consult};
+    if (to.startsWith("agency:")) body.agency_id = to.slice("agency:".length);
+    else body.agent_id = to;
     button.disabled = true;
-    const result = await postJson("/console/api/transfer", {call_key: offer.call_key, agent_id: to},
-                                  labels.messages.network);
+    const result = await postJson("/console/api/transfer", body, labels.messages.network);
     if (!result.ok) {
       button.disabled = false;
       say("error", result.data.error || labels.messages.network);
       return;
     }
-    if (to !== "queue") say("", colleague(to, labels.messages.transfer_ringing));
+    offer.transferring = to;
+    if (to !== "queue") say("", colleague(to, consult ? labels.messages.consult_ringing : labels.messages.transfer_ringing));
   });
+  // A consultation ends: the caller is put through to the other party, or back with this agent.
+  function endConsultation(end) {
+    return async () => {
+      offer.consulting = false;
+      updateOffer();
+      const result = await postJson("/console/api/transfer/" + end, {call_key: offer.call_key},
+                                    labels.messages.network);
+      if (!result.ok) say("error", result.data.error || labels.messages.network);
+    };
+  }
+  byId("btn-consult-complete").addEventListener("click", endConsultation("complete"));
+  byId("btn-consult-cancel").addEventListener("click", endConsultation("cancel"));
 
   byId("refer-form").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -335,10 +352,18 @@
         if (message.state === "to_queue") {
           say("ok", labels.messages.to_queue);
         } else if (message.state === "failed") {
+          offer.transferring = null;
+          offer.consulting = false;
           updateOffer();
           say("error", colleague(message.to, labels.messages.transfer_failed[message.reason] || labels.messages.network));
+        } else if (message.state === "consulting") {
+          offer.consulting = true;
+          updateOffer();
+          say("", colleague(message.to, labels.messages.consulting));
         } else {
-          say("", colleague(message.to, labels.messages.transfer_ringing));
+          offer.transferring = message.to;
+          updateOffer();
+          say("", colleague(message.to, message.consult ? labels.messages.consult_ringing : labels.messages.transfer_ringing));
         }
         break;
       case "connected":
