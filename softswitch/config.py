@@ -394,6 +394,9 @@ class Agency(_Section):
     users: tuple[AgencyUser, ...] = ()
     # The agency's own line, which an agent may hand a caller to (through sip.outbound_trunk); null: none.
     phone: str | None = Field(None, pattern=r"^\+?[0-9]{3,15}$")
+    # Its name as callers of another language hear it (the topic menu, a follow-up), by language code;
+    # a language not named here hears `name`.
+    spoken: dict[str, str] = {}
 
 
 CHANNELS = ("phone", "sms", "letter", "web")
@@ -755,6 +758,10 @@ class Config(_Section):
             raise ValueError(f"queue.topics names agencies that are not configured: {', '.join(unknown)}")
         if len(set(self.queue.topics)) != len(self.queue.topics):
             raise ValueError("queue.topics names an agency twice")
+        for agency in self.agencies:
+            if unknown := sorted(set(agency.spoken) - set(offered[1:])):
+                raise ValueError(f"agency {agency.id} has spoken names in {', '.join(unknown)}, which is not "
+                                 "another language prompts offer")
         if self.sip.outbound_trunk is None and self.queue.callback.enabled:
             raise ValueError("queue.callback.enabled needs sip.outbound_trunk (host:port of the outbound trunk)")
         if self.sip.outbound_trunk is None and (phoned := [a.id for a in self.agencies if a.phone]):

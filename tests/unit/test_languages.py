@@ -80,3 +80,23 @@ def test_agent_ids_that_name_something_else_are_refused() -> None:
         load_config(overrides={"agents.accounts": [agent("queue")]})
     with pytest.raises(ConfigError, match="agent id 111 is the service number"):
         load_config(overrides={"agents.accounts": [agent("111")]})
+
+
+def test_an_agency_named_for_another_language_is_said_in_it_and_others_in_the_first(tmp_path: Path) -> None:
+    agencies: list[dict[str, Any]] = [{"id": "roads", "name": "وزارت راه و شهرسازی",
+                                       "spoken": {"en": "the Ministry of Roads"}},
+                                      {"id": "health", "name": "وزارت بهداشت"}]
+    config = load_config(overrides={"data_dir": str(tmp_path), "prompts.other_languages": [ENGLISH],
+                                    "agencies": agencies})
+    libraries = prompt_libraries(config)
+    persian, english = libraries["fa"], libraries["en"]
+    roads, health = agency_prompt("roads"), agency_prompt("health")
+    persian.ensure([roads, health])
+    english.ensure([roads])  # its own words, in its own voice
+    assert english.has_own(roads) and english.path(roads) != persian.path(roads)
+    assert not english.has_own(health) and english.path(health) == persian.path(health)
+    with pytest.raises(ConfigError, match="agency roads has spoken names in az"):
+        load_config(overrides={"prompts.other_languages": [ENGLISH],
+                               "agencies": [{**agencies[0], "spoken": {"az": "Yollar nazirliyi"}}]})
+    with pytest.raises(ConfigError, match="spoken names in fa"):  # the first language says `name`
+        load_config(overrides={"agencies": [{**agencies[0], "spoken": {"fa": "راه"}}]})
