@@ -466,6 +466,8 @@ class LiveCall:
             rung = await self._ring_other(leg, new)
             picked_up, reason = rung is True, "cancelled"
             if picked_up and consult and not leg.ended and not self.channel.ended:
+                if agent is not None:
+                    await live.acd.submit("transfer_consulting", agent_id=agent)
                 picked_up = await self._consult(from_agent, leg, to, new)
                 if not picked_up and not leg.ended and not self.channel.ended:
                     self.channel.bridge(leg)  # back to the agent

@@ -95,6 +95,12 @@ class Callbacks:
             " ORDER BY id", (host,))
         return [self._callback(row) for row in rows]
 
+    async def adopt(self, from_host: str, to_host: str) -> int:
+        """A lost host's callbacks not over yet become ``to_host``'s (the survivor that took it over); how many."""
+        return await self._db.execute(
+            "UPDATE callbacks SET host = ?, updated_at = ? WHERE host = ?"
+            " AND status IN ('pending', 'calling', 'connected')", (to_host, time.time(), from_host))
+
     async def calling(self, callback_id: int) -> int:
         """An attempt starts: counted, whatever comes of it. The attempts made so far."""
         await self._change(callback_id, "status = ?, attempts = attempts + 1", (CALLING,))

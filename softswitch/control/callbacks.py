@@ -78,9 +78,11 @@ class CallbackService:
 
     # -- lifecycle -------------------------------------------------------------
     async def resume(self) -> int:
-        """This host's stored callbacks queued again (after a restart); how many."""
+        """This host's stored callbacks queued again (after a restart, or adopted); how many."""
         resumed = 0
         for callback in await self.store.callbacks.open_for(self.host):
+            if callback.id in self._tasks:
+                continue  # served already
             if callback.status == CONNECTED:
                 # Its conversation was going on when the host stopped: the call is closed as any orphan.
                 await self.store.callbacks.finish(callback.id, DONE, "interrupted")
@@ -90,6 +92,18 @@ class CallbackService:
         if resumed:
             log.info("%d callbacks queued again", resumed, extra={"event": "callbacks_resumed"})
         return resumed
+
+    async def adopt(self, host: str) -> int:
+        """``host`` was lost and this one took it over: its stored callbacks are this host's now, queued here
+        (after the shared queue dropped that host's entries); how many."""
+        if self.stopping:
+            return 0
+        adopted = await self.store.callbacks.adopt(host, self.host)
+        if adopted:
+            log.warning("%d callbacks of host %s adopted", adopted, host,
+                        extra={"event": "callbacks_adopted", "host": host})
+            await self.resume()
+        return adopted
 
     async def close(self) -> None:
         """No more attempts; a callback's call in progress goes on (the drain waits for it). The waiting ones

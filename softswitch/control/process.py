@@ -284,6 +284,9 @@ class Softswitch:
         if isinstance(self.acd, ReplicatedAcd):
             gone = await self.acd.take_over(done.host.name)
             log.warning("host %s: %d of its callers left the shared queue", done.host.name, gone)
+        if self.callbacks is not None:
+            # Its callers waiting for a callback keep it: this host makes the calls.
+            await self.callbacks.adopt(done.host.name)
 
     def _recording_kept(self, recording: Recording) -> None:
         """A recording's row is stored, its tape closed: on to the shared directory, if there is one."""

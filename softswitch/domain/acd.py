@@ -148,8 +148,8 @@ STAFFED = frozenset({AgentState.READY, AgentState.RINGING, AgentState.ON_CALL, A
 # ``ENTRY_CHANGES`` name their queue entry by its ``key``.
 CHANGES = frozenset({"login", "logout", "set_ready", "pause", "set_registered", "join", "offer", "no_answer",
                      "dial_failed", "connected", "call_ended", "end_wrap_up", "leave", "count_recorded",
-                     "host_lost", "transfer_offer", "transfer_answered", "transfer_unanswered", "to_callback",
-                     "callback_missed"})
+                     "host_lost", "transfer_offer", "transfer_consulting", "transfer_answered", "transfer_unanswered",
+                     "to_callback", "callback_missed"})
 ENTRY_CHANGES = frozenset({"offer", "no_answer", "dial_failed", "connected", "leave", "to_callback",
                            "callback_missed"})
 
@@ -633,19 +633,33 @@ class Acd:
         self._set_state(agent, AgentState.RINGING, call_key=call_key)
         return dataclasses.replace(agent.status)
 
-    def transfer_answered(self, agent_id: str, from_agent: str) -> None:
-        """The agent took the call over: ON_CALL; the agent who handed it over ends its call (wrap-up)."""
+    def transfer_consulting(self, agent_id: str) -> None:
+        """The agent rung for a transfer answered to be consulted first: ON_CALL (its handling time runs
+        from now), the call still the first agent's until ``transfer_answered``."""
         agent = self._get(agent_id)
         if agent.status.state is not AgentState.RINGING:
             raise ValueError(f"agent {agent_id!r} is {agent.status.state.value}, not ringing for a transfer")
         agent.connected_at = self._clock()
         self._set_state(agent, AgentState.ON_CALL, call_key=agent.status.call_key)
+
+    def transfer_answered(self, agent_id: str, from_agent: str) -> None:
+        """The agent took the call over (rung for it, or after a consultation): ON_CALL; the agent who
+        handed it over ends its call (wrap-up)."""
+        agent = self._get(agent_id)
+        if agent.status.state is AgentState.RINGING:
+            agent.connected_at = self._clock()
+            self._set_state(agent, AgentState.ON_CALL, call_key=agent.status.call_key)
+        elif agent.status.state is not AgentState.ON_CALL:  # ON_CALL: consulted, see transfer_consulting
+            raise ValueError(f"agent {agent_id!r} is {agent.status.state.value}, not ringing for a transfer")
         self.call_ended(from_agent)
 
     def transfer_unanswered(self, agent_id: str, no_answer: bool) -> None:
         """The transfer's ring ended unanswered: PAUSED (``no_answer``) when the agent let it ring out,
-        else READY as if it had never rung."""
+        else READY as if it had never rung. A consultation given up (ON_CALL, consulted): READY."""
         agent = self._get(agent_id)
+        if agent.status.state is AgentState.ON_CALL:
+            self._release(agent)
+            return
         if agent.status.state is not AgentState.RINGING:
             return
         if no_answer:

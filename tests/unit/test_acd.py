@@ -569,6 +569,28 @@ async def test_a_transfer_unanswered_pauses_the_agent_who_let_it_ring_and_frees_
         acd.transfer_answered("c", from_agent="a")
 
 
+async def test_a_colleague_consulted_is_on_call_from_the_answer_and_free_again_if_let_go(acd: Acd,
+                                                                                         clock: FakeClock) -> None:
+    login_in_order(acd, clock, "a", "b")
+    assert await answered(acd, clock, "k1", talk_s=30.0) == "a"
+    acd.transfer_offer("b", "k1")
+    clock.advance(2.0)
+    acd.transfer_consulting("b")  # answered: talking with the first agent, the caller holds
+    assert acd.agent("b").state is AgentState.ON_CALL and acd.agent("a").state is AgentState.ON_CALL
+    clock.advance(10.0)
+    acd.transfer_answered("b", from_agent="a")  # put through: its handling counts from the consultation
+    acd.call_ended("b")
+    assert list(acd._handle_times)[-1] == 10.0
+    assert acd.agent("a").state is AgentState.READY  # no wrap-up in this fixture
+    # A consultation given up: the colleague is ready again, never paused.
+    acd.transfer_offer("a", "k2")
+    acd.transfer_consulting("a")
+    acd.transfer_unanswered("a", no_answer=True)
+    assert acd.agent("a").state is AgentState.READY
+    with pytest.raises(ValueError, match="not ringing"):
+        acd.transfer_consulting("a")
+
+
 async def test_a_caller_sent_back_to_the_queue_is_counted_once(acd: Acd, clock: FakeClock) -> None:
     login_in_order(acd, clock, "a", "b")
     assert await answered(acd, clock, "k1", talk_s=10.0) == "a"

@@ -230,3 +230,22 @@ async def test_a_stored_callback_is_queued_again_after_a_restart_and_made(store:
     assert [attempt for _, _, attempt in place.attempts] == [1]
     assert await store.callbacks.open_for("h1") == []
     await second.close()
+
+
+async def test_a_lost_hosts_callbacks_are_adopted_by_the_survivor_and_made_there(store: Store) -> None:
+    lost_acd = one_agent_acd()
+    lost_acd.pause("a")
+    lost = CallbackService(CallbackConfig(), store, lost_acd, "h1", FakePlace(lost_acd, []), lambda key: None)
+    await book(lost, lost_acd)
+    await lost.close()  # (a host that died simply stops: its callback stays stored as h1's)
+    acd = one_agent_acd()
+    place = FakePlace(acd, [ANSWERED])
+    survivor = CallbackService(CallbackConfig(), store, acd, "h2", place, lambda key: None)
+    assert await survivor.resume() == 0  # none of its own
+    assert await survivor.adopt("h1") == 1
+    await asyncio.wait_for(place.done.wait(), 5)
+    await asyncio.sleep(0.05)
+    (stored,) = [await store.callbacks.get(cid) for cid, _, _ in place.attempts]
+    assert (stored.host, stored.status) == ("h2", DONE)
+    assert await store.callbacks.open_for("h1") == [] and await survivor.adopt("h1") == 0
+    await survivor.close()

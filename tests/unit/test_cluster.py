@@ -208,8 +208,13 @@ async def test_a_member_whose_peer_stops_beating_takes_it_over_within_the_timeou
             assert taken[0].host.silent_s > 0.4
             cdr = await a_store.get_call(call)
             assert cdr.disposition == "host_lost"
-            # The finished copy is adopted; the tape only on b's disk keeps its row there.
-            moved = await a_store.get_recording(rows["copied"].id)
+            # The finished copy is adopted (just after the take-over is told); the tape only on b's disk
+            # keeps its row there.
+            for _ in range(40):
+                moved = await a_store.get_recording(rows["copied"].id)
+                if moved.path == str(copy):
+                    break
+                await asyncio.sleep(0.05)
             assert moved.path == str(copy)
             assert (await a_store.get_recording(rows["local"].id)).path == str(tapes["local"])
             await asyncio.sleep(0.3)
