@@ -581,11 +581,15 @@ class Worker:
         """An agent's phone REFERs the caller it talks with to another user at the front (``transfer_targets``:
         an agent, an agency's line): the new leg for the library to dial, the control process told of it
         (which hands the caller over, or hangs the leg up when it may not). Anything else is refused: a
-        REFER elsewhere, with Replaces, or from a leg that is not talking with a caller."""
+        REFER elsewhere, with Replaces, from the caller's own leg (a trunk may not move its caller), or from
+        an agent's leg that is not talking with its caller (a consultation)."""
         leg = self.calls.get(call.handle)
         user = refer_target(refer_to, self.settings.front)
-        if (leg is None or leg.state is not LegState.CONFIRMED or leg.bridged_to is None
-                or user not in self.settings.transfer_targets or self.draining):
+        tape = self._conversation_tape(leg) if leg is not None else None
+        # An agent's leg: a party of the caller's conversation tape, bridged to that caller.
+        if (leg is None or tape is None or tape.handle == leg.handle or leg.bridged_to != tape.handle
+                or leg.state is not LegState.CONFIRMED or user not in self.settings.transfer_targets
+                or self.draining):
             log.warning("%s: REFER refused (%s)", call.handle, "not a transfer target" if leg else "no such leg")
             return None
         handle = f"{call.handle}-refer{next(self._refers)}"

@@ -168,6 +168,9 @@ def test_a_transfer_from_the_agents_phone_to_no_one_it_may_is_refused_and_the_ca
         agent.transfer(leg, uri)
         status = agent.wait_for("transfer_status", call=leg, timeout_s=10)
         assert status["code"] == 403, uri
+    # The caller's side (a trunk) may not move its caller, even to an agent.
+    caller.transfer(call, f"sip:2003@127.0.0.1:{SIP_PORT}")
+    assert caller.wait_for("transfer_status", call=call, timeout_s=10)["code"] == 403
     # An agent who is not logged in: accepted by the worker, then given up (the final NOTIFY says so).
     agent.transfer(leg, f"sip:2003@127.0.0.1:{SIP_PORT}")
     status = agent.wait_for("transfer_status", call=leg, timeout_s=10)
