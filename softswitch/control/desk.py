@@ -204,16 +204,17 @@ class ControlDesk:
         for monitor in [m for m in self._monitors.values() if m.call is call]:
             await self._end_monitor(monitor, "transferred")  # on the first agent's leg, which ends
         agency = to[len(AGENCY_PREFIX):] if to.startswith(AGENCY_PREFIX) else None
-        self._by_agent.pop(from_agent, None)
         call.transferring_to, call.consulting = None, False
         if agency is None:
+            self._by_agent.pop(from_agent, None)  # the call is the colleague's now, wrap-up included
             call.agent_id, call.agent_leg = to, leg
             self._by_agent[to] = call
             await self.store.set_call_agent(call.call_id, to)
             details: dict[str, Any] = {"from_agent": from_agent, "to_agent": to}
         else:
-            # Out of the centre: no agent holds the call now, and the matter is a case at once, for the
-            # first agent's wrap-up (its tape, still running, joins it when the call ends).
+            # Out of the centre: no agent talks on the call now, and the matter is a case at once, which the
+            # first agent completes in its wrap-up (the call stays its own on the console for that; its
+            # tape, still running, joins the case when the call ends).
             call.agent_id, call.agent_leg, call.transfer = None, None, None
             if call.case is None:
                 call.case = await self._new_case(call, f"agent:{from_agent}")
@@ -332,7 +333,12 @@ class ControlDesk:
 
     def current_offer(self, agent_id: str) -> dict[str, Any] | None:
         call = self._by_agent.get(agent_id)
-        return None if call is None else call.current_pop()
+        if call is None:
+            return None
+        pop = call.current_pop()
+        if pop is not None and call.agent_id != agent_id:
+            pop["state"] = "ended"  # handed to an agency's line: the caller talks on, the agent's part is over
+        return pop
 
     def subscribe(self, agent_id: str) -> asyncio.Queue[dict[str, Any]]:
         return self._listeners.setdefault(agent_id, Fanout(SUBSCRIBER_QUEUE)).subscribe()
@@ -451,8 +457,8 @@ class ControlDesk:
         if call.case is None:
             raise LookupError("ابتدا پرونده را ثبت کنید.")
         channel = call.channel
-        if channel is None or call.state != "connected":
-            raise ValueError("تماس پایان یافته است.")
+        if channel is None or call.state != "connected" or call.agent_id != agent_id:
+            raise ValueError("تماس پایان یافته است.")  # or handed to an agency's line, which talks on it
         code = call.case.tracking_code
         if call.reading is None or call.reading.done():
             call.reading = asyncio.ensure_future(
@@ -510,8 +516,9 @@ class ControlDesk:
                 await self._note_monitor(current, "switch")
             current.mode = mode  # still ringing: it joins in the mode asked last
             return current.view()
-        if supervisor_id in self._by_agent:
-            raise ValueError("شما اکنون خودتان در تماس هستید.")
+        own = self._by_agent.get(supervisor_id)
+        if own is not None and own.agent_id == supervisor_id and own.state in ("ringing", "connected"):
+            raise ValueError("شما اکنون خودتان در تماس هستید.")  # a call of theirs in wrap-up is no hindrance
         if self.acd.agent(supervisor_id).state not in (AgentState.LOGGED_OUT, AgentState.PAUSED):
             # The queue would ring the phone that is listening.
             raise ValueError("شما در صف پاسخ‌گویی هستید؛ برای شنود، ابتدا مکث کنید.")

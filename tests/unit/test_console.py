@@ -787,12 +787,18 @@ async def test_a_call_handed_to_an_agencys_line_is_a_case_at_once_and_its_histor
             await desk.end_consultation(AGENT, "k1", False)  # asked once
         await desk.transfer_done("k1", AGENT, "agency:health", voice)  # type: ignore[arg-type]
         (ended,) = _drain(events)
-        # The agent wraps up with the case filed already, while the caller talks with the agency.
+        # The agent wraps up with the case opened already, while the caller talks with the agency: the call is
+        # still on its console, ended for it, and its matter can be completed but not read to the agency.
         assert ended["reason"] == "transferred" and ended["tracking_code"]
-        assert desk.current_offer(AGENT) is None
+        assert desk.current_offer(AGENT)["state"] == "ended"  # type: ignore[index]
+        with pytest.raises(ValueError, match="پایان"):
+            await desk.give_tracking_code(AGENT, "k1")
+        filed = await desk.file_case(AGENT, "k1", "health", config.categories[0], "نوبت جراحی")
+        assert filed.tracking_code == ended["tracking_code"]
         assert await desk.finished("k1", None, None) == ended["tracking_code"]
-        assert _drain(events) == []
+        assert [e["type"] for e in _drain(events)] == ["case_filed"]
         case = await store.get_case(ended["tracking_code"])
+        assert (case.agency, case.summary, case.status) == ("health", "نوبت جراحی", "referred")
         moves = [e.detail for e in await store.case_events(case.id) if e.kind == "transferred"]
         assert [(m["from_agent"], m["to_agency"]) for m in moves] == [(AGENT, "health")]
     finally:

@@ -137,6 +137,9 @@ async def test_who_may_monitor_what(desk: ControlDesk, store: Store) -> None:
     await desk.monitor(DEPUTY, "call-1", "listen")
     with pytest.raises(ValueError, match="تماس دیگر"):
         await desk.monitor(DEPUTY, "own", "listen")  # one call at a time
+    await desk.stop_monitor(DEPUTY)
+    await desk.finished("own", SUPERVISOR, None)
+    await desk.monitor(SUPERVISOR, "call-1", "listen")  # their own call is over: in wrap-up they may listen in
 
 
 async def test_the_calls_end_ends_the_supervisors_leg(desk: ControlDesk, store: Store) -> None:
