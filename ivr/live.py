@@ -36,6 +36,7 @@ from ivr.callback import callback_number
 from softswitch.config import IvrConfig, QueueConfig
 from softswitch.domain.acd import Acd, AgentStatus, QueueEntry, mask_number
 from softswitch.domain.tracking_code import code_tail
+from softswitch.domain.transfers import TO_QUEUE, agency_line
 from storage.models import PersonId
 
 log = logging.getLogger("ivr.live")
@@ -43,8 +44,6 @@ log = logging.getLogger("ivr.live")
 CONVERSATION_MAX_S = 4 * 3600.0  # a bound for the tape, far beyond any conversation
 # How a leg's end says its far end was lost (no RTP, a session refresh unanswered).
 LEG_LOST = 408
-TO_QUEUE = "queue"  # what an agent hands a call to when it sends the caller back to the queue
-AGENCY_PREFIX = "agency:"  # a transfer to an agency's configured number: "agency:<id>"
 # A caller sent back to the queue goes ahead of every waiting caller (repeat callers' priorities are 0..9).
 REQUEUE_PRIORITY = 10
 
@@ -91,7 +90,7 @@ class Transfer:
     agent, and put the caller through once it answers. ``consult``: once ``to`` answers, the agent talks
     with it while the caller holds, until the agent asks ``complete`` (the caller is put through; hanging
     up does the same) or ``cancel`` (back to the caller; so does ``to`` hanging up). ``to``: an agent id,
-    TO_QUEUE (hand only), or AGENCY_PREFIX + an agency's id, whose ``number`` is dialled through the front
+    TO_QUEUE (hand only), or an agency's line (``agency_line``), whose ``number`` is dialled through the front
     (which sends a number out to the trunk). ``leg``: dialled already (the agent's phone REFERred the call)."""
 
     action: Literal["hand", "consult", "complete", "cancel"]
@@ -444,7 +443,7 @@ class LiveCall:
         anyone else): handing the call over, on the leg the worker dials already."""
         agency = self.live.agency_lines.get(user)
         if agency is not None:
-            return Transfer("hand", AGENCY_PREFIX + agency, user, leg=new)
+            return Transfer("hand", agency_line(agency), user, leg=new)
         return Transfer("hand", user, leg=new)
 
     async def _transfer(self, from_agent: str, leg: Leg, ask: Transfer) -> tuple[str | None, Leg] | None:

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from ivr.call_flow import Session
 from ivr.channel import Leg, LiveChannel, RecordingResult
-from ivr.live import AGENCY_PREFIX, TO_QUEUE, Transfer
+from ivr.live import Transfer
 from ivr.recorded_message import read_tracking_code
 from softswitch import logs
 from softswitch.config import Agency, AgentAccount, Config, agency_skill, language_skill
@@ -30,6 +30,7 @@ from softswitch.domain.cases import UNFILED_STATUSES, FiledCase, duplicate_windo
 from softswitch.domain.fanout import Fanout
 from softswitch.domain.text import clean_text
 from softswitch.domain.tracking_code import code_tail
+from softswitch.domain.transfers import TO_QUEUE, agency_of
 from softswitch.protocol import MONITOR_MODES
 from softswitch.web.console import ReasonRequired
 from softswitch.web.credentials import verify_password
@@ -187,7 +188,7 @@ class ControlDesk:
         call.transferring_to = to  # asked on the console, or by the agent's phone (REFER)
         self._publish(from_agent, {"type": "transfer", "call_key": key, "state": "ringing", "to": to,
                                    "consult": consult})
-        if not to.startswith(AGENCY_PREFIX):
+        if agency_of(to) is None:
             # The other agent sees the call as it is: the caller, the IDs, the case if one is filed.
             self._publish(to, {"type": "offer", **(call.current_pop() or await self.screen_pop(call)),
                                "state": "ringing", "transferred_from": from_agent, "consult": consult,
@@ -203,7 +204,7 @@ class ControlDesk:
         call = self._calls[key]
         for monitor in [m for m in self._monitors.values() if m.call is call]:
             await self._end_monitor(monitor, "transferred")  # on the first agent's leg, which ends
-        agency = to[len(AGENCY_PREFIX):] if to.startswith(AGENCY_PREFIX) else None
+        agency = agency_of(to)
         call.transferring_to, call.consulting = None, False
         if agency is None:
             self._by_agent.pop(from_agent, None)  # the call is the colleague's now, wrap-up included
@@ -237,12 +238,12 @@ class ControlDesk:
             call.transferring_to, call.consulting = None, False
         self._publish(from_agent, {"type": "transfer", "call_key": key, "state": "failed", "to": to,
                                    "reason": reason})
-        if reason != "not_ready" and not to.startswith(AGENCY_PREFIX):
+        if reason != "not_ready" and agency_of(to) is None:
             self._publish(to, {"type": "call_ended", "call_key": key, "reason": "not_answered"})
 
     async def transfer(self, agent_id: str, call_key: str, to: str, consult: bool = False) -> None:
-        """The agent hands the call it is talking on to another agent or to an agency's number (``AGENCY_PREFIX``
-        + its id), which is rung while the caller stays with the first; with ``consult`` the two talk first
+        """The agent hands the call it is talking on to another agent or to an agency's number (``agency_line``
+        of its id), which is rung while the caller stays with the first; with ``consult`` the two talk first
         while the caller holds (then ``end_consultation``). The outcome comes as events (transfer ringing /
         consulting / failed, call_ended transferred). ``TO_QUEUE`` sends the caller back to the head of the
         queue instead."""
@@ -260,8 +261,9 @@ class ControlDesk:
             call.transfer(Transfer("hand", TO_QUEUE))
             return
         action: Literal["consult", "hand"] = "consult" if consult else "hand"
-        if to.startswith(AGENCY_PREFIX):
-            number = self._agency_numbers.get(to[len(AGENCY_PREFIX):])
+        agency = agency_of(to)
+        if agency is not None:
+            number = self._agency_numbers.get(agency)
             if number is None:
                 raise LookupError("برای این دستگاه شماره‌ای برای انتقال تعریف نشده است.")
             call.transferring_to = to

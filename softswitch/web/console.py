@@ -27,6 +27,7 @@ from softswitch.domain.acd import Acd
 from softswitch.domain.cases import STATUS_LABELS, FiledCase
 from softswitch.domain.persian import jalali_datetime, normalize_digits
 from softswitch.domain.tracking_code import is_tracking_code
+from softswitch.domain.transfers import AGENCY_PREFIX, TO_QUEUE, agency_line
 from softswitch.web.relay import HostRelay
 from softswitch.web.responses import json_error
 from softswitch.web.sessions import PAGE_ERRORS, STATIC_DIR, SessionPages, page_error
@@ -106,10 +107,10 @@ class Desk(Protocol):
         """The IVR reads the code to the caller; LookupError if no case is filed or attached yet."""
 
     async def transfer(self, agent_id: str, call_key: str, to: str, consult: bool = False) -> None:
-        """Hand the agent's connected call to another agent, "queue", or an agency's line ("agency:<id>"),
-        rung while the caller stays; ``consult``: the agent talks with them first while the caller holds.
-        LookupError for an unknown agent or an agency without a phone, ValueError (Persian message) when it
-        cannot be done now."""
+        """Hand the agent's connected call to another agent, the queue (``TO_QUEUE``), or an agency's line
+        (``agency_line``), rung while the caller stays; ``consult``: the agent talks with them first while the
+        caller holds. LookupError for an unknown agent or an agency without a phone, ValueError (Persian
+        message) when it cannot be done now."""
 
     async def end_consultation(self, agent_id: str, call_key: str, complete: bool) -> None:
         """Put the caller through to the party being consulted (``complete``), or go back to the caller;
@@ -359,10 +360,11 @@ class _Console(SessionPages):
                 "labels": LABELS}
         colleagues = [(a.id, a.name) for a in self.desk.acd.agents() if a.id != account.id]
         # Agencies with a line of their own, which a call may be handed to.
-        lines = [(f"agency:{a.id}", a.name) for a in self.desk.agencies if a.phone is not None]
+        lines = [(agency_line(a.id), a.name) for a in self.desk.agencies if a.phone is not None]
         data["names"] = {target: name for target, name in [*colleagues, *lines]}
+        data["transfer"] = {"queue": TO_QUEUE, "agency_prefix": AGENCY_PREFIX}
         return self.render("agent.html", **self.page_context(account, session), data=data, colleagues=colleagues,
-                           agency_lines=lines,
+                           agency_lines=lines, to_queue=TO_QUEUE,
                            agencies=self.desk.agencies, categories=self.desk.categories,
                            pause_choices=[(reason, LABELS["pause_reasons"][reason]) for reason in PAUSE_CHOICES])
 
@@ -516,11 +518,11 @@ class _Console(SessionPages):
             return relayed
         body = await self.json_body(request)
         call_key = self.text_field(body, "call_key")
-        # To a colleague (or "queue"), or to an agency's line.
-        to = (f"agency:{self.text_field(body, 'agency_id')}" if "agency_id" in body
+        # To a colleague (or the queue), or to an agency's line.
+        to = (agency_line(self.text_field(body, "agency_id")) if "agency_id" in body
               else self.text_field(body, "agent_id"))
         consult = body.get("consult", False)
-        if not isinstance(consult, bool) or (consult and to == "queue"):
+        if not isinstance(consult, bool) or (consult and to == TO_QUEUE):
             raise page_error(web.HTTPBadRequest, "bad_request", ERRORS)
         await self.desk_result(self.desk.transfer(account.id, call_key, to, consult),
                                (web.HTTPNotFound, "unknown_colleague"), desk_messages=True)

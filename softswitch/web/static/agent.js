@@ -266,9 +266,11 @@
     event.preventDefault();
     const button = byId("transfer-submit");
     const to = byId("transfer-agent").value;
-    const consult = byId("transfer-consult").checked && to !== "queue";
+    const toQueue = to === boot.transfer.queue;
+    const consult = byId("transfer-consult").checked && !toQueue;
     const body = {call_key: offer.call_key, consult: consult};
-    if (to.startsWith("agency:")) body.agency_id = to.slice("agency:".length);
+    const agencyPrefix = boot.transfer.agency_prefix;
+    if (to.startsWith(agencyPrefix)) body.agency_id = to.slice(agencyPrefix.length);
     else body.agent_id = to;
     button.disabled = true;
     const result = await postJson("/console/api/transfer", body, labels.messages.network);
@@ -278,7 +280,7 @@
       return;
     }
     offer.transferring = to;
-    if (to !== "queue") say("", colleague(to, consult ? labels.messages.consult_ringing : labels.messages.transfer_ringing));
+    if (!toQueue) say("", colleague(to, consult ? labels.messages.consult_ringing : labels.messages.transfer_ringing));
   });
   // A consultation ends: the caller is put through to the other party, or back with this agent.
   function endConsultation(end) {
