@@ -35,6 +35,30 @@ ALLOWED_SOURCE = "127.0.0.1"
 REPORTS_TOKEN = "reports-token-for-the-sip-tests-0123456789"
 DISALLOWED_SOURCE = "127.0.0.2"
 
+# SIPp callers of a test softswitch (RunningSoftswitch.sipp): SIP ports from its SIP port + 100 (below the
+# phones' + 140 and up), media ports in a window of their own above the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999 by default), where no socket bound to port 0 can take one.
+# SIPp binds audio on the media port and video on the one two above it; each switch's window is keyed by
+# the 500-port block of its SIP port, so the modules running side by side never share one. The window's
+# last slots are for callers a test places itself (``caller_media_port``).
+CALLER_SIP_SLOTS = 20
+CALLER_MEDIA_BASE, CALLER_MEDIA_WINDOW, CALLER_MEDIA_STEP = 61000, 150, 4
+CALLER_MEDIA_SLOTS = 32  # taken round by next_ports; the slots from here to the window's end are reserved
+RESERVED_MEDIA_SLOT = CALLER_MEDIA_SLOTS
+SIP_PORTS_FROM, SIP_PORT_BLOCK, SIP_PORT_BLOCKS = 13000, 500, 30  # 13000-27999
+
+
+def caller_media_port(sip_port: int, slot: int) -> int:
+    """The media port of the SIPp caller in ``slot`` of the test softswitch on ``sip_port``."""
+    block = (sip_port - SIP_PORTS_FROM) // SIP_PORT_BLOCK
+    if not 0 <= block < SIP_PORT_BLOCKS:
+        raise ValueError(f"a test softswitch's SIP port is {SIP_PORTS_FROM}-"
+                         f"{SIP_PORTS_FROM + SIP_PORT_BLOCK * SIP_PORT_BLOCKS - 1}, not {sip_port}")
+    if not 0 <= slot < CALLER_MEDIA_WINDOW // CALLER_MEDIA_STEP:
+        raise ValueError(f"no media slot {slot} in a window of {CALLER_MEDIA_WINDOW} ports")
+    return CALLER_MEDIA_BASE + block * CALLER_MEDIA_WINDOW + slot * CALLER_MEDIA_STEP
+
+
 # Test timers: the flow's steps with short prompts and end-pointing.
 IVR = {"id_max_s": 15, "id_silence_s": 1.0, "id_no_input_s": 4.0, "message_max_s": 30,
        "message_silence_s": 1.5, "message_no_input_s": 6.0}
@@ -157,10 +181,13 @@ class RunningSoftswitch:
 
     def next_ports(self) -> tuple[int, int]:
         """SIP and media ports for the next SIPp caller, from this softswitch's own SIP port: test modules
-        run side by side (pytest-xdist), and each softswitch's callers keep to ports of their own."""
-        self._port_seq += 1
+        run side by side (pytest-xdist), and each softswitch's callers keep to ports of their own, taken
+        round (its callers are sequential, or a few at once)."""
         sip_port = int(self.sip_target.rsplit(":", 1)[1])
-        return sip_port + 100 + self._port_seq * 2, 40000 + sip_port % 10000 + self._port_seq * 10
+        slot = self._port_seq
+        self._port_seq += 1
+        return (sip_port + 100 + 2 * (slot % CALLER_SIP_SLOTS),
+                caller_media_port(sip_port, slot % CALLER_MEDIA_SLOTS))
 
     def sipp(self, name: str, scenario_xml: str, *, call_id: str, local_ip: str = ALLOWED_SOURCE,
              service: str = "111", timeout_s: float = 60) -> SippRun:

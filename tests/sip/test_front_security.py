@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from softswitch.config import AgentsConfig
-from tests.sip.conftest import RunningSoftswitch, running_softswitch
+from tests.sip.conftest import RESERVED_MEDIA_SLOT, RunningSoftswitch, caller_media_port, running_softswitch
 from tests.support.sipp import caller_scenario
 
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(180)]
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.sip, pytest.mark.timeout(180)]
 SIP_PORT, HTTP_PORT, WORKER_PORT, RTP_PORT = 14060, 14111, 14070, 42000
 FRONT = ("127.0.0.1", SIP_PORT)
 VICTIM = ("127.0.0.1", 14900)  # must receive nothing
-SIPP_PORT, SIPP_MEDIA_PORT = 14290, 42900
+SIPP_PORT, SIPP_MEDIA_PORT = 14290, caller_media_port(SIP_PORT, RESERVED_MEDIA_SLOT)
 REALM = AgentsConfig().realm
 AGENTS = (("1401", "Agent One", "first-agent-pw"), ("1402", "Agent Two", "second-agent-pw"),
           ("1403", "Agent Three", "third-agent-pw"))

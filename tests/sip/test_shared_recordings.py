@@ -1,7 +1,7 @@
 """The shared recordings store end to end: a real softswitch copies a call's recordings to a tmpfs share.
 
-Ports 21000-21999 only: SIP 21060, HTTP 21111, worker 21070, RTP 21200-21224,
-SIPp callers 21600-21699 (SIP) and 21700-21999 (media).
+Ports 21000-21999: SIP 21060, HTTP 21111, worker 21070, RTP 21200-21224, SIPp callers 21600-21699
+(SIP); their media in the switch's window above the ephemeral range (tests/sip/conftest.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.sip.conftest import RunningSoftswitch, running_softswitch
+from tests.sip.conftest import CALLER_MEDIA_SLOTS, RunningSoftswitch, caller_media_port, running_softswitch
 from tests.sip.test_recorded_message import keyed_id_then_message
 from tests.support.sipp import caller_scenario
 from tests.support.tmpfs import mounted_tmpfs
@@ -62,7 +62,8 @@ def call(switch: Switch, name: str, speech: Path, tmp_path: Path) -> dict[str, A
     call_id = f"{name}-{os.getpid()}@test"
     n = next(_CALLER_PORTS)
     run = switch.running.sipp(name, caller_scenario(pcap), call_id=call_id)
-    run = dataclasses.replace(run, local_port=21600 + 2 * n, media_port=21700 + 10 * n,
+    run = dataclasses.replace(run, local_port=21600 + 2 * n,
+                              media_port=caller_media_port(21060, n % CALLER_MEDIA_SLOTS),
                               message_file=switch.running.work / name / "messages.log")
     result = run.run(switch.running.work / name)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]

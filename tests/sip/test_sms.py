@@ -1,6 +1,7 @@
 """The SMS of a tracking code end to end: a SIPp caller from a mobile number presses 1 after the read-back,
 and the softswitch posts the code to a real HTTP gateway this test runs on loopback (which fails the first
-attempt, so the retry is the real sender's too). Ports 24000-24999, RTP 45500-45999: this module's own."""
+attempt, so the retry is the real sender's too). Ports 24000-24999, RTP 45500-45563, the caller's media in
+the window above the ephemeral range (tests/sip/conftest.py): this module's own."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from typing import Any
 import pytest
 
 from softswitch.domain.sms import TRACKING_CODE, sms_text
-from tests.sip.conftest import NATIONAL_ID, CallerScript, RunningSoftswitch, running_softswitch
+from tests.sip.conftest import (NATIONAL_ID, RESERVED_MEDIA_SLOT, CallerScript, RunningSoftswitch,
+                               caller_media_port, running_softswitch)
 from tests.support.sipp import SippRun, caller_scenario
 
 pytestmark = [pytest.mark.sip, pytest.mark.timeout(240)]
 
 SIP_PORT, HTTP_PORT, WORKER_PORT = 24060, 24111, 24070
-CALLER_SIP_PORT, CALLER_RTP_PORT = 24200, 45900
+CALLER_SIP_PORT, CALLER_RTP_PORT = 24200, caller_media_port(SIP_PORT, RESERVED_MEDIA_SLOT)
 RTP_BASE, RTP_PORTS = 45500, 64
 MOBILE = "09121234567"
 TOKEN = "sip-test-gateway-token-31f7"

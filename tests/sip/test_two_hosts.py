@@ -11,9 +11,10 @@ messages' tapes from its disk with their cases. Apart from that, with one
 queue for both: an agent registered and logged in at b answers a caller who
 came in at a.
 
-Ports 22000-22999 and 42000-43999 only: host a SIP 22060, HTTP 22111, worker 22070,
-RTP 42000-42063, SIPp 22200/43000; host b SIP 22560, HTTP 22611, worker 22570,
-RTP 42500-42563, SIPp 22700-22799/43500-43999; softphones 22300-22309 (RTP 42700-42899).
+Ports 22000-22999 and 42000-42899, and each host's SIPp media port in its window above the ephemeral
+range (tests/sip/conftest.py): host a SIP 22060, HTTP 22111, worker 22070, RTP 42000-42063, SIPp
+22200; host b SIP 22560, HTTP 22611, worker 22570, RTP 42500-42563, SIPp 22700-22799; softphones
+22300-22309 (RTP 42700-42899).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from typing import Any, cast
 import pytest
 
 from media.wavfile import read_pcm
-from tests.sip.conftest import NATIONAL_ID, RunningSoftswitch, espeak_wav, running_softswitch
+from tests.sip.conftest import (NATIONAL_ID, RESERVED_MEDIA_SLOT, RunningSoftswitch, caller_media_port, espeak_wav,
+                               running_softswitch)
 from tests.sip.console_client import ConsoleClient
 from tests.sip.softphones import Softphone
 from tests.sip.test_live import (AGENT_TONE_HZ, CALLER_TONE_HZ, LIVE, PASSWORD, caller_through_ivr, dominant_hz,
@@ -62,8 +64,8 @@ class Host:
                     worker_base_port=self.sip_port + 10, rtp_base_port=42000 + self.sip_port - 22060, host=self.address)
 
 
-A = Host("host-a", "127.0.0.11", 22060, 22200, 43000)
-B = Host("host-b", "127.0.0.12", 22560, 22700, 43500)
+A = Host("host-a", "127.0.0.11", 22060, 22200, caller_media_port(22060, RESERVED_MEDIA_SLOT))
+B = Host("host-b", "127.0.0.12", 22560, 22700, caller_media_port(22560, RESERVED_MEDIA_SLOT))
 
 
 def _overrides(host: Host, database_url: str, shared: Path) -> dict[str, Any]:
