@@ -323,9 +323,15 @@ def test_an_agent_hands_the_caller_to_an_agencys_line_through_the_trunk(tmp_path
         moved = hand_over(tmp_path, phones, switch, "agency:health", second_phone=line)
         incoming = [e for e in line.events("incoming") if e["call"] == moved.second_leg]
         assert incoming[0]["request_uri"].startswith(f"sip:{AGENCY_LINE}@127.0.0.1")
-        # The agent's part is over: its leg ends, and it wraps up with the case filed already.
+        # The agent's part is over: its leg ends, and it wraps up with the case opened already, which it
+        # completes from the console while the caller talks with the agency.
         assert moved.first.wait_for("ended", call=moved.first_leg, timeout_s=10)["code"] in (200, 487)
-        assert moved.console.current_offer() is None
+        offer = moved.console.current_offer()
+        assert offer is not None and offer["state"] == "ended" and offer["case"]["tracking_code"], offer
+        status, filed = moved.console.post("/console/api/cases", {
+            "call_key": offer["call_key"], "agency_id": "health", "category": "درخواست",
+            "summary": "نوبت جراحی؛ به خط وزارت وصل شد."})
+        assert status == 200 and filed["tracking_code"] == offer["case"]["tracking_code"], filed
         time.sleep(3.0)
         moved.caller.hangup(moved.call)
         line.wait_for("ended", call=moved.second_leg, timeout_s=10)
@@ -337,8 +343,10 @@ def test_an_agent_hands_the_caller_to_an_agencys_line_through_the_trunk(tmp_path
         conversation = read_pcm(switch.recording_file(tape["sha256"]))
         for hz in (CALLER_TONE_HZ, AGENT_TONE_HZ, SECOND_AGENT_TONE_HZ):  # the agency's part is taped too
             assert tone_share(conversation, hz) > 0.05, hz
+        assert body["case"]["tracking_code"] == filed["tracking_code"]
         _, case = switch.get(f"/api/cases/{body['case']['tracking_code']}")
         assert [e["kind"] for e in case["history"]].count("transferred") == 1
+        assert (case["agency"], case["category"], case["status"]) == ("health", "درخواست", "referred"), case
         snapshot = supervisor_snapshot(switch)
         assert {a["id"]: a["state"] for a in snapshot["agents"]}["1001"] in ("wrap_up", "ready")
         assert snapshot["today"]["answered"] == 1
