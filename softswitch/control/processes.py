@@ -28,6 +28,8 @@ class Child(Protocol):
 
     def kill(self) -> None: ...
 
+    def end_stragglers(self) -> None: ...
+
 
 def worker_command(settings: WorkerSettings) -> list[str]:
     """A media worker is a program of its own: with hundreds of calls each, a
@@ -69,6 +71,14 @@ class ExecChild:
         if self.process.returncode is None:
             self.process.kill()
 
+    def end_stragglers(self) -> None:
+        """Once it has exited: SIGKILL what is left of its session (it leads a process group of its own).
+        A Kamailio whose main process died, or was killed for not stopping, leaves its children running,
+        and they hold the SIP port that the next start, or the next softswitch, needs. While one of them
+        lives the group's number cannot be given to another process; with none left this finds no one."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
 
 @dataclass
 class Supervised:
@@ -103,6 +113,7 @@ class ProcessSupervisor:
             if pid_file is not None and supervised.child.pid is not None:
                 pid_file.write_text(f"{supervised.child.pid}\n{supervised.marker}\n")
             code = await supervised.child.wait()
+            supervised.child.end_stragglers()
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
             if self.stopping:
@@ -165,6 +176,9 @@ def stop_leftovers(pid_dir: Path, timeout_s: float = 10.0) -> list[int]:
             log.error("pid %d did not stop in %.0fs; killing it", pid, timeout_s)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # It led a session of its own: what is left of its group (a Kamailio's children) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
     return found
 
 
