@@ -2,7 +2,8 @@
 
 Each step is bounded in calls and time and stops by itself, and runs on one
 side while the other idles, then on the other (``--repeat`` times), so that
-a slow minute of a shared machine falls on both alike. Each side is started
+a slow minute of a shared machine falls on both alike; the next step waits
+until the side just measured is quiet again (``settle``). Each side is started
 here with a bench configuration (its own ports and work directory), measured
 as a whole process tree (softswitch: control, Kamailio, media workers;
 Asterisk: its one process), and stopped by PID. The peer is the Asterisk
@@ -47,6 +48,10 @@ ID_DIGITS = "0499370899"
 HELD_FAILURE_LIMIT = 0.001
 # Larger steps of a side are skipped once one fails this badly: it would only fail worse.
 GIVE_UP_FAILURE = 0.05
+# After a step the side measured must be quiet again before the next step runs on either side: an
+# overloaded side goes on tearing down its calls (and SIPp's retransmissions) for a while, and a step run
+# meanwhile measures the machine's leftovers, not the side it runs on.
+SETTLED_CPU_PERCENT, SETTLE_WINDOW_S, SETTLE_LIMIT_S = 5.0, 2.0, 180.0
 
 
 class Side(Protocol):
@@ -426,6 +431,22 @@ def idle_line(side: Side, root: int) -> tuple[str, float]:
             f"{', '.join(f'{k} {v / 1024:.0f}' for k, v in sorted(idle_parts.items()))})"), idle_pss
 
 
+def settle(side: Side, root: int) -> str:
+    """Wait (bounded) until the side uses under SETTLED_CPU_PERCENT of a core over SETTLE_WINDOW_S; a line
+    saying how long that took, or that it did not."""
+    hz = os.sysconf("SC_CLK_TCK")
+    started = time.monotonic()
+    percent = float("nan")
+    while time.monotonic() - started < SETTLE_LIMIT_S:
+        before = sum(cpu_by_part(side, side.tree(root), root).values())
+        time.sleep(SETTLE_WINDOW_S)
+        percent = 100.0 * max(0, sum(cpu_by_part(side, side.tree(root), root).values()) - before) / hz \
+            / SETTLE_WINDOW_S
+        if percent < SETTLED_CPU_PERCENT:
+            return f"{side.name} settled in {time.monotonic() - started:.0f} s"
+    return f"{side.name} did not settle in {SETTLE_LIMIT_S:.0f} s (CPU {percent:.0f}% of a core)"
+
+
 def measure(sides: list[Side], work: Path, steps: list[Step],
             repeat: int) -> tuple[dict[str, list[StepResult]], list[str], dict[str, float]]:
     """Both sides up at once, idle but for the one measured: each step runs on one side, then the
@@ -453,6 +474,7 @@ def measure(sides: list[Side], work: Path, steps: list[Step],
                     if result.failed_share > GIVE_UP_FAILURE:
                         given_up.add((side.name, step.kind))
                     time.sleep(5)  # the last calls' BYEs and the front's transaction timers
+                    print(settle(side, root), flush=True)
     finally:
         for side, _ in running:
             side.stop()
