@@ -375,7 +375,10 @@ async def test_the_running_sender_sends_a_queued_message_at_once_and_counts_what
 async def test_two_senders_on_one_database_never_send_a_message_twice(
         two_stores: tuple[Store, Store], gateway: Gateway) -> None:
     first, second = two_stores
-    gateway.delay_s = 0.01  # requests overlap, so the two senders' rounds interleave
+    # Requests overlap, so the two senders' rounds interleave: 30 messages, 5 a round sent side by side, take
+    # one sender 1.2 s alone, far longer than the other needs to start (at 0.01 s a request they took 0.06 s,
+    # and on a loaded machine one sender took them all).
+    gateway.delay_s = 0.2
     messages = []
     for n in range(30):
         case = await message_case(first, f"c{n}@trunk")
@@ -383,6 +386,7 @@ async def test_two_senders_on_one_database_never_send_a_message_twice(
         messages.append(case)
     clock, metrics = Clock(), Metrics(idle_state)
     senders = [SmsSender(sms_config(gateway), store.sms, metrics, clock=clock) for store in two_stores]
+    assert [await store.sms.waiting() for store in two_stores] == [30, 30]  # both connected, before the race
     try:
         async def drain(sender: SmsSender) -> int:
             total = 0
